@@ -1,0 +1,55 @@
+# dmfn: one-command setup, demo and tests. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP_DEPS := $(VENV)/.deps-stamp
+STAMP_EXT := $(VENV)/.ext-stamp
+EXT_SOURCES := $(wildcard preprocess_ext/src/*.cpp preprocess_ext/src/*.hpp) CMakeLists.txt pyproject.toml
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-deps demo test lint format bench asan clean lock
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+setup: system-deps $(STAMP_EXT)  ## create .venv, install pinned deps, build the C++ extension (idempotent)
+
+system-deps:  ## Debian packages the tests need (R + pROC for the statistics reference); root only
+	@bash scripts/system-deps.sh
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP_DEPS): requirements/lock.txt | $(VENV)/bin/python
+	$(PIP) install -q -r requirements/lock.txt
+	@touch $@
+
+$(STAMP_EXT): $(STAMP_DEPS) $(EXT_SOURCES)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	@touch $@
+
+demo: setup  ## the main job on the embedded default
+	$(VENV)/bin/dmfn demo
+
+test: setup  ## run the whole test suite (slow end-to-end tests included)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint:  ## ruff check + format check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format:
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+bench: setup  ## preprocessing benchmark (not a test)
+	$(PY) benchmarks/preprocess.py
+
+asan: setup  ## build the extension with AddressSanitizer into build/asan and run the kernel tests
+	bash scripts/asan.sh
+
+lock:  ## re-pin requirements/lock.txt from the current venv
+	$(PIP) freeze --exclude-editable | grep -v -E '^(dmfn|pip)[= @]' | sed 's/+cpu$$//' > requirements/lock.txt
+
+clean:
+	rm -rf build $(VENV) .pytest_cache

@@ -1,0 +1,115 @@
+"""Argument checks shared by every preprocessing function.
+
+Policy (documented in the README): any real numeric dtype (int16 HU, float64, ...) is converted to a
+C-contiguous float32 copy; float32 C-contiguous input is used without copying. bool, complex, object
+and string arrays are refused. NaN/Inf, empty arrays, wrong ndim and outputs above the voxel cap
+raise ``ValueError`` naming the argument and the rule.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+#: Largest number of voxels any kernel may allocate for one output (float32: 4 bytes each).
+#: 2**28 voxels = 1 GiB. Override with the environment variable DMFN_MAX_VOXELS or max_voxels=.
+DEFAULT_MAX_VOXELS = 2**28
+
+
+def max_voxels(override: int | None = None) -> int:
+    """The voxel cap in force: ``override``, else ``$DMFN_MAX_VOXELS``, else the default."""
+    if override is not None:
+        if int(override) <= 0:
+            raise ValueError(f"argument 'max_voxels': must be positive, got {override}")
+        return int(override)
+    env = os.environ.get("DMFN_MAX_VOXELS")
+    return int(env) if env else DEFAULT_MAX_VOXELS
+
+
+def check_voxel_cap(shape: Sequence[int], argument: str, cap: int | None = None) -> None:
+    """Refuse an output of ``shape`` with more voxels than the cap."""
+    n = math.prod(int(s) for s in shape)
+    limit = max_voxels(cap)
+    if n > limit:
+        raise ValueError(
+            f"argument '{argument}': output shape {tuple(shape)} has {n} voxels, above the cap of "
+            f"{limit} (set max_voxels= or DMFN_MAX_VOXELS to raise it)"
+        )
+
+
+def as_volume(
+    volume: object,
+    argument: str = "volume",
+    ndims: tuple[int, ...] = (2, 3),
+    finite: bool = True,
+    cap: int | None = None,
+) -> np.ndarray:
+    """Return ``volume`` as a C-contiguous float32 array after checking dtype, ndim and values."""
+    if not isinstance(volume, np.ndarray):
+        raise ValueError(
+            f"argument '{argument}': must be a numpy.ndarray, got {type(volume).__name__}"
+        )
+    if volume.dtype.kind not in "iuf":
+        raise ValueError(
+            f"argument '{argument}': dtype must be a real integer or float type, got {volume.dtype}"
+        )
+    if volume.ndim not in ndims:
+        want = " or ".join(f"{d}D" for d in ndims)
+        raise ValueError(f"argument '{argument}': must be {want} (z, y, x), got ndim={volume.ndim}")
+    if volume.size == 0:
+        raise ValueError(f"argument '{argument}': must not be empty, got shape {volume.shape}")
+    check_voxel_cap(volume.shape, argument, cap)
+    out = np.ascontiguousarray(volume, dtype=np.float32)
+    if finite and not np.isfinite(out).all():
+        raise ValueError(f"argument '{argument}': must contain only finite values (found NaN/Inf)")
+    return out
+
+
+def as_mask(mask: object, shape: tuple[int, ...], argument: str = "mask") -> np.ndarray:
+    """Return a binary mask of ``shape`` as C-contiguous uint8 (nonzero = lesion)."""
+    if not isinstance(mask, np.ndarray):
+        raise ValueError(
+            f"argument '{argument}': must be a numpy.ndarray, got {type(mask).__name__}"
+        )
+    if mask.dtype.kind not in "biuf":
+        raise ValueError(f"argument '{argument}': dtype must be bool or numeric, got {mask.dtype}")
+    if mask.shape != tuple(shape):
+        raise ValueError(
+            f"argument '{argument}': shape {mask.shape} must equal the volume's shape {tuple(shape)}"
+        )
+    if mask.dtype.kind == "f" and not np.isfinite(mask).all():
+        raise ValueError(f"argument '{argument}': must contain only finite values (found NaN/Inf)")
+    out = np.ascontiguousarray(mask != 0, dtype=np.uint8)
+    if not out.any():
+        raise ValueError(f"argument '{argument}': is empty (no nonzero voxel)")
+    return out
+
+
+def as_spacing(spacing_mm: object, ndim: int, argument: str = "spacing_mm") -> tuple[float, ...]:
+    """Return the voxel spacing in mm, (z, y, x) order, as positive finite floats."""
+    try:
+        values = tuple(float(s) for s in np.asarray(spacing_mm, dtype=np.float64).ravel())
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"argument '{argument}': must be {ndim} numbers in mm, got {spacing_mm!r}"
+        ) from err
+    if len(values) != ndim:
+        raise ValueError(
+            f"argument '{argument}': must have {ndim} values (z, y, x order), got {len(values)}"
+        )
+    if not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(
+            f"argument '{argument}': every spacing must be finite and > 0 mm, got {values}"
+        )
+    return values
+
+
+def as_positive(value: float, argument: str) -> float:
+    """A finite, strictly positive float."""
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"argument '{argument}': must be finite and > 0, got {value!r}")
+    return v

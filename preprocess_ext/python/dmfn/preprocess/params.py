@@ -1,0 +1,88 @@
+"""The preprocessing parameter object shared by training and serving.
+
+It is stored in every checkpoint and in the Triton model repository, so that the server runs
+exactly the preprocessing the model was trained with (no train/serve skew).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+PARAMS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    """All parameters of :func:`dmfn.preprocess.preprocess_study`, in the order they are applied.
+
+    Units: HU for intensities, mm for lengths. Defaults follow DESIGN.md and the paper
+    (WL 50 / WW 350, 1 mm isotropic voxels).
+    """
+
+    #: Fourth-order PDE (You-Kaveh) edge threshold k in HU; iterations; explicit-Euler step
+    #: (3D bound 1/72); "3d" (7-point) or "2d" (5-point per axial slice); fidelity lambda.
+    pde_k_hu: float = 20.0
+    pde_dt: float = 0.0125
+    pde_iterations: int = 20
+    pde_mode: Literal["3d", "2d"] = "3d"
+    pde_fidelity: float = 0.0
+    #: Isotropic output spacing in mm and the interpolation order.
+    target_spacing_mm: float = 1.0
+    interpolation: Literal["linear", "cubic"] = "linear"
+    #: Soft-tissue window (the paper's WL 50 / WW 350), mapped to [0, 1].
+    window_level_hu: float = 50.0
+    window_width_hu: float = 350.0
+    #: Margin around the lesion box in mm (client crop and server ROI).
+    roi_margin_mm: float = 10.0
+    #: Side S of each of the three orthogonal views, pixels.
+    view_size: int = 128
+    #: Upper bound on voxels of any intermediate volume (guards memory on the server).
+    max_voxels: int = 2**26
+    version: int = PARAMS_VERSION
+
+    def __post_init__(self) -> None:
+        if self.pde_mode not in ("3d", "2d"):
+            raise ValueError(f"argument 'pde_mode': must be '3d' or '2d', got {self.pde_mode!r}")
+        if self.interpolation not in ("linear", "cubic"):
+            raise ValueError(
+                f"argument 'interpolation': must be 'linear' or 'cubic', got {self.interpolation!r}"
+            )
+        for name in ("pde_k_hu", "target_spacing_mm", "window_width_hu"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"argument '{name}': must be > 0, got {getattr(self, name)!r}")
+        for name in ("pde_iterations", "roi_margin_mm", "pde_fidelity", "pde_dt"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"argument '{name}': must be >= 0, got {getattr(self, name)!r}")
+        if self.view_size < 8:
+            raise ValueError(f"argument 'view_size': must be >= 8 pixels, got {self.view_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessParams:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"argument 'params': unknown preprocessing parameters {unknown}")
+        if data.get("version", PARAMS_VERSION) != PARAMS_VERSION:
+            raise ValueError(
+                f"argument 'params': version {data['version']} is not supported "
+                f"(this dmfn reads version {PARAMS_VERSION})"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> PreprocessParams:
+        return cls.from_dict(json.loads(text))
+
+    def digest(self) -> str:
+        """A stable SHA-256 of the parameters (used as a cache key)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()

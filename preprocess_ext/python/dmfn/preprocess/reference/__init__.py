@@ -1,0 +1,1 @@
+"""Plain NumPy references of every C++ kernel (slow, obviously correct; used by parity tests)."""

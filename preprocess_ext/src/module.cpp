@@ -1,0 +1,20 @@
+// pybind11 entry point of dmfn._preprocess. Each kernel family registers itself from its own file.
+#include "common.hpp"
+
+namespace dmfn {
+void register_pde(py::module_& m);
+void register_resample(py::module_& m);
+void register_geometry(py::module_& m);
+}  // namespace dmfn
+
+PYBIND11_MODULE(_preprocess, m) {
+  m.doc() = "dmfn preprocessing kernels (C++17, OpenMP). Use the typed API in dmfn.preprocess.";
+#ifdef DMFN_HAVE_OPENMP
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
+#endif
+  dmfn::register_pde(m);
+  dmfn::register_resample(m);
+  dmfn::register_geometry(m);
+}

@@ -1,0 +1,1 @@
+"""dmfn.training: synthetic cohort, datasets, models, losses, training, evaluation and export (torch)."""
