@@ -27,7 +27,8 @@ $(STAMP_DEPS): requirements/lock.txt | $(VENV)/bin/python
 	@touch $@
 
 $(STAMP_EXT): $(STAMP_DEPS) $(EXT_SOURCES)
-	$(PIP) install -q --no-build-isolation --no-deps -e .
+	@mkdir -p build
+	flock build/.setup.lock $(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $@
 
 demo: setup  ## the main job on the embedded default

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Debian packages needed by the tests: R with pROC (the reference for the clinical statistics).
-# Idempotent; skipped (with a message) where we are not root or apt-get is missing.
+# Debian packages the tests need, installed when missing (root + apt-get), else a clear message.
+# Add a package here with the command that proves it is present.
 set -euo pipefail
+declare -A probe=(
+  # [debian-package]="command that succeeds when it is installed"
+)
 need=()
-command -v Rscript >/dev/null 2>&1 || need+=(r-base-core)
-if command -v Rscript >/dev/null 2>&1 && ! Rscript -e 'library(pROC)' >/dev/null 2>&1; then need+=(r-cran-proc); fi
-command -v Rscript >/dev/null 2>&1 || need+=(r-cran-proc)
+for pkg in "${!probe[@]}"; do
+  bash -c "${probe[$pkg]}" >/dev/null 2>&1 || need+=("$pkg")
+done
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-  echo "system-deps: cannot install ${need[*]} (not root or no apt-get); R-based tests will skip" >&2
+  echo "system-deps: cannot install ${need[*]} (not root or no apt-get); tests needing them skip" >&2
   exit 0
 fi
 echo "system-deps: installing ${need[*]}"

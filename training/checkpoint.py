@@ -1,0 +1,107 @@
+"""The DMFN checkpoint: everything needed to rebuild, evaluate, export and serve a trained model.
+
+One ``.pt`` file holding a plain dict (loaded with ``weights_only=True``, so a checkpoint from an
+untrusted source cannot run code):
+
+- ``format``: ``"dmfn-checkpoint/1"``
+- ``model_config``: keyword arguments of :func:`dmfn.training.models.create_model`
+- ``state_dict``: the weights, including the tabular standardisation buffers
+- ``preprocess_params``: :class:`dmfn.preprocess.PreprocessParams` as a dict
+- ``taxonomy_csv``: the taxonomy file text (class order = logit order)
+- ``ctc_features``: names of the CTC features, in TABULAR order
+- ``metrics``, ``training`` (arguments, epoch, seed), ``versions`` (dmfn, torch, numpy)
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dmfn import __version__
+from dmfn.client.taxonomy import Taxonomy, parse_taxonomy
+from dmfn.preprocess.params import PreprocessParams
+
+CHECKPOINT_FORMAT = "dmfn-checkpoint/1"
+
+
+@dataclass
+class Checkpoint:
+    """A trained model with its preprocessing, taxonomy and provenance."""
+
+    model_config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    preprocess_params: PreprocessParams
+    taxonomy: Taxonomy
+    ctc_features: tuple[str, ...]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def build_model(self) -> torch.nn.Module:
+        """Rebuild the network from ``model_config`` and load the weights (eval mode)."""
+        from dmfn.training.models import create_model
+
+        model = create_model(**self.model_config)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "model_config": self.model_config,
+            "state_dict": self.state_dict,
+            "preprocess_params": self.preprocess_params.to_dict(),
+            "taxonomy_csv": self.taxonomy.to_csv_text(),
+            "taxonomy_source": self.taxonomy.source,
+            "ctc_features": list(self.ctc_features),
+            "metrics": self.metrics,
+            "training": self.training,
+            "versions": self.versions or current_versions(),
+        }
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
+        return path
+
+
+def current_versions() -> dict[str, str]:
+    return {
+        "dmfn": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint written by :meth:`Checkpoint.save`; ValueError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"argument 'checkpoint': file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt / foreign files
+        raise ValueError(
+            f"argument 'checkpoint': {path} is not a readable checkpoint ({err})"
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"argument 'checkpoint': {path} is not a {CHECKPOINT_FORMAT} file")
+    return Checkpoint(
+        model_config=dict(payload["model_config"]),
+        state_dict=payload["state_dict"],
+        preprocess_params=PreprocessParams.from_dict(payload["preprocess_params"]),
+        taxonomy=parse_taxonomy(
+            payload["taxonomy_csv"], source=payload.get("taxonomy_source", str(path))
+        ),
+        ctc_features=tuple(payload["ctc_features"]),
+        metrics=dict(payload.get("metrics", {})),
+        training=dict(payload.get("training", {})),
+        versions=dict(payload.get("versions", {})),
+    )
