@@ -1,0 +1,28 @@
+"""Readers and writers for CT studies: DICOM series, NIfTI and NRRD volumes and masks.
+
+Axis and coordinate conventions: see :mod:`dmfn.client.study`; every file-order reversal and
+frame conversion lives in :mod:`dmfn.client.io.orientation`.
+"""
+
+from dmfn.client.io.dicom import DicomError, load_dicom_series
+from dmfn.client.io.dicom_write import write_dicom_series
+from dmfn.client.io.nifti import (
+    load_mask,
+    load_nifti_volume,
+    load_nrrd_volume,
+    write_nifti_mask,
+    write_nifti_volume,
+    write_nrrd_mask,
+)
+
+__all__ = [
+    "DicomError",
+    "load_dicom_series",
+    "load_mask",
+    "load_nifti_volume",
+    "load_nrrd_volume",
+    "write_dicom_series",
+    "write_nifti_mask",
+    "write_nifti_volume",
+    "write_nrrd_mask",
+]

@@ -1,0 +1,322 @@
+"""Read a DICOM CT series from a folder into a :class:`~dmfn.client.study.Study`.
+
+Steps: find the DICOM files (recursively), read their headers, group them by SeriesInstanceUID,
+choose the CT series, sort its slices by ImagePositionPatient projected on the slice normal
+(row x column of ImageOrientationPatient), check the geometry, apply the modality LUT
+(HU = RescaleSlope * stored value + RescaleIntercept) and stack the slices as (z, y, x).
+
+The slice spacing comes from the sorted positions, never from SliceThickness, except for a
+series of ONE slice, where no position step exists: there SliceThickness is the z spacing (and
+its absence is an error). Everything that could make the volume wrong raises :class:`DicomError`
+(a ValueError) naming the folder or file and the rule: no DICOM files, several CT series and none
+chosen, non-CT modality, an unreadable file, mixed orientations or image sizes, gantry tilt,
+duplicate or missing slices, uneven spacing, compressed pixel data without a decoder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_modality_lut
+from pydicom.pixels.decoders.base import get_decoder
+
+from dmfn.client.io.orientation import direction_from_iop, slice_normal
+from dmfn.client.study import Study, hu_from_values
+
+log = logging.getLogger(__name__)
+
+#: Largest difference between two slices' ImageOrientationPatient cosines still "the same".
+ORIENTATION_TOLERANCE = 1e-3
+#: Largest tan(angle) between a slice-position step and the slice normal (gantry tilt check);
+#: 1e-3 is 0.06 degrees, far above decimal-string round-off.
+TILT_TOLERANCE = 1e-3
+#: Largest relative deviation of a slice step from the median step (missing slices, unevenness).
+SPACING_TOLERANCE = 0.01
+#: Two slices closer than this (mm) along the normal are duplicates.
+DUPLICATE_TOLERANCE_MM = 1e-3
+#: Suffixes tried as DICOM even without the "DICM" marker (files without a suffix too).
+DICOM_SUFFIXES = ("", ".dcm", ".dicom", ".ima")
+#: Attributes every slice must carry.
+REQUIRED_KEYWORDS = (
+    "PixelData",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+)
+#: SOP Class of DICOMDIR index files (not images; skipped).
+MEDIA_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
+#: What to pip-install for compressed transfer syntaxes that pydicom cannot decode by itself.
+DECODER_PACKAGES = (
+    "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle (or python-gdcm, or pyjpegls)"
+)
+
+
+class DicomError(ValueError):
+    """A DICOM folder or file that cannot become a correct CT volume; the message says why."""
+
+
+def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Study:
+    """The CT series in ``folder`` (searched recursively) as an images-only :class:`Study`.
+
+    Args:
+        folder: a directory holding the series' files (other series may be there too).
+        series_uid: the SeriesInstanceUID to load; needed when the folder holds several CT
+            series (the error lists them with descriptions and slice counts).
+
+    Returns:
+        Study with ``hu`` (z, y, x) int16 (float32 if the rescale gives fractional HU),
+        ``spacing_mm`` (slice step from positions, PixelSpacing row then column),
+        ``origin_lps_mm`` = ImagePositionPatient of the first slice after sorting,
+        ``direction`` columns (slice normal, column cosines, row cosines), ``patient_id`` from
+        PatientID, ``image_id`` = the SeriesInstanceUID; no mask, no CTC, no clinical record.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DicomError(f"argument 'folder': {folder} is not an existing directory")
+    headers = _read_headers(folder)
+    uid = _choose_series(folder, headers, series_uid)
+    paths = sorted(p for p, ds in headers.items() if ds.SeriesInstanceUID == uid)
+    slices = [_read_full(p) for p in paths]
+    _check_images(folder, slices)
+    order, spacing_z = _sort_slices(folder, slices)
+    slices = [slices[i] for i in order]
+    first = slices[0][1]
+    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
+    return Study(
+        hu=_stack_hu(slices),
+        spacing_mm=(spacing_z, row_spacing, col_spacing),
+        origin_lps_mm=tuple(float(v) for v in first.ImagePositionPatient),  # type: ignore[arg-type]
+        direction=direction_from_iop(first.ImageOrientationPatient),
+        patient_id=str(first.get("PatientID", "") or "ANON"),
+        image_id=str(uid),
+    )
+
+
+# --------------------------------------------------------------------------- files and headers
+def _read_headers(folder: Path) -> dict[Path, pydicom.Dataset]:
+    """Headers (no pixel data) of every DICOM image file under ``folder``."""
+    headers: dict[Path, pydicom.Dataset] = {}
+    skipped: list[str] = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        marked = not path.name.startswith(".") and _has_dicm_marker(path)
+        if not marked and (path.name.startswith(".") or path.suffix.lower() not in DICOM_SUFFIXES):
+            skipped.append(path.name)
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=not marked)
+        except Exception as err:  # pydicom raises many types for damaged files
+            raise DicomError(f"file {path}: unreadable DICOM file ({err})") from err
+        meta = getattr(ds, "file_meta", None)
+        sop_class = ds.get("SOPClassUID", getattr(meta, "MediaStorageSOPClassUID", None))
+        if sop_class == MEDIA_DIRECTORY_STORAGE or path.name.upper() == "DICOMDIR":
+            skipped.append(path.name)
+            continue
+        if "SeriesInstanceUID" not in ds:
+            raise DicomError(
+                f"file {path}: unreadable or incomplete DICOM image (no SeriesInstanceUID; truncated "
+                f"or not an image?); remove or replace it in {folder}"
+            )
+        headers[path] = ds
+    if skipped:
+        log.warning("%s: ignored %d non-DICOM file(s): %s", folder, len(skipped), skipped[:10])
+    if not headers:
+        raise DicomError(f"argument 'folder': {folder} holds no DICOM files")
+    return headers
+
+
+def _has_dicm_marker(path: Path) -> bool:
+    with path.open("rb") as handle:
+        head = handle.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _choose_series(folder: Path, headers: dict[Path, pydicom.Dataset], wanted: str | None) -> str:
+    """The SeriesInstanceUID to load: ``wanted`` if given, else the only CT series."""
+    files: dict[str, list[pydicom.Dataset]] = defaultdict(list)
+    for ds in headers.values():
+        files[str(ds.SeriesInstanceUID)].append(ds)
+
+    def modality(uid: str) -> str:
+        return "/".join(sorted({str(ds.get("Modality", "?")) for ds in files[uid]}))
+
+    def summary(uids: Sequence[str]) -> str:
+        return "; ".join(
+            f"{uid} ({modality(uid)}, {str(files[uid][0].get('SeriesDescription', ''))!r}, "
+            f"{len(files[uid])} files)"
+            for uid in uids
+        )
+
+    if wanted is not None:
+        if wanted not in files:
+            raise DicomError(
+                f"argument 'series_uid': {wanted} is not in {folder} (series: {summary(list(files))})"
+            )
+        if modality(wanted) != "CT":
+            raise DicomError(
+                f"argument 'series_uid': series {wanted} in {folder} has modality {modality(wanted)}; "
+                "only CT (Modality = CT) is supported"
+            )
+        return wanted
+    ct = [uid for uid in files if modality(uid) == "CT"]
+    if not ct:
+        raise DicomError(
+            f"argument 'folder': {folder} holds no CT series (Modality = CT), only: "
+            f"{summary(list(files))}"
+        )
+    if len(ct) > 1:
+        raise DicomError(
+            f"argument 'folder': {folder} holds {len(ct)} CT series; choose one with "
+            f"series_uid=: {summary(ct)}"
+        )
+    others = [uid for uid in files if uid != ct[0]]
+    if others:
+        log.info("%s: loading CT series %s, ignoring %s", folder, ct[0], summary(others))
+    return ct[0]
+
+
+def _read_full(path: Path) -> tuple[Path, pydicom.Dataset]:
+    try:
+        return path, pydicom.dcmread(path)
+    except Exception as err:
+        raise DicomError(f"file {path}: unreadable DICOM file ({err})") from err
+
+
+# --------------------------------------------------------------------------- geometry
+def _check_images(folder: Path, slices: list[tuple[Path, pydicom.Dataset]]) -> None:
+    """Every slice: single-frame image with position/orientation; same size, spacing, cosines."""
+    for path, ds in slices:
+        for keyword in REQUIRED_KEYWORDS:
+            if keyword not in ds:
+                raise DicomError(f"file {path}: has no {keyword}; it is not a usable CT slice")
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise DicomError(
+                f"file {path}: multi-frame (enhanced) CT with {ds.NumberOfFrames} frames is not "
+                "supported; convert it to single-frame slices"
+            )
+    sizes = Counter((int(ds.Rows), int(ds.Columns)) for _, ds in slices)
+    if len(sizes) > 1:
+        raise DicomError(
+            f"series in {folder}: slices differ in size (rows, columns): {dict(sizes)}"
+        )
+    spacings = Counter(tuple(round(float(v), 4) for v in ds.PixelSpacing) for _, ds in slices)
+    if len(spacings) > 1:
+        raise DicomError(f"series in {folder}: slices differ in PixelSpacing: {dict(spacings)}")
+    reference = np.asarray([float(v) for v in slices[0][1].ImageOrientationPatient])
+    groups: Counter[tuple[float, ...]] = Counter()
+    example: dict[tuple[float, ...], Path] = {}
+    for path, ds in slices:
+        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        key = tuple(np.round(iop, 3).tolist())
+        groups[key] += 1
+        example.setdefault(key, path)
+        if np.abs(iop - reference).max() > ORIENTATION_TOLERANCE:
+            detail = ", ".join(
+                f"{list(k)} x{n} (e.g. {example[k].name})" for k, n in groups.items()
+            )
+            raise DicomError(
+                f"series in {folder}: mixed orientations (ImageOrientationPatient differs by more "
+                f"than {ORIENTATION_TOLERANCE}): {detail}; file {path.name} differs from "
+                f"{slices[0][0].name}"
+            )
+
+
+def _sort_slices(
+    folder: Path, slices: list[tuple[Path, pydicom.Dataset]]
+) -> tuple[list[int], float]:
+    """Slice order along the normal and the slice spacing (mm); geometry errors raise."""
+    normal = slice_normal(slices[0][1].ImageOrientationPatient)
+    positions = np.asarray(
+        [[float(v) for v in ds.ImagePositionPatient] for _, ds in slices], dtype=np.float64
+    )
+    order = np.argsort(positions @ normal, kind="stable")
+    names = [slices[i][0].name for i in order]
+    if len(slices) == 1:
+        return [0], _single_slice_spacing(slices[0])
+    steps = np.diff(positions[order], axis=0)
+    along = steps @ normal
+    duplicates = np.flatnonzero(along < DUPLICATE_TOLERANCE_MM)
+    if duplicates.size:
+        k = int(duplicates[0])
+        raise DicomError(
+            f"series in {folder}: files {names[k]} and {names[k + 1]} are at the same position "
+            f"{positions[order][k].tolist()} (duplicate slices or several acquisitions)"
+        )
+    across = np.linalg.norm(steps - along[:, None] * normal[None, :], axis=1)
+    tilt = across / along
+    if tilt.max() > TILT_TOLERANCE:
+        degrees = float(np.degrees(np.arctan(tilt.max())))
+        raise DicomError(
+            f"series in {folder}: gantry tilt of {degrees:.2f} degrees (slice positions step off "
+            f"the slice normal {normal.round(4).tolist()}); resample it with a tilt-correcting tool"
+        )
+    median = float(np.median(along))
+    deviation = np.abs(along - median) / median
+    k = int(deviation.argmax())
+    if deviation[k] > SPACING_TOLERANCE:
+        ratio = along[k] / median
+        missing = round(ratio) - 1
+        what = (
+            f"{missing} missing slice(s)"
+            if missing >= 1 and abs(ratio - round(ratio)) <= SPACING_TOLERANCE * round(ratio)
+            else "uneven slice spacing"
+        )
+        raise DicomError(
+            f"series in {folder}: {what}: step of {along[k]:.4g} mm between {names[k]} and "
+            f"{names[k + 1]} vs the median step {median:.4g} mm (tolerance "
+            f"{SPACING_TOLERANCE:.0%}; steps range {along.min():.4g}..{along.max():.4g} mm)"
+        )
+    spacing = float((positions[order][-1] - positions[order][0]) @ normal) / (len(slices) - 1)
+    return order.tolist(), spacing
+
+
+def _single_slice_spacing(item: tuple[Path, pydicom.Dataset]) -> float:
+    path, ds = item
+    thickness = ds.get("SliceThickness")
+    if thickness in (None, "") or not float(thickness) > 0:
+        raise DicomError(
+            f"file {path}: a one-slice series needs SliceThickness > 0 for its z spacing, "
+            f"got {thickness!r}"
+        )
+    log.info("%s: one slice; z spacing = SliceThickness %s mm", path, thickness)
+    return float(thickness)
+
+
+# --------------------------------------------------------------------------- pixels
+def _stack_hu(slices: list[tuple[Path, pydicom.Dataset]]) -> np.ndarray:
+    """(z, y, x) HU: int16 while every slice maps to whole int16 HU, else float32."""
+    first = slices[0][1]
+    out = np.empty((len(slices), int(first.Rows), int(first.Columns)), dtype=np.int16)
+    for k, (path, ds) in enumerate(slices):
+        hu = hu_from_values(np.asarray(apply_modality_lut(_pixels(path, ds), ds)))
+        if hu.dtype != out.dtype:
+            out = out.astype(np.float32)
+        out[k] = hu
+    if "RescaleSlope" not in first and "ModalityLUTSequence" not in first:
+        log.warning("%s: no RescaleSlope/Intercept; stored values used as HU", slices[0][0])
+    return out
+
+
+def _pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
+    """Stored pixel values of one slice; compressed data without a decoder names the fix."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_compressed:
+        try:
+            available = get_decoder(syntax).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise DicomError(
+                f"file {path}: pixel data is compressed ({syntax.name}) and no decoder for it is "
+                f"installed; install one with: pip install {DECODER_PACKAGES}"
+            )
+    try:
+        return ds.pixel_array
+    except Exception as err:
+        raise DicomError(f"file {path}: pixel data cannot be decoded ({err})") from err

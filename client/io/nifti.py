@@ -1,0 +1,364 @@
+"""NIfTI and NRRD: CT volumes, lesion masks and 3D Slicer segmentations (``.seg.nrrd``).
+
+Every file's frame (NIfTI: RAS affine; NRRD: ``space`` + ``space directions`` + ``space origin``)
+is converted to LPS and its axes to (z, y, x) by :mod:`dmfn.client.io.orientation`. A mask is
+placed onto the study's voxel grid exactly (axis flips/permutations and cropped extents are
+undone, nothing is interpolated); a grid that does not coincide raises ValueError.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import nrrd
+import numpy as np
+
+from dmfn.client.io.orientation import (
+    grid_from_nifti_affine,
+    grid_from_nrrd,
+    nifti_affine,
+    nrrd_space_fields,
+    place_on_grid,
+    reverse_axes,
+)
+from dmfn.client.study import (
+    Study,
+    VoxelGrid,
+    check_direction,
+    check_mask,
+    check_triple,
+    hu_from_values,
+)
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+#: NIfTI xform code written by dmfn: 1 = scanner-based anatomical coordinates.
+_XFORM_SCANNER = 1
+
+
+# --------------------------------------------------------------------------- file kinds
+def _kind(path: Path, argument: str) -> str:
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(NRRD_SUFFIXES):
+        return "nrrd"
+    raise ValueError(
+        f"argument '{argument}': {path} must end with one of {NIFTI_SUFFIXES + NRRD_SUFFIXES}"
+    )
+
+
+def _existing(path: str | Path, argument: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"argument '{argument}': {path} is not an existing file")
+    return path
+
+
+# --------------------------------------------------------------------------- raw readers
+def _read_nifti(path: Path) -> tuple[np.ndarray, VoxelGrid]:
+    """(z, y, x) data (scaled by scl_slope/scl_inter) and grid of a 3D NIfTI file."""
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:  # nibabel raises many types for bad files
+        raise ValueError(f"NIfTI file {path}: cannot be read ({err})") from err
+    header = img.header
+    if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
+        raise ValueError(
+            f"NIfTI file {path}: sform_code and qform_code are both 0, so its position in patient "
+            "space is unknown; rewrite it with a valid qform or sform"
+        )
+    data = _squeeze_to_3d(data, path)
+    grid = grid_from_nifti_affine(img.affine, data.shape)
+    return np.ascontiguousarray(reverse_axes(data)), grid
+
+
+def _squeeze_to_3d(data: np.ndarray, path: Path) -> np.ndarray:
+    if data.ndim == 2:
+        return data[:, :, None]
+    if data.ndim > 3 and all(n == 1 for n in data.shape[3:]):
+        return data.reshape(data.shape[:3])
+    if data.ndim != 3:
+        raise ValueError(
+            f"file {path}: must hold a 3D image, got shape {data.shape} (x, y, z, ...)"
+        )
+    return data
+
+
+def _read_nrrd(path: Path) -> tuple[np.ndarray, VoxelGrid, dict]:
+    """Data with spatial axes (z, y, x) LAST (a leading list axis is kept), grid and header."""
+    try:
+        data, header = nrrd.read(str(path), index_order="F")
+    except Exception as err:  # pynrrd raises NRRDError, ValueError, OSError ...
+        raise ValueError(f"NRRD file {path}: cannot be read ({err})") from err
+    for key in ("space", "space directions", "space origin"):
+        if key not in header:
+            raise ValueError(
+                f"NRRD file {path}: field {key!r} is missing, so its position in patient space "
+                "is unknown (needs space, space directions and space origin)"
+            )
+    rows = np.asarray(header["space directions"], dtype=np.float64)
+    spatial = [i for i in range(data.ndim) if np.isfinite(rows[i]).all()]
+    other = [i for i in range(data.ndim) if i not in spatial]
+    if len(spatial) != 3 or len(other) > 1:
+        raise ValueError(
+            f"NRRD file {path}: needs 3 spatial axes and at most one list axis, got "
+            f"kinds {header.get('kinds')} and shape {data.shape}"
+        )
+    grid = grid_from_nrrd(
+        header["space"], rows[spatial], header["space origin"], [data.shape[i] for i in spatial]
+    )
+    # (list?, x, y, z) -> (list?, z, y, x)
+    data = np.transpose(data, other + spatial[::-1])
+    return np.ascontiguousarray(data), grid, header
+
+
+# --------------------------------------------------------------------------- volumes
+def load_nifti_volume(path: str | Path) -> Study:
+    """A CT volume from a NIfTI file (.nii / .nii.gz), in HU, as an images-only :class:`Study`.
+
+    The affine (sform if set, else qform) is converted from RAS to LPS and the axes from the
+    file's (x, y, z) to (z, y, x); the direction is kept as stored (no reorientation). Values are
+    scaled by scl_slope/scl_inter and returned as int16 when they are whole numbers inside the
+    int16 range, else float32. ``image_id`` is the file name without its extension.
+    """
+    path = _existing(path, "path")
+    if _kind(path, "path") != "nifti":
+        raise ValueError(f"argument 'path': {path} is not NIfTI; use load_nrrd_volume for NRRD")
+    data, grid = _read_nifti(path)
+    return _study(data, grid, path)
+
+
+def load_nrrd_volume(path: str | Path) -> Study:
+    """A CT volume from an NRRD file (.nrrd / .nhdr): as :func:`load_nifti_volume`."""
+    path = _existing(path, "path")
+    if _kind(path, "path") != "nrrd":
+        raise ValueError(f"argument 'path': {path} is not NRRD; use load_nifti_volume for NIfTI")
+    data, grid, _ = _read_nrrd(path)
+    if data.ndim != 3:
+        raise ValueError(f"NRRD file {path}: must hold one 3D image, got shape {data.shape}")
+    return _study(data, grid, path)
+
+
+def _study(data: np.ndarray, grid: VoxelGrid, path: Path) -> Study:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return Study(
+        hu=hu_from_values(data),
+        spacing_mm=grid.spacing_mm,
+        origin_lps_mm=grid.origin_lps_mm,
+        direction=grid.direction,
+        image_id=name,
+    )
+
+
+# --------------------------------------------------------------------------- masks
+@dataclass(frozen=True)
+class Segment:
+    """One segment of a 3D Slicer segmentation: its name, layer and label value in that layer."""
+
+    name: str
+    layer: int
+    label_value: int
+
+
+def slicer_segments(header: dict, n_layers: int) -> list[Segment]:
+    """The segments listed by ``SegmentN_*`` fields of a ``.seg.nrrd`` header, in order.
+
+    Current Slicer files give ``SegmentN_Layer`` and ``SegmentN_LabelValue`` (several segments may
+    share a layer with different values). Older files omit them and store segment N as the
+    nonzero voxels of layer N (or of the only layer).
+    """
+    segments = []
+    index = 0
+    while f"Segment{index}_Name" in header or f"Segment{index}_ID" in header:
+        name = str(header.get(f"Segment{index}_Name", header.get(f"Segment{index}_ID")))
+        layer = int(header.get(f"Segment{index}_Layer", index if n_layers > 1 else 0))
+        value = int(header.get(f"Segment{index}_LabelValue", 1))
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"segment {name!r}: layer {layer} is not one of the {n_layers} layers")
+        segments.append(Segment(name, layer, value))
+        index += 1
+    return segments
+
+
+def load_mask(
+    path: str | Path, like: Study | VoxelGrid, segment: str | int | None = None
+) -> np.ndarray:
+    """A binary uint8 (z, y, x) lesion mask on the grid of ``like`` from NIfTI or NRRD.
+
+    Args:
+        path: .nii / .nii.gz / .nrrd / .nhdr label map, or a 3D Slicer ``.seg.nrrd``.
+        like: the study (or its grid) the mask belongs to. The file's grid must coincide with it
+            up to an axis flip/permutation or a cropped sub-box (as Slicer saves segmentations),
+            voxel centres within ``orientation.GRID_TOLERANCE_VOXELS``; else ValueError.
+        segment: for a Slicer segmentation, the segment name (needed when it has several; the
+            error lists the names). For a plain label map, the label value to keep (needed when
+            the map holds several nonzero labels; the error lists them).
+
+    Returns:
+        uint8 array of ``like``'s shape with values {0, 1}; an empty selection raises ValueError.
+    """
+    path = _existing(path, "path")
+    grid = like.grid if isinstance(like, Study) else like
+    if not isinstance(grid, VoxelGrid):
+        raise ValueError(
+            f"argument 'like': must be a Study or VoxelGrid, got {type(like).__name__}"
+        )
+    if _kind(path, "path") == "nifti":
+        data, source = _read_nifti(path)
+        binary = _select_label(data, segment, path)
+    else:
+        data, source, header = _read_nrrd(path)
+        layers = data if data.ndim == 4 else data[None]
+        segments = slicer_segments(header, layers.shape[0])
+        if segments:
+            chosen = _pick_segment(segments, segment, path)
+            binary = layers[chosen.layer] == chosen.label_value
+        elif data.ndim == 3:
+            binary = _select_label(data, segment, path)
+        else:
+            raise ValueError(
+                f"NRRD file {path}: has {layers.shape[0]} layers but no SegmentN_Name fields; "
+                "a mask file must be 3D or a 3D Slicer segmentation"
+            )
+    if not binary.any():
+        raise ValueError(f"mask file {path}: the selected segment/label has no voxel")
+    placed = place_on_grid(binary.astype(np.uint8), source, grid, argument=f"mask {path.name}")
+    return check_mask(placed, grid.shape, name=f"mask {path.name}")
+
+
+def _pick_segment(segments: list[Segment], segment: str | int | None, path: Path) -> Segment:
+    names = [s.name for s in segments]
+    if segment is None:
+        if len(segments) == 1:
+            return segments[0]
+        raise ValueError(
+            f"argument 'segment': {path} holds {len(segments)} segments, pick one by name: {names}"
+        )
+    matches = [s for s in segments if s.name == str(segment)]
+    if not matches:
+        raise ValueError(
+            f"argument 'segment': {segment!r} is not a segment of {path} (available: {names})"
+        )
+    if len(matches) > 1:
+        raise ValueError(f"argument 'segment': {path} has several segments named {segment!r}")
+    return matches[0]
+
+
+def _select_label(data: np.ndarray, segment: str | int | None, path: Path) -> np.ndarray:
+    """Boolean mask of one label of an integer label map (floats must hold whole numbers)."""
+    if data.dtype.kind not in "biuf":
+        raise ValueError(f"mask file {path}: dtype must be integer, got {data.dtype}")
+    if data.dtype.kind == "f" and not (np.isfinite(data).all() and (data == np.rint(data)).all()):
+        raise ValueError(
+            f"mask file {path}: holds non-integer values (a probability map?); masks must hold "
+            "integer labels, threshold it first"
+        )
+    labels = [int(v) for v in np.unique(data) if v != 0]
+    if segment is None:
+        if len(labels) > 1:
+            raise ValueError(
+                f"argument 'segment': {path} holds several labels {labels}; pick one with segment="
+            )
+        return data != 0
+    try:
+        wanted = int(segment)
+    except ValueError as err:
+        raise ValueError(
+            f"argument 'segment': {path} is a plain label map, give a label value from {labels}, "
+            f"got {segment!r}"
+        ) from err
+    if wanted not in labels:
+        raise ValueError(f"argument 'segment': label {wanted} is not in {path} (labels: {labels})")
+    return data == wanted
+
+
+# --------------------------------------------------------------------------- writers
+def write_nifti_mask(
+    mask: np.ndarray,
+    spacing_mm: Sequence[float],
+    path: str | Path,
+    *,
+    origin_lps_mm: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: np.ndarray | None = None,
+) -> Path:
+    """Write a (z, y, x) mask (uint8/bool, values {0, 1}) as a uint8 NIfTI file; return the path.
+
+    ``spacing_mm`` (z, y, x) mm, ``origin_lps_mm`` (x, y, z) LPS mm of voxel [0, 0, 0],
+    ``direction`` columns = LPS unit vectors of axes (z, y, x) (None = axial). The affine is
+    stored in RAS as NIfTI requires, in both qform and sform (code 1, scanner), units mm.
+    """
+    grid = _grid_for(mask, "mask", spacing_mm, origin_lps_mm, direction)
+    data = check_mask(np.asarray(mask), grid.shape, name="mask")
+    return _write_nifti(data, grid, path)
+
+
+def write_nifti_volume(
+    hu: np.ndarray,
+    spacing_mm: Sequence[float],
+    path: str | Path,
+    *,
+    origin_lps_mm: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: np.ndarray | None = None,
+) -> Path:
+    """Write a (z, y, x) int16/float32 HU volume as NIfTI (geometry as :func:`write_nifti_mask`)."""
+    grid = _grid_for(hu, "hu", spacing_mm, origin_lps_mm, direction)
+    study = Study(hu, grid.spacing_mm, grid.origin_lps_mm, grid.direction)
+    return _write_nifti(study.hu, grid, path)
+
+
+def write_nrrd_mask(
+    mask: np.ndarray,
+    spacing_mm: Sequence[float],
+    path: str | Path,
+    *,
+    origin_lps_mm: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: np.ndarray | None = None,
+) -> Path:
+    """Write a (z, y, x) mask as a gzip uint8 NRRD in LPS space (geometry as the NIfTI writer)."""
+    grid = _grid_for(mask, "mask", spacing_mm, origin_lps_mm, direction)
+    data = check_mask(np.asarray(mask), grid.shape, name="mask")
+    path = Path(path)
+    if not path.name.lower().endswith(".nrrd"):
+        raise ValueError(f"argument 'path': {path} must end with .nrrd")
+    header = {"encoding": "gzip", **nrrd_space_fields(grid)}
+    nrrd.write(str(path), np.asfortranarray(reverse_axes(data)), header, index_order="F")
+    return path
+
+
+def _grid_for(
+    array: object, name: str, spacing_mm: object, origin_lps_mm: object, direction: object
+) -> VoxelGrid:
+    shape = np.shape(array)
+    if len(shape) != 3:
+        raise ValueError(f"argument '{name}': must be 3D (z, y, x), got shape {shape}")
+    return VoxelGrid(
+        shape=shape,  # type: ignore[arg-type]
+        spacing_mm=check_triple(spacing_mm, "spacing_mm", positive=True),
+        origin_lps_mm=check_triple(origin_lps_mm, "origin_lps_mm"),
+        direction=check_direction(direction),
+    )
+
+
+def _write_nifti(data: np.ndarray, grid: VoxelGrid, path: str | Path) -> Path:
+    path = Path(path)
+    if not path.name.lower().endswith(NIFTI_SUFFIXES):
+        raise ValueError(f"argument 'path': {path} must end with .nii or .nii.gz")
+    affine = nifti_affine(grid)
+    img = nib.Nifti1Image(np.asfortranarray(reverse_axes(data)), affine)
+    img.set_qform(affine, code=_XFORM_SCANNER)
+    img.set_sform(affine, code=_XFORM_SCANNER)
+    img.header.set_xyzt_units(xyz="mm")
+    nib.save(img, path)
+    return path

@@ -1,0 +1,227 @@
+"""The ONE place where file axis orders and coordinate frames meet ours.
+
+ITK, NIfTI and NRRD store voxels x-fastest and describe the grid in (x, y, z) order: a spacing
+(sx, sy, sz) and a direction / affine whose columns belong to the file axes (i, j, k) = (x, y, z).
+DICOM's ImageOrientationPatient lists the row (x) direction before the column (y) direction.
+dmfn uses (z, y, x) for arrays, spacings and direction columns, and the LPS patient frame for
+positions (see :mod:`dmfn.client.study`). Every reversal and every RAS/LAS -> LPS flip happens here.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from dmfn.client.study import VoxelGrid, check_direction
+
+#: RAS (NIfTI, NRRD "right-anterior-superior") <-> LPS: negate x and y. Its own inverse.
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+#: NRRD ``space`` names -> matrix taking a vector in that space to LPS.
+NRRD_SPACE_TO_LPS: dict[str, np.ndarray] = {
+    "left-posterior-superior": np.eye(3),
+    "right-anterior-superior": RAS_TO_LPS,
+    "left-anterior-superior": np.diag([1.0, -1.0, 1.0]),
+}
+#: Largest mismatch, in voxels of the target grid, accepted when placing one grid on another.
+GRID_TOLERANCE_VOXELS = 0.01
+
+
+# --------------------------------------------------------------------------- axis reversal
+def reverse_axes(array: np.ndarray) -> np.ndarray:
+    """Swap the first and third axes: (x, y, z, ...) file order <-> (z, y, x, ...) ours.
+
+    The same operation in both directions; returns a view (no copy).
+    """
+    if array.ndim < 3:
+        raise ValueError(f"argument 'array': must have at least 3 axes, got shape {array.shape}")
+    return np.swapaxes(array, 0, 2)
+
+
+def grid_from_xyz_affine(affine_xyz_lps: np.ndarray, shape_xyz: Sequence[int]) -> VoxelGrid:
+    """Our grid from a 4x4 map of file indices (i, j, k) = (x, y, z) to LPS mm.
+
+    Columns of the 3x3 part are the file axes' steps; their lengths are the spacings. Sheared
+    grids (non-orthogonal columns) raise ValueError naming ``affine``.
+    """
+    affine = np.asarray(affine_xyz_lps, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise ValueError(f"argument 'affine': must be a finite 4x4 matrix, got {affine.shape}")
+    steps = affine[:3, :3]
+    spacing_xyz = np.linalg.norm(steps, axis=0)
+    if (spacing_xyz <= 0).any():
+        raise ValueError(f"argument 'affine': an axis has zero length (spacing {spacing_xyz})")
+    direction_xyz = steps / spacing_xyz[None, :]
+    try:
+        direction = check_direction(direction_xyz[:, ::-1], "affine")
+    except ValueError as err:
+        raise ValueError(
+            f"argument 'affine': the voxel axes are not orthogonal (sheared or tilted grid), "
+            f"which dmfn does not resample: {err}"
+        ) from err
+    return VoxelGrid(
+        shape=tuple(int(s) for s in shape_xyz)[::-1],  # type: ignore[arg-type]
+        spacing_mm=tuple(spacing_xyz[::-1]),  # type: ignore[arg-type]
+        origin_lps_mm=tuple(affine[:3, 3]),  # type: ignore[arg-type]
+        direction=direction,
+    )
+
+
+def xyz_affine(grid: VoxelGrid) -> np.ndarray:
+    """4x4 map of file indices (i, j, k) = (x, y, z) to LPS mm: the inverse of the above."""
+    out = np.eye(4)
+    out[:3, :3] = grid.affine[:3, :3][:, ::-1]
+    out[:3, 3] = grid.origin_lps_mm
+    return out
+
+
+# --------------------------------------------------------------------------- NIfTI (RAS)
+def grid_from_nifti_affine(affine_ras: np.ndarray, shape_xyz: Sequence[int]) -> VoxelGrid:
+    """Our grid from a NIfTI affine (file index (i, j, k) -> RAS mm) and the file shape."""
+    affine = np.array(affine_ras, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"argument 'affine': must be 4x4, got {affine.shape}")
+    affine[:3, :] = RAS_TO_LPS @ affine[:3, :]
+    return grid_from_xyz_affine(affine, shape_xyz)
+
+
+def nifti_affine(grid: VoxelGrid) -> np.ndarray:
+    """The NIfTI affine (file index (i, j, k) = (x, y, z) -> RAS mm) of ``grid``."""
+    out = xyz_affine(grid)
+    out[:3, :] = RAS_TO_LPS @ out[:3, :]
+    return out
+
+
+# --------------------------------------------------------------------------- NRRD
+def grid_from_nrrd(
+    space: str, space_directions: np.ndarray, space_origin: Sequence[float], sizes: Sequence[int]
+) -> VoxelGrid:
+    """Our grid from NRRD fields of the three spatial axes in file order (x, y, z).
+
+    ``space_directions`` holds one ROW per file axis (pynrrd's layout), in ``space`` coordinates.
+    """
+    key = str(space).lower()
+    if key not in NRRD_SPACE_TO_LPS:
+        raise ValueError(
+            f"NRRD field 'space': must be one of {sorted(NRRD_SPACE_TO_LPS)}, got {space!r}"
+        )
+    to_lps = NRRD_SPACE_TO_LPS[key]
+    rows = np.asarray(space_directions, dtype=np.float64)
+    if rows.shape != (3, 3) or not np.isfinite(rows).all():
+        raise ValueError(f"NRRD field 'space directions': must be three 3-vectors, got {rows}")
+    affine = np.eye(4)
+    affine[:3, :3] = to_lps @ rows.T
+    affine[:3, 3] = to_lps @ np.asarray(space_origin, dtype=np.float64)
+    return grid_from_xyz_affine(affine, sizes)
+
+
+def nrrd_space_fields(grid: VoxelGrid) -> dict[str, object]:
+    """NRRD header fields (LPS space) of ``grid`` for a 3D array stored in file order (x, y, z)."""
+    affine = xyz_affine(grid)
+    return {
+        "space": "left-posterior-superior",
+        "space directions": affine[:3, :3].T.copy(),
+        "space origin": affine[:3, 3].copy(),
+        "kinds": ["domain", "domain", "domain"],
+    }
+
+
+# --------------------------------------------------------------------------- DICOM
+def iop_from_direction(direction: np.ndarray) -> list[float]:
+    """DICOM ImageOrientationPatient: row (x axis) cosines then column (y axis) cosines."""
+    d = check_direction(direction)
+    return [float(v) for v in (*d[:, 2], *d[:, 1])]
+
+
+def slice_normal(iop: Sequence[float]) -> np.ndarray:
+    """Unit normal row x column of a DICOM ImageOrientationPatient (the z axis of our array)."""
+    row, col = _iop_vectors(iop)
+    normal = np.cross(row, col)
+    return normal / np.linalg.norm(normal)
+
+
+def direction_from_iop(iop: Sequence[float]) -> np.ndarray:
+    """Our direction (columns z, y, x) for slices stacked along +row x column."""
+    row, col = _iop_vectors(iop)
+    return check_direction(
+        np.column_stack([slice_normal(iop), col, row]), "ImageOrientationPatient"
+    )
+
+
+def _iop_vectors(iop: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray([float(v) for v in iop], dtype=np.float64)
+    if values.shape != (6,) or not np.isfinite(values).all():
+        raise ValueError(f"ImageOrientationPatient: must be 6 finite numbers, got {list(iop)}")
+    row, col = values[:3], values[3:]
+    norms = np.linalg.norm(row), np.linalg.norm(col)
+    if min(norms) < 0.5:
+        raise ValueError(
+            f"ImageOrientationPatient: direction cosines must be unit vectors, got {values}"
+        )
+    return row / norms[0], col / norms[1]
+
+
+# --------------------------------------------------------------------------- grid matching
+def place_on_grid(
+    array: np.ndarray, source: VoxelGrid, target: VoxelGrid, argument: str = "mask"
+) -> np.ndarray:
+    """Put a (z, y, x) ``array`` on ``source`` exactly onto ``target`` without interpolation.
+
+    Allowed differences: the axes may be permuted or flipped (e.g. a mask saved in another
+    orientation) and ``source`` may be a sub-box of ``target`` (e.g. a 3D Slicer segmentation
+    cropped to its extent). Voxel centres must coincide within :data:`GRID_TOLERANCE_VOXELS`;
+    otherwise (other spacing, rotation, shift by a fraction of a voxel) ValueError describes both
+    grids. Target voxels outside ``source`` are 0; nonzero source voxels outside ``target`` raise.
+    """
+    if array.shape != source.shape:
+        raise ValueError(
+            f"argument '{argument}': shape {array.shape} differs from its grid {source.shape}"
+        )
+    # T: source index (z, y, x) -> target index (z, y, x).
+    transform = np.linalg.inv(target.affine) @ source.affine
+    linear = transform[:3, :3]
+    perm = np.abs(linear).argmax(axis=0)  # target axis of each source axis
+    signed = np.zeros((3, 3))
+    signed[perm, np.arange(3)] = np.sign(linear[perm, np.arange(3)])
+    offset = np.round(transform[:3, 3])
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in source.shape])), float)
+    exact = corners @ linear.T + transform[:3, 3]
+    snapped = corners @ signed.T + offset
+    mismatch = float(np.abs(exact - snapped).max())
+    if sorted(perm.tolist()) != [0, 1, 2] or mismatch > GRID_TOLERANCE_VOXELS:
+        raise ValueError(
+            f"argument '{argument}': its voxel grid does not match the image's (voxel centres "
+            f"differ by up to {mismatch:.3g} voxels, tolerance {GRID_TOLERANCE_VOXELS}; shape, "
+            f"spacing, origin and direction must agree up to an axis flip/permutation or a "
+            f"sub-box): {argument} {source!r} vs image {target!r}"
+        )
+    # Reorder the source axes into the target's order, then flip the reversed ones.
+    source_axis = np.argsort(perm)  # source axis of each target axis
+    moved = np.transpose(array, source_axis)
+    start = offset.astype(np.int64)
+    for t_axis, s_axis in enumerate(source_axis):
+        if signed[t_axis, s_axis] < 0:
+            moved = np.flip(moved, axis=t_axis)
+            start[t_axis] -= source.shape[s_axis] - 1
+    return _paste(moved, start, target.shape, argument)
+
+
+def _paste(
+    block: np.ndarray, start: np.ndarray, shape: tuple[int, ...], argument: str
+) -> np.ndarray:
+    """Copy ``block`` into a zero array of ``shape`` at index ``start``; refuse lost nonzeros."""
+    out = np.zeros(shape, dtype=block.dtype)
+    lo = np.maximum(start, 0)
+    hi = np.minimum(start + np.asarray(block.shape), shape)
+    if (hi <= lo).any():
+        inside = block[:0]
+    else:
+        inside = block[tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start, strict=True))]
+        out[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = inside
+    if np.count_nonzero(inside) != np.count_nonzero(block):
+        raise ValueError(
+            f"argument '{argument}': has nonzero voxels outside the image's extent "
+            f"(its box starts at voxel {start.tolist()} of an image of shape {tuple(shape)})"
+        )
+    return out
