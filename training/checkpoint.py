@@ -74,7 +74,7 @@ class Checkpoint:
 def current_versions() -> dict[str, str]:
     return {
         "dmfn": __version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "numpy": np.__version__,
         "python": platform.python_version(),
     }

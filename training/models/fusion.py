@@ -1,0 +1,239 @@
+"""The three model kinds, all with one forward signature so that export and serving are uniform:
+
+``forward(views [B, 3, S, S] float32, tabular [B, T] float32) -> logits [B, C] float32``
+
+- ``dmfn``: CT backbone -> projection to ``embed_dim``; tabular branch -> ``embed_dim``;
+  concatenate -> MLP -> logits over the taxonomy (the deep multimodal fusion network);
+- ``cnn``: the same CT branch and head, no tabular input (monomodal baseline);
+- ``tabular``: the tabular branch and head only (CTC + clinical baseline).
+
+Views are the windowed [0, 1] axial, coronal and sagittal planes (channel order of the
+preprocessing); tabular is the raw ``TABULAR`` row (CTC pg/ml, then clinical fields).
+Every model carries ``config``: a JSON-serialisable dict such that ``create_model(**config)``
+rebuilds the architecture before ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .registry import create_backbone, get_backbone_info
+from .tabular import TabularEncoder
+
+MODEL_KINDS = ("dmfn", "cnn", "tabular")
+DEFAULT_BACKBONE = "regnety_400mf"
+DEFAULT_EMBED_DIM = 128
+DEFAULT_DROPOUT = 0.2
+VIEW_CHANNELS = 3
+
+
+def _head(in_features: int, hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
+    """Dropout -> Linear -> ReLU -> Dropout -> Linear (logits)."""
+    return nn.Sequential(
+        nn.Dropout(dropout),
+        nn.Linear(in_features, hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, n_classes),
+    )
+
+
+def _tie(logits: torch.Tensor, unused: torch.Tensor) -> torch.Tensor:
+    """Add exactly 0 computed from ``unused`` (an empty slice summed), so that an input the model
+    ignores stays an input of a traced/exported graph (the TorchScript ONNX exporter prunes unused
+    inputs). No NaN/inf in ``unused`` can propagate: the slice has no elements."""
+    return logits + unused.flatten(1)[:, :0].sum(dim=1, keepdim=True)
+
+
+class CTEncoder(nn.Module):
+    """Backbone -> Linear -> ReLU: ``[B, 3, S, S]`` -> ``[B, embed_dim]``."""
+
+    def __init__(self, backbone: nn.Module, embed_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.project = nn.Sequential(
+            nn.Linear(backbone.num_features, embed_dim), nn.ReLU(inplace=True)
+        )
+        self.num_features = embed_dim
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        return self.project(self.backbone(views))
+
+
+class _TwoInputModel(nn.Module):
+    """Shared input checks (shapes only: static, no data-dependent control flow)."""
+
+    config: dict[str, object]
+
+    def __init__(self, n_tabular: int) -> None:
+        super().__init__()
+        self.n_tabular = n_tabular
+
+    def check_inputs(self, views: torch.Tensor, tabular: torch.Tensor) -> None:
+        """Raise ValueError unless views is [B, 3, S, S] and tabular is [B, n_tabular].
+
+        Skipped while tracing or exporting (shapes are symbolic there; the exporter fixes them).
+        """
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        if views.ndim != 4 or views.shape[1] != VIEW_CHANNELS or views.shape[2] != views.shape[3]:
+            raise ValueError(
+                f"argument 'views': must have shape [B, {VIEW_CHANNELS}, S, S], got {tuple(views.shape)}"
+            )
+        if tabular.ndim != 2 or tabular.shape[1] != self.n_tabular:
+            raise ValueError(
+                f"argument 'tabular': must have shape [B, {self.n_tabular}], got {tuple(tabular.shape)}"
+            )
+        if views.shape[0] != tabular.shape[0]:
+            raise ValueError(
+                "arguments 'views', 'tabular': batch sizes must match, got "
+                f"{views.shape[0]} and {tabular.shape[0]}"
+            )
+
+
+class DMFN(_TwoInputModel):
+    """Deep multimodal fusion: concat(CT embedding, tabular embedding) -> MLP -> logits."""
+
+    def __init__(
+        self, ct: CTEncoder, tab: TabularEncoder, n_classes: int, hidden: int, dropout: float
+    ) -> None:
+        super().__init__(tab.standardise.mean.numel())
+        self.ct = ct
+        self.tabular = tab
+        self.head = _head(ct.num_features + tab.num_features, hidden, n_classes, dropout)
+
+    def forward(self, views: torch.Tensor, tabular: torch.Tensor) -> torch.Tensor:
+        """views ``[B, 3, S, S]``, tabular ``[B, T]`` -> logits ``[B, C]``."""
+        self.check_inputs(views, tabular)
+        return self.head(torch.cat((self.ct(views), self.tabular(tabular)), dim=1))
+
+
+class CNNBaseline(_TwoInputModel):
+    """Monomodal CT model: CT embedding -> MLP -> logits; ``tabular`` is accepted and ignored."""
+
+    def __init__(
+        self, ct: CTEncoder, n_tabular: int, n_classes: int, hidden: int, dropout: float
+    ) -> None:
+        super().__init__(n_tabular)
+        self.ct = ct
+        self.head = _head(ct.num_features, hidden, n_classes, dropout)
+
+    def forward(self, views: torch.Tensor, tabular: torch.Tensor) -> torch.Tensor:
+        """views ``[B, 3, S, S]``, tabular ``[B, T]`` (ignored) -> logits ``[B, C]``."""
+        self.check_inputs(views, tabular)
+        return _tie(self.head(self.ct(views)), tabular)
+
+
+class TabularBaseline(_TwoInputModel):
+    """CTC + clinical model: tabular embedding -> MLP -> logits; ``views`` accepted and ignored."""
+
+    def __init__(self, tab: TabularEncoder, n_classes: int, hidden: int, dropout: float) -> None:
+        super().__init__(tab.standardise.mean.numel())
+        self.tabular = tab
+        self.head = _head(tab.num_features, hidden, n_classes, dropout)
+
+    def forward(self, views: torch.Tensor, tabular: torch.Tensor) -> torch.Tensor:
+        """views ``[B, 3, S, S]`` (ignored), tabular ``[B, T]`` -> logits ``[B, C]``."""
+        self.check_inputs(views, tabular)
+        return _tie(self.head(self.tabular(tabular)), views)
+
+
+def _floats(value: Sequence[float] | np.ndarray | torch.Tensor | None) -> list[float] | None:
+    if value is None:
+        return None
+    return np.asarray(torch.as_tensor(value).detach().cpu(), dtype=np.float64).ravel().tolist()
+
+
+def create_model(
+    kind: str,
+    *,
+    backbone: str | None = DEFAULT_BACKBONE,
+    n_classes: int,
+    n_tabular: int,
+    tabular_mean: Sequence[float] | np.ndarray | torch.Tensor | None = None,
+    tabular_std: Sequence[float] | np.ndarray | torch.Tensor | None = None,
+    embed_dim: int = DEFAULT_EMBED_DIM,
+    dropout: float = DEFAULT_DROPOUT,
+    **overrides: object,
+) -> nn.Module:
+    """Build a model of ``kind`` in {"dmfn", "cnn", "tabular"}.
+
+    Args:
+        kind: "dmfn" (CT + tabular), "cnn" (CT only) or "tabular" (CTC + clinical only).
+        backbone: registered CT backbone name (ignored and stored as None for "tabular").
+        n_classes: number of taxonomy classes (>= 2).
+        n_tabular: width T of the tabular row (K CTC features + 5 clinical fields).
+        tabular_mean, tabular_std: per-column standardisation constants from the training split
+            (see :func:`~dmfn.training.models.tabular.fit_standardisation`); required for "dmfn"
+            and "tabular", unused by "cnn".
+        embed_dim: width of each branch embedding and of the head's hidden layer.
+        dropout: dropout probability in [0, 1) of the tabular branch and the head.
+        **overrides: backbone config fields (e.g. ``regulator="lstm"``), stored in ``config``.
+
+    Returns:
+        the model (``forward(views, tabular) -> logits``), with a ``config`` dict such that
+        ``create_model(**model.config)`` rebuilds it.
+
+    Raises:
+        ValueError: unknown kind or backbone (message lists the known ones), bad sizes, missing or
+            wrong-length standardisation constants, non-positive std.
+    """
+    if kind not in MODEL_KINDS:
+        raise ValueError(
+            f"argument 'kind': unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}"
+        )
+    for name, value, low in (
+        ("n_classes", n_classes, 2),
+        ("n_tabular", n_tabular, 1),
+        ("embed_dim", embed_dim, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"argument '{name}': must be an integer >= {low}, got {value!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"argument 'dropout': must be in [0, 1), got {dropout!r}")
+    uses_ct = kind != "tabular"
+    uses_tabular = kind != "cnn"
+    if uses_tabular:
+        for name, value in (("tabular_mean", tabular_mean), ("tabular_std", tabular_std)):
+            if value is None:
+                raise ValueError(
+                    f"argument '{name}': required for kind {kind!r} (standardisation constants "
+                    "from the training split, see fit_standardisation)"
+                )
+    if not uses_ct and overrides:
+        raise ValueError(
+            f"argument 'overrides': backbone overrides {sorted(overrides)} make no sense for kind 'tabular'"
+        )
+    if uses_ct:
+        get_backbone_info(backbone)  # type: ignore[arg-type]  # raises with the known names
+    n_classes, n_tabular = int(n_classes), int(n_tabular)
+    hidden = embed_dim
+    model: _TwoInputModel
+    tab = (
+        TabularEncoder(n_tabular, tabular_mean, tabular_std, embed_dim=embed_dim, dropout=dropout)  # type: ignore[arg-type]
+        if uses_tabular
+        else None
+    )
+    ct = CTEncoder(create_backbone(backbone, **overrides), embed_dim) if uses_ct else None  # type: ignore[arg-type]
+    if kind == "dmfn":
+        model = DMFN(ct, tab, n_classes, hidden, dropout)  # type: ignore[arg-type]
+    elif kind == "cnn":
+        model = CNNBaseline(ct, n_tabular, n_classes, hidden, dropout)  # type: ignore[arg-type]
+    else:
+        model = TabularBaseline(tab, n_classes, hidden, dropout)  # type: ignore[arg-type]
+    model.config = {
+        "kind": kind,
+        "backbone": backbone if uses_ct else None,
+        "n_classes": n_classes,
+        "n_tabular": n_tabular,
+        "tabular_mean": _floats(tabular_mean) if uses_tabular else None,
+        "tabular_std": _floats(tabular_std) if uses_tabular else None,
+        "embed_dim": int(embed_dim),
+        "dropout": float(dropout),
+        **overrides,
+    }
+    return model
