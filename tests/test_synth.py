@@ -1,0 +1,388 @@
+"""Synthetic cohort generator (dmfn.training.synth): sampling, splits, files, appearance."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from dmfn.client.io import load_dicom_series, load_mask
+from dmfn.client.taxonomy import COMPARTMENTS, load_taxonomy
+from dmfn.training.synth import cli
+from dmfn.training.synth.cohort import (
+    MANIFEST_COLUMNS,
+    SPLITS,
+    TABLE1,
+    PatientPlan,
+    _rng,
+    generate_cohort,
+    get_preset,
+    plan_cohort,
+    render_image,
+    sample_acquisition,
+    sample_subject,
+)
+from dmfn.training.synth.lesions import APPEARANCES
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts" / "synth"
+# The paper tables lie beside the checkout (../shared/reference), also in CI.
+TABLE1_CSV = ROOT.parent / "shared" / "reference" / "cohort_table1.csv"
+TAX = load_taxonomy()
+SEED = 7
+
+
+def _read_manifest(folder: Path) -> list[dict[str, str]]:
+    with (folder / "manifest.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny")
+    generate_cohort(out, "tiny", seed=SEED, workers=2)
+    return out
+
+
+# --------------------------------------------------------------------------- sampling
+@pytest.fixture(scope="module")
+def big_plan() -> list[PatientPlan]:
+    return plan_cohort(6000, seed=11)
+
+
+def test_class_frequencies_match_taxonomy(big_plan: list[PatientPlan]) -> None:
+    counts = Counter(p.label for p in big_plan)
+    observed = np.array([counts[c.name] for c in TAX.classes])
+    freq = np.array([c.n_total for c in TAX.classes], float)
+    expected = freq / freq.sum() * len(big_plan)
+    assert stats.chisquare(observed, expected).pvalue > 1e-3
+
+
+def test_ctc_per_class_matches_taxonomy(big_plan: list[PatientPlan]) -> None:
+    for c in TAX.classes:
+        values = np.array([p.ctc_level_pg_ml for p in big_plan if p.label == c.name])
+        assert values.min() > 0.0
+        if values.size < 40:
+            continue
+        # expected moments of N(mean, sd) truncated to > 0
+        a = -c.ctc_mean_pg_ml / c.ctc_sd_pg_ml
+        dist = stats.truncnorm(a, np.inf, loc=c.ctc_mean_pg_ml, scale=c.ctc_sd_pg_ml)
+        se = dist.std() / math.sqrt(values.size)
+        assert abs(values.mean() - dist.mean()) < 4.5 * se, c.name
+        assert abs(values.std() / dist.std() - 1.0) < 0.25, c.name
+
+
+def test_location_follows_class_compartments(big_plan: list[PatientPlan]) -> None:
+    for c in TAX.classes:
+        locs = [p.location for p in big_plan if p.label == c.name]
+        probs = dict(c.compartments)
+        assert set(locs) <= set(probs), c.name
+        if len(locs) < 40:
+            continue
+        observed = np.array([locs.count(k) for k in COMPARTMENTS if k in probs])
+        expected = np.array([probs[k] for k in COMPARTMENTS if k in probs]) * len(locs)
+        if observed.size > 1:
+            assert stats.chisquare(observed, expected).pvalue > 1e-4, c.name
+
+
+def test_age_and_sex_follow_table1_per_split(big_plan: list[PatientPlan]) -> None:
+    for split in SPLITS:
+        members = [p for p in big_plan if p.split == split]
+        st = TABLE1[split]
+        ages = np.array([p.age_years for p in members], float)
+        assert abs(ages.mean() - st.age_mean) < 4.5 * st.age_sd / math.sqrt(ages.size) + 0.5
+        assert abs(ages.std() / st.age_sd - 1.0) < 0.1
+        male = np.mean([p.sex == "M" for p in members])
+        se = math.sqrt(st.male_fraction * (1 - st.male_fraction) / len(members))
+        assert abs(male - st.male_fraction) < 4.5 * se
+
+
+def test_paper_sized_plan_has_paper_split_sizes_and_1500_images() -> None:
+    plans = plan_cohort(1074, seed=3)
+    sizes = Counter(p.split for p in plans)
+    assert (sizes["train"], sizes["val"], sizes["test"]) == (434, 288, 352)
+    images = Counter()
+    for p in plans:
+        images[p.split] += p.n_images
+    assert (images["train"], images["val"], images["test"]) == (596, 419, 485)
+    assert {p.n_images for p in plans} == {1, 2}
+
+
+def test_splits_are_stratified_by_class(big_plan: list[PatientPlan]) -> None:
+    w = np.array([TABLE1[s].n_patients for s in SPLITS], float)
+    w /= w.sum()
+    for c in TAX.classes:
+        members = [p.split for p in big_plan if p.label == c.name]
+        for k, split in enumerate(SPLITS):
+            assert abs(members.count(split) - w[k] * len(members)) <= 2.0, (c.name, split)
+
+
+@pytest.mark.parametrize("n", [3, 4, 7, 30])
+def test_every_split_non_empty(n: int) -> None:
+    assert {p.split for p in plan_cohort(n, seed=n)} == set(SPLITS)
+
+
+def test_plan_is_deterministic_and_seed_dependent() -> None:
+    assert plan_cohort(50, seed=5) == plan_cohort(50, seed=5)
+    assert plan_cohort(50, seed=5) != plan_cohort(50, seed=6)
+
+
+def test_table1_constants_match_reference_file() -> None:
+    if not TABLE1_CSV.is_file():
+        pytest.skip(f"reference file {TABLE1_CSV} not present")
+    rows = {r["characteristic"]: r for r in csv.DictReader(TABLE1_CSV.read_text().splitlines())}
+    for split, st in TABLE1.items():
+        assert st.n_patients == int(rows["n_patients"][split])
+        assert st.n_images == int(rows["n_ct_images"][split])
+        assert st.age_mean == pytest.approx(float(rows["age_mean"][split]))
+        assert st.age_sd == pytest.approx(float(rows["age_sd"][split]))
+        assert st.male_fraction == pytest.approx(int(rows["male_n"][split]) / st.n_patients)
+
+
+def test_bad_arguments_raise_value_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="n_patients"):
+        plan_cohort(2, seed=0)
+    with pytest.raises(ValueError, match="preset"):
+        get_preset("huge")
+    with pytest.raises(ValueError, match="workers"):
+        generate_cohort(tmp_path / "x", "tiny", workers=0)
+    with pytest.raises(ValueError, match="seed"):
+        generate_cohort(tmp_path / "x", "tiny", seed=-1)
+
+
+# --------------------------------------------------------------------------- lesions
+def _plan(label: str, location: str, index: int = 0, sex: str = "M") -> PatientPlan:
+    group = next(c.group for c in TAX.classes if c.name == label)
+    return PatientPlan(index, f"T{index}", label, group, "train", 10.0, 50, sex, location, 1)
+
+
+def test_every_taxonomy_class_has_an_appearance() -> None:
+    assert set(TAX.names) == set(APPEARANCES)
+
+
+def test_lesion_sits_in_its_compartment() -> None:
+    preset = get_preset("demo")
+    for c in TAX.classes:
+        for location, _ in c.compartments:
+            for i in range(8):
+                subject = sample_subject(_plan(c.name, location, i), SEED, preset, bake=False)
+                got = subject.anatomy.compartment_of(tuple(subject.lesion.center))
+                assert got == location, (c.name, location, i)
+
+
+def test_lesion_size_capped_by_field_of_view() -> None:
+    preset = get_preset("tiny")
+    for i in range(10):
+        subject = sample_subject(_plan("lymphoma", "anterior", i), SEED, preset, bake=False)
+        assert subject.lesion.diameter_mm <= preset.max_lesion_mm + 1e-6
+
+
+def _median_lesion_hu(label: str, location: str, n: int = 4) -> list[float]:
+    """Noise-free median HU of the baked lesion field of ``n`` patients."""
+    preset = get_preset("demo")
+    out = []
+    for i in range(n):
+        lesion = sample_subject(_plan(label, location, i), SEED, preset).lesion
+        out.append(float(np.median(lesion.hu[lesion.rho <= 1.0])))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("label", "location", "lo", "hi"),
+    [
+        ("cyst", "anterior", -5.0, 65.0),
+        ("lipoma", "anterior", -130.0, -75.0),
+        ("thymoma_A", "anterior", 35.0, 95.0),
+        ("thymoma_B3", "anterior", 25.0, 95.0),
+        ("lymphoma", "middle", 30.0, 75.0),
+        ("schwannoma", "posterior", 10.0, 60.0),
+        ("carcinoid", "anterior", 55.0, 125.0),
+    ],
+)
+def test_lesion_attenuation_matches_class(label: str, location: str, lo: float, hi: float) -> None:
+    for median in _median_lesion_hu(label, location):
+        assert lo <= median <= hi, (label, median)
+
+
+def test_teratoma_has_fat_and_thymic_carcinoma_is_heterogeneous() -> None:
+    preset = get_preset("demo")
+    for i in range(3):
+        les = sample_subject(_plan("mature_teratoma", "anterior", i), SEED, preset).lesion
+        assert np.mean(les.hu[les.rho <= 1.0] < -50.0) > 0.01
+    sd = {}
+    for label in ("thymoma_A", "thymic_squamous_cell_carcinoma"):
+        vals = []
+        for i in range(3):
+            les = sample_subject(_plan(label, "anterior", i), SEED, preset).lesion
+            vals.append(float(np.std(les.hu[les.rho <= 1.0])))
+        sd[label] = np.mean(vals)
+    assert sd["thymic_squamous_cell_carcinoma"] > 1.5 * sd["thymoma_A"]
+
+
+# --------------------------------------------------------------------------- the written cohort
+def test_manifest_columns_and_paths(tiny: Path) -> None:
+    rows = _read_manifest(tiny)
+    assert list(rows[0]) == list(MANIFEST_COLUMNS)
+    assert len({r["patient_id"] for r in rows}) == get_preset("tiny").n_patients
+    for r in rows:
+        assert (tiny / r["image_path"]).is_dir()
+        assert (tiny / r["mask_path"]).is_file()
+        assert r["sex"] in ("M", "F")
+        assert r["location"] in COMPARTMENTS
+        assert r["split"] in SPLITS
+        assert r["group"] == TAX.classes[TAX.index(r["label"])].group
+        assert float(r["ctc_level_pg_ml"]) > 0
+    info = json.loads((tiny / "cohort.json").read_text())
+    assert info["seed"] == SEED and info["preset"]["name"] == "tiny"
+    assert info["n_images"] == len(rows) and "generator_version" in info
+
+
+def test_no_patient_in_two_splits(tiny: Path) -> None:
+    rows = _read_manifest(tiny)
+    split_of: dict[str, set[str]] = {}
+    for r in rows:
+        split_of.setdefault(r["patient_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in split_of.values())
+    assert {r["split"] for r in rows} == set(SPLITS)
+
+
+def test_series_load_back_with_spacing_and_hu(tiny: Path) -> None:
+    rows = _read_manifest(tiny)
+    preset = get_preset("tiny")
+    plans = {p.patient_id: p for p in plan_cohort(preset.n_patients, SEED)}
+    for r in rows[:12]:  # re-rendering every image would double the cost of the cohort
+        study = load_dicom_series(tiny / r["image_path"])
+        plan = plans[r["patient_id"]]
+        k = int(r["image_id"].rsplit("_", 1)[1]) - 1
+        # re-render the same image: the written file must hold exactly those HU
+        subject = sample_subject(plan, SEED, preset)
+        first = None
+        for j in range(k + 1):
+            rng = _rng(SEED, 1, plan.index, 10 + j)
+            acq = sample_acquisition(rng, preset, subject.lesion, subject.table_z_mm, first)
+            first = first or acq
+        hu, mask = render_image(subject, acq, rng)
+        assert study.hu.shape == hu.shape
+        np.testing.assert_allclose(study.spacing_mm, acq.spacing_mm, atol=1e-3)
+        assert 0.6 - 1e-9 <= study.spacing_mm[1] <= 0.9 + 1e-9
+        assert min(abs(study.spacing_mm[0] - s) for s in preset.slice_mm) < 1e-3
+        np.testing.assert_array_equal(study.hu, hu)
+        assert study.hu.min() >= -1024 and study.hu.max() <= 3071
+        loaded_mask = load_mask(tiny / r["mask_path"], study)
+        np.testing.assert_array_equal(loaded_mask, mask)
+        assert loaded_mask.sum() > 0
+        # physical sanity: air around the body, soft tissue / fluid / fat inside the lesion
+        assert np.median(study.hu[:, :2, :2]) < -900 or np.median(study.hu) > -900
+        lesion = study.hu[loaded_mask > 0].astype(float)
+        assert -150.0 < np.median(lesion) < 200.0, r["label"]
+    for r in rows:  # every series and mask loads, on the same grid
+        study = load_dicom_series(tiny / r["image_path"])
+        assert load_mask(tiny / r["mask_path"], study).any()
+
+
+def test_series_read_by_simpleitk(tiny: Path) -> None:
+    sitk = pytest.importorskip("SimpleITK")
+    r = _read_manifest(tiny)[0]
+    folder = tiny / r["image_path"]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    image = reader.Execute()
+    study = load_dicom_series(folder)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), study.hu)  # (z, y, x)
+    np.testing.assert_allclose(image.GetSpacing()[::-1], study.spacing_mm, atol=1e-3)
+    np.testing.assert_allclose(image.GetOrigin(), study.origin_lps_mm, atol=1e-3)
+    mask = sitk.ReadImage(str(tiny / r["mask_path"]))
+    np.testing.assert_allclose(mask.GetOrigin(), image.GetOrigin(), atol=1e-3)
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(mask), load_mask(tiny / r["mask_path"], study)
+    )
+
+
+def test_generation_independent_of_workers_and_deterministic(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    generate_cohort(a, "tiny", seed=3, workers=1, n_patients=3)
+    generate_cohort(b, "tiny", seed=3, workers=2, n_patients=3)
+    generate_cohort(c, "tiny", seed=4, workers=1, n_patients=3)
+    assert (a / "manifest.csv").read_text() == (b / "manifest.csv").read_text()
+    assert (a / "manifest.csv").read_text() != (c / "manifest.csv").read_text()
+    for r in _read_manifest(a):
+        sa = load_dicom_series(a / r["image_path"])
+        sb = load_dicom_series(b / r["image_path"])
+        np.testing.assert_array_equal(sa.hu, sb.hu)
+        assert sa.spacing_mm == sb.spacing_mm and sa.image_id == sb.image_id
+        assert (a / r["mask_path"]).read_bytes() == (b / r["mask_path"]).read_bytes()
+
+
+def test_refuses_non_empty_output_unless_forced(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match="not empty"):
+        generate_cohort(tmp_path, "tiny", n_patients=3)
+    assert cli.main(["--out", str(tmp_path), "--patients", "3"]) == 2
+    assert cli.main(["--out", str(tmp_path), "--patients", "3", "--force"]) == 0
+    assert len(_read_manifest(tmp_path)) >= 3
+    assert (tmp_path / "keep.txt").exists()
+
+
+def test_cli_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--preset", "--out", "--seed", "--workers", "--patients", "--force"):
+        assert option in text
+    for preset in ("tiny", "demo", "paper"):
+        assert preset in text
+
+
+# --------------------------------------------------------------------------- renders
+@pytest.mark.slow
+def test_render_each_class_to_png() -> None:
+    """Axial and coronal views through the lesion of two patients per class, mediastinal window.
+
+    Saved to test-artifacts/synth/<class>.png for a human to check that each looks like CT and
+    like its class.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    preset = dataclasses.replace(
+        get_preset("demo"), matrix=128, slice_mm=(2.0, 3.0), slice_weights=(0.5, 0.5)
+    )
+    for c in TAX.classes:
+        fig, axes = plt.subplots(2, 2, figsize=(7, 7))
+        location = max(c.compartments, key=lambda t: t[1])[0]
+        for i in range(2):
+            plan = _plan(c.name, location, 100 + i, sex="MF"[i])
+            subject = sample_subject(plan, SEED, preset)
+            rng = _rng(SEED, 1, plan.index, 10)
+            acq = sample_acquisition(rng, preset, subject.lesion, subject.table_z_mm)
+            hu, mask = render_image(subject, acq, rng)
+            assert mask.any()
+            k = int(np.argmax(mask.sum(axis=(1, 2))))
+            j = int(np.argmax(mask.sum(axis=(0, 2))))
+            window = dict(cmap="gray", vmin=50 - 175, vmax=50 + 175)
+            axes[i, 0].imshow(hu[k], **window)
+            axes[i, 0].contour(mask[k], [0.5], colors="r", linewidths=0.4)
+            axes[i, 0].set_title(f"axial, {acq.slice_mm:g} mm slices", fontsize=8)
+            aspect = acq.slice_mm / acq.pixel_mm
+            axes[i, 1].imshow(hu[::-1, j, :], aspect=aspect, **window)
+            axes[i, 1].contour(mask[::-1, j, :], [0.5], colors="r", linewidths=0.4)
+            axes[i, 1].set_title("coronal", fontsize=8)
+            for ax in axes[i]:
+                ax.axis("off")
+        fig.suptitle(f"{c.display_name} ({location})", fontsize=10)
+        fig.tight_layout()
+        path = ARTIFACTS / f"{c.name}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        assert path.stat().st_size > 10_000
