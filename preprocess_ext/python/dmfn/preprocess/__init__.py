@@ -10,7 +10,9 @@ from .pde import denoise_pde, pde_stability_bound
 from .pipeline import PreprocessedStudy, preprocess_study
 from .spatial import (
     LesionMeasurements,
+    RoiCrop,
     crop_roi,
+    isotropic_shape,
     measure_lesion,
     orthogonal_views,
     resample_isotropic,
@@ -21,8 +23,10 @@ __all__ = [
     "LesionMeasurements",
     "PreprocessParams",
     "PreprocessedStudy",
+    "RoiCrop",
     "crop_roi",
     "denoise_pde",
+    "isotropic_shape",
     "measure_lesion",
     "orthogonal_views",
     "pde_stability_bound",

@@ -51,10 +51,10 @@ class PreprocessParams:
             raise ValueError(
                 f"argument 'interpolation': must be 'linear' or 'cubic', got {self.interpolation!r}"
             )
-        for name in ("pde_k_hu", "target_spacing_mm", "window_width_hu"):
+        for name in ("pde_k_hu", "pde_dt", "target_spacing_mm", "window_width_hu"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"argument '{name}': must be > 0, got {getattr(self, name)!r}")
-        for name in ("pde_iterations", "roi_margin_mm", "pde_fidelity", "pde_dt"):
+        for name in ("pde_iterations", "roi_margin_mm", "pde_fidelity"):
             if getattr(self, name) < 0:
                 raise ValueError(f"argument '{name}': must be >= 0, got {getattr(self, name)!r}")
         if self.view_size < 8:

@@ -1,0 +1,265 @@
+"""Fourth-order PDE denoising: C++ kernel vs NumPy reference, properties, argument validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from dmfn.preprocess import denoise_pde, pde_stability_bound
+from dmfn.preprocess.reference import pde as reference
+
+PARITY_TOLERANCE_HU = 1e-3
+MODES = ("3d", "2d")
+
+
+def noisy_phantom(shape: tuple[int, ...], sigma_hu: float, seed: int) -> np.ndarray:
+    """Air, soft-tissue body, lung and a lesion (HU) plus Gaussian noise, clipped to +-1000 HU."""
+    return np.clip(clean_phantom(shape) + noise(shape, sigma_hu, seed), -1000, 1000).astype(
+        np.float32
+    )
+
+
+def clean_phantom(shape: tuple[int, ...]) -> np.ndarray:
+    """Piecewise-constant chest-like phantom in HU; a 2D shape is one axial (y, x) slice."""
+    full = (1, *shape) if len(shape) == 2 else shape
+    z, y, x = np.ogrid[tuple(slice(0, n) for n in full)]
+    nz, ny, nx = full
+
+    def inside(centre: tuple[float, ...], radii: tuple[float, ...]) -> np.ndarray:
+        r2 = sum(((g - c) / r) ** 2 for g, c, r in zip((z, y, x), centre, radii, strict=True))
+        return np.broadcast_to(r2 <= 1.0, full)
+
+    hu = np.full(full, -1000.0)  # air
+    hu[inside((0, ny / 2, nx / 2), (np.inf, 0.45 * ny, 0.45 * nx))] = 40.0  # soft tissue
+    hu[inside((0, ny / 2, nx / 3), (np.inf, 0.3 * ny, 0.12 * nx))] = -850.0  # lung
+    lesion = inside(((nz - 1) / 2, ny / 2, 2 * nx / 3), (0.3 * nz + 0.5, 0.12 * ny, 0.12 * nx))
+    hu[lesion] = 700.0  # calcified lesion
+    return hu.reshape(shape)
+
+
+def noise(shape: tuple[int, ...], sigma_hu: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, sigma_hu, shape)
+
+
+def safe_dt(mode: str) -> float:
+    return 0.95 * pde_stability_bound(mode)
+
+
+def psnr(image: np.ndarray, truth: np.ndarray, peak_hu: float = 2000.0) -> float:
+    mse = float(np.mean((image.astype(np.float64) - truth) ** 2))
+    return 10.0 * np.log10(peak_hu**2 / mse)
+
+
+# --- C++ vs NumPy reference -------------------------------------------------------------------
+
+PARITY_SHAPES = [
+    (9, 24, 21),  # odd sizes
+    (1, 17, 13),  # one slice
+    (2, 11, 7),  # two slices
+    (5, 1, 9),  # y of size 1
+    (4, 2, 6),  # y of size 2
+    (6, 8, 1),  # x of size 1
+    (3, 5, 2),  # x of size 2
+    (2, 2, 2),
+    (1, 1, 1),
+    (23, 19),  # 2D inputs: one (y, x) slice
+    (1, 9),
+    (2, 2),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", PARITY_SHAPES, ids=str)
+def test_matches_reference_after_50_iterations(shape: tuple[int, ...], mode: str) -> None:
+    volume = noisy_phantom(shape, sigma_hu=20.0, seed=len(shape) + sum(shape))
+    expected = reference.denoise_pde(volume, 30.0, safe_dt(mode), 50, mode)
+    for threads in (1, 2, 3):
+        got = denoise_pde(volume, 30.0, safe_dt(mode), 50, mode, threads=threads)
+        assert got.dtype == np.float32 and got.shape == volume.shape
+        np.testing.assert_allclose(got, expected, rtol=0, atol=PARITY_TOLERANCE_HU)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_matches_reference_with_fidelity(mode: str) -> None:
+    volume = noisy_phantom((7, 20, 18), sigma_hu=30.0, seed=3)
+    expected = reference.denoise_pde(volume, 20.0, safe_dt(mode), 50, mode, fidelity=0.5)
+    got = denoise_pde(volume, 20.0, safe_dt(mode), 50, mode, fidelity=0.5, threads=2)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=PARITY_TOLERANCE_HU)
+
+
+def test_slab_split_with_more_threads_than_slices() -> None:
+    volume = noisy_phantom((5, 12, 10), sigma_hu=20.0, seed=4)
+    one = denoise_pde(volume, 30.0, safe_dt("3d"), 20, threads=1)
+    for threads in (2, 4, 5, 8):
+        np.testing.assert_allclose(
+            denoise_pde(volume, 30.0, safe_dt("3d"), 20, threads=threads), one, rtol=0, atol=1e-4
+        )
+
+
+def test_2d_mode_treats_slices_independently() -> None:
+    volume = noisy_phantom((4, 15, 16), sigma_hu=20.0, seed=5)
+    stacked = denoise_pde(volume, 30.0, safe_dt("2d"), 30, "2d")
+    for z in range(volume.shape[0]):
+        single = denoise_pde(volume[z], 30.0, safe_dt("2d"), 30, "2d")
+        np.testing.assert_array_equal(stacked[z], single)
+
+
+def test_zero_iterations_returns_a_float32_copy() -> None:
+    volume = noisy_phantom((3, 6, 7), sigma_hu=20.0, seed=6)
+    out = denoise_pde(volume, 30.0, safe_dt("3d"), 0)
+    np.testing.assert_array_equal(out, volume)
+    assert out is not volume and not np.shares_memory(out, volume)
+
+
+def test_input_is_not_modified() -> None:
+    volume = noisy_phantom((4, 9, 8), sigma_hu=20.0, seed=7)
+    before = volume.copy()
+    denoise_pde(volume, 30.0, safe_dt("3d"), 5, fidelity=1.0)
+    np.testing.assert_array_equal(volume, before)
+
+
+# --- properties -------------------------------------------------------------------------------
+
+small_shapes = hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=7)
+hu_values = st.floats(-1000.0, 1000.0, width=32)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=small_shapes,
+    value=st.floats(-3000.0, 3000.0, width=32),
+    mode=st.sampled_from(MODES),
+    iterations=st.integers(0, 12),
+    fidelity=st.sampled_from([0.0, 0.7]),
+)
+def test_constant_volume_is_unchanged(
+    shape: tuple[int, ...], value: float, mode: str, iterations: int, fidelity: float
+) -> None:
+    volume = np.full(shape, value, dtype=np.float32)
+    out = denoise_pde(volume, 25.0, safe_dt(mode), iterations, mode, fidelity)
+    np.testing.assert_array_equal(out, volume)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    volume=hnp.arrays(np.float32, small_shapes, elements=hu_values),
+    mode=st.sampled_from(MODES),
+    k=st.floats(1.0, 500.0),
+    iterations=st.integers(1, 30),
+)
+def test_mean_is_conserved_without_fidelity(
+    volume: np.ndarray, mode: str, k: float, iterations: int
+) -> None:
+    out = denoise_pde(volume, k, safe_dt(mode), iterations, mode)
+    assert abs(out.mean(dtype=np.float64) - volume.mean(dtype=np.float64)) <= 1e-3
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    sigma_hu=st.floats(10.0, 60.0),
+    mode=st.sampled_from(MODES),
+)
+def test_psnr_rises_on_noisy_piecewise_constant_phantom(
+    seed: int, sigma_hu: float, mode: str
+) -> None:
+    truth = clean_phantom((6, 32, 32))
+    noisy = (truth + noise(truth.shape, sigma_hu, seed)).astype(np.float32)
+    out = denoise_pde(noisy, 50.0, safe_dt(mode), 40, mode)
+    assert psnr(out, truth) > psnr(noisy, truth) + 0.5
+
+
+# --- argument validation ----------------------------------------------------------------------
+
+
+def test_stability_bounds() -> None:
+    assert pde_stability_bound("3d") == pytest.approx(1 / 72)
+    assert pde_stability_bound("2d") == pytest.approx(1 / 32)
+    assert pde_stability_bound() == pde_stability_bound("3d")
+    with pytest.raises(ValueError, match="argument 'mode'"):
+        pde_stability_bound("4d")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dt_above_bound_is_refused_with_the_bound(mode: str) -> None:
+    bound = pde_stability_bound(mode)
+    volume = np.zeros((3, 4, 5), np.float32)
+    denoise_pde(volume, 10.0, bound, 1, mode)  # the bound itself is allowed
+    with pytest.raises(ValueError, match="argument 'dt'") as err:
+        denoise_pde(volume, 10.0, bound * 1.01, 1, mode)
+    assert str(bound) in str(err.value)
+
+
+@pytest.mark.parametrize("impl", [denoise_pde, reference.denoise_pde], ids=["cpp", "reference"])
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"volume": np.zeros(5, np.float32)}, "volume"),  # 1D
+        ({"volume": np.zeros((2, 2, 2, 2), np.float32)}, "volume"),  # 4D
+        ({"volume": np.zeros((0, 4, 4), np.float32)}, "volume"),  # empty
+        ({"volume": np.array([[0.0, np.nan]], np.float32)}, "volume"),
+        ({"volume": np.array([[0.0, np.inf]])}, "volume"),
+        ({"volume": np.zeros((3, 3), np.complex64)}, "volume"),
+        ({"volume": np.zeros((3, 3), bool)}, "volume"),
+        ({"volume": np.zeros((3, 3), object)}, "volume"),
+        ({"volume": [[0.0, 1.0]]}, "volume"),  # not an ndarray
+        ({"k": -5.0}, "k"),
+        ({"k": 0.0}, "k"),
+        ({"k": float("nan")}, "k"),
+        ({"dt": 0.0}, "dt"),
+        ({"dt": -0.001}, "dt"),
+        ({"dt": float("inf")}, "dt"),
+        ({"iterations": -1}, "iterations"),
+        ({"iterations": 2.5}, "iterations"),
+        ({"iterations": True}, "iterations"),
+        ({"mode": "3D"}, "mode"),
+        ({"fidelity": -0.1}, "fidelity"),
+        ({"fidelity": float("nan")}, "fidelity"),
+    ],
+)
+def test_bad_arguments_are_refused(impl, kwargs: dict, argument: str) -> None:
+    args = {"volume": np.zeros((3, 4, 5), np.float32), "k": 10.0, "dt": 0.01, "iterations": 2}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=f"argument '{argument}'"):
+        impl(**args)
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True])
+def test_bad_threads_are_refused(threads: object) -> None:
+    with pytest.raises(ValueError, match="argument 'threads'"):
+        denoise_pde(np.zeros((2, 3, 4), np.float32), 10.0, 0.01, 1, threads=threads)
+
+
+def test_voxel_cap_is_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
+    volume = np.zeros((4, 5, 6), np.float32)  # 120 voxels
+    with pytest.raises(ValueError, match=r"argument 'volume'.*cap of 100"):
+        denoise_pde(volume, 10.0, 0.01, 1, max_voxels=100)
+    monkeypatch.setenv("DMFN_MAX_VOXELS", "119")
+    with pytest.raises(ValueError, match=r"argument 'volume'.*cap of 119"):
+        denoise_pde(volume, 10.0, 0.01, 1)
+    assert denoise_pde(volume, 10.0, 0.01, 1, max_voxels=120).shape == volume.shape
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float64, np.uint8, np.int32])
+def test_real_dtypes_are_converted_to_float32(dtype: type) -> None:
+    hu = noisy_phantom((3, 10, 9), sigma_hu=20.0, seed=8)
+    if dtype is np.uint8:
+        hu = np.clip(hu, 0, 255)
+    volume = np.round(hu).astype(dtype)
+    out = denoise_pde(volume, 30.0, safe_dt("3d"), 10)
+    assert out.dtype == np.float32
+    expected = denoise_pde(volume.astype(np.float32), 30.0, safe_dt("3d"), 10)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_non_contiguous_input_is_converted() -> None:
+    base = noisy_phantom((6, 12, 14), sigma_hu=20.0, seed=9)
+    view = base[::2, :, ::-1].transpose(0, 2, 1)  # strided, reversed, transposed
+    assert not view.flags.c_contiguous
+    out = denoise_pde(view, 30.0, safe_dt("3d"), 10)
+    expected = denoise_pde(np.ascontiguousarray(view), 30.0, safe_dt("3d"), 10)
+    assert out.shape == view.shape
+    np.testing.assert_array_equal(out, expected)
