@@ -13,8 +13,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dmfn.demo", "the main job: cohort -> model -> Triton -> a prediction"),
     "synth": ("dmfn.training.synth.cli", "generate a synthetic mediastinal CT + CTC cohort"),
     "train": ("dmfn.training.train", "train DMFN / CT-only / tabular-only models"),
-    "evaluate": ("dmfn.training.evaluate", "clinical statistics and reports for predictions"),
-    "export": ("dmfn.training.export", "export a checkpoint to ONNX / TensorRT + Triton repository"),
+    "export": (
+        "dmfn.training.export",
+        "export a checkpoint to ONNX / TensorRT + Triton repository",
+    ),
     "serve": ("dmfn.serving.serve", "start Triton Inference Server on a model repository"),
     "predict": ("dmfn.client.predict", "send studies to a running server and print predictions"),
 }
