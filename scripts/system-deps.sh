@@ -3,7 +3,9 @@
 # Add a package here with the command that proves it is present.
 set -euo pipefail
 declare -A probe=(
-  # [debian-package]="command that succeeds when it is installed"
+  # R with pROC: the reference the clinical statistics are tested against.
+  [r-base-core]="command -v Rscript"
+  [r-cran-proc]="Rscript -e 'library(pROC)'"
 )
 need=()
 for pkg in "${!probe[@]}"; do

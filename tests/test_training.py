@@ -1,0 +1,332 @@
+"""dmfn.training: augmentation, dataset cache, training loop, checkpoints, `dmfn train`, DDP.
+
+The end-to-end tests (marked slow: the shared fixture generates and preprocesses the `tiny`
+synthetic cohort, ~30 s) train on it with small views (32 px) and a tiny backbone, so that a
+training run itself takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dmfn.client.taxonomy import load_taxonomy
+from dmfn.training import train
+from dmfn.training.augment import AugmentParams, augment_views
+from dmfn.training.checkpoint import load_checkpoint
+from dmfn.training.dataset import build_cache, cache_key, patient_mean
+from dmfn.training.manifest import read_manifest
+
+PARAMS = '{"view_size": 32, "pde_iterations": 2}'
+FAST = [
+    "--params",
+    PARAMS,
+    "--backbone",
+    "regnetx_tiny",
+    "--batch-size",
+    "8",
+    "--workers",
+    "2",
+    "--no-progress",
+]
+
+
+# --------------------------------------------------------------------------- augmentation
+def test_augment_is_seeded_and_keeps_shape():
+    views = torch.rand(4, 3, 24, 24)
+    a = augment_views(views, torch.Generator().manual_seed(1))
+    b = augment_views(views, torch.Generator().manual_seed(1))
+    c = augment_views(views, torch.Generator().manual_seed(2))
+    assert a.shape == views.shape and a.dtype == views.dtype
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_augment_without_strength_is_identity():
+    views = torch.rand(2, 3, 16, 16)
+    none = AugmentParams(0, 0, 0, 0, 0)
+    out = augment_views(views, torch.Generator().manual_seed(0), none)
+    torch.testing.assert_close(out, views, atol=1e-5, rtol=0)
+
+
+def test_augment_never_flips():
+    """A bright left half stays on the left after any allowed rotation/shift."""
+    views = torch.zeros(64, 3, 32, 32)
+    views[..., :16] = 1.0
+    out = augment_views(views, torch.Generator().manual_seed(0), AugmentParams(noise_sd=0))
+    left, right = out[..., 4:12].mean((-1, -2)), out[..., 20:28].mean((-1, -2))
+    assert bool((left > right + 0.5).all())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"max_rotation_deg": 90}, "max_rotation_deg"), ({"noise_sd": -1}, "noise_sd")],
+)
+def test_augment_bad_params(kwargs, name):
+    with pytest.raises(ValueError, match=f"argument '{name}'"):
+        AugmentParams(**kwargs)
+    with pytest.raises(ValueError, match="argument 'views'"):
+        augment_views(torch.rand(3, 8, 8), torch.Generator())
+
+
+def test_patient_mean_averages_images():
+    values = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 0.8]])
+    out = patient_mean(values, torch.tensor([0, 0, 1]), 2)
+    torch.testing.assert_close(out, torch.tensor([[0.5, 0.5], [0.2, 0.8]]))
+
+
+# --------------------------------------------------------------------------- tiny cohort
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """The tiny synthetic cohort (30 patients), generated once for this module."""
+    from dmfn.training.synth.cohort import generate_cohort
+
+    folder = tmp_path_factory.mktemp("tiny")
+    return generate_cohort(folder / "cohort", "tiny", seed=0, workers=2)
+
+
+@pytest.fixture(scope="module")
+def trained(cohort, tmp_path_factory) -> tuple[Path, dict]:
+    """One short fusion run (3 epochs); also keeps a copy of last.pt after epoch 1."""
+    out = tmp_path_factory.mktemp("run")
+    saved = out / "after_epoch_1.pt"
+    original = train._save_last
+
+    def save_and_keep(path, model, data, args, seed, optimiser, scheduler, state):
+        original(path, model, data, args, seed, optimiser, scheduler, state)
+        if state.epoch == 1:
+            shutil.copy(path, saved)
+            shutil.copy(path.with_name("best.pt"), out / "best_after_epoch_1.pt")
+
+    argv = ["--manifest", str(cohort), "--out", str(out / "a"), "--epochs", "3", "--lr", "3e-3"]
+    argv += ["--no-augment", "--patience", "0", *FAST]
+    train._save_last = save_and_keep
+    try:
+        summary = train.run(train.parse_args(argv))
+    finally:
+        train._save_last = original
+    return out, {"summary": summary, "argv": argv}
+
+
+def _log(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_cache_is_reused_and_keyed_by_inputs(cohort, tmp_path):
+    manifest = read_manifest(cohort, load_taxonomy())
+    params = train._parse_params(PARAMS)
+    rows = manifest.rows[:2]
+    sub = type(manifest)(manifest.path, rows, manifest.taxonomy, manifest.ctc_features)
+    first = build_cache(sub, params, tmp_path, workers=0, progress=False)
+    stamps = [p.stat().st_mtime_ns for p in first]
+    again = build_cache(sub, params, tmp_path, workers=0, progress=False)
+    assert again == first and [p.stat().st_mtime_ns for p in again] == stamps
+    other = train._parse_params('{"view_size": 24, "pde_iterations": 2}')
+    assert cache_key(rows[0], other) != cache_key(rows[0], params)
+    with np.load(first[0]) as entry:
+        assert entry["views"].shape == (3, 32, 32) and entry["tabular"].shape == (6,)
+    os.utime(rows[0].mask_path, ns=(1, 1))  # any change of an input file misses the cache
+    assert cache_key(rows[0], params) != first[0].stem
+
+
+@pytest.mark.slow
+def test_a_failing_image_names_manifest_line_and_image(cohort, tmp_path):
+    with cohort.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    ids = [r["patient_id"] for r in rows]
+    twice = next(p for p in ids if ids.count(p) > 1)
+    first, second = (dict(r) for r in rows if r["patient_id"] == twice)
+    second["mask_path"] = first["mask_path"]  # a mask on another acquisition's grid
+    broken = cohort.parent / "wrong_mask.csv"
+    with broken.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([first, second])
+    manifest = read_manifest(broken, load_taxonomy())
+    message = rf"wrong_mask.csv line 3 \(image '{second['image_id']}'\)"
+    with pytest.raises(ValueError, match=message):
+        build_cache(manifest, train._parse_params(PARAMS), tmp_path, workers=0, progress=False)
+
+
+@pytest.mark.slow
+def test_tiny_run_lowers_the_loss_and_writes_outputs(trained, cohort):
+    out, info = trained
+    seed_dir = out / "a" / "seed_0"
+    for name in ("best.pt", "last.pt", "log.csv", "predictions_val.csv", "predictions_test.csv"):
+        assert (seed_dir / name).is_file(), name
+    assert any((seed_dir / "tensorboard").iterdir())
+    log = _log(seed_dir / "log.csv")
+    assert [int(r["epoch"]) for r in log] == [1, 2, 3]
+    assert float(log[-1]["train_loss"]) < float(log[0]["train_loss"])
+    summary = json.loads((out / "a" / "summary.json").read_text())
+    assert summary["seeds"] == [0] and summary["level"] == "patient"
+    for key in ("val_binary_auc", "val_hand_till_auc", "test_macro_auc"):
+        assert 0.0 <= summary["mean"][key] <= 1.0
+    assert "val_binary_auc" in train.format_table(info["summary"])
+
+
+@pytest.mark.slow
+def test_predictions_are_patient_level_without_leaks(trained, cohort):
+    out, _ = trained
+    taxonomy = load_taxonomy()
+    manifest = read_manifest(cohort, taxonomy)
+    seen: dict[str, set[str]] = {}
+    for split in ("val", "test"):
+        with (out / "a" / "seed_0" / f"predictions_{split}.csv").open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert list(rows[0]) == [
+            "patient_id",
+            *(f"prob_{n}" for n in taxonomy.names),
+            "malignant_prob",
+            "label",
+        ]
+        seen[split] = {r["patient_id"] for r in rows}
+        assert seen[split] == set(manifest.patients(split))
+        for r in rows:
+            probs = np.array([float(r[f"prob_{n}"]) for n in taxonomy.names])
+            assert probs.sum() == pytest.approx(1.0, abs=1e-4)
+            malignant = probs[np.array(taxonomy.malignant_mask)].sum()
+            assert float(r["malignant_prob"]) == pytest.approx(malignant, abs=1e-4)
+    assert not seen["val"] & seen["test"]
+    assert not set(manifest.patients("train")) & (seen["val"] | seen["test"])
+
+
+@pytest.mark.slow
+def test_checkpoint_round_trip_gives_identical_outputs(trained, cohort):
+    out, info = trained
+    ckpt = load_checkpoint(out / "a" / "seed_0" / "best.pt")
+    assert ckpt.preprocess_params == train._parse_params(PARAMS)
+    assert ckpt.taxonomy.names == load_taxonomy().names
+    assert ckpt.ctc_features == ("ctc_level_pg_ml",)
+    assert ckpt.training["seed"] == 0 and "val" in ckpt.metrics and "test" in ckpt.metrics
+    assert set(ckpt.versions) >= {"dmfn", "torch", "numpy"}
+    model = ckpt.build_model()
+    resaved = ckpt.save(out / "copy.pt")
+    again = load_checkpoint(resaved).build_model()
+    views, tabular = torch.rand(5, 3, 32, 32), torch.rand(5, 6) * 20
+    with torch.no_grad():
+        assert torch.equal(model(views, tabular), again(views, tabular))
+    # The stored metrics equal a fresh evaluation of the reloaded model on the cached tensors.
+    args = train.parse_args(info["argv"])
+    data = train.prepare_data(args)
+    _, val = train.evaluate(model, data.val, data.taxonomy, torch.device("cpu"))
+    assert val["macro_auc"] == pytest.approx(ckpt.metrics["val"]["macro_auc"], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly_like_an_uninterrupted_run(trained):
+    """Deterministic for a seed: a run resumed after epoch 1 ends with the same weights."""
+    out, info = trained
+    resumed = out / "b"
+    (resumed / "seed_0").mkdir(parents=True)
+    shutil.copy(out / "after_epoch_1.pt", resumed / "seed_0" / "last.pt")
+    shutil.copy(out / "best_after_epoch_1.pt", resumed / "seed_0" / "best.pt")
+    argv = [*info["argv"], "--resume"]
+    argv[argv.index("--out") + 1] = str(resumed)
+    train.run(train.parse_args(argv))
+    full = load_checkpoint(out / "a" / "seed_0" / "last.pt").state_dict
+    cont = load_checkpoint(resumed / "seed_0" / "last.pt").state_dict
+    for key in full:
+        assert torch.equal(full[key], cont[key]), key
+    a, b = _log(out / "a" / "seed_0" / "log.csv"), _log(resumed / "seed_0" / "log.csv")
+    assert [r["train_loss"] for r in a[1:]] == [r["train_loss"] for r in b]
+    changed = [*argv, "--lr", "1e-2"]
+    with pytest.raises(ValueError, match=r"different \['lr'\]"):
+        train.run(train.parse_args(changed))
+
+
+# --------------------------------------------------------------------------- bad inputs
+def test_unknown_backbone_model_and_options(tmp_path):
+    base = ["--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path)]
+    cases = [
+        (["--backbone", "resnet9000"], "argument '--backbone': unknown backbone; known: .*regnetx"),
+        (["--model", "svm"], "argument '--model': must be one of"),
+        (["--loss", "focal"], "argument '--loss'"),
+        (["--epochs", "0"], "argument '--epochs'"),
+        (["--label-smoothing", "1"], "argument '--label-smoothing'"),
+        (["--params", '{"view_size": 2}'], "argument 'view_size'"),
+        (["--params", "{nope"], "argument '--params'"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(ValueError, match=message):
+            train.parse_args(base + extra)
+
+
+@pytest.mark.slow
+def test_main_reports_bad_manifests_clearly(tmp_path, cohort, capsys):
+    with cohort.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = [c for c in rows[0] if c != "label"]
+    broken = cohort.parent / "no_label.csv"
+    with broken.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    status = train.main(["--manifest", str(broken), "--out", str(tmp_path), *FAST])
+    assert status == 2
+    assert "missing required columns ['label']" in capsys.readouterr().err
+
+    taxonomy = tmp_path / "taxonomy.csv"
+    taxonomy.write_text(
+        "class,group,management\nx,benign,surgery\ny,malignant,surgery\nz,benign,follow-up\n"
+    )
+    argv = ["--manifest", str(cohort), "--out", str(tmp_path), "--taxonomy", str(taxonomy), *FAST]
+    with pytest.raises(
+        ValueError, match=r"line 2, column 'label': label .* is not in the taxonomy"
+    ):
+        train.run(train.parse_args(argv))
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    parser = train.build_parser()
+    for action in parser._actions:
+        for option in action.option_strings:
+            assert option in text
+        assert action.help, action.option_strings
+
+
+# --------------------------------------------------------------------------- DDP
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(cohort, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--standalone",
+        "-m",
+        "dmfn.training.train",
+        "--manifest",
+        str(cohort),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        *FAST,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "summary.json").is_file()
+    log = _log(out / "seed_0" / "log.csv")
+    assert [int(r["epoch"]) for r in log] == [1, 2]
+    ckpt = load_checkpoint(out / "seed_0" / "best.pt")
+    assert ckpt.training["args"]["model"] == "dmfn"
+    assert "DDP" not in json.dumps(ckpt.model_config)
+    assert not any(k.startswith("module.") for k in ckpt.state_dict)

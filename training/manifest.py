@@ -1,0 +1,243 @@
+"""Read and validate a cohort manifest CSV (written by ``dmfn synth`` or by a user).
+
+One row per image. Columns (more are allowed and ignored):
+
+- ``patient_id``, ``image_id`` (unique in the file)
+- ``image_path``: a DICOM series folder or a NIfTI file (``.nii`` / ``.nii.gz``)
+- ``mask_path``: the lesion mask, NIfTI or NRRD
+- the CTC feature columns (default ``ctc_level_pg_ml``, in pg/ml; ``ctc_features=`` names others)
+- ``age_years``, ``sex`` (``M`` / ``F``), ``location`` (``anterior`` / ``middle`` / ``posterior``)
+- ``label`` (a class of the taxonomy), ``group`` (``benign`` / ``malignant``, must agree with the
+  taxonomy), ``split`` (``train`` / ``val`` / ``test``)
+
+Relative paths are relative to the manifest's folder. Every error is a ``ValueError`` naming the
+file, the line (the header is line 1) and the column. Patient-level rules: all images of a patient
+share one split (no patient leaks across splits), one label and the same clinical facts.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dmfn.client.schema import DEFAULT_CTC_FEATURES, LOCATIONS
+from dmfn.client.study import MAX_AGE_YEARS, SEXES, Clinical
+from dmfn.client.taxonomy import GROUPS, Taxonomy
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+BASE_COLUMNS: tuple[str, ...] = (
+    "patient_id",
+    "image_id",
+    "image_path",
+    "mask_path",
+    "age_years",
+    "sex",
+    "location",
+    "label",
+    "group",
+    "split",
+)
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+MASK_SUFFIXES: tuple[str, ...] = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One image of the cohort. Paths are absolute; CTC values in the manifest's units."""
+
+    line: int
+    patient_id: str
+    image_id: str
+    image_path: Path
+    mask_path: Path
+    ctc: tuple[float, ...]
+    age_years: float
+    sex: str
+    location: str
+    label: str
+    label_index: int
+    group: str
+    split: str
+
+    @property
+    def clinical(self) -> Clinical:
+        """The clinical record (its ``as_array()`` is the CLINICAL fp32[5] tensor)."""
+        return Clinical(self.age_years, self.sex, self.location)
+
+    @property
+    def image_kind(self) -> str:
+        """``"dicom"`` for a series folder, ``"nifti"`` for a NIfTI file."""
+        return "dicom" if self.image_path.is_dir() else "nifti"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest: its rows in file order and what they were validated against."""
+
+    path: Path
+    rows: tuple[ManifestRow, ...]
+    taxonomy: Taxonomy
+    ctc_features: tuple[str, ...]
+
+    def split(self, name: str) -> tuple[ManifestRow, ...]:
+        """The rows of split ``name`` (``train`` / ``val`` / ``test``), in file order."""
+        if name not in SPLITS:
+            raise ValueError(f"argument 'name': split must be one of {SPLITS}, got {name!r}")
+        return tuple(r for r in self.rows if r.split == name)
+
+    def patients(self, split: str | None = None) -> list[str]:
+        """Patient ids (first-appearance order), optionally of one split only."""
+        rows = self.rows if split is None else self.split(split)
+        return list(dict.fromkeys(r.patient_id for r in rows))
+
+
+class _RowReader:
+    """Converts one CSV row to typed values; every error names file, line and column."""
+
+    def __init__(self, path: Path, line: int, row: dict[str, str]) -> None:
+        self.path, self.line, self.row = path, line, row
+
+    def error(self, column: str, rule: str) -> ValueError:
+        return ValueError(f"manifest {self.path} line {self.line}, column {column!r}: {rule}")
+
+    def text(self, column: str) -> str:
+        value = (self.row.get(column) or "").strip()
+        if not value:
+            raise self.error(column, "must not be empty")
+        return value
+
+    def choice(self, column: str, allowed: Sequence[str]) -> str:
+        value = self.text(column)
+        if value not in allowed:
+            raise self.error(column, f"must be one of {tuple(allowed)}, got {value!r}")
+        return value
+
+    def number(self, column: str, low: float = -math.inf, high: float = math.inf) -> float:
+        value = self.text(column)
+        try:
+            number = float(value)
+        except ValueError:
+            raise self.error(column, f"must be a number, got {value!r}") from None
+        if not math.isfinite(number) or not low <= number <= high:
+            raise self.error(column, f"must be a finite number in [{low:g}, {high:g}], got {value}")
+        return number
+
+    def file(self, column: str, base: Path, *, folder_ok: bool, suffixes: Sequence[str]) -> Path:
+        path = Path(self.text(column))
+        path = path if path.is_absolute() else base / path
+        if path.is_dir():
+            if not folder_ok:
+                raise self.error(column, f"{path} is a folder; expected a file {tuple(suffixes)}")
+            return path
+        if not path.is_file():
+            raise self.error(column, f"{path} does not exist")
+        if not path.name.lower().endswith(tuple(suffixes)):
+            kinds = ("a DICOM folder or " if folder_ok else "") + f"a file ending in {suffixes}"
+            raise self.error(column, f"{path} must be {kinds}")
+        return path
+
+
+def read_manifest(
+    path: str | Path,
+    taxonomy: Taxonomy,
+    ctc_features: Sequence[str] = DEFAULT_CTC_FEATURES,
+    check_files: bool = True,
+) -> Manifest:
+    """Read and validate the manifest CSV at ``path`` against ``taxonomy``.
+
+    ``ctc_features`` names the CTC columns, in the order they enter the TABULAR tensor.
+    ``check_files=False`` skips the existence checks of image and mask paths (they are then only
+    resolved). ValueError (file, line, column, rule) on the first problem found.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"argument 'manifest': file {path} does not exist")
+    ctc_features = tuple(ctc_features)
+    if not ctc_features:
+        raise ValueError("argument 'ctc_features': needs at least one CTC column")
+    if len(set(ctc_features)) != len(ctc_features):
+        raise ValueError(f"argument 'ctc_features': duplicate names in {ctc_features}")
+    base = path.resolve().parent
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = [c.strip() for c in reader.fieldnames or []]
+        reader.fieldnames = header
+        missing = [c for c in (*BASE_COLUMNS, *ctc_features) if c not in header]
+        if missing:
+            raise ValueError(
+                f"manifest {path}: missing required columns {missing} (header: {header})"
+            )
+        rows = [
+            _read_row(_RowReader(path, line, raw), base, taxonomy, ctc_features, check_files)
+            for line, raw in enumerate(reader, start=2)
+        ]
+    if not rows:
+        raise ValueError(f"manifest {path}: has no rows")
+    _check_consistency(path, rows)
+    return Manifest(path=path, rows=tuple(rows), taxonomy=taxonomy, ctc_features=ctc_features)
+
+
+def _read_row(
+    r: _RowReader,
+    base: Path,
+    taxonomy: Taxonomy,
+    ctc_features: tuple[str, ...],
+    check_files: bool,
+) -> ManifestRow:
+    label = r.text("label")
+    try:
+        label_index = taxonomy.index(label)
+    except ValueError as err:
+        raise r.error("label", str(err)) from None
+    group = r.choice("group", GROUPS)
+    expected = taxonomy.classes[label_index].group
+    if group != expected:
+        raise r.error("group", f"label {label!r} is {expected} in the taxonomy, got {group!r}")
+    if check_files:
+        image_path = r.file("image_path", base, folder_ok=True, suffixes=NIFTI_SUFFIXES)
+        mask_path = r.file("mask_path", base, folder_ok=False, suffixes=MASK_SUFFIXES)
+    else:
+        image_path, mask_path = (base / r.text(c) for c in ("image_path", "mask_path"))
+    return ManifestRow(
+        line=r.line,
+        patient_id=r.text("patient_id"),
+        image_id=r.text("image_id"),
+        image_path=image_path,
+        mask_path=mask_path,
+        ctc=tuple(r.number(c) for c in ctc_features),
+        age_years=r.number("age_years", 0.0, MAX_AGE_YEARS),
+        sex=r.choice("sex", SEXES),
+        location=r.choice("location", LOCATIONS),
+        label=label,
+        label_index=label_index,
+        group=group,
+        split=r.choice("split", SPLITS),
+    )
+
+
+def _check_consistency(path: Path, rows: list[ManifestRow]) -> None:
+    seen_images: dict[str, int] = {}
+    first_of_patient: dict[str, ManifestRow] = {}
+    for row in rows:
+        if row.image_id in seen_images:
+            raise ValueError(
+                f"manifest {path} line {row.line}, column 'image_id': {row.image_id!r} repeats "
+                f"line {seen_images[row.image_id]}"
+            )
+        seen_images[row.image_id] = row.line
+        first = first_of_patient.setdefault(row.patient_id, row)
+        for column in ("split", "label", "age_years", "sex", "location"):
+            if getattr(row, column) != getattr(first, column):
+                rule = (
+                    "a patient's images must all be in one split (no patient leaks across splits)"
+                    if column == "split"
+                    else "must be the same for all images of a patient"
+                )
+                raise ValueError(
+                    f"manifest {path} line {row.line}, column {column!r}: patient "
+                    f"{row.patient_id!r} has {getattr(row, column)!r} here but "
+                    f"{getattr(first, column)!r} on line {first.line}; {rule}"
+                )
