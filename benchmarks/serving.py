@@ -1,0 +1,506 @@
+"""Serving benchmark: the Triton ensemble against the in-process floor and a FastAPI peer.
+
+In one run, on the same exported model and the same synthetic studies (ROI crops as the client
+SDK sends them: int16 HU, spacing, mask, CTC, clinical), driven by the same closed-loop client
+(N threads, each sends a request, waits for the answer, sends the next) at each concurrency:
+
+(a) floor: ``preprocess_study`` + ONNX Runtime called in-process (no server, no serialisation);
+    each thread runs the kernels with the OpenMP thread count of the serving settings (1, the
+    fastest on ROI crops, as the preprocess model does) and ONNX Runtime does not busy-wait;
+(b) triton: the ``dmfn_pipeline`` ensemble on the bundled Triton (HTTP, binary tensors), repository
+    written by ``dmfn export --target cpu`` with the default serving settings;
+(c) fastapi: what a user might write instead: a plain FastAPI app on uvicorn (one process, an
+    async endpoint that runs the work in the threadpool), the same ``preprocess_study`` call and
+    the PyTorch model in eager mode (``torch.no_grad``), binary request body (``.npz``), JSON
+    response with the same outputs (probabilities, top-3, malignant probability, measurements).
+    Its process runs with OMP_NUM_THREADS=1 (``--fastapi-omp-threads``), its best setting here.
+
+Prints throughput (requests/s) and p50/p95/p99 latency (ms) per system and concurrency, failed
+requests, the net's average batch size inside Triton, and the ratios at the highest concurrency.
+Targets on the 2-core development machine: triton >= 2x fastapi and >= 0.7x floor at concurrency
+16, no failed request. Results on synthetic data; this measures speed only.
+
+Run it on a quiet machine (``uptime``)::
+
+    .venv/bin/python benchmarks/serving.py [--duration 10] [--backbone regnetx_tiny]
+"""
+
+import argparse
+import ctypes
+import http.client
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dmfn.client import schema as S
+from dmfn.preprocess import PreprocessParams, preprocess_study
+
+REQUEST_NAMES = [t.name for t in S.Schema().request_inputs]
+RESPONSE_NAMES = [t.name for t in S.Schema().response_outputs]
+CPUS = len(os.sched_getaffinity(0))
+
+
+# --------------------------------------------------------------------------- model and data
+def make_checkpoint(path: Path, backbone: str, params: PreprocessParams, seed: int = 0) -> Path:
+    """An untrained DMFN with ``backbone`` (speed does not depend on the weights)."""
+    import torch
+
+    from dmfn.client.taxonomy import load_taxonomy
+    from dmfn.training.checkpoint import Checkpoint
+    from dmfn.training.models import create_model, fit_standardisation
+
+    torch.manual_seed(seed)
+    taxonomy = load_taxonomy()
+    tabular = np.random.default_rng(seed).normal(size=(16, len(S.CLINICAL_FIELDS) + 1))
+    mean, std = fit_standardisation(tabular.astype(np.float32))
+    model = create_model(
+        "dmfn",
+        backbone=backbone,
+        n_classes=len(taxonomy),
+        n_tabular=tabular.shape[1],
+        tabular_mean=mean,
+        tabular_std=std,
+    ).eval()
+    return Checkpoint(
+        model_config=dict(model.config),
+        state_dict=model.state_dict(),
+        preprocess_params=params,
+        taxonomy=taxonomy,
+        ctc_features=S.DEFAULT_CTC_FEATURES,
+        metrics={},
+        training={"synthetic": True, "benchmark": "untrained weights"},
+        versions={"torch": str(torch.__version__)},
+    ).save(path)
+
+
+def make_requests(n: int, seed: int, shape: tuple[int, int, int]) -> list[dict[str, np.ndarray]]:
+    """``n`` synthetic ROI crops as request tensors (batch axis 1)."""
+    from dmfn.training.export import synthetic_study
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        s = synthetic_study(rng, 1, shape)
+        arrays = (s.hu, s.spacing_mm, s.mask, s.ctc, s.clinical)
+        out.append({name: a[None] for name, a in zip(REQUEST_NAMES, arrays, strict=True)})
+    return out
+
+
+def _omp_set_num_threads() -> Callable[[int], object]:
+    try:
+        return ctypes.CDLL("libgomp.so.1").omp_set_num_threads
+    except (OSError, AttributeError):
+        return lambda n: None
+
+
+# --------------------------------------------------------------------------- the three systems
+class Floor:
+    """(a) preprocess_study + ONNX Runtime in this process."""
+
+    def __init__(
+        self, onnx_path: Path, params: PreprocessParams, intra_op_threads: int, omp_threads: int
+    ) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(
+            str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.params = params
+        self.set_omp = _omp_set_num_threads()
+        self.omp_threads = omp_threads
+
+    def setup(self, concurrency: int) -> None:
+        pass
+
+    def thread_init(self) -> None:
+        self.set_omp(self.omp_threads)
+
+    def __call__(self, request: dict[str, np.ndarray]) -> None:
+        p = preprocess_study(*(request[n][0] for n in REQUEST_NAMES), params=self.params)
+        self.session.run([S.LOGITS], {S.VIEWS: p.views[None], S.TABULAR: p.tabular[None]})
+
+    def close(self) -> None:
+        pass
+
+
+class TritonCaller:
+    """(b) the ensemble over HTTP or gRPC (one tritonclient client per thread: the HTTP one is
+    gevent-based and must not be shared across threads)."""
+
+    def __init__(self, url: str, protocol: str = "http") -> None:
+        self.url = url
+        self.local = threading.local()
+        if protocol == "http":
+            import tritonclient.http as module
+        else:
+            import tritonclient.grpc as module
+        self.module = module
+        self.protocol = protocol
+
+    def setup(self, concurrency: int) -> None:
+        pass
+
+    def thread_init(self) -> None:
+        if self.protocol == "http":
+            self.local.client = self.module.InferenceServerClient(self.url, network_timeout=120)
+        else:
+            self.local.client = self.module.InferenceServerClient(self.url)
+
+    def __call__(self, request: dict[str, np.ndarray]) -> None:
+        spec = {t.name: t.dtype for t in S.Schema().request_inputs}
+        inputs = []
+        for name, array in request.items():
+            item = self.module.InferInput(name, list(array.shape), spec[name])
+            item.set_data_from_numpy(array)
+            inputs.append(item)
+        outputs = [self.module.InferRequestedOutput(n) for n in RESPONSE_NAMES]
+        result = self.local.client.infer(S.PIPELINE_MODEL, inputs, outputs=outputs)
+        if result.as_numpy(S.PROBS) is None:
+            raise RuntimeError("response without PROBS")
+
+    def thread_close(self) -> None:
+        self.local.client.close()
+
+
+class FastApiCaller:
+    """(c) POST /predict with an .npz body over a keep-alive connection per thread."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.local = threading.local()
+
+    def setup(self, concurrency: int) -> None:
+        pass
+
+    def thread_init(self) -> None:
+        self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+
+    def __call__(self, request: dict[str, np.ndarray]) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **request)
+        self.local.conn.request(
+            "POST",
+            "/predict",
+            body=buffer.getvalue(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        response = self.local.conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
+        if "probs" not in json.loads(body):
+            raise RuntimeError("response without probs")
+
+    def thread_close(self) -> None:
+        self.local.conn.close()
+
+
+# --------------------------------------------------------------------------- the FastAPI peer
+def create_fastapi_app(checkpoint: Path):
+    """A plain FastAPI app: preprocess_study + the PyTorch model in eager mode."""
+    import torch
+    from fastapi import FastAPI, HTTPException, Request
+    from starlette.concurrency import run_in_threadpool
+
+    from dmfn.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.build_model().eval()
+    params = ckpt.preprocess_params
+    names = ckpt.taxonomy.names
+    malignant = np.array(ckpt.taxonomy.malignant_mask)
+    app = FastAPI()
+
+    def infer(body: bytes) -> dict:
+        arrays = np.load(io.BytesIO(body))
+        p = preprocess_study(*(arrays[n][0] for n in REQUEST_NAMES), params=params)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(p.views[None]), torch.from_numpy(p.tabular[None]))
+            probs = torch.softmax(logits.double(), dim=1)[0].numpy()
+        top = np.argsort(-probs, kind="stable")[: S.TOP_K]
+        return {
+            "probs": probs.tolist(),
+            "top3": [[names[i], float(probs[i])] for i in top],
+            "malignant_prob": float(probs[malignant].sum()),
+            "measurements": p.measurements.tolist(),
+        }
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"ok": True}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict:
+        body = await request.body()
+        try:
+            return await run_in_threadpool(infer, body)
+        except ValueError as err:
+            raise HTTPException(status_code=400, detail=str(err)) from err
+
+    return app
+
+
+def serve_fastapi(checkpoint: Path, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(create_fastapi_app(checkpoint), host="127.0.0.1", port=port, log_level="warning")
+
+
+def _wait_http(url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if process.poll() is not None:
+            raise RuntimeError(f"the FastAPI server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout_s} s")
+
+
+# --------------------------------------------------------------------------- closed loop
+@dataclass(frozen=True)
+class Result:
+    system: str
+    concurrency: int
+    completed: int
+    failed: int
+    seconds: float
+    latencies_ms: np.ndarray
+
+    @property
+    def throughput(self) -> float:
+        return self.completed / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return (
+            float(np.percentile(self.latencies_ms, q)) if self.latencies_ms.size else float("nan")
+        )
+
+
+def closed_loop(
+    system: str,
+    caller,
+    requests: Sequence[dict[str, np.ndarray]],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+) -> Result:
+    """``concurrency`` threads send requests back to back for warmup + duration seconds; only
+    requests started and finished inside the measured window count."""
+    caller.setup(concurrency)
+    barrier = threading.Barrier(concurrency + 1)
+    lock = threading.Lock()
+    latencies: list[float] = []
+    failures: list[str] = []
+    window: dict[str, float] = {}
+
+    def worker(index: int) -> None:
+        caller.thread_init()
+        try:
+            barrier.wait()
+            i = index
+            while True:
+                start = time.perf_counter()
+                if start >= window["end"]:
+                    return
+                try:
+                    caller(requests[i % len(requests)])
+                    ok = True
+                except Exception as err:  # counted and reported, the loop goes on
+                    ok = False
+                    with lock:
+                        failures.append(repr(err))
+                stop = time.perf_counter()
+                if start >= window["start"] and stop <= window["end"] and ok:
+                    with lock:
+                        latencies.append((stop - start) * 1e3)
+                i += concurrency
+        finally:
+            closer = getattr(caller, "thread_close", None)
+            if closer is not None:
+                closer()
+
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    now = time.perf_counter()
+    window["start"] = now + warmup_s
+    window["end"] = now + warmup_s + duration_s
+    barrier.wait()
+    for thread in threads:
+        thread.join()
+    if failures:
+        print(f"  {system} c={concurrency}: {len(failures)} failures, first: {failures[0]}")
+    return Result(
+        system, concurrency, len(latencies), len(failures), duration_s, np.asarray(latencies)
+    )
+
+
+# --------------------------------------------------------------------------- main
+def _net_stats(url: str) -> tuple[int, int]:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(S.NET_MODEL)["model_stats"][0]
+        return int(stats["inference_count"]), int(stats["execution_count"])
+    finally:
+        client.close()
+
+
+def print_table(results: list[Result]) -> None:
+    header = f"{'system':<8} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'done':>6} {'failed':>6}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r.system:<8} {r.concurrency:>4} {r.throughput:>8.1f} {r.percentile(50):>8.1f} "
+            f"{r.percentile(95):>8.1f} {r.percentile(99):>8.1f} {r.completed:>6} {r.failed:>6}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per point")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    parser.add_argument("--concurrency", default="1,4,16", help="comma-separated (1,4,16)")
+    parser.add_argument("--backbone", default="regnetx_tiny", help="CT backbone (regnetx_tiny)")
+    parser.add_argument("--studies", type=int, default=32, help="distinct synthetic studies")
+    parser.add_argument(
+        "--shape", default="24,64,64", help="ROI crop shape z,y,x in voxels (24,64,64)"
+    )
+    parser.add_argument(
+        "--fastapi-omp-threads",
+        type=int,
+        default=1,
+        help="OMP_NUM_THREADS of the FastAPI process (torch and the C++ kernels; 0 = library "
+        "defaults). Default 1: with the defaults two OpenMP runtimes (torch's and the "
+        "kernels') spin against each other and the peer answers in ~700 ms at concurrency 1",
+    )
+    parser.add_argument(
+        "--protocol", choices=("http", "grpc"), default="http", help="Triton client protocol"
+    )
+    parser.add_argument("--systems", default="floor,triton,fastapi", help="which to run")
+    parser.add_argument(
+        "--serve-fastapi", nargs=2, metavar=("CHECKPOINT", "PORT"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    if args.serve_fastapi:
+        serve_fastapi(Path(args.serve_fastapi[0]), int(args.serve_fastapi[1]))
+        return 0
+
+    from dmfn.serving.config import ServingSettings
+    from dmfn.serving.triton import TritonServer, free_ports
+    from dmfn.training.export import export
+
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    systems = args.systems.split(",")
+    shape = tuple(int(v) for v in args.shape.split(","))
+    params = PreprocessParams()
+    settings = ServingSettings()
+    print(
+        f"machine: {CPUS} CPUs, load average {os.getloadavg()[0]:.2f}; backbone {args.backbone}, "
+        f"views {params.view_size} px, crops {shape}, {args.studies} studies, "
+        f"{args.duration:g} s per point"
+    )
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="dmfn-bench-") as tmp:
+        tmp = Path(tmp)
+        checkpoint = make_checkpoint(tmp / "model.pt", args.backbone, params)
+        repo = tmp / "repo"
+        export(checkpoint, repo, settings, parity_studies=2)
+        requests = make_requests(args.studies, seed=1, shape=shape)
+
+        if "floor" in systems:
+            floor = Floor(
+                repo / "dmfn" / "1" / "model.onnx",
+                params,
+                settings.intra_op_threads,
+                settings.preprocess_openmp_threads,
+            )
+            for c in concurrencies:
+                results.append(closed_loop("floor", floor, requests, c, args.duration, args.warmup))
+
+        if "triton" in systems:
+            http_port, grpc_port, metrics_port = free_ports(3)
+            with TritonServer(
+                repo,
+                http_port=http_port,
+                grpc_port=grpc_port,
+                metrics_port=metrics_port,
+                log_path=tmp / "triton.log",
+            ) as server:
+                for c in concurrencies:
+                    before = _net_stats(server.http_url)
+                    url = server.http_url if args.protocol == "http" else server.grpc_url
+                    caller = TritonCaller(url, args.protocol)
+                    results.append(
+                        closed_loop("triton", caller, requests, c, args.duration, args.warmup)
+                    )
+                    after = _net_stats(server.http_url)
+                    inferences, executions = after[0] - before[0], after[1] - before[1]
+                    print(
+                        f"  triton c={c}: net {inferences} inferences in {executions} executions "
+                        f"(mean batch {inferences / max(executions, 1):.2f})"
+                    )
+
+        if "fastapi" in systems:
+            (port,) = free_ports(1)
+            env = dict(os.environ)
+            if args.fastapi_omp_threads:
+                env["OMP_NUM_THREADS"] = str(args.fastapi_omp_threads)
+            process = subprocess.Popen(
+                [sys.executable, __file__, "--serve-fastapi", str(checkpoint), str(port)], env=env
+            )
+            try:
+                _wait_http(f"http://127.0.0.1:{port}/health", process)
+                for c in concurrencies:
+                    results.append(
+                        closed_loop(
+                            "fastapi", FastApiCaller(port), requests, c, args.duration, args.warmup
+                        )
+                    )
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+
+    print()
+    print_table(results)
+    top = max(concurrencies)
+    by = {(r.system, r.concurrency): r for r in results}
+    print()
+    if ("triton", top) in by:
+        triton = by[("triton", top)].throughput
+        for peer, target in (("fastapi", 2.0), ("floor", 0.7)):
+            if (peer, top) in by:
+                ratio = triton / by[(peer, top)].throughput
+                verdict = "meets" if ratio >= target else "MISSES"
+                print(
+                    f"concurrency {top}: triton / {peer} throughput = {ratio:.2f} "
+                    f"(target >= {target}: {verdict})"
+                )
+    failed = sum(r.failed for r in results)
+    print(f"failed requests: {failed}")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""``dmfn predict``: send studies to a running dmfn Triton server and print the predictions.
+
+One study::
+
+    dmfn predict CT.nii.gz --mask lesion.nii.gz --ctc 12.5 --age 54 --sex F --location anterior
+    dmfn predict dicom_folder/ --mask seg.seg.nrrd --segment lesion --ctc 12.5 ...
+
+Many studies (a CSV with ``image_path``, ``mask_path``, optional ``segment`` and ``image_id``,
+one column per CTC feature of the model, ``age_years``, ``sex``, ``location``; other columns such
+as those of a ``dmfn synth`` manifest are ignored; relative paths are relative to the CSV)::
+
+    dmfn predict --manifest studies.csv --concurrency 4 --json
+
+Only the lesion box plus the model's ROI margin is sent (see :mod:`dmfn.client.sdk`). No torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dmfn.client import schema as S
+from dmfn.client.study import Clinical, Study
+
+from .sdk import DEFAULT_TIMEOUT_S, PROTOCOLS, DmfnClient, DmfnServerError, Prediction
+
+log = logging.getLogger("dmfn.predict")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+#: Studies loaded from disk at a time per request in flight (bounds memory for big manifests).
+LOAD_AHEAD = 2
+MEASUREMENT_UNITS = {
+    "volume_mm3": "mm^3",
+    "max_axial_area_mm2": "mm^2",
+    "long_axis_mm": "mm",
+    "short_axis_mm": "mm",
+    "craniocaudal_mm": "mm",
+}
+
+
+@dataclass(frozen=True)
+class StudySource:
+    """Where one study comes from: image (DICOM folder / NIfTI / NRRD), mask, non-image data."""
+
+    image_path: Path
+    mask_path: Path
+    segment: str | None
+    ctc: tuple[str, ...]  # "VALUE" or "NAME=VALUE"
+    age_years: str
+    sex: str
+    location: str
+    image_id: str = ""
+    where: str = "command line"
+
+
+def load_image(path: Path) -> Study:
+    """A DICOM series folder, or a NIfTI (.nii, .nii.gz) / NRRD (.nrrd, .nhdr) volume."""
+    from dmfn.client.io import load_dicom_series, load_nifti_volume, load_nrrd_volume
+
+    if path.is_dir():
+        return load_dicom_series(path)
+    if not path.is_file():
+        raise ValueError(f"argument 'image': {path} is neither a DICOM folder nor a file")
+    name = path.name.lower()
+    if name.endswith((".nrrd", ".nhdr")):
+        return load_nrrd_volume(path)
+    return load_nifti_volume(path)
+
+
+def ctc_values(items: Sequence[str], features: Sequence[str], where: str) -> dict[str, float]:
+    """``VALUE`` items fill ``features`` in order; ``NAME=VALUE`` items name their feature."""
+    out: dict[str, float] = {}
+    plain = [i for i in items if "=" not in i]
+    named = [i for i in items if "=" in i]
+    if plain and len(plain) != len(features):
+        raise ValueError(
+            f"{where}: --ctc: the model expects {len(features)} CTC feature(s) "
+            f"({', '.join(features)}); give that many values or NAME=VALUE pairs, got {items}"
+        )
+    pairs = list(zip(features, plain, strict=False)) + [tuple(i.split("=", 1)) for i in named]
+    for name, text in pairs:
+        try:
+            out[name.strip()] = float(text)
+        except ValueError:
+            raise ValueError(
+                f"{where}: CTC feature {name!r} must be a number, got {text!r}"
+            ) from None
+    return out
+
+
+def load_study(source: StudySource, ctc_features: Sequence[str]) -> Study:
+    """Read the image and mask of ``source`` and attach its CTC and clinical facts."""
+    from dmfn.client.io import load_mask
+
+    study = load_image(source.image_path)
+    segment: str | int | None = source.segment
+    if isinstance(segment, str) and segment.isdigit():
+        segment = int(segment)
+    mask = load_mask(source.mask_path, study, segment=segment)
+    try:
+        age = float(source.age_years)
+    except ValueError:
+        raise ValueError(
+            f"{source.where}: age must be a number, got {source.age_years!r}"
+        ) from None
+    return Study(
+        hu=study.hu,
+        spacing_mm=study.spacing_mm,
+        origin_lps_mm=study.origin_lps_mm,
+        direction=study.direction,
+        mask=mask,
+        ctc=ctc_values(source.ctc, ctc_features, source.where),
+        clinical=Clinical(age, source.sex, source.location),
+        image_id=source.image_id or study.image_id or source.image_path.name,
+    )
+
+
+def read_manifest(path: Path, ctc_features: Sequence[str]) -> list[StudySource]:
+    """Rows of a prediction CSV (see the module docstring); ValueError naming line and column."""
+    if not path.is_file():
+        raise ValueError(f"argument '--manifest': {path} is not a file")
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or ())
+        needed = ["image_path", "mask_path", *ctc_features, "age_years", "sex", "location"]
+        missing = [c for c in needed if c not in columns]
+        if missing:
+            raise ValueError(f"manifest {path}: missing column(s) {missing}")
+        sources = []
+        for line, row in enumerate(reader, start=2):
+            where = f"manifest {path} line {line}"
+            for column in needed:
+                if not (row.get(column) or "").strip():
+                    raise ValueError(f"{where}: column '{column}' is empty")
+            sources.append(
+                StudySource(
+                    image_path=_relative(path, row["image_path"]),
+                    mask_path=_relative(path, row["mask_path"]),
+                    segment=(row.get("segment") or "").strip() or None,
+                    ctc=tuple(f"{name}={row[name]}" for name in ctc_features),
+                    age_years=row["age_years"].strip(),
+                    sex=row["sex"].strip(),
+                    location=row["location"].strip(),
+                    image_id=(row.get("image_id") or "").strip(),
+                    where=where,
+                )
+            )
+    if not sources:
+        raise ValueError(f"manifest {path}: has no rows")
+    return sources
+
+
+def _relative(manifest: Path, text: str) -> Path:
+    path = Path(text.strip())
+    return path if path.is_absolute() else manifest.parent / path
+
+
+def format_prediction(prediction: Prediction) -> str:
+    """Human-readable lines: top-3, malignant probability, management, measurements."""
+    lines = [f"study {prediction.image_id or '-'}  (model {prediction.model_version})"]
+    width = max(len(label) for label, _ in prediction.top3)
+    for rank, (label, prob) in enumerate(prediction.top3, start=1):
+        lines.append(f"  {rank}. {label:<{width}}  {prob:6.1%}")
+    lines.append(f"  malignant probability: {prediction.malignant_prob:.1%}")
+    lines.append(f"  suggested management:  {prediction.management}")
+    lines.append("  measurements:")
+    for name, value in prediction.measurements.items():
+        lines.append(f"    {name:<20} {value:10.1f} {MEASUREMENT_UNITS.get(name, '')}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dmfn predict",
+        description=(
+            "Classify mediastinal lesions with a running dmfn Triton server (`dmfn serve`). Only "
+            "the lesion box plus the model's ROI margin leaves this machine, as int16 HU, with the "
+            "CTC and clinical values; no DICOM header or identifier is sent."
+        ),
+    )
+    p.add_argument(
+        "image",
+        nargs="?",
+        type=Path,
+        help="a DICOM series folder or a NIfTI (.nii/.nii.gz) / NRRD volume",
+    )
+    p.add_argument("--mask", type=Path, help="lesion mask (NIfTI, NRRD or 3D Slicer .seg.nrrd)")
+    p.add_argument(
+        "--segment", help="segment name (Slicer .seg.nrrd) or label value in the mask file"
+    )
+    p.add_argument(
+        "--ctc",
+        action="append",
+        default=[],
+        help="CTC value(s) in the model's units (the paper's: CTC level in pg/ml); repeat or use "
+        "NAME=VALUE when the model has several CTC features",
+    )
+    p.add_argument("--age", help="age in years")
+    p.add_argument("--sex", choices=("M", "F"), help="sex")
+    p.add_argument("--location", choices=S.LOCATIONS, help="mediastinal compartment of the lesion")
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        help="CSV of many studies (image_path, mask_path, [segment], [image_id], CTC columns, "
+        "age_years, sex, location) instead of one IMAGE",
+    )
+    p.add_argument(
+        "--url", default=None, help="server host:port (127.0.0.1:8000 http, 127.0.0.1:8001 grpc)"
+    )
+    p.add_argument("--protocol", choices=PROTOCOLS, default="http", help="http (default) or grpc")
+    p.add_argument("--model", default=S.PIPELINE_MODEL, help=f"ensemble ({S.PIPELINE_MODEL})")
+    p.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="per-request timeout, s (60)"
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=4, help="requests in flight for --manifest (4)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document (machine output)")
+    return p
+
+
+def _sources(args: argparse.Namespace, ctc_features: Sequence[str]) -> list[StudySource]:
+    if args.manifest is not None:
+        if args.image is not None:
+            raise ValueError("give either IMAGE or --manifest, not both")
+        return read_manifest(args.manifest, ctc_features)
+    if args.image is None:
+        raise ValueError("give IMAGE (with --mask, --ctc, --age, --sex, --location) or --manifest")
+    missing = [f"--{n}" for n in ("mask", "ctc", "age", "sex", "location") if not getattr(args, n)]
+    if missing:
+        raise ValueError(f"IMAGE needs {', '.join(missing)}")
+    return [
+        StudySource(
+            args.image, args.mask, args.segment, tuple(args.ctc), args.age, args.sex, args.location
+        )
+    ]
+
+
+def _chunks(items: list[StudySource], size: int) -> Iterator[list[StudySource]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``dmfn predict``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.concurrency < 1:
+        print("dmfn predict: --concurrency must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        client = DmfnClient(args.url, args.protocol, args.model, args.timeout)
+    except ValueError as err:
+        print(f"dmfn predict: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    with client:
+        try:
+            contract = client.contract
+            sources = _sources(args, contract.ctc_features)
+        except DmfnServerError as err:
+            print(f"dmfn predict: {err}", file=sys.stderr)
+            return EXIT_FAILED
+        except ValueError as err:
+            print(f"dmfn predict: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        results: list[tuple[StudySource, Prediction | Exception]] = []
+        for chunk in _chunks(sources, LOAD_AHEAD * args.concurrency):
+            studies: list[Study | Exception] = []
+            for source in chunk:
+                try:
+                    studies.append(load_study(source, contract.ctc_features))
+                except ValueError as err:
+                    studies.append(ValueError(f"{source.where}: {err}"))
+            ok = [s for s in studies if isinstance(s, Study)]
+            answers = iter(client.predict_many(ok, args.concurrency, return_exceptions=True))
+            results += [
+                (src, s if isinstance(s, Exception) else next(answers))
+                for src, s in zip(chunk, studies, strict=True)
+            ]
+    failed = [(src, r) for src, r in results if isinstance(r, Exception)]
+    if args.json:
+        document = [
+            {"image_path": str(src.image_path), "error": str(r)}
+            if isinstance(r, Exception)
+            else {"image_path": str(src.image_path), **r.to_dict()}
+            for src, r in results
+        ]
+        print(json.dumps(document if args.manifest else document[0], indent=2))
+    else:
+        for _, result in results:
+            if not isinstance(result, Exception):
+                print(format_prediction(result))
+    for src, err in failed:
+        print(f"dmfn predict: {src.image_path}: {err}", file=sys.stderr)
+    if failed:
+        usage = all(isinstance(e, ValueError) for _, e in failed) and len(results) == 1
+        return EXIT_USAGE if usage else EXIT_FAILED
+    return EXIT_OK

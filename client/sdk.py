@@ -1,0 +1,432 @@
+"""The Python client SDK of the dmfn Triton service (no torch).
+
+``DmfnClient`` sends :class:`~dmfn.client.study.Study` objects to the ``dmfn_pipeline`` ensemble
+over HTTP or gRPC and returns :class:`Prediction` objects::
+
+    from dmfn.client.sdk import DmfnClient
+    with DmfnClient("127.0.0.1:8000") as client:
+        prediction = client.predict(study)
+        print(prediction.top3, prediction.malignant_prob, prediction.management)
+
+What leaves the client (DESIGN.md, data flow): only the voxels of the lesion box plus the ROI
+margin the model was trained with (cropped here with :func:`dmfn.preprocess.crop_roi`), as int16
+HU, the spacing, the cropped mask, the CTC features and the clinical vector. No DICOM header,
+no patient or image identifier, no position in the patient is sent.
+
+The model's contract (ROI margin, CTC feature names, class names) is read once from the
+ensemble's config (see :mod:`dmfn.serving.contract`) unless given explicitly.
+
+Threads: tritonclient's HTTP client is gevent-based and must not be shared across threads, so a
+``DmfnClient`` keeps one tritonclient client per thread; a ``DmfnClient`` itself may be shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from dmfn.client import schema as S
+from dmfn.client.study import Study
+from dmfn.preprocess import crop_roi
+from dmfn.serving.contract import ServerContract
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS: tuple[str, ...] = ("http", "grpc")
+DEFAULT_URLS: dict[str, str] = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
+DEFAULT_TIMEOUT_S = 60.0
+_INT16 = np.iinfo(np.int16)
+
+
+class DmfnServerError(RuntimeError):
+    """The server refused or failed a request, or could not be reached.
+
+    ``message`` is the server's text (for a bad input it names the tensor and the rule);
+    ``status`` the HTTP status or gRPC code when known.
+    """
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message if status is None else f"{message} (status {status})")
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The served model's answer for one study.
+
+    Attributes:
+        probs: class name -> probability (logit order, sums to 1).
+        top3: the three most probable classes, ``(name, probability)``, most probable first.
+        malignant_prob: sum of the probabilities of the taxonomy's malignant classes.
+        management: the management the taxonomy suggests for the most probable class.
+        measurements: ``schema.MEASUREMENT_FIELDS`` name -> value (mm, mm^2, mm^3), measured by
+            the server on the mask after isotropic resampling.
+        model_version: ``"<model name>/<version>"`` that answered.
+        image_id: the study's ``image_id`` (kept on the client, never sent).
+    """
+
+    probs: Mapping[str, float]
+    top3: tuple[tuple[str, float], ...]
+    malignant_prob: float
+    management: str
+    measurements: Mapping[str, float]
+    model_version: str
+    image_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict."""
+        return {
+            "image_id": self.image_id,
+            "model_version": self.model_version,
+            "top3": [{"label": label, "prob": prob} for label, prob in self.top3],
+            "malignant_prob": self.malignant_prob,
+            "management": self.management,
+            "measurements": dict(self.measurements),
+            "probs": dict(self.probs),
+        }
+
+
+# --------------------------------------------------------------------------- request / response
+def build_request(study: Study, contract: ServerContract) -> dict[str, np.ndarray]:
+    """The request tensors for one study, each with a leading batch axis of 1.
+
+    The volume is cropped to the lesion box (from ``study.mask``, else ``study.bbox``) plus
+    ``contract.roi_margin_mm``, clamped to the volume. With only a box, ROI_MASK is 1 inside
+    the box (the server's measurements then describe the box). Float HU are rounded to the
+    nearest integer HU (the wire format is int16); values outside the int16 range are refused.
+
+    Returns:
+        {CT_HU int16 [1, z, y, x], SPACING_MM fp32 [1, 3] (z, y, x) mm, ROI_MASK uint8
+        [1, z, y, x], CTC fp32 [1, K] in ``contract.ctc_features`` order, CLINICAL fp32 [1, 5]}.
+
+    Raises:
+        ValueError: not a Study, no mask/bbox, no clinical record, a missing CTC feature,
+            HU outside int16.
+    """
+    if not isinstance(study, Study):
+        raise ValueError(f"argument 'study': must be a dmfn Study, got {type(study).__name__}")
+    if study.mask is None and study.bbox is None:
+        raise ValueError(
+            f"argument 'study': study {study.image_id!r} has neither a lesion mask nor a bbox; "
+            "the client crops the lesion region and sends only that"
+        )
+    ctc = study.ctc_array(contract.ctc_features)
+    clinical = study.clinical_array()
+    if study.mask is not None:
+        roi = crop_roi(
+            study.hu, mask=study.mask, margin_mm=contract.roi_margin_mm, spacing_mm=study.spacing_mm
+        )
+        mask = roi.mask
+    else:
+        roi = crop_roi(
+            study.hu,
+            bbox=np.asarray(study.bbox, dtype=np.int64),
+            margin_mm=contract.roi_margin_mm,
+            spacing_mm=study.spacing_mm,
+        )
+        mask = np.zeros(roi.volume.shape, np.uint8)
+        box = study.bbox
+        mask[
+            tuple(
+                slice(box[a] - roi.offset_zyx[a], box[a + 3] - roi.offset_zyx[a]) for a in range(3)
+            )
+        ] = 1
+    hu = roi.volume
+    if hu.dtype != np.int16:
+        hu = np.rint(hu)
+        if hu.min() < _INT16.min or hu.max() > _INT16.max:
+            raise ValueError(
+                f"argument 'study': HU of study {study.image_id!r} must lie in "
+                f"[{_INT16.min}, {_INT16.max}] (int16 on the wire), got "
+                f"[{float(hu.min())}, {float(hu.max())}]"
+            )
+        hu = hu.astype(np.int16)
+    return {
+        S.CT_HU: np.ascontiguousarray(hu)[None],
+        S.SPACING_MM: np.asarray(study.spacing_mm, np.float32)[None],
+        S.ROI_MASK: np.ascontiguousarray(mask, dtype=np.uint8)[None],
+        S.CTC: ctc[None],
+        S.CLINICAL: clinical[None],
+    }
+
+
+def parse_response(
+    outputs: Mapping[str, np.ndarray],
+    class_names: Sequence[str],
+    model_version: str = "",
+    image_id: str = "",
+) -> Prediction:
+    """A :class:`Prediction` from the ensemble's output arrays of one study (batch row 0)."""
+    probs = np.asarray(outputs[S.PROBS], np.float64).reshape(-1)
+    if probs.size != len(class_names):
+        raise DmfnServerError(
+            f"the server returned {probs.size} probabilities but the model has "
+            f"{len(class_names)} class names"
+        )
+    top = np.asarray(outputs[S.TOP3_INDEX]).reshape(-1)
+    labels = [_text(v) for v in np.asarray(outputs[S.TOP3_LABEL]).reshape(-1)]
+    measurements = np.asarray(outputs[S.MEASUREMENTS], np.float64).reshape(-1)
+    return Prediction(
+        probs=MappingProxyType(
+            {name: float(p) for name, p in zip(class_names, probs, strict=True)}
+        ),
+        top3=tuple((label, float(probs[i])) for label, i in zip(labels, top, strict=True)),
+        malignant_prob=float(np.asarray(outputs[S.MALIGNANT_PROB]).reshape(-1)[0]),
+        management=_text(np.asarray(outputs[S.MANAGEMENT]).reshape(-1)[0]),
+        measurements=MappingProxyType(
+            {n: float(v) for n, v in zip(S.MEASUREMENT_FIELDS, measurements, strict=True)}
+        ),
+        model_version=model_version,
+        image_id=image_id,
+    )
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --------------------------------------------------------------------------- the client
+class DmfnClient:
+    """A client of the ``dmfn_pipeline`` ensemble on a Triton server.
+
+    Args:
+        url: ``host:port`` of the server (default 127.0.0.1:8000 for http, :8001 for grpc).
+        protocol: ``"http"`` or ``"grpc"``.
+        model: the ensemble to call.
+        timeout_s: per-request timeout in seconds (connection and response).
+        contract: the model's ROI margin / CTC features / class names; None reads them from the
+            model's config on first use.
+
+    Safe to share between threads (one tritonclient client per thread inside). Use as a context
+    manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        protocol: str = "http",
+        model: str = S.PIPELINE_MODEL,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        contract: ServerContract | None = None,
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"argument 'protocol': must be one of {PROTOCOLS}, got {protocol!r}")
+        if not (isinstance(timeout_s, int | float) and timeout_s > 0):
+            raise ValueError(f"argument 'timeout_s': must be a number > 0, got {timeout_s!r}")
+        if contract is not None and not isinstance(contract, ServerContract):
+            raise ValueError(
+                f"argument 'contract': must be a ServerContract or None, got {type(contract).__name__}"
+            )
+        self.url = url or DEFAULT_URLS[protocol]
+        if "://" in self.url:
+            raise ValueError(
+                f"argument 'url': must be host:port without a scheme, got {self.url!r}"
+            )
+        self.protocol = protocol
+        self.model = model
+        self.timeout_s = float(timeout_s)
+        self._contract = contract
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._clients: list[Any] = []
+        if protocol == "http":
+            import tritonclient.http as module
+        else:
+            import tritonclient.grpc as module
+        self._module = module
+
+    # ------------------------------------------------------------------ plumbing
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.protocol == "http":
+                client = self._module.InferenceServerClient(
+                    self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+                )
+            else:
+                client = self._module.InferenceServerClient(self.url)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def _call(self, what: str, function, *args, **kwargs) -> Any:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return function(*args, **kwargs)
+        except InferenceServerException as err:
+            raise DmfnServerError(err.message() or str(err), _status(err)) from err
+        except (OSError, TimeoutError) as err:  # refused, reset, timed out (HTTP)
+            raise DmfnServerError(
+                f"{what}: cannot reach the Triton server at {self.url} ({self.protocol}): {err}"
+            ) from err
+
+    def _timeout_kwargs(self) -> dict[str, float]:
+        return {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+
+    @property
+    def contract(self) -> ServerContract:
+        """The model's contract (read from the server's model config on first use)."""
+        if self._contract is None:
+            client = self._client()
+            if self.protocol == "http":
+                config = self._call("model config", client.get_model_config, self.model)
+            else:
+                config = self._call(
+                    "model config",
+                    client.get_model_config,
+                    self.model,
+                    as_json=True,
+                    **self._timeout_kwargs(),
+                )["config"]
+            try:
+                self._contract = ServerContract.from_parameters(config.get("parameters", {}))
+            except ValueError as err:
+                raise DmfnServerError(f"model '{self.model}': {err}") from err
+        return self._contract
+
+    def is_ready(self) -> bool:
+        """True when the server and the model are ready (False if unreachable)."""
+        try:
+            client = self._client()
+            return bool(
+                self._call("readiness", client.is_server_ready)
+                and self._call("readiness", client.is_model_ready, self.model)
+            )
+        except DmfnServerError:
+            return False
+
+    # ------------------------------------------------------------------ predictions
+    def predict(self, study: Study) -> Prediction:
+        """Classify one study (see :func:`build_request` for what is sent).
+
+        Raises:
+            ValueError: the study cannot be sent (no mask/bbox, missing CTC feature, ...).
+            DmfnServerError: the server refused the request (message names the input and rule),
+                failed, or could not be reached.
+        """
+        contract = self.contract
+        arrays = build_request(study, contract)
+        spec = {t.name: t.dtype for t in S.Schema(n_ctc=len(contract.ctc_features)).request_inputs}
+        inputs = []
+        for name, array in arrays.items():
+            item = self._module.InferInput(name, list(array.shape), spec[name])
+            item.set_data_from_numpy(array)
+            inputs.append(item)
+        outputs = [
+            self._module.InferRequestedOutput(t.name)
+            for t in S.Schema(n_classes=len(contract.class_names)).response_outputs
+        ]
+        result = self._call(
+            "inference",
+            self._client().infer,
+            self.model,
+            inputs,
+            outputs=outputs,
+            **self._timeout_kwargs(),
+        )
+        arrays_out = {t.name: result.as_numpy(t.name) for t in S.Schema().response_outputs}
+        missing = [name for name, value in arrays_out.items() if value is None]
+        if missing:
+            raise DmfnServerError(f"the server's response lacks the outputs {missing}")
+        return parse_response(
+            arrays_out, contract.class_names, _model_version(result), study.image_id
+        )
+
+    def predict_many(
+        self, studies: Iterable[Study], concurrency: int = 4, return_exceptions: bool = False
+    ) -> list[Prediction | Exception]:
+        """Classify many studies with ``concurrency`` requests in flight; results in input order.
+
+        With ``return_exceptions=True`` a study that fails gives its exception (ValueError or
+        :class:`DmfnServerError`) in its place; otherwise the first failure is raised after
+        every request has finished.
+        """
+        if not (isinstance(concurrency, int) and concurrency >= 1):
+            raise ValueError(
+                f"argument 'concurrency': must be an integer >= 1, got {concurrency!r}"
+            )
+        studies = list(studies)
+        self.contract  # noqa: B018 - fetch once before the threads start
+
+        def one(study: Study) -> Prediction | Exception:
+            try:
+                return self.predict(study)
+            except (ValueError, DmfnServerError) as err:
+                return err
+
+        results: list[Prediction | Exception | None] = [None] * len(studies)
+        indices = iter(range(len(studies)))
+        take = threading.Lock()
+
+        def worker() -> None:  # one tritonclient client per worker, closed by its own thread
+            try:
+                while True:
+                    with take:
+                        i = next(indices, None)
+                    if i is None:
+                        return
+                    results[i] = one(studies[i])
+            finally:
+                self._close_thread_client()
+
+        threads = [
+            threading.Thread(target=worker, name=f"dmfn-predict-{n}", daemon=True)
+            for n in range(min(concurrency, max(1, len(studies))))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if not return_exceptions:
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+        return results  # type: ignore[return-value]
+
+    def _close_thread_client(self) -> None:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            return
+        self._local.client = None
+        with self._lock:
+            self._clients = [c for c in self._clients if c is not client]
+        client.close()
+
+    def close(self) -> None:
+        """Close every underlying connection."""
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception as err:  # a gevent client closed from another thread
+                log.debug("closing a tritonclient client failed: %r", err)
+        self._local = threading.local()
+
+    def __enter__(self) -> DmfnClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _status(err: Exception) -> str | None:
+    status = getattr(err, "status", None)
+    value = status() if callable(status) else status
+    return None if value is None else str(value)
+
+
+def _model_version(result: Any) -> str:
+    response = result.get_response()
+    if isinstance(response, Mapping):
+        return f"{response.get('model_name', '')}/{response.get('model_version', '')}"
+    return f"{response.model_name}/{response.model_version}"

@@ -1,0 +1,147 @@
+"""Triton python-backend model ``preprocess``: one CT study per batch item -> fixed-shape tensors.
+
+Inputs (per batch item, axes (z, y, x)): CT_HU int16 [z, y, x] in HU, SPACING_MM fp32[3] in mm,
+ROI_MASK uint8 [z, y, x] (nonzero = lesion), CTC fp32[K], CLINICAL fp32[5].
+Outputs: VIEWS fp32[3, S, S], TABULAR fp32[K + 5], MEASUREMENTS_PRE fp32[5] (mm units).
+
+Runs :func:`dmfn.preprocess.preprocess_study` with the parameters stored in the repository by
+``dmfn export`` (the ones the model was trained with).
+
+Batching: the model has a dynamic batcher, so one ``execute`` receives every request that queued
+up meanwhile (each may have its own volume shape). They are preprocessed in parallel by a pool
+of ``worker_threads`` threads (config parameter): the C++ kernels release the GIL. Each worker
+runs the kernels with ``openmp_threads`` OpenMP threads (config parameter, default 1: on ROI
+crops a team costs more in synchronisation than it gains, and workers x teams would
+oversubscribe the CPU). All responses of the batch leave together, so the net's dynamic
+batcher sees them together. A bad request gets its own INVALID_ARG error naming the tensor and
+the rule; the other requests of the batch still succeed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from dmfn.client import schema as S
+from dmfn.preprocess import PreprocessParams, preprocess_study
+
+#: preprocess_study argument name -> request tensor name (for error messages).
+ARGUMENT_TO_TENSOR = {
+    "hu": S.CT_HU,
+    "spacing_mm": S.SPACING_MM,
+    "mask": S.ROI_MASK,
+    "ctc": S.CTC,
+    "clinical": S.CLINICAL,
+}
+INPUT_NAMES = (S.CT_HU, S.SPACING_MM, S.ROI_MASK, S.CTC, S.CLINICAL)
+OUTPUT_NAMES = (S.VIEWS, S.TABULAR, S.MEASUREMENTS_INTERNAL)
+#: OpenMP runtimes the C++ extension may be linked against (already loaded: dlopen reuses it).
+OPENMP_LIBRARIES = ("libgomp.so.1", "libomp.so", "libiomp5.so")
+_ARGUMENT = re.compile(r"argument '(\w+)'")
+
+
+def tensor_message(err: Exception) -> str:
+    """Rewrite "argument 'hu': rule" as "input 'CT_HU': rule" so the client sees its tensor."""
+
+    def repl(match: re.Match[str]) -> str:
+        tensor = ARGUMENT_TO_TENSOR.get(match.group(1))
+        return f"input '{tensor}'" if tensor else match.group(0)
+
+    return _ARGUMENT.sub(repl, str(err))
+
+
+def openmp_set_num_threads():
+    """``omp_set_num_threads`` of the loaded OpenMP runtime (per calling thread), or None."""
+    for name in OPENMP_LIBRARIES:
+        try:
+            return ctypes.CDLL(name).omp_set_num_threads
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        path = Path(args["model_repository"]) / parameters["preprocess_params_file"]
+        if not path.is_file():
+            raise pb_utils.TritonModelException(
+                f"preprocess: {path} is missing; write the repository with `dmfn export`"
+            )
+        self.params = PreprocessParams.from_json(path.read_text())
+        self.logger = pb_utils.Logger
+        self.out_dtypes = {
+            spec["name"]: pb_utils.triton_string_to_numpy(spec["data_type"])
+            for spec in config["output"]
+        }
+        self.workers = max(1, int(parameters.get("worker_threads", "1")))
+        self.omp_threads = max(1, int(parameters.get("openmp_threads", "1")))
+        self.set_omp_threads = openmp_set_num_threads()
+        self.pool = ThreadPoolExecutor(
+            self.workers, thread_name_prefix="preprocess", initializer=self._init_worker
+        )
+        self.logger.log_info(
+            f"preprocess: parameters {self.params.digest()[:12]} from {path}; "
+            f"{self.workers} worker threads x {self.omp_threads} OpenMP threads"
+            + ("" if self.set_omp_threads else " (OpenMP runtime not found: its default)")
+        )
+
+    def _init_worker(self) -> None:
+        """Worker thread start: its own OpenMP thread count (the setting is per thread)."""
+        if self.set_omp_threads is not None:
+            self.set_omp_threads(self.omp_threads)
+
+    def _preprocess(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Worker thread: preprocess every item of one request (ValueError for a bad input)."""
+        batch = arrays[0].shape[0]
+        per_item = []
+        for i in range(batch):
+            study = preprocess_study(*(a[i] for a in arrays), params=self.params)
+            per_item.append((study.views, study.tabular, study.measurements))
+        return [np.stack(parts) for parts in zip(*per_item, strict=True)]
+
+    def _response(self, future: Future) -> pb_utils.InferenceResponse:
+        try:
+            outputs = future.result()
+            return pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor(name, arr.astype(self.out_dtypes[name], copy=False))
+                    for name, arr in zip(OUTPUT_NAMES, outputs, strict=True)
+                ]
+            )
+        except ValueError as err:
+            error = pb_utils.TritonError(
+                f"preprocess: {tensor_message(err)}", pb_utils.TritonError.INVALID_ARG
+            )
+        except Exception as err:  # never raise out of execute: it would fail the whole batch
+            self.logger.log_error(f"preprocess: internal error {err!r}")
+            error = pb_utils.TritonError(
+                f"preprocess: internal error: {type(err).__name__}: {err}",
+                pb_utils.TritonError.INTERNAL,
+            )
+        return pb_utils.InferenceResponse(error=error)
+
+    def execute(self, requests: list) -> list:
+        # Tensors are read on this thread; only numeric work goes to the pool.
+        futures = []
+        for request in requests:
+            try:
+                arrays = [
+                    pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in INPUT_NAMES
+                ]
+                futures.append(self.pool.submit(self._preprocess, arrays))
+            except Exception as err:  # answered on this request's own response
+                failed: Future = Future()
+                failed.set_exception(err)
+                futures.append(failed)
+        return [self._response(f) for f in futures]
+
+    def finalize(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

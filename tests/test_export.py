@@ -1,0 +1,142 @@
+"""`dmfn export`: ONNX file properties, the ONNX Runtime vs PyTorch parity check on preprocessed
+studies (and that a failing check writes nothing), the TensorRT refusal and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from serving_utils import TEST_PARAMS, make_studies, make_tiny_checkpoint
+from torch import nn
+
+from dmfn.client import schema as S
+from dmfn.serving.config import ServingSettings
+from dmfn.serving.repository import check_repository
+from dmfn.training import export as E
+from dmfn.training.models import register_backbone, unregister_backbone
+
+
+def test_export_writes_a_checked_repository(exported_repository: tuple[Path, dict]) -> None:
+    repo, parity = exported_repository
+    assert check_repository(repo) == []
+    assert 0.0 <= parity["onnxruntime_vs_torch_max_abs_logit"] <= 1e-4
+    card = (repo / "MODEL_CARD.md").read_text()
+    assert "SYNTHETIC" in card
+    assert "onnxruntime_vs_torch_max_abs_logit" in card
+
+
+def test_onnx_file_has_schema_names_dynamic_batch_and_inline_weights(
+    exported_repository: tuple[Path, dict],
+) -> None:
+    repo, _ = exported_repository
+    path = repo / "dmfn" / "1" / "model.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [i.name for i in model.graph.input] == [S.VIEWS, S.TABULAR]
+    assert [o.name for o in model.graph.output] == [S.LOGITS]
+    for value in [*model.graph.input, *model.graph.output]:
+        batch = value.type.tensor_type.shape.dim[0]
+        assert batch.dim_param and not batch.HasField("dim_value"), value.name
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    # no external .onnx.data file (__pycache__ appears once a server has imported model.py)
+    files = sorted(p.name for p in path.parent.iterdir() if p.name != "__pycache__")
+    assert files == ["model.onnx", "model.py"]
+
+
+def test_parity_holds_at_other_batch_sizes(
+    tiny_checkpoint: Path, exported_repository: tuple[Path, dict]
+) -> None:
+    repo, _ = exported_repository
+    model = E.load_checkpoint(tiny_checkpoint).build_model()
+    views, tabular = E.preprocess_batch(make_studies(5, seed=11), TEST_PARAMS)
+    diff = E.check_parity(model, repo / "dmfn" / "1" / "model.onnx", views, tabular, 1e-4)
+    assert diff <= 1e-4
+
+
+class _SkewedOnExport(nn.Module):
+    """A backbone whose exported graph differs from eager PyTorch (simulates an exporter bug)."""
+
+    num_features = 4
+
+    def __init__(self, **overrides: object) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.proj = nn.Linear(3, self.num_features)
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        out = self.proj(self.pool(views).flatten(1))
+        return out + 10.0 if torch.onnx.is_in_onnx_export() else out
+
+
+@pytest.fixture
+def skewed_backbone():
+    name = "test_export_skewed"
+    register_backbone(name, family="test")(_SkewedOnExport)
+    yield name
+    unregister_backbone(name)
+
+
+def test_failed_parity_writes_nothing(tmp_path: Path, skewed_backbone: str) -> None:
+    checkpoint = make_tiny_checkpoint(tmp_path / "skewed.pt", backbone=skewed_backbone, steps=1)
+    out = tmp_path / "repo"
+    with pytest.raises(E.ExportError, match="ONNX Runtime differs from PyTorch"):
+        E.export(checkpoint, out, ServingSettings(), parity_studies=3)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["skewed.pt"]
+    assert E.main(["--checkpoint", str(checkpoint), "--out", str(out)]) == 1
+    assert not out.exists()
+
+
+@pytest.mark.skipif(
+    E.tensorrt_unavailable_reason() is None, reason="TensorRT and a GPU are present here"
+)
+def test_tensorrt_target_refuses_without_tensorrt_or_gpu(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "trt"
+    with pytest.raises(E.ExportError, match="cannot build a TensorRT engine here"):
+        E.export(tiny_checkpoint, out, ServingSettings(target="tensorrt"))
+    code = E.main(["--checkpoint", str(tiny_checkpoint), "--target", "tensorrt", "--out", str(out)])
+    assert code == 1
+    assert "TensorRT" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(E.tensorrt_unavailable_reason() is not None, reason="needs TensorRT + GPU")
+def test_tensorrt_engine_matches_onnxruntime(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    parity = E.export(tiny_checkpoint, tmp_path / "trt", ServingSettings(target="tensorrt"))
+    assert parity["tensorrt_fp16_vs_onnxruntime_max_abs_logit"] <= E.DEFAULT_TRT_TOLERANCE
+    assert (tmp_path / "trt" / "dmfn" / "1" / "model.plan").is_file()
+
+
+def test_cli_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for action in E.build_parser()._actions:
+        for option in action.option_strings:
+            assert option in text
+        assert action.help, action.dest
+
+
+def test_cli_user_mistakes_are_messages_not_tracebacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.pt"
+    assert E.main(["--checkpoint", str(missing), "--out", str(tmp_path / "r")]) == 2
+    assert f"argument 'checkpoint': file {missing} does not exist" in capsys.readouterr().err
+    args = ["--checkpoint", str(missing), "--max-batch-size", "4", "--request-max-batch-size", "8"]
+    assert E.main(args) == 2
+    assert "argument 'net_max_batch_size'" in capsys.readouterr().err
+
+
+def test_synthetic_study_is_a_valid_request() -> None:
+    study = make_studies(1, seed=3, n_ctc=2)[0]
+    assert study.hu.dtype == np.int16 and study.hu.ndim == 3
+    assert study.mask.shape == study.hu.shape and study.mask.any()
+    assert study.ctc.shape == (2,) and study.clinical.shape == (len(S.CLINICAL_FIELDS),)

@@ -1,0 +1,287 @@
+"""The Triton model repository: rendered configs, the committed files, the repository writer and
+the argument checks of `dmfn serve` (no server started here; see test_serving_e2e.py)."""
+
+from __future__ import annotations
+
+import ast
+import socket
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from dmfn.client import schema as S
+from dmfn.client.schema import Schema
+from dmfn.client.taxonomy import load_taxonomy
+from dmfn.preprocess import PreprocessParams
+from dmfn.serving import serve
+from dmfn.serving.config import MODEL_NAMES, ServingSettings, render_all
+from dmfn.serving.repository import (
+    MANIFEST_FILE,
+    MODEL_CARD_FILE,
+    ModelInfo,
+    check_repository,
+    render_committed,
+    template_dir,
+    write_repository,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "model_repository"
+REGENERATE = (
+    '.venv/bin/python -c "from dmfn.serving.repository import render_committed; '
+    "[p.write_text(t) for p, t in render_committed('model_repository').items()]\""
+)
+#: Modules a model.py may import (no torch on the serving path).
+ALLOWED_IMPORTS = {
+    "__future__",
+    "concurrent.futures",
+    "ctypes",
+    "itertools",
+    "json",
+    "re",
+    "pathlib",
+    "numpy",
+    "onnxruntime",
+    "triton_python_backend_utils",
+    "dmfn.client",
+    "dmfn.client.schema",
+    "dmfn.client.taxonomy",
+    "dmfn.preprocess",
+}
+TRITON_DTYPE = {
+    "INT16": mc.TYPE_INT16,
+    "INT32": mc.TYPE_INT32,
+    "UINT8": mc.TYPE_UINT8,
+    "FP32": mc.TYPE_FP32,
+    "BYTES": mc.TYPE_STRING,
+}
+
+
+def parse(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def assert_tensors(configured, specs) -> None:
+    assert [t.name for t in configured] == [s.name for s in specs]
+    for tensor, spec in zip(configured, specs, strict=True):
+        assert tensor.data_type == TRITON_DTYPE[spec.dtype], spec.name
+        assert tuple(tensor.dims) == spec.dims, spec.name
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_committed_config_equals_rendering(name: str) -> None:
+    expected = render_committed(COMMITTED)[COMMITTED / name / "config.pbtxt"]
+    committed = (COMMITTED / name / "config.pbtxt").read_text()
+    assert committed == expected, f"re-render the committed configs: {REGENERATE}"
+    assert parse(committed).name == name
+
+
+def test_committed_repository_has_the_python_models_and_versions() -> None:
+    for name in (S.PREPROCESS_MODEL, S.NET_MODEL, S.POSTPROCESS_MODEL):
+        assert (COMMITTED / name / "1" / "model.py").is_file()
+    assert (COMMITTED / S.PIPELINE_MODEL / "1").is_dir()
+    assert template_dir().resolve() == COMMITTED.resolve()
+
+
+@pytest.mark.parametrize("target", ["cpu", "onnxruntime", "tensorrt"])
+def test_rendered_configs_follow_the_schema(target: str) -> None:
+    schema = Schema(n_ctc=3, n_classes=7, view_size=96)
+    configs = {k: parse(v) for k, v in render_all(schema, ServingSettings(target=target)).items()}
+    pre, net, post, pipe = (configs[n] for n in MODEL_NAMES)
+    assert_tensors(pre.input, schema.request_inputs)
+    assert_tensors(pre.output, schema.preprocess_outputs)
+    assert_tensors(net.input, schema.net_inputs)
+    assert_tensors(net.output, schema.net_outputs)
+    assert_tensors(post.input, schema.postprocess_inputs)
+    assert_tensors(post.output, schema.response_outputs)
+    assert_tensors(pipe.input, schema.request_inputs)
+    assert_tensors(pipe.output, schema.response_outputs)
+    assert pre.backend == post.backend == "python"
+    # preprocess batches too: concurrent requests leave it together and reach the net together
+    assert pre.HasField("dynamic_batching")
+    assert 0 <= pre.dynamic_batching.max_queue_delay_microseconds <= 100_000
+    assert int(pre.parameters["worker_threads"].string_value) >= 1
+    assert pre.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert list(net.dynamic_batching.preferred_batch_size) == [4, 8, 16, 32]
+    assert 0 < net.dynamic_batching.max_queue_delay_microseconds <= 100_000
+    assert net.max_batch_size >= pipe.max_batch_size == pre.max_batch_size == post.max_batch_size
+    expected = {
+        "cpu": ("", "python"),
+        "onnxruntime": ("onnxruntime_onnx", ""),
+        "tensorrt": ("tensorrt_plan", ""),
+    }[target]
+    assert (net.platform, net.backend) == expected
+    kind = mc.ModelInstanceGroup.KIND_CPU if target == "cpu" else mc.ModelInstanceGroup.KIND_GPU
+    assert net.instance_group[0].kind == kind
+    if target == "cpu":
+        expected_threads = str(ServingSettings().intra_op_threads)
+        assert net.parameters["intra_op_num_threads"].string_value == expected_threads
+    assert net.output[0].label_filename == "labels.txt"
+    assert pipe.platform == "ensemble"
+
+
+def test_ensemble_graph_is_connected_and_exposes_no_intermediate() -> None:
+    pipe = parse(render_all(Schema())[S.PIPELINE_MODEL])
+    available = {t.name for t in pipe.input}
+    produced_by_steps: set[str] = set()
+    consumed: set[str] = set()
+    for step in pipe.ensemble_scheduling.step:
+        assert set(step.input_map.values()) <= available, step.model_name
+        consumed |= set(step.input_map.values())
+        available |= set(step.output_map.values())
+        produced_by_steps |= set(step.output_map.values())
+    outputs = {t.name for t in pipe.output}
+    assert outputs <= produced_by_steps
+    # Triton 2.51 deadlocks when an ensemble output is also an intermediate tensor.
+    assert not outputs & consumed
+    assert [s.model_name for s in pipe.ensemble_scheduling.step] == [
+        S.PREPROCESS_MODEL,
+        S.NET_MODEL,
+        S.POSTPROCESS_MODEL,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"target": "gpu"}, "target"),
+        ({"net_max_batch_size": 4}, "net_max_batch_size"),
+        ({"preferred_batch_sizes": (64,)}, "preferred_batch_sizes"),
+        ({"preprocess_instances": 0}, "preprocess_instances"),
+        ({"max_queue_delay_us": -1}, "max_queue_delay_us"),
+        ({"preprocess_max_queue_delay_us": -5}, "preprocess_max_queue_delay_us"),
+        ({"preprocess_threads": 0}, "preprocess_threads"),
+        ({"net_instance_kind": "KIND_TPU"}, "net_instance_kind"),
+        ({"target": "tensorrt", "net_instance_kind": "KIND_CPU"}, "net_instance_kind"),
+    ],
+)
+def test_settings_refuse_bad_values(kwargs: dict, argument: str) -> None:
+    with pytest.raises(ValueError, match=f"argument '{argument}'"):
+        ServingSettings(**kwargs)
+
+
+@pytest.mark.parametrize("path", sorted(COMMITTED.glob("*/1/model.py")), ids=lambda p: p.parts[-3])
+def test_model_py_imports_no_torch(path: Path) -> None:
+    tree = ast.parse(path.read_text())
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            modules.add(node.module or "")
+    assert modules <= ALLOWED_IMPORTS, modules - ALLOWED_IMPORTS
+
+
+def _write(tmp_path: Path, out: Path, **kwargs) -> Path:
+    net = tmp_path / "net.onnx"
+    net.write_bytes(b"not really onnx: the writer only copies it")
+    info = kwargs.pop("info", ModelInfo(ctc_features=("ctc_level_pg_ml",), synthetic=True))
+    return write_repository(
+        out,
+        net_file=net,
+        params=PreprocessParams(view_size=64),
+        taxonomy=load_taxonomy(),
+        info=info,
+        **kwargs,
+    )
+
+
+def test_write_repository_writes_every_file(tmp_path: Path) -> None:
+    repo = _write(tmp_path, tmp_path / "repo")
+    assert check_repository(repo) == []
+    assert (repo / "dmfn" / "1" / "model.onnx").is_file()
+    assert (repo / "dmfn" / "1" / "model.py").is_file()
+    assert PreprocessParams.from_json(
+        (repo / "preprocess" / "preprocess_params.json").read_text()
+    ) == PreprocessParams(view_size=64)
+    taxonomy = load_taxonomy()
+    for model in ("dmfn", "postprocess", "dmfn_pipeline"):
+        assert (repo / model / "labels.txt").read_text().splitlines() == taxonomy.names
+    assert load_taxonomy(repo / "postprocess" / "taxonomy.csv").names == taxonomy.names
+    card = (repo / MODEL_CARD_FILE).read_text()
+    assert "SYNTHETIC" in card
+    assert (repo / MANIFEST_FILE).is_file()
+    net = parse((repo / "dmfn" / "config.pbtxt").read_text())
+    assert tuple(net.input[0].dims) == (3, 64, 64)
+    assert tuple(net.output[0].dims) == (len(taxonomy),)
+
+
+def test_model_card_of_real_data_has_no_synthetic_warning(tmp_path: Path) -> None:
+    info = ModelInfo(ctc_features=("ctc_level_pg_ml",), synthetic=False, metrics={"auc": 0.9})
+    repo = _write(tmp_path, tmp_path / "repo", info=info)
+    card = (repo / MODEL_CARD_FILE).read_text()
+    assert "SYNTHETIC" not in card
+    assert "auc: 0.9" in card
+
+
+def test_write_repository_for_tensorrt_has_no_python_net(tmp_path: Path) -> None:
+    repo = _write(tmp_path, tmp_path / "repo", settings=ServingSettings(target="tensorrt"))
+    assert (repo / "dmfn" / "1" / "model.plan").is_file()
+    assert not (repo / "dmfn" / "1" / "model.py").exists()
+    assert parse((repo / "dmfn" / "config.pbtxt").read_text()).platform == "tensorrt_plan"
+
+
+def test_write_repository_refuses_to_overwrite_without_flag(tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    _write(tmp_path, out)
+    with pytest.raises(ValueError, match=r"argument 'out'.*overwrite"):
+        _write(tmp_path, out)
+    _write(tmp_path, out, overwrite=True)
+    assert check_repository(out) == []
+    other = tmp_path / "not_a_repo"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="argument 'out'"):
+        _write(tmp_path, other, overwrite=True)
+    assert (other / "precious.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx", "not_a_repo", "repo"]
+
+
+def test_check_repository_names_what_is_missing(tmp_path: Path) -> None:
+    assert check_repository(tmp_path / "nowhere") == [f"{tmp_path / 'nowhere'} is not a directory"]
+    problems = check_repository(COMMITTED)
+    assert any("preprocess_params.json" in p for p in problems)
+    assert any("model.onnx" in p for p in problems)
+
+
+def test_serve_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        serve.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in (
+        "--repository",
+        "--tritonserver",
+        "--host",
+        "--http-port",
+        "--grpc-port",
+        "--metrics-port",
+        "--ready-timeout",
+        "--log-file",
+        "--log-verbose",
+    ):
+        assert option in text
+
+
+def test_serve_refuses_an_incomplete_repository(capsys: pytest.CaptureFixture[str]) -> None:
+    assert serve.main(["--repository", str(COMMITTED)]) == serve.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "not a complete dmfn model repository" in err
+    assert "dmfn export" in err
+
+
+def test_serve_says_when_a_port_is_taken(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = _write(tmp_path, tmp_path / "repo")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = serve.main(["--repository", str(repo), "--http-port", str(port)])
+    assert code == serve.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"port {port}" in err
+    assert "already in use" in err

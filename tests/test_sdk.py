@@ -1,0 +1,346 @@
+"""The client SDK and `dmfn predict`: request building (fast, no server) and predictions against
+a real Triton server (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmfn.client import predict as P
+from dmfn.client import schema as S
+from dmfn.client.sdk import (
+    DmfnClient,
+    DmfnServerError,
+    Prediction,
+    build_request,
+    parse_response,
+)
+from dmfn.client.study import Clinical, Study
+from dmfn.client.taxonomy import load_taxonomy
+from dmfn.preprocess import crop_roi
+from dmfn.serving.contract import ServerContract
+from dmfn.serving.triton import free_ports
+
+CONTRACT = ServerContract(10.0, S.DEFAULT_CTC_FEATURES, tuple(load_taxonomy().names))
+SPACING = (2.5, 0.8, 0.7)
+PATIENT_ID = "PATIENT-4711-Doe^Jane"
+
+
+def big_study(rng: np.random.Generator, **overrides) -> Study:
+    """A 40 x 120 x 120 volume with a small lesion; identifiers that must never be sent."""
+    shape = (40, 120, 120)
+    hu = rng.integers(-1000, 1500, size=shape).astype(np.int16)
+    mask = np.zeros(shape, np.uint8)
+    mask[18:23, 50:61, 70:79] = 1
+    fields = {
+        "hu": hu,
+        "spacing_mm": SPACING,
+        "mask": mask,
+        "ctc": {"ctc_level_pg_ml": 11.5, "other_marker": 3.0},
+        "clinical": Clinical(61, "F", "anterior"),
+        "patient_id": PATIENT_ID,
+        "image_id": "IMG-0001",
+        "origin_lps_mm": (-200.0, -180.0, 1234.5),
+    }
+    fields.update(overrides)
+    return Study(**fields)
+
+
+# --------------------------------------------------------------------------- fast: requests
+def test_request_holds_only_the_lesion_crop_and_no_identifier() -> None:
+    study = big_study(np.random.default_rng(0))
+    request = build_request(study, CONTRACT)
+    assert list(request) == [t.name for t in S.Schema().request_inputs]
+    for spec in S.Schema().request_inputs:
+        array = request[spec.name]
+        assert array.dtype == spec.numpy_dtype, spec.name
+        assert array.dtype.kind in "iuf", spec.name  # numbers only: no strings / objects
+        assert array.shape[0] == 1
+    crop = crop_roi(study.hu, mask=study.mask, margin_mm=10.0, spacing_mm=SPACING)
+    np.testing.assert_array_equal(request[S.CT_HU][0], crop.volume)
+    np.testing.assert_array_equal(request[S.ROI_MASK][0], crop.mask)
+    # margin 10 mm = 4 slices at 2.5 mm, 13 rows at 0.8 mm, 15 columns at 0.7 mm
+    assert request[S.CT_HU].shape[1:] == (5 + 8, 11 + 26, 9 + 30)
+    assert request[S.CT_HU].size < study.hu.size / 10
+    np.testing.assert_array_equal(request[S.SPACING_MM][0], np.float32(SPACING))
+    np.testing.assert_array_equal(request[S.CTC], [[11.5]])  # only the model's features
+    np.testing.assert_array_equal(request[S.CLINICAL], [[61, 0, 1, 0, 0]])
+    sent = b"".join(a.tobytes() for a in request.values())
+    for identifier in (PATIENT_ID, "IMG-0001", "4711"):
+        assert identifier.encode() not in sent
+
+
+def test_request_from_a_bbox_sends_the_box_as_mask() -> None:
+    rng = np.random.default_rng(1)
+    study = big_study(rng, mask=None, bbox=(18, 50, 70, 23, 61, 79))
+    request = build_request(study, CONTRACT)
+    mask = request[S.ROI_MASK][0]
+    assert mask.shape == request[S.CT_HU].shape[1:] == (13, 37, 39)
+    assert mask.sum() == 5 * 11 * 9
+    assert mask[4:9, 13:24, 15:24].all()
+
+
+def test_float_hu_is_rounded_and_out_of_range_refused() -> None:
+    rng = np.random.default_rng(2)
+    base = big_study(rng)
+    hu = base.hu.astype(np.float32) + 0.4
+    request = build_request(big_study(rng, hu=hu), CONTRACT)
+    assert request[S.CT_HU].dtype == np.int16
+    crop = crop_roi(base.hu, mask=base.mask, margin_mm=10.0, spacing_mm=SPACING)
+    np.testing.assert_array_equal(request[S.CT_HU][0], crop.volume)
+    hu[20, 55, 75] = 40000.0
+    with pytest.raises(ValueError, match=r"argument 'study'.*int16"):
+        build_request(big_study(rng, hu=hu), CONTRACT)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"mask": None}, "neither a lesion mask nor a bbox"),
+        ({"ctc": {"other_marker": 1.0}}, "no CTC feature 'ctc_level_pg_ml'"),
+        ({"clinical": None}, "no clinical record"),
+    ],
+)
+def test_unsendable_studies_are_refused(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_request(big_study(np.random.default_rng(3), **overrides), CONTRACT)
+    with pytest.raises(ValueError, match="argument 'study'"):
+        build_request("not a study", CONTRACT)  # type: ignore[arg-type]
+
+
+def test_parse_response_builds_a_prediction() -> None:
+    names = CONTRACT.class_names
+    probs = np.linspace(1, 2, len(names), dtype=np.float32)
+    probs /= probs.sum()
+    top = np.argsort(-probs, kind="stable")[:3].astype(np.int32)
+    outputs = {
+        S.PROBS: probs[None],
+        S.TOP3_INDEX: top[None],
+        S.TOP3_LABEL: np.array([[names[i].encode() for i in top]], dtype=np.object_),
+        S.MALIGNANT_PROB: np.array([[0.25]], np.float32),
+        S.MANAGEMENT: np.array([[b"surgery"]], dtype=np.object_),
+        S.MEASUREMENTS: np.array([[100.0, 20.0, 6.0, 4.0, 5.0]], np.float32),
+    }
+    prediction = parse_response(outputs, names, "dmfn_pipeline/1", "IMG")
+    assert isinstance(prediction, Prediction)
+    assert list(prediction.probs) == list(names)
+    assert sum(prediction.probs.values()) == pytest.approx(1.0)
+    assert [label for label, _ in prediction.top3] == [names[i] for i in top]
+    assert prediction.top3[0][1] == pytest.approx(float(probs.max()))
+    assert prediction.malignant_prob == 0.25 and prediction.management == "surgery"
+    assert list(prediction.measurements) == list(S.MEASUREMENT_FIELDS)
+    assert prediction.measurements["volume_mm3"] == 100.0
+    json.dumps(prediction.to_dict())
+    with pytest.raises(TypeError):
+        prediction.probs["cyst"] = 1.0  # type: ignore[index]
+    with pytest.raises(DmfnServerError, match="probabilities"):
+        parse_response(outputs, names[:5])
+
+
+def test_contract_round_trips_through_config_parameters() -> None:
+    parameters = {k: {"string_value": v} for k, v in CONTRACT.to_parameters().items()}
+    assert ServerContract.from_parameters(parameters) == CONTRACT
+    del parameters["class_names"]
+    with pytest.raises(ValueError, match="'class_names' is missing"):
+        ServerContract.from_parameters(parameters)
+    with pytest.raises(ValueError, match="argument 'roi_margin_mm'"):
+        ServerContract(-1.0, ("a",), ("b",))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"protocol": "smtp"}, "protocol"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"url": "http://127.0.0.1:8000"}, "url"),
+        ({"contract": {"roi_margin_mm": 1}}, "contract"),
+    ],
+)
+def test_client_refuses_bad_arguments(kwargs: dict, argument: str) -> None:
+    with pytest.raises(ValueError, match=f"argument '{argument}'"):
+        DmfnClient(**kwargs)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_unreachable_server_is_a_clear_error(protocol: str) -> None:
+    (port,) = free_ports(1)
+    with DmfnClient(f"127.0.0.1:{port}", protocol, timeout_s=5) as client:
+        assert not client.is_ready()
+        with pytest.raises(DmfnServerError):
+            client.predict(big_study(np.random.default_rng(4)))
+
+
+def test_predict_cli_refuses_incomplete_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    (port,) = free_ports(1)
+    code = P.main(["--url", f"127.0.0.1:{port}", "ct.nii.gz"])
+    assert code == P.EXIT_FAILED  # contract first: the server is unreachable
+    assert "cannot reach" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        P.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--mask", "--segment", "--ctc", "--age", "--sex", "--location", "--manifest"):
+        assert option in text
+    for option in ("--url", "--protocol", "--json", "--concurrency"):
+        assert option in text
+
+
+def test_ctc_values_by_position_or_name() -> None:
+    assert P.ctc_values(["12.5"], ["a"], "x") == {"a": 12.5}
+    assert P.ctc_values(["b=2", "a=1"], ["a", "b"], "x") == {"a": 1.0, "b": 2.0}
+    with pytest.raises(ValueError, match="expects 2 CTC feature"):
+        P.ctc_values(["1"], ["a", "b"], "x")
+    with pytest.raises(ValueError, match="must be a number"):
+        P.ctc_values(["a=high"], ["a"], "x")
+
+
+# --------------------------------------------------------------------------- slow: real server
+def _embedded(raw, rng: np.random.Generator, image_id: str) -> Study:
+    """The raw synthetic crop placed inside a larger volume of other tissue."""
+    pad = ((7, 5), (30, 22), (16, 31))
+    hu = np.pad(raw.hu, pad)
+    noise = rng.integers(-900, 900, size=hu.shape).astype(np.int16)
+    inside = np.zeros(hu.shape, bool)
+    inside[tuple(slice(a, a + n) for (a, _), n in zip(pad, raw.hu.shape, strict=True))] = True
+    hu = np.where(inside, hu, noise).astype(np.int16)
+    location = S.LOCATIONS[int(np.argmax(raw.clinical[2:]))]
+    return Study(
+        hu=hu,
+        spacing_mm=tuple(float(s) for s in raw.spacing_mm),
+        mask=np.pad(raw.mask, pad),
+        ctc={"ctc_level_pg_ml": float(raw.ctc[0])},
+        clinical=Clinical(float(raw.clinical[0]), "M" if raw.clinical[1] else "F", location),
+        patient_id=PATIENT_ID,
+        image_id=image_id,
+    )
+
+
+@pytest.fixture(scope="module")
+def served_studies(tiny_checkpoint: Path):
+    """Studies larger than their lesion region, and the in-process pipeline run on the WHOLE
+    volumes (it crops itself): equal to the server's answer on the client's crop."""
+    from serving_utils import make_studies, reference_outputs
+
+    from dmfn.training.export import RawStudy
+
+    rng = np.random.default_rng(5)
+    studies = [_embedded(r, rng, f"img{i}") for i, r in enumerate(make_studies(4, seed=33))]
+    whole = [
+        RawStudy(
+            hu=s.hu,
+            spacing_mm=np.asarray(s.spacing_mm, np.float32),
+            mask=s.mask,
+            ctc=s.ctc_array(),
+            clinical=s.clinical_array(),
+        )
+        for s in studies
+    ]
+    return whole, studies, reference_outputs(tiny_checkpoint, whole)
+
+
+def _assert_prediction(prediction: Prediction, reference: dict, i: int) -> None:
+    probs = np.array(list(prediction.probs.values()))
+    np.testing.assert_allclose(probs, reference["probs"][i], atol=1e-4, rtol=0)
+    top = np.argsort(-reference["probs"][i], kind="stable")[:3]
+    assert [label for label, _ in prediction.top3] == list(reference["labels"][top])
+    assert prediction.management == reference["management"][top[0]]
+    malignant = float(reference["probs"][i][reference["malignant"]].sum())
+    assert prediction.malignant_prob == pytest.approx(malignant, abs=1e-5)
+    np.testing.assert_allclose(
+        list(prediction.measurements.values()), reference["measurements"][i], rtol=1e-5
+    )
+    assert prediction.model_version == f"{S.PIPELINE_MODEL}/1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_predict_equals_the_in_process_pipeline(triton_server, served_studies, protocol) -> None:
+    _, studies, reference = served_studies
+    url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
+    with DmfnClient(url, protocol, timeout_s=60) as client:
+        assert client.is_ready()
+        assert client.contract.ctc_features == S.DEFAULT_CTC_FEATURES
+        assert len(client.contract.class_names) == len(reference["labels"])
+        for i, study in enumerate(studies):
+            prediction = client.predict(study)
+            assert prediction.image_id == f"img{i}"
+            _assert_prediction(prediction, reference, i)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_predict_many_keeps_order_and_isolates_a_server_error(
+    triton_server, served_studies, protocol
+) -> None:
+    _, studies, reference = served_studies
+    # Age 125 is a valid Study (<= 130) but the model accepts 0..120: the server refuses it.
+    too_old = Study(
+        hu=studies[0].hu,
+        spacing_mm=studies[0].spacing_mm,
+        mask=studies[0].mask,
+        ctc=studies[0].ctc,
+        clinical=Clinical(125, "M", "middle"),
+    )
+    batch = [*studies, too_old, *studies]
+    url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
+    with DmfnClient(url, protocol) as client:
+        results = client.predict_many(batch, concurrency=4, return_exceptions=True)
+        for i, result in enumerate(results):
+            if i == len(studies):
+                assert isinstance(result, DmfnServerError)
+                assert "CLINICAL" in result.message and "120" in result.message
+                assert result.status in ("400", "StatusCode.INVALID_ARGUMENT")
+            else:
+                _assert_prediction(result, reference, i % (len(studies) + 1))
+        with pytest.raises(DmfnServerError, match="CLINICAL"):
+            client.predict_many(batch, concurrency=2)
+
+
+@pytest.mark.slow
+def test_predict_cli_on_nifti_files_and_a_manifest(
+    triton_server, served_studies, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dmfn.client.io import write_nifti_mask, write_nifti_volume
+
+    _, studies, reference = served_studies
+    rows = ["image_id,image_path,mask_path,ctc_level_pg_ml,age_years,sex,location,label"]
+    for i, study in enumerate(studies[:2]):
+        write_nifti_volume(study.hu, study.spacing_mm, tmp_path / f"ct{i}.nii.gz")
+        write_nifti_mask(study.mask, study.spacing_mm, tmp_path / f"mask{i}.nii.gz")
+        c = study.clinical
+        rows.append(
+            f"s{i},ct{i}.nii.gz,mask{i}.nii.gz,{study.ctc['ctc_level_pg_ml']!r},"
+            f"{c.age_years!r},{c.sex},{c.location},unknown"
+        )
+    (tmp_path / "studies.csv").write_text("\n".join(rows) + "\n")
+    url = ["--url", triton_server.http_url]
+    c = studies[0].clinical
+    single = [
+        str(tmp_path / "ct0.nii.gz"),
+        "--mask", str(tmp_path / "mask0.nii.gz"),
+        "--ctc", repr(studies[0].ctc["ctc_level_pg_ml"]),
+        "--age", repr(c.age_years), "--sex", c.sex, "--location", c.location,
+    ]  # fmt: skip
+    assert P.main([*url, *single]) == P.EXIT_OK
+    text = capsys.readouterr().out
+    top = np.argsort(-reference["probs"][0], kind="stable")[:3]
+    assert "1. " + reference["labels"][top[0]] in text
+    assert "malignant probability" in text and "volume_mm3" in text
+    assert P.main([*url, "--protocol", "http", "--json", *single]) == P.EXIT_OK
+    document = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose(
+        list(document["probs"].values()), reference["probs"][0], atol=1e-4, rtol=0
+    )
+    assert document["top3"][0]["label"] == reference["labels"][top[0]]
+    manifest = ["--manifest", str(tmp_path / "studies.csv"), "--concurrency", "2"]
+    code = P.main(["--url", triton_server.grpc_url, "--protocol", "grpc", "--json", *manifest])
+    assert code == P.EXIT_OK
+    document = json.loads(capsys.readouterr().out)
+    assert [d["image_id"] for d in document] == ["s0", "s1"]
+    for i, entry in enumerate(document):
+        np.testing.assert_allclose(
+            list(entry["probs"].values()), reference["probs"][i], atol=1e-4, rtol=0
+        )

@@ -1,0 +1,328 @@
+"""End-to-end: a real Triton server (bundled 2.51) serving the repository exported from a tiny
+trained checkpoint. No mocks: HTTP and gRPC clients, real preprocessing, ONNX Runtime, ensemble."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from serving_utils import (
+    infer_inputs,
+    make_studies,
+    model_stats,
+    reference_outputs,
+    study_arrays,
+)
+from tritonclient.utils import InferenceServerException
+
+from dmfn.client import schema as S
+from dmfn.serving.config import MODEL_NAMES
+from dmfn.serving.triton import free_ports, port_is_free
+
+pytestmark = pytest.mark.slow
+
+N_STUDIES = 6
+N_CONCURRENT = 32
+PROBS_TOLERANCE = 1e-4
+CLIENTS = {"http": httpclient, "grpc": grpcclient}
+
+
+@pytest.fixture(scope="module")
+def studies():
+    return make_studies(N_STUDIES, seed=21)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint: Path, studies) -> dict[str, np.ndarray]:
+    return reference_outputs(tiny_checkpoint, studies)
+
+
+def client_for(server, protocol: str):
+    module = CLIENTS[protocol]
+    url = server.http_url if protocol == "http" else server.grpc_url
+    return module, module.InferenceServerClient(url)
+
+
+def infer(server, arrays: dict[str, np.ndarray], protocol: str = "http", dtypes=None, model=None):
+    module, client = client_for(server, protocol)
+    try:
+        return client.infer(model or S.PIPELINE_MODEL, infer_inputs(module, arrays, dtypes))
+    finally:
+        client.close()
+
+
+def assert_matches_reference(result, reference: dict, index: int) -> None:
+    probs = result.as_numpy(S.PROBS)[0]
+    np.testing.assert_allclose(probs, reference["probs"][index], rtol=0, atol=PROBS_TOLERANCE)
+    top = result.as_numpy(S.TOP3_INDEX)[0]
+    np.testing.assert_array_equal(np.sort(probs)[::-1][: S.TOP_K], probs[top])
+    labels = [b.decode() for b in result.as_numpy(S.TOP3_LABEL)[0]]
+    assert labels == list(reference["labels"][top])
+    malignant = float(result.as_numpy(S.MALIGNANT_PROB)[0, 0])
+    assert malignant == pytest.approx(float(probs[reference["malignant"]].sum()), abs=1e-6)
+    assert result.as_numpy(S.MANAGEMENT)[0, 0].decode() == reference["management"][top[0]]
+    np.testing.assert_allclose(
+        result.as_numpy(S.MEASUREMENTS)[0], reference["measurements"][index], rtol=1e-6
+    )
+
+
+def test_server_is_ready_on_http_and_grpc(triton_server) -> None:
+    assert triton_server.ready_seconds is not None and triton_server.ready_seconds < 120
+    for protocol in CLIENTS:
+        _, client = client_for(triton_server, protocol)
+        try:
+            assert client.is_server_live() and client.is_server_ready()
+            for model in MODEL_NAMES:
+                assert client.is_model_ready(model), (protocol, model)
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize("protocol", list(CLIENTS))
+def test_served_probs_equal_in_process_pipeline(triton_server, studies, reference, protocol):
+    for i, study in enumerate(studies):
+        assert_matches_reference(
+            infer(triton_server, study_arrays([study]), protocol), reference, i
+        )
+
+
+def test_a_batched_request_returns_one_row_per_study(triton_server, studies, reference) -> None:
+    result = infer(triton_server, study_arrays(studies[:3]))
+    np.testing.assert_allclose(
+        result.as_numpy(S.PROBS), reference["probs"][:3], rtol=0, atol=PROBS_TOLERANCE
+    )
+
+
+def test_classification_extension_uses_the_taxonomy_labels(triton_server, studies, reference):
+    client = httpclient.InferenceServerClient(triton_server.http_url)
+    try:
+        result = client.infer(
+            S.PIPELINE_MODEL,
+            infer_inputs(httpclient, study_arrays(studies[:1])),
+            outputs=[httpclient.InferRequestedOutput(S.PROBS, class_count=S.TOP_K)],
+        )
+    finally:
+        client.close()
+    entries = [b.decode().split(":") for b in result.as_numpy(S.PROBS)[0]]
+    top = np.argsort(-reference["probs"][0], kind="stable")[: S.TOP_K]
+    assert [int(e[1]) for e in entries] == list(top)
+    assert [e[2] for e in entries] == list(reference["labels"][top])
+
+
+def _concurrently(jobs: list[Callable[[], object]]) -> list[object]:
+    """Run every job on its own thread, all released at once (each makes its own client);
+    Triton errors are returned, not raised."""
+    barrier = threading.Barrier(len(jobs))
+
+    def run(job):
+        barrier.wait()
+        try:
+            return job()
+        except InferenceServerException as err:
+            return err
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        return list(pool.map(run, jobs))
+
+
+def test_concurrent_pipeline_requests_succeed_and_are_batched(triton_server, studies, reference):
+    """32 concurrent pipeline requests all succeed, and the net's dynamic batcher formed batches
+    from them (preprocess batches too, so outputs of concurrent requests reach the net together)."""
+    stats = httpclient.InferenceServerClient(triton_server.http_url)
+    try:
+        before = {m: model_stats(stats, m) for m in (S.PREPROCESS_MODEL, S.NET_MODEL)}
+        jobs = [
+            (lambda i=i: infer(triton_server, study_arrays([studies[i % N_STUDIES]]), "grpc"))
+            for i in range(N_CONCURRENT)
+        ]
+        results = _concurrently(jobs)
+        after = {m: model_stats(stats, m) for m in (S.PREPROCESS_MODEL, S.NET_MODEL)}
+    finally:
+        stats.close()
+    for i, result in enumerate(results):
+        assert not isinstance(result, Exception), result
+        assert_matches_reference(result, reference, i % N_STUDIES)
+    for model in (S.PREPROCESS_MODEL, S.NET_MODEL):
+        inferences = after[model][0] - before[model][0]
+        executions = after[model][1] - before[model][1]
+        assert inferences == N_CONCURRENT, model
+        assert executions < inferences, f"{model}: no batching, {executions} executions"
+
+
+def test_concurrent_net_requests_are_batched(triton_server, reference) -> None:
+    """Requests sent straight to the net are dynamically batched too."""
+    views, tabular = reference["views"], reference["tabular"]
+    jobs = [
+        (
+            lambda i=i: infer(
+                triton_server,
+                {S.VIEWS: views[i % N_STUDIES][None], S.TABULAR: tabular[i % N_STUDIES][None]},
+                "grpc",
+                {S.VIEWS: "FP32", S.TABULAR: "FP32"},
+                model=S.NET_MODEL,
+            )
+        )
+        for i in range(N_CONCURRENT)
+    ]
+    stats = httpclient.InferenceServerClient(triton_server.http_url)
+    try:
+        before = model_stats(stats, S.NET_MODEL)
+        results = _concurrently(jobs)
+        after = model_stats(stats, S.NET_MODEL)
+    finally:
+        stats.close()
+    for i, result in enumerate(results):
+        assert not isinstance(result, Exception), result
+        np.testing.assert_allclose(
+            result.as_numpy(S.LOGITS)[0], reference["logits"][i % N_STUDIES], atol=1e-4, rtol=0
+        )
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == N_CONCURRENT
+    assert executions < inferences, f"no dynamic batching: {executions} executions"
+
+
+def _mutate(**changes) -> Callable[[dict], tuple[dict, dict]]:
+    """A bad request: replace tensors (value None removes it) and optionally their wire dtype."""
+
+    def make(arrays: dict) -> tuple[dict, dict]:
+        arrays = dict(arrays)
+        dtypes = {}
+        for name, value in changes.items():
+            if name == "dtypes":
+                dtypes = value
+            elif value is None:
+                del arrays[name]
+            else:
+                arrays[name] = value(arrays[name]) if callable(value) else value
+        return arrays, dtypes
+
+    return make
+
+
+def _nan(a: np.ndarray) -> np.ndarray:
+    return np.full_like(a, np.nan)
+
+
+def _inf(a: np.ndarray) -> np.ndarray:
+    out = a.copy()
+    out[..., 0] = np.inf
+    return out
+
+
+BAD_REQUESTS = {
+    "wrong dtype": (
+        _mutate(CT_HU=lambda a: a.astype(np.float32), dtypes={S.CT_HU: "FP32"}),
+        [S.CT_HU, "data-type is 'FP32'", "expects 'INT16'"],
+    ),
+    "wrong rank": (
+        _mutate(CT_HU=lambda a: a[:, 0]),
+        [S.CT_HU, "unexpected shape", "Expected [-1,-1,-1,-1]"],
+    ),
+    "NaN spacing": (_mutate(SPACING_MM=_nan), [S.SPACING_MM, "finite and > 0 mm"]),
+    "NaN CTC": (_mutate(CTC=_nan), [S.CTC, "finite values (found NaN/Inf)"]),
+    "Inf clinical": (_mutate(CLINICAL=_inf), [S.CLINICAL, "finite values (found NaN/Inf)"]),
+    "empty volume": (
+        _mutate(CT_HU=lambda a: a[:, :0], ROI_MASK=lambda a: a[:, :0]),
+        [S.CT_HU, "must not be empty"],
+    ),
+    "volume above the cap": (
+        _mutate(
+            CT_HU=np.zeros((1, 65, 128, 128), np.int16),
+            ROI_MASK=np.ones((1, 65, 128, 128), np.uint8),
+        ),
+        [S.CT_HU, "above the cap"],
+    ),
+    "mask shape differs": (
+        _mutate(ROI_MASK=lambda a: a[..., :-1]),
+        [S.ROI_MASK, "must equal the volume's shape"],
+    ),
+    "empty mask": (_mutate(ROI_MASK=np.zeros_like), [S.ROI_MASK, "no nonzero voxel"]),
+    "missing CTC": (_mutate(CTC=None), ["missing required input(s) ['CTC']"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_is_a_clear_error_and_the_server_goes_on(
+    triton_server, studies, reference, case: str
+) -> None:
+    make, expected = BAD_REQUESTS[case]
+    arrays, dtypes = make(study_arrays(studies[:1]))
+    for protocol in CLIENTS:
+        with pytest.raises(InferenceServerException) as err:
+            infer(triton_server, arrays, protocol, dtypes)
+        for text in expected:
+            assert text in err.value.message(), (protocol, err.value.message())
+    assert_matches_reference(infer(triton_server, study_arrays(studies[1:2])), reference, 1)
+
+
+def test_unknown_model_is_named(triton_server, studies, reference) -> None:
+    with pytest.raises(InferenceServerException, match="'no_such_model' is not found"):
+        infer(triton_server, study_arrays(studies[:1]), model="no_such_model")
+    assert_matches_reference(infer(triton_server, study_arrays(studies[:1])), reference, 0)
+
+
+def test_invalid_argument_errors_are_http_400(triton_server, studies) -> None:
+    arrays, _ = BAD_REQUESTS["NaN CTC"][0](study_arrays(studies[:1]))
+    with pytest.raises(InferenceServerException) as err:
+        infer(triton_server, arrays, "http")
+    assert err.value.status() == "400"
+
+
+def test_concurrent_good_and_bad_requests_fail_only_the_bad(triton_server, studies, reference):
+    bad_cases = ["NaN CTC", "mask shape differs", "empty volume", "Inf clinical"]
+    jobs, expect = [], []
+    for i in range(N_CONCURRENT):
+        if i % 2:
+            case = bad_cases[(i // 2) % len(bad_cases)]
+            arrays, dtypes = BAD_REQUESTS[case][0](study_arrays([studies[i % N_STUDIES]]))
+            expect.append(BAD_REQUESTS[case][1])
+        else:
+            arrays, dtypes = study_arrays([studies[i % N_STUDIES]]), {}
+            expect.append(i % N_STUDIES)
+        jobs.append(lambda a=arrays, d=dtypes: infer(triton_server, a, "grpc", d))
+    for result, expected in zip(_concurrently(jobs), expect, strict=True):
+        if isinstance(expected, int):
+            assert not isinstance(result, Exception), result
+            assert_matches_reference(result, reference, expected)
+        else:
+            assert isinstance(result, InferenceServerException)
+            assert all(text in result.message() for text in expected), result.message()
+
+
+def test_dmfn_serve_runs_until_sigterm(exported_repository, tmp_path: Path) -> None:
+    """`dmfn serve` starts Triton, prints the endpoints, and stops cleanly on SIGTERM."""
+    http, grpc, metrics = free_ports(3)
+    command = [
+        sys.executable, "-m", "dmfn.cli", "serve",
+        "--repository", str(exported_repository[0]),
+        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+        "--log-file", str(tmp_path / "server.log"),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready_line = process.stdout.readline()
+        assert "Triton is ready" in ready_line, ready_line + process.stderr.read()
+        endpoints = "".join(process.stdout.readline() for _ in range(3))
+        assert f"http://127.0.0.1:{http}" in endpoints and f"127.0.0.1:{grpc}" in endpoints
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
+        assert client.is_model_ready(S.PIPELINE_MODEL)
+        client.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        assert "stopped (exit code 0)" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+    assert port_is_free("127.0.0.1", http)

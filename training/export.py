@@ -1,0 +1,590 @@
+"""``dmfn export``: checkpoint -> ONNX (+ TensorRT engine) -> complete Triton model repository.
+
+Steps, each of which must pass before anything is written to ``--out``:
+
+1. rebuild the network from the checkpoint and export it to ONNX (opset >= 17, dynamic batch axis,
+   tensor names VIEWS / TABULAR / LOGITS from :mod:`dmfn.client.schema`, weights inside the file);
+2. preprocess studies with :func:`dmfn.preprocess.preprocess_study` and the checkpoint's parameters
+   (the user's own studies from ``--parity-manifest``, otherwise small synthetic studies made here)
+   and check that ONNX Runtime reproduces PyTorch's logits (max abs difference <= ``--tolerance``,
+   default 1e-4) at batch 1 and at the full batch;
+3. target ``tensorrt`` only: build an FP16 engine with the TensorRT Python API and an optimisation
+   profile (batch 1 / 8 / max), and check it against ONNX Runtime (``--trt-tolerance``); without
+   TensorRT or a GPU the export stops with a clear message (no fake engine);
+4. write the repository (:func:`dmfn.serving.repository.write_repository`): rendered configs,
+   model.py files, the net file, preprocessing parameters, taxonomy / labels, model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dmfn.client import schema as S
+from dmfn.preprocess import PreprocessedStudy, PreprocessParams, preprocess_study
+from dmfn.serving.config import TARGETS, ServingSettings
+from dmfn.serving.repository import ModelInfo, write_repository
+
+from .checkpoint import Checkpoint, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 17
+DEFAULT_TOLERANCE = 1e-4
+#: FP16 engine vs FP32 ONNX Runtime: max abs logit difference accepted.
+DEFAULT_TRT_TOLERANCE = 5e-2
+TRT_OPT_BATCH = 8
+
+
+class ExportError(RuntimeError):
+    """The export failed a check; nothing was written."""
+
+
+# --- studies for the parity check ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawStudy:
+    """One request as the client sends it: CT_HU int16 [z, y, x] in HU, SPACING_MM (z, y, x) mm,
+    ROI_MASK uint8 [z, y, x], CTC fp32[K] (pg/ml), CLINICAL fp32[5] (see schema.CLINICAL_FIELDS)."""
+
+    hu: np.ndarray
+    spacing_mm: np.ndarray
+    mask: np.ndarray
+    ctc: np.ndarray
+    clinical: np.ndarray
+
+
+def synthetic_study(
+    rng: np.random.Generator, n_ctc: int = 1, shape: tuple[int, int, int] = (20, 40, 40)
+) -> RawStudy:
+    """A small synthetic ROI crop: soft tissue with fat and a noisy ellipsoid lesion (HU, mm).
+
+    Only for checks of the export and serving path (shapes, numerics), never for training.
+    """
+    spacing = np.array(
+        [rng.uniform(1.5, 3.0), rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)], np.float32
+    )
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
+    coords = (z * spacing[0], y * spacing[1], x * spacing[2])
+    centre = [rng.uniform(0.4, 0.6) * n * s for n, s in zip(shape, spacing, strict=True)]
+    radii = rng.uniform(5.0, 9.0, size=3)
+    inside = sum(((c - m) / r) ** 2 for c, m, r in zip(coords, centre, radii, strict=True)) <= 1.0
+    hu = rng.normal(40.0, 15.0, size=shape)
+    hu[:, :, : shape[2] // 6] = rng.normal(-100.0, 10.0, size=(shape[0], shape[1], shape[2] // 6))
+    hu[inside] = rng.normal(rng.uniform(-10.0, 90.0), 20.0, size=int(inside.sum()))
+    location = np.zeros(3, np.float32)
+    location[rng.integers(3)] = 1.0
+    clinical = np.array([rng.uniform(20, 80), rng.integers(2), *location], np.float32)
+    return RawStudy(
+        hu=np.clip(np.rint(hu), -1024, 3071).astype(np.int16),
+        spacing_mm=spacing,
+        mask=inside.astype(np.uint8),
+        ctc=rng.lognormal(2.3, 0.4, size=n_ctc).astype(np.float32),
+        clinical=clinical,
+    )
+
+
+def preprocess_studies(
+    studies: Sequence[RawStudy], params: PreprocessParams
+) -> list[PreprocessedStudy]:
+    """:func:`dmfn.preprocess.preprocess_study` on each of ``studies``."""
+    return [
+        preprocess_study(s.hu, s.spacing_mm, s.mask, s.ctc, s.clinical, params=params)
+        for s in studies
+    ]
+
+
+def preprocess_batch(
+    studies: Sequence[RawStudy], params: PreprocessParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """VIEWS fp32[N, 3, S, S] and TABULAR fp32[N, K+5] of ``studies``, via preprocess_study."""
+    out = preprocess_studies(studies, params)
+    views = np.stack([np.asarray(p.views, np.float32) for p in out])
+    return views, np.stack([np.asarray(p.tabular, np.float32) for p in out])
+
+
+def manifest_batch(manifest: Path, checkpoint: Checkpoint, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` images of a cohort manifest, preprocessed like the server does."""
+    from .dataset import preprocess_row
+    from .manifest import read_manifest
+
+    rows = read_manifest(manifest, checkpoint.taxonomy, checkpoint.ctc_features).rows[:n]
+    arrays = [preprocess_row(row, checkpoint.preprocess_params) for row in rows]
+    return np.stack([a["views"] for a in arrays]), np.stack([a["tabular"] for a in arrays])
+
+
+# --- ONNX ------------------------------------------------------------------------------------
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    example: tuple[np.ndarray, np.ndarray],
+    path: Path,
+    opset: int = MIN_OPSET,
+    dynamo: bool = False,
+) -> Path:
+    """Export ``model`` (forward(views, tabular) -> logits) to one self-contained ONNX file.
+
+    Input names VIEWS, TABULAR, output LOGITS, batch axis dynamic. ``dynamo=False`` uses the
+    TorchScript exporter (fast; its deprecation warning is silenced here), ``True`` torch.export.
+    """
+    if opset < MIN_OPSET:
+        raise ValueError(f"argument 'opset': must be >= {MIN_OPSET}, got {opset}")
+    args = tuple(torch.from_numpy(a) for a in example)
+    names = {"input_names": [S.VIEWS, S.TABULAR], "output_names": [S.LOGITS]}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*axis name.*", category=UserWarning)
+        # The models' static shape checks are constants for a fixed input rank: expected.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        if dynamo:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                **names,
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                dynamic_shapes={"views": {0: batch}, "tabular": {0: batch}},
+                verbose=False,
+            )
+        else:
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                **names,
+                opset_version=opset,
+                dynamo=False,
+                dynamic_axes={n: {0: "batch"} for n in (S.VIEWS, S.TABULAR, S.LOGITS)},
+            )
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def onnxruntime_logits(onnx_path: Path, views: np.ndarray, tabular: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run([S.LOGITS], {S.VIEWS: views, S.TABULAR: tabular})
+    return logits
+
+
+def torch_logits(model: torch.nn.Module, views: np.ndarray, tabular: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(views), torch.from_numpy(tabular)).numpy()
+
+
+def check_parity(
+    model: torch.nn.Module,
+    onnx_path: Path,
+    views: np.ndarray,
+    tabular: np.ndarray,
+    tolerance: float,
+) -> float:
+    """Max abs logit difference ONNX Runtime vs PyTorch, at batch 1 and at the full batch.
+
+    Raises :class:`ExportError` above ``tolerance``.
+    """
+    reference = torch_logits(model, views, tabular)
+    worst = float(np.abs(onnxruntime_logits(onnx_path, views, tabular) - reference).max())
+    one = onnxruntime_logits(onnx_path, views[:1], tabular[:1])
+    worst = max(worst, float(np.abs(one - reference[:1]).max()))
+    if not np.isfinite(worst) or worst > tolerance:
+        raise ExportError(
+            f"ONNX Runtime differs from PyTorch by {worst:.3g} (max abs logit) on "
+            f"{len(views)} preprocessed studies, above the tolerance {tolerance:g}; "
+            "no repository was written"
+        )
+    return worst
+
+
+# --- TensorRT --------------------------------------------------------------------------------
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None if TensorRT and a CUDA GPU are usable here, else why not."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return (
+            "the TensorRT Python package is not installed (pip install tensorrt, or run the export "
+            "inside NGC's TensorRT/Triton container on a GPU host)"
+        )
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to PyTorch; a TensorRT engine must be built on the GPU it runs on"
+    return None
+
+
+def build_tensorrt_engine(
+    onnx_path: Path, plan_path: Path, view_size: int, n_tabular: int, max_batch: int
+) -> Path:
+    """FP16 engine from ``onnx_path`` with one profile: batch 1 (min) / 8 (opt) / ``max_batch``."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT < 10
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    opt = min(TRT_OPT_BATCH, max_batch)
+    for name, tail in ((S.VIEWS, (3, view_size, view_size)), (S.TABULAR, (n_tabular,))):
+        profile.set_shape(name, (1, *tail), (opt, *tail), (max_batch, *tail))
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise ExportError("TensorRT failed to build the engine (see the TensorRT log above)")
+    plan_path.write_bytes(bytes(engine))
+    return plan_path
+
+
+def tensorrt_logits(plan_path: Path, views: np.ndarray, tabular: np.ndarray) -> np.ndarray:
+    """Run the engine on the GPU (I/O buffers are CUDA tensors from PyTorch)."""
+    import tensorrt as trt
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
+    context = engine.create_execution_context()
+    inputs = {S.VIEWS: views, S.TABULAR: tabular}
+    buffers = {n: torch.from_numpy(a).cuda().contiguous() for n, a in inputs.items()}
+    for name, tensor in buffers.items():
+        context.set_input_shape(name, tuple(tensor.shape))
+    out = torch.empty(tuple(context.get_tensor_shape(S.LOGITS)), device="cuda")
+    buffers[S.LOGITS] = out
+    for name, tensor in buffers.items():
+        context.set_tensor_address(name, tensor.data_ptr())
+    stream = torch.cuda.Stream()
+    if not context.execute_async_v3(stream.cuda_stream):
+        raise ExportError("TensorRT execution failed")
+    stream.synchronize()
+    return out.cpu().numpy()
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def _schema_checks(ckpt: Checkpoint) -> None:
+    config = ckpt.model_config
+    n_tabular = len(ckpt.ctc_features) + len(S.CLINICAL_FIELDS)
+    if config.get("n_classes") not in (None, len(ckpt.taxonomy)):
+        raise ValueError(
+            f"argument 'checkpoint': model has {config['n_classes']} classes but its taxonomy "
+            f"has {len(ckpt.taxonomy)}"
+        )
+    if config.get("n_tabular") not in (None, n_tabular):
+        raise ValueError(
+            f"argument 'checkpoint': model expects {config['n_tabular']} tabular columns but "
+            f"{len(ckpt.ctc_features)} CTC features + {len(S.CLINICAL_FIELDS)} clinical = {n_tabular}"
+        )
+
+
+def _is_synthetic(ckpt: Checkpoint, training_data: str) -> bool:
+    if training_data != "auto":
+        return training_data == "synthetic"
+    # Unknown provenance is treated as synthetic: the card then warns rather than over-claims.
+    return bool(ckpt.training.get("synthetic", True))
+
+
+def export(
+    checkpoint: str | Path,
+    out: str | Path,
+    settings: ServingSettings,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    trt_tolerance: float = DEFAULT_TRT_TOLERANCE,
+    opset: int = MIN_OPSET,
+    dynamo: bool = False,
+    parity_studies: int = 8,
+    parity_manifest: str | Path | None = None,
+    training_data: str = "auto",
+    overwrite: bool = False,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Export ``checkpoint`` into a Triton repository at ``out``; returns the parity numbers.
+
+    Raises ValueError for bad arguments and :class:`ExportError` when a check fails (then
+    nothing is written).
+    """
+    if parity_studies < 2:
+        raise ValueError(f"argument 'parity_studies': must be >= 2, got {parity_studies}")
+    if settings.target == "tensorrt":
+        reason = tensorrt_unavailable_reason()
+        if reason is not None:
+            raise ExportError(f"cannot build a TensorRT engine here: {reason}")
+    ckpt = load_checkpoint(checkpoint)
+    _schema_checks(ckpt)
+    model = ckpt.build_model()
+    params = ckpt.preprocess_params
+    if parity_manifest is not None:
+        views, tabular = manifest_batch(Path(parity_manifest), ckpt, parity_studies)
+    else:
+        rng = np.random.default_rng(seed)
+        studies = [synthetic_study(rng, len(ckpt.ctc_features)) for _ in range(parity_studies)]
+        views, tabular = preprocess_batch(studies, params)
+    with tempfile.TemporaryDirectory(prefix="dmfn-export-") as tmp:
+        onnx_path = export_onnx(
+            model, (views[:2], tabular[:2]), Path(tmp) / "model.onnx", opset, dynamo
+        )
+        parity = {
+            "onnxruntime_vs_torch_max_abs_logit": check_parity(
+                model, onnx_path, views, tabular, tolerance
+            )
+        }
+        log.info(
+            "ONNX Runtime vs PyTorch: max abs logit difference %.3g",
+            parity["onnxruntime_vs_torch_max_abs_logit"],
+        )
+        net_file = onnx_path
+        if settings.target == "tensorrt":
+            net_file = build_tensorrt_engine(
+                onnx_path,
+                Path(tmp) / "model.plan",
+                params.view_size,
+                tabular.shape[1],
+                settings.net_max_batch_size,
+            )
+            diff = float(
+                np.abs(
+                    tensorrt_logits(net_file, views, tabular)
+                    - onnxruntime_logits(onnx_path, views, tabular)
+                ).max()
+            )
+            if not np.isfinite(diff) or diff > trt_tolerance:
+                raise ExportError(
+                    f"TensorRT FP16 engine differs from ONNX Runtime by {diff:.3g} (max abs logit), "
+                    f"above --trt-tolerance {trt_tolerance:g}; no repository was written"
+                )
+            parity["tensorrt_fp16_vs_onnxruntime_max_abs_logit"] = diff
+        info = ModelInfo(
+            ctc_features=ckpt.ctc_features,
+            metrics=ckpt.metrics,
+            training=ckpt.training,
+            versions=ckpt.versions,
+            model_config=ckpt.model_config,
+            synthetic=_is_synthetic(ckpt, training_data),
+            checkpoint=str(checkpoint),
+            parity=parity,
+        )
+        write_repository(
+            out,
+            net_file=net_file,
+            params=params,
+            taxonomy=ckpt.taxonomy,
+            info=info,
+            settings=settings,
+            overwrite=overwrite,
+        )
+    return parity
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated integers, got {text!r}"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServingSettings()
+    p = argparse.ArgumentParser(
+        prog="dmfn export",
+        description=(
+            "Export a trained checkpoint to ONNX (and a TensorRT FP16 engine for --target tensorrt), "
+            "check it against PyTorch on preprocessed studies and write a complete Triton model "
+            "repository (configs, model files, preprocessing parameters, labels, model card). "
+            "Nothing is written if a check fails."
+        ),
+    )
+    p.add_argument(
+        "--checkpoint", required=True, type=Path, help="checkpoint .pt written by `dmfn train`"
+    )
+    p.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="cpu",
+        help="runtime of the `dmfn` net model: cpu = python backend running ONNX Runtime (works with "
+        "the bundled Triton); onnxruntime = Triton's onnxruntime_onnx platform; tensorrt = FP16 "
+        "tensorrt_plan engine (needs TensorRT and a GPU). Default cpu",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("model_repository"),
+        help="repository folder to write (model_repository)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing model repository at --out"
+    )
+    g = p.add_argument_group("checks")
+    g.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="max abs logit difference ONNX Runtime vs PyTorch (1e-4)",
+    )
+    g.add_argument(
+        "--trt-tolerance",
+        type=float,
+        default=DEFAULT_TRT_TOLERANCE,
+        help="max abs logit difference TensorRT FP16 vs ONNX Runtime (5e-2)",
+    )
+    g.add_argument(
+        "--parity-studies",
+        type=int,
+        default=8,
+        help="number of studies preprocessed for the checks (8)",
+    )
+    g.add_argument(
+        "--parity-manifest",
+        type=Path,
+        default=None,
+        help="cohort manifest CSV whose first studies are used for the checks (default: synthetic studies made on the fly)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of the synthetic check studies (0)")
+    g.add_argument(
+        "--opset",
+        type=int,
+        default=MIN_OPSET,
+        help=f"ONNX opset (>= {MIN_OPSET}; default {MIN_OPSET})",
+    )
+    g.add_argument(
+        "--dynamo",
+        action="store_true",
+        help="use the torch.export-based ONNX exporter (slower) instead of the TorchScript one",
+    )
+    s = p.add_argument_group("serving settings (rendered into config.pbtxt)")
+    s.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=d.net_max_batch_size,
+        help=f"largest batch the net runs (dynamic batching; TensorRT profile max) ({d.net_max_batch_size})",
+    )
+    s.add_argument(
+        "--request-max-batch-size",
+        type=int,
+        default=d.pipeline_max_batch_size,
+        help=f"largest batch in one client request ({d.pipeline_max_batch_size})",
+    )
+    s.add_argument(
+        "--preferred-batch-sizes",
+        type=_int_list,
+        default=d.preferred_batch_sizes,
+        help="dynamic batching preferred sizes, comma-separated (4,8,16,32)",
+    )
+    s.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=d.max_queue_delay_us,
+        help=f"dynamic batching max queue delay in microseconds ({d.max_queue_delay_us})",
+    )
+    s.add_argument(
+        "--preprocess-instances",
+        type=int,
+        default=d.preprocess_instances,
+        help=f"preprocess model instances (CPU processes) ({d.preprocess_instances})",
+    )
+    s.add_argument(
+        "--preprocess-threads",
+        type=int,
+        default=d.preprocess_threads,
+        help="worker threads per preprocess instance; a dynamic batch of requests is "
+        f"preprocessed in parallel ({d.preprocess_threads})",
+    )
+    s.add_argument(
+        "--preprocess-queue-delay-us",
+        type=int,
+        default=d.preprocess_max_queue_delay_us,
+        help="preprocess dynamic batching max queue delay in microseconds "
+        f"({d.preprocess_max_queue_delay_us})",
+    )
+    s.add_argument(
+        "--net-instances",
+        type=int,
+        default=d.net_instances,
+        help=f"net model instances ({d.net_instances})",
+    )
+    s.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=d.intra_op_threads,
+        help=f"ONNX Runtime intra-op threads per net instance on CPU ({d.intra_op_threads})",
+    )
+    s.add_argument(
+        "--instance-kind",
+        choices=("KIND_CPU", "KIND_GPU"),
+        default=None,
+        help="where the net runs (default: KIND_CPU for cpu, KIND_GPU for onnxruntime/tensorrt)",
+    )
+    p.add_argument(
+        "--training-data",
+        choices=("auto", "synthetic", "real"),
+        default="auto",
+        help="what the model card says about the training data; auto = the checkpoint's record, synthetic when unknown",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``dmfn export``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = ServingSettings(
+            target=args.target,
+            pipeline_max_batch_size=args.request_max_batch_size,
+            net_max_batch_size=args.max_batch_size,
+            preferred_batch_sizes=args.preferred_batch_sizes,
+            max_queue_delay_us=args.max_queue_delay_us,
+            preprocess_instances=args.preprocess_instances,
+            preprocess_threads=args.preprocess_threads,
+            preprocess_max_queue_delay_us=args.preprocess_queue_delay_us,
+            net_instances=args.net_instances,
+            intra_op_threads=args.intra_op_threads,
+            net_instance_kind=args.instance_kind,
+        )
+        parity = export(
+            args.checkpoint,
+            args.out,
+            settings,
+            tolerance=args.tolerance,
+            trt_tolerance=args.trt_tolerance,
+            opset=args.opset,
+            dynamo=args.dynamo,
+            parity_studies=args.parity_studies,
+            parity_manifest=args.parity_manifest,
+            training_data=args.training_data,
+            overwrite=args.overwrite,
+            seed=args.seed,
+        )
+    except (ValueError, ExportError) as err:
+        print(f"dmfn export: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ValueError) else 1
+    checks = ", ".join(f"{k} = {v:.3g}" for k, v in parity.items())
+    print(f"wrote {args.out} (target {args.target}); checks: {checks}")
+    print(f"serve it with: dmfn serve --repository {args.out}")
+    return 0
