@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     with _step(f"1. synthetic cohort: {args.patients} patients (DICOM + NIfTI)", timings):
         manifest_path = generate_cohort(
             workdir / "cohort",
-            preset="tiny",
+            preset="demo",
             seed=args.seed,
             n_patients=args.patients,
             overwrite=True,
@@ -145,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
 
     repository = workdir / "model_repository"
     with _step("3. export: ONNX checked against PyTorch -> Triton repository", timings):
-        parity = export(checkpoint, repository, ServingSettings(), overwrite=True)
+        # Parity on the cohort's own studies, preprocessed exactly as the server will.
+        parity = export(
+            checkpoint, repository, ServingSettings(), parity_manifest=manifest_path, overwrite=True
+        )
         print(f"   {repository}")
+        print(f"   parity on {args.patients} synthetic studies of step 1")
         print(
             f"   ONNX Runtime vs PyTorch, max |logit difference|: {parity['onnxruntime_vs_torch_max_abs_logit']:.2e}"
         )
