@@ -9,7 +9,7 @@ over HTTP or gRPC and returns :class:`Prediction` objects::
         print(prediction.top3, prediction.malignant_prob, prediction.management)
 
 What leaves the client (DESIGN.md, data flow): only the voxels of the lesion box plus the ROI
-margin the model was trained with (cropped here with :func:`dmfn.preprocess.crop_roi`), as int16
+margin the model was trained with (cropped here with :func:`dmfn.client.roi.roi_box`, the box the server's crop uses too), as int16
 HU, the spacing, the cropped mask, the CTC features and the clinical vector. No DICOM header,
 no patient or image identifier, no position in the patient is sent.
 
@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from dmfn.client import schema as S
+from dmfn.client.contract import ServerContract
+from dmfn.client.roi import check_bbox, mask_bbox, roi_box
 from dmfn.client.study import Study
-from dmfn.preprocess import crop_roi
-from dmfn.serving.contract import ServerContract
 
 log = logging.getLogger(__name__)
 
@@ -120,25 +120,18 @@ def build_request(study: Study, contract: ServerContract) -> dict[str, np.ndarra
     ctc = study.ctc_array(contract.ctc_features)
     clinical = study.clinical_array()
     if study.mask is not None:
-        roi = crop_roi(
-            study.hu, mask=study.mask, margin_mm=contract.roi_margin_mm, spacing_mm=study.spacing_mm
-        )
-        mask = roi.mask
+        lo, hi = mask_bbox(study.mask)
     else:
-        roi = crop_roi(
-            study.hu,
-            bbox=np.asarray(study.bbox, dtype=np.int64),
-            margin_mm=contract.roi_margin_mm,
-            spacing_mm=study.spacing_mm,
-        )
-        mask = np.zeros(roi.volume.shape, np.uint8)
-        box = study.bbox
+        lo, hi = check_bbox(np.asarray(study.bbox, dtype=np.int64), study.shape)
+    box = roi_box(lo, hi, study.shape, contract.roi_margin_mm, study.spacing_mm)
+    if study.mask is not None:
+        mask = study.mask[box]
+    else:  # the box itself, in crop coordinates
+        mask = np.zeros(tuple(b.stop - b.start for b in box), np.uint8)
         mask[
-            tuple(
-                slice(box[a] - roi.offset_zyx[a], box[a + 3] - roi.offset_zyx[a]) for a in range(3)
-            )
+            tuple(slice(a - b.start, c - b.start) for a, c, b in zip(lo, hi, box, strict=True))
         ] = 1
-    hu = roi.volume
+    hu = study.hu[box]
     if hu.dtype != np.int16:
         hu = np.rint(hu)
         if hu.min() < _INT16.min or hu.max() > _INT16.max:

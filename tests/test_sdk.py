@@ -11,6 +11,7 @@ import pytest
 
 from dmfn.client import predict as P
 from dmfn.client import schema as S
+from dmfn.client.contract import ServerContract
 from dmfn.client.sdk import (
     DmfnClient,
     DmfnServerError,
@@ -21,7 +22,6 @@ from dmfn.client.sdk import (
 from dmfn.client.study import Clinical, Study
 from dmfn.client.taxonomy import load_taxonomy
 from dmfn.preprocess import crop_roi
-from dmfn.serving.contract import ServerContract
 from dmfn.serving.triton import free_ports
 
 CONTRACT = ServerContract(10.0, S.DEFAULT_CTC_FEATURES, tuple(load_taxonomy().names))

@@ -15,15 +15,13 @@ from typing import Literal
 import numpy as np
 
 from dmfn import _preprocess
+from dmfn.client.roi import check_bbox, mask_bbox, roi_box
 from dmfn.client.schema import MEASUREMENT_FIELDS
 
 from ._validate import as_mask, as_positive, as_spacing, as_volume, check_voxel_cap
 
 #: Interpolation order name -> kernel id of the C++ extension (1 = linear, 3 = Keys cubic).
 _KERNELS = {"linear": 1, "cubic": 3}
-
-#: Relative slack when converting a margin in mm to whole voxels (10 mm at 1 mm = 10 voxels, not 11).
-_MARGIN_ROUNDING_SLACK = 1e-6
 
 #: Two candidate long axes within this many mm are a tie (float noise on a pixel lattice).
 _TIE_MM = 1e-9
@@ -134,39 +132,6 @@ class RoiCrop:
         )
 
 
-def mask_bbox(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """First and one-past-last index per axis of the nonzero voxels of a non-empty mask."""
-    lo, hi = [], []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        lo.append(int(hits[0]))
-        hi.append(int(hits[-1]) + 1)
-    return tuple(lo), tuple(hi)
-
-
-def _check_bbox(bbox: object, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    nd = len(shape)
-    try:
-        values = np.asarray(bbox)
-        ok = values.shape == (2 * nd,) and values.dtype.kind in "iu"
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"argument 'bbox': must be {2 * nd} integers, half-open voxel indices "
-            f"(z0, y0, x0, z1, y1, x1) for 3D or (y0, x0, y1, x1) for 2D, got {bbox!r}"
-        )
-    lo = tuple(int(v) for v in values[:nd])
-    hi = tuple(int(v) for v in values[nd:])
-    if not all(0 <= a < b <= n for a, b, n in zip(lo, hi, shape, strict=True)):
-        raise ValueError(
-            f"argument 'bbox': need 0 <= start < stop <= size on every axis of shape {shape}, "
-            f"got start {lo}, stop {hi}"
-        )
-    return lo, hi
-
-
 def crop_roi(
     volume: np.ndarray,
     mask: np.ndarray | None = None,
@@ -198,19 +163,14 @@ def crop_roi(
     if (mask is None) == (bbox is None):
         raise ValueError("arguments 'mask', 'bbox': give exactly one of them")
     spacing = as_spacing(spacing_mm, volume.ndim)
-    margin = float(margin_mm)
-    if not (math.isfinite(margin) and margin >= 0):
-        raise ValueError(f"argument 'margin_mm': must be finite and >= 0 mm, got {margin_mm!r}")
     if mask is not None:
         mask_u8 = as_mask(mask, volume.shape)
         lo, hi = mask_bbox(mask_u8)
     else:
         mask_u8 = None
-        lo, hi = _check_bbox(bbox, volume.shape)
-    grow = [math.ceil(margin / s - _MARGIN_ROUNDING_SLACK) for s in spacing]
-    start = tuple(max(0, a - g) for a, g in zip(lo, grow, strict=True))
-    stop = tuple(min(n, b + g) for b, g, n in zip(hi, grow, volume.shape, strict=True))
-    box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+        lo, hi = check_bbox(bbox, volume.shape)
+    box = roi_box(lo, hi, volume.shape, margin_mm, spacing)
+    start = tuple(b.start for b in box)
     cropped = np.ascontiguousarray(volume[box])
     as_volume(cropped, "volume", finite=False)  # dtype rules of every kernel, on the crop only
     return RoiCrop(

@@ -6,8 +6,9 @@ No torch here: :mod:`.config` renders every ``config.pbtxt`` from :class:`dmfn.c
 :mod:`dmfn.training.export` (it needs torch).
 """
 
+from dmfn.client.contract import ServerContract
+
 from .config import TARGETS, ServingSettings, render_all
-from .contract import ServerContract
 from .repository import ModelInfo, check_repository, template_dir, write_repository
 from .triton import PortInUseError, TritonError, TritonServer, free_ports
 

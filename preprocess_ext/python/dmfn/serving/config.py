@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dmfn.client import schema as S
+from dmfn.client.contract import ServerContract
 from dmfn.client.schema import Schema, TensorSpec
-
-from .contract import ServerContract
 
 TARGETS: tuple[str, ...] = ("cpu", "onnxruntime", "tensorrt")
 INSTANCE_KINDS: tuple[str, ...] = ("KIND_CPU", "KIND_GPU")

@@ -29,6 +29,7 @@ from typing import Any
 
 import dmfn
 from dmfn.client import schema as S
+from dmfn.client.contract import ServerContract
 from dmfn.client.schema import Schema
 from dmfn.client.taxonomy import Taxonomy
 from dmfn.preprocess.params import PreprocessParams
@@ -42,7 +43,6 @@ from .config import (
     ServingSettings,
     render_all,
 )
-from .contract import ServerContract
 
 MANIFEST_FILE = "dmfn_manifest.json"
 MODEL_CARD_FILE = "MODEL_CARD.md"

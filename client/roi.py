@@ -1,0 +1,72 @@
+"""The lesion box: which voxels of a study leave the client, and which the server crops again.
+
+Pure NumPy (no C++ extension, no torch), so the client SDK and :func:`dmfn.preprocess.crop_roi`
+share one definition. Axes (z, y, x) (or (y, x) for 2D); boxes are half-open voxel indices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+#: Relative slack when converting a margin in mm to whole voxels (10 mm at 1 mm = 10 voxels, not 11).
+MARGIN_ROUNDING_SLACK = 1e-6
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """First and one-past-last index per axis of the nonzero voxels of a non-empty mask."""
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        if hits.size == 0:
+            raise ValueError("argument 'mask': is empty (no nonzero voxel)")
+        lo.append(int(hits[0]))
+        hi.append(int(hits[-1]) + 1)
+    return tuple(lo), tuple(hi)
+
+
+def check_bbox(bbox: object, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validate a half-open box ``(z0, y0, x0, z1, y1, x1)`` (or 2D) against ``shape``."""
+    nd = len(shape)
+    try:
+        values = np.asarray(bbox)
+        ok = values.shape == (2 * nd,) and values.dtype.kind in "iu"
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"argument 'bbox': must be {2 * nd} integers, half-open voxel indices "
+            f"(z0, y0, x0, z1, y1, x1) for 3D or (y0, x0, y1, x1) for 2D, got {bbox!r}"
+        )
+    lo = tuple(int(v) for v in values[:nd])
+    hi = tuple(int(v) for v in values[nd:])
+    if not all(0 <= a < b <= n for a, b, n in zip(lo, hi, shape, strict=True)):
+        raise ValueError(
+            f"argument 'bbox': need 0 <= start < stop <= size on every axis of shape {shape}, "
+            f"got start {lo}, stop {hi}"
+        )
+    return lo, hi
+
+
+def roi_box(
+    lo: Sequence[int],
+    hi: Sequence[int],
+    shape: Sequence[int],
+    margin_mm: float,
+    spacing_mm: Sequence[float],
+) -> tuple[slice, ...]:
+    """The lesion box ``[lo, hi)`` grown by ``margin_mm`` per side, clamped to ``shape``.
+
+    The margin becomes ``ceil(margin_mm / spacing)`` voxels per axis, so cropping a crop again
+    with the same margin and spacing returns it unchanged.
+    """
+    margin = float(margin_mm)
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"argument 'margin_mm': must be finite and >= 0 mm, got {margin_mm!r}")
+    grow = [math.ceil(margin / s - MARGIN_ROUNDING_SLACK) for s in spacing_mm]
+    return tuple(
+        slice(max(0, a - g), min(n, b + g)) for a, b, g, n in zip(lo, hi, grow, shape, strict=True)
+    )
