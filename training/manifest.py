@@ -28,11 +28,13 @@ from dmfn.client.study import MAX_AGE_YEARS, SEXES, Clinical
 from dmfn.client.taxonomy import GROUPS, Taxonomy
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-BASE_COLUMNS: tuple[str, ...] = (
+#: Columns of a manifest with the default CTC feature, in the order `dmfn synth` writes them.
+MANIFEST_COLUMNS: tuple[str, ...] = (
     "patient_id",
     "image_id",
     "image_path",
     "mask_path",
+    *DEFAULT_CTC_FEATURES,
     "age_years",
     "sex",
     "location",
@@ -40,6 +42,8 @@ BASE_COLUMNS: tuple[str, ...] = (
     "group",
     "split",
 )
+#: The columns every manifest needs whatever its CTC features.
+BASE_COLUMNS: tuple[str, ...] = tuple(c for c in MANIFEST_COLUMNS if c not in DEFAULT_CTC_FEATURES)
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 MASK_SUFFIXES: tuple[str, ...] = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr")
 

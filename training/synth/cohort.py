@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from dmfn.client.taxonomy import COMPARTMENTS, Taxonomy, load_taxonomy
+from dmfn.training.manifest import MANIFEST_COLUMNS, SPLITS
 from dmfn.training.synth.anatomy import (
     LESION,
     ChestAnatomy,
@@ -48,22 +49,9 @@ from dmfn.training.synth.lesions import Lesion, mass_shift_mm, paint_lesion, sam
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1.0"
-SPLITS = ("train", "val", "test")
+
 MANIFEST_NAME = "manifest.csv"
 INFO_NAME = "cohort.json"
-MANIFEST_COLUMNS = (
-    "patient_id",
-    "image_id",
-    "image_path",
-    "mask_path",
-    "ctc_level_pg_ml",
-    "age_years",
-    "sex",
-    "location",
-    "label",
-    "group",
-    "split",
-)
 #: Thickest sub-slice (mm) rendered before averaging into a slice (partial-volume effect).
 SUB_SLICE_MM = 1.25
 HU_MIN, HU_MAX = -1024, 3071
