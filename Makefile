@@ -1,9 +1,12 @@
 # dmfn: one-command setup, demo and tests. `make help` lists the targets.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
+# Hide pip's notes about this machine's empty local index folders; real errors still show.
+QUIET_PIP := 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
 STAMP_DEPS := $(VENV)/.deps-stamp
 STAMP_EXT := $(VENV)/.ext-stamp
 EXT_SOURCES := $(wildcard preprocess_ext/src/*.cpp preprocess_ext/src/*.hpp) CMakeLists.txt pyproject.toml
@@ -23,12 +26,12 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP_DEPS): requirements/lock.txt | $(VENV)/bin/python
-	$(PIP) install -q -r requirements/lock.txt
+	$(PIP) install -q -r requirements/lock.txt $(QUIET_PIP)
 	@touch $@
 
 $(STAMP_EXT): $(STAMP_DEPS) $(EXT_SOURCES)
 	@mkdir -p build
-	flock build/.setup.lock $(PIP) install -q --no-build-isolation --no-deps -e .
+	flock build/.setup.lock $(PIP) install -q --no-build-isolation --no-deps -e . $(QUIET_PIP)
 	@touch $@
 
 demo: setup  ## the main job on the embedded default
