@@ -26,7 +26,17 @@ def max_voxels(override: int | None = None) -> int:
             raise ValueError(f"argument 'max_voxels': must be positive, got {override}")
         return int(override)
     env = os.environ.get("DMFN_MAX_VOXELS")
-    return int(env) if env else DEFAULT_MAX_VOXELS
+    if not env:
+        return DEFAULT_MAX_VOXELS
+    try:
+        value = int(env)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(
+            f"environment variable DMFN_MAX_VOXELS: must be a positive integer, got {env!r}"
+        )
+    return value
 
 
 def check_voxel_cap(shape: Sequence[int], argument: str, cap: int | None = None) -> None:

@@ -25,23 +25,20 @@ import numpy as np
 from dmfn import _preprocess
 
 from ._validate import as_positive, as_volume
-
-#: Explicit-Euler stability bounds on dt: 2 / (largest eigenvalue of Lap^2) = 2 / (4 dim)^2.
-#: Measured (DESIGN.md): unstable modes appear at 0.0315 in 2D and 0.014 in 3D.
-_STABILITY_BOUND = {"3d": 1.0 / 72.0, "2d": 1.0 / 32.0}
+from .params import STABILITY_BOUND
 
 PdeMode = Literal["3d", "2d"]
 
 
 def _check_mode(mode: object) -> PdeMode:
-    if mode not in _STABILITY_BOUND:
+    if mode not in STABILITY_BOUND:
         raise ValueError(f"argument 'mode': must be '3d' or '2d', got {mode!r}")
     return mode  # type: ignore[return-value]
 
 
 def pde_stability_bound(mode: PdeMode = "3d") -> float:
     """The largest stable explicit-Euler step dt: 1/72 for ``"3d"``, 1/32 for ``"2d"``."""
-    return _STABILITY_BOUND[_check_mode(mode)]
+    return STABILITY_BOUND[_check_mode(mode)]
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,7 @@ def validate_pde_arguments(
     mode = _check_mode(mode)
     k = as_positive(k, "k")
     dt_value = float(dt)
-    bound = _STABILITY_BOUND[mode]
+    bound = STABILITY_BOUND[mode]
     if not (math.isfinite(dt_value) and dt_value > 0):
         raise ValueError(f"argument 'dt': must be finite and > 0, got {dt!r}")
     if dt_value > bound:

@@ -1,0 +1,62 @@
+"""PreprocessParams: every bad value is refused at construction, and it round-trips through JSON."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dmfn.preprocess import PreprocessParams, pde_stability_bound
+from dmfn.preprocess._validate import max_voxels
+
+BAD = [
+    ({"pde_dt": 0.05}, "pde_dt"),  # above the 3D stability bound
+    ({"pde_dt": 0.0}, "pde_dt"),
+    ({"pde_mode": "2d", "pde_dt": 0.04}, "pde_dt"),
+    ({"pde_k_hu": -1.0}, "pde_k_hu"),
+    ({"pde_iterations": 2.5}, "pde_iterations"),
+    ({"pde_iterations": -1}, "pde_iterations"),
+    ({"pde_mode": "4d"}, "pde_mode"),
+    ({"pde_fidelity": math.nan}, "pde_fidelity"),
+    ({"target_spacing_mm": 0.0}, "target_spacing_mm"),
+    ({"interpolation": "nearest"}, "interpolation"),
+    ({"window_level_hu": math.inf}, "window_level_hu"),
+    ({"window_width_hu": 0.0}, "window_width_hu"),
+    ({"roi_margin_mm": math.nan}, "roi_margin_mm"),
+    ({"view_size": 128.0}, "view_size"),
+    ({"view_size": 4}, "view_size"),
+    ({"max_voxels": 0}, "max_voxels"),
+    ({"pde_k_hu": True}, "pde_k_hu"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "argument"), BAD)
+def test_bad_values_name_the_argument(overrides: dict, argument: str) -> None:
+    with pytest.raises(ValueError, match=f"'{argument}'"):
+        PreprocessParams(**overrides)
+
+
+def test_stability_bound_is_the_pde_bound() -> None:
+    PreprocessParams(pde_dt=pde_stability_bound("3d"))
+    PreprocessParams(pde_mode="2d", pde_dt=pde_stability_bound("2d"))
+
+
+def test_json_round_trip_and_digest() -> None:
+    params = PreprocessParams(pde_iterations=7, roi_margin_mm=12.5)
+    again = PreprocessParams.from_json(params.to_json())
+    assert again == params
+    assert again.digest() == params.digest() != PreprocessParams().digest()
+
+
+def test_unknown_field_and_version_refused() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        PreprocessParams.from_dict({"pde_iters": 3})
+    with pytest.raises(ValueError, match="version"):
+        PreprocessParams.from_dict({"version": 99})
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5"])
+def test_bad_voxel_cap_environment_is_named(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("DMFN_MAX_VOXELS", value)
+    with pytest.raises(ValueError, match="DMFN_MAX_VOXELS"):
+        max_voxels()
