@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build dmfn._preprocess with AddressSanitizer + UBSan and run the kernel tests against it.
-# The instrumented module temporarily replaces the installed one and is restored on exit.
+# The instrumented module goes into a private copy of the package (build/asan/pkg); the installed
+# module, which other processes may have loaded, is never touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -8,14 +9,19 @@ build=build/asan
 cmake -S . -B "$build" -G Ninja -DDMFN_ASAN=ON -DDMFN_NATIVE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -Dpybind11_DIR="$($PY -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$PY" >/dev/null
 cmake --build "$build" >/dev/null
-installed=$($PY -c "import dmfn._preprocess as m; print(m.__file__)")
-cp "$installed" "$installed.orig"
-trap 'mv -f "$installed.orig" "$installed"' EXIT
-cp "$build"/_preprocess*.so "$installed"
+pkg="$build/pkg"
+rm -rf "$pkg" && mkdir -p "$pkg"
+cp -r preprocess_ext/python/dmfn "$pkg/dmfn"
+cp -r client "$pkg/dmfn/client"
+cp -r training "$pkg/dmfn/training"
+cp "$build"/_preprocess*.so "$pkg/dmfn/"
+site=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 libasan=$(g++ -print-file-name=libasan.so)
 libubsan=$(g++ -print-file-name=libubsan.so)
+# -S keeps the editable install's import hook out, so `import dmfn` finds the private copy first.
 # Python itself is not instrumented: leak checks would report the interpreter, so they are off.
-ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  LD_PRELOAD="$libasan $libubsan" \
-  $PY -m pytest -q -p no:cacheprovider tests/test_pde.py tests/test_spatial.py tests/test_pipeline.py "$@"
-echo "asan: kernel tests passed under AddressSanitizer + UBSan"
+export PYTHONPATH="$PWD/$pkg:$site" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 LD_PRELOAD="$libasan $libubsan"
+$PY -S -c "import dmfn._preprocess as m; assert m.__file__.startswith('$PWD/$pkg'), m.__file__"
+$PY -S -m pytest -q -p no:cacheprovider tests/test_pde.py tests/test_spatial.py tests/test_pipeline.py "$@"
+echo "asan: kernel tests passed under AddressSanitizer + UBSan ($pkg)"
