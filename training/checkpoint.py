@@ -88,8 +88,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt / foreign files
+        # torch's own message suggests weights_only=False, which would run code from the file.
         raise ValueError(
-            f"argument 'checkpoint': {path} is not a readable checkpoint ({err})"
+            f"argument 'checkpoint': {path} is not a dmfn checkpoint (not readable as a "
+            f"weights-only torch file: {type(err).__name__})"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"argument 'checkpoint': {path} is not a {CHECKPOINT_FORMAT} file")

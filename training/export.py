@@ -434,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("model_repository"),
-        help="repository folder to write (model_repository)",
+        default=Path("build/model_repository"),
+        help="repository folder to write (build/model_repository; the committed model_repository/ "
+        "holds the templates and is never an output)",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing model repository at --out"

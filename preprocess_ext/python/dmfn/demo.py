@@ -82,6 +82,18 @@ def _print_prediction(prediction, truth: str, truth_group: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from dmfn.client.sdk import DmfnServerError
+    from dmfn.serving.triton import TritonError
+    from dmfn.training.export import ExportError
+
+    try:
+        return _run(args)
+    except (ValueError, ExportError, TritonError, DmfnServerError) as err:
+        print(f"dmfn demo: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ValueError) else 1
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.patients < 3:
         print("dmfn demo: argument --patients: must be >= 3", file=sys.stderr)
@@ -102,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     from dmfn.training.manifest import read_manifest
     from dmfn.training.synth import generate_cohort
 
+    if not args.train:
+        load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT)  # fail fast on a bad file
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -208,11 +222,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   prediction ({args.protocol}, {latency * 1000:.0f} ms round trip):")
             _print_prediction(prediction, row.label, row.group)
             served = np.array([prediction.probs[name] for name in ckpt.taxonomy.names])
+            # The same study through the checkpoint in PyTorch, in this process: no train/serve skew.
+            local = _torch_probs(ckpt, pre.views, pre.tabular)
+            print(
+                f"   served PROBS vs in-process PyTorch: max |difference| {np.abs(served - local).max():.1e}"
+            )
             print(f"   server log: {server.log_path}")
         print("   server stopped")
 
     print(f"\ndone in {time.perf_counter() - total:.0f} s")
     return 0 if np.isfinite(served).all() else 1
+
+
+def _torch_probs(ckpt, views: np.ndarray, tabular: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        logits = ckpt.build_model()(torch.from_numpy(views[None]), torch.from_numpy(tabular[None]))
+    return torch.softmax(logits, dim=1)[0].numpy()
 
 
 __all__ = ["main"]
