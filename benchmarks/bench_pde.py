@@ -16,10 +16,9 @@ Each timing is the best of ``repeats`` runs. Usage: ``python benchmarks/bench_pd
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 
 import numpy as np
+from _common import best_time
 
 from dmfn import _preprocess
 from dmfn.preprocess import denoise_pde
@@ -42,15 +41,6 @@ def _phantom(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return (hu + rng.normal(0.0, 25.0, shape)).astype(np.float32)
 
 
-def _best_time(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def _dt(mode: str) -> float:
     return 0.9 * (1.0 / 72.0 if mode == "3d" else 1.0 / 32.0)
 
@@ -68,13 +58,13 @@ def run(
     volume = _phantom(shape)
     voxel_iterations = volume.size * iterations
     copy_target = np.empty_like(volume)
-    copy_s = _best_time(lambda: np.copyto(copy_target, volume), max(repeats, 5))
+    copy_s, _ = best_time(lambda: np.copyto(copy_target, volume), max(repeats, 5))
     copy_gb_s = BYTES_PER_VOXEL * volume.size / copy_s / 1e9
 
     sub = np.ascontiguousarray(volume[:REFERENCE_PLANES])
     reference_s = {}
     for mode in ("3d", "2d"):
-        t = _best_time(
+        t, _ = best_time(
             lambda m=mode: reference.denoise_pde(sub, K_HU, _dt(m), REFERENCE_ITERATIONS, m), 1
         )
         reference_s[mode] = t / (sub.size * REFERENCE_ITERATIONS) * voxel_iterations
@@ -105,7 +95,7 @@ def run(
     ]
     for mode in ("3d", "2d"):
         for threads in (None, 1):
-            seconds = _best_time(
+            seconds, _ = best_time(
                 lambda m=mode, t=threads: denoise_pde(
                     volume, K_HU, _dt(m), iterations, m, threads=t
                 ),

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable
 
 import numpy as np
+from _common import best_time
 
 from dmfn.preprocess import resample_isotropic
 from dmfn.preprocess.spatial import isotropic_shape
@@ -38,16 +38,6 @@ def _phantom(seed: int = 0) -> np.ndarray:
     plane = np.where(body, 40.0, -1000.0) + np.where(bone, 1200.0, 0.0)
     vol = np.broadcast_to(plane, SHAPE) + rng.normal(0.0, 20.0, SHAPE)
     return np.clip(vol, -1024, 3071).astype(np.float32)
-
-
-def _best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Best wall time in seconds over ``repeats`` calls, and the last call's result."""
-    best, out = math.inf, None
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def _sitk_runner(
@@ -124,7 +114,7 @@ def run(repeats: int = 3, slow_repeats: int = 1) -> list[dict]:
     ]
     results: list[tuple[str, str, float, np.ndarray]] = []
     for name, kind, fn, reps, to_np in methods:
-        best, raw = _best_time(fn, reps)
+        best, raw = best_time(fn, reps)
         results.append((name, kind, best, to_np(raw)))
     reference = next(out for name, _, _, out in results if name == "SimpleITK linear")
     ours = {kind: t for name, kind, t, _ in results if name.startswith("dmfn")}

@@ -26,7 +26,6 @@ Run it on a quiet machine (``uptime``)::
 """
 
 import argparse
-import ctypes
 import http.client
 import io
 import json
@@ -37,7 +36,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +44,7 @@ import numpy as np
 
 from dmfn.client import schema as S
 from dmfn.preprocess import PreprocessParams, preprocess_study
+from dmfn.preprocess.threads import set_openmp_threads
 
 REQUEST_NAMES = [t.name for t in S.Schema().request_inputs]
 RESPONSE_NAMES = [t.name for t in S.Schema().response_outputs]
@@ -97,13 +97,6 @@ def make_requests(n: int, seed: int, shape: tuple[int, int, int]) -> list[dict[s
     return out
 
 
-def _omp_set_num_threads() -> Callable[[int], object]:
-    try:
-        return ctypes.CDLL("libgomp.so.1").omp_set_num_threads
-    except (OSError, AttributeError):
-        return lambda n: None
-
-
 # --------------------------------------------------------------------------- the three systems
 class Floor:
     """(a) preprocess_study + ONNX Runtime in this process."""
@@ -121,14 +114,13 @@ class Floor:
             str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self.params = params
-        self.set_omp = _omp_set_num_threads()
         self.omp_threads = omp_threads
 
     def setup(self, concurrency: int) -> None:
         pass
 
     def thread_init(self) -> None:
-        self.set_omp(self.omp_threads)
+        set_openmp_threads(self.omp_threads)
 
     def __call__(self, request: dict[str, np.ndarray]) -> None:
         p = preprocess_study(*(request[n][0] for n in REQUEST_NAMES), params=self.params)

@@ -26,6 +26,7 @@ from dmfn.serving.repository import (
     template_dir,
     write_repository,
 )
+from dmfn.serving.triton import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "model_repository"
@@ -37,7 +38,6 @@ REGENERATE = (
 ALLOWED_IMPORTS = {
     "__future__",
     "concurrent.futures",
-    "ctypes",
     "itertools",
     "json",
     "re",
@@ -49,6 +49,7 @@ ALLOWED_IMPORTS = {
     "dmfn.client.schema",
     "dmfn.client.taxonomy",
     "dmfn.preprocess",
+    "dmfn.preprocess.threads",
 }
 TRITON_DTYPE = {
     "INT16": mc.TYPE_INT16,
@@ -239,6 +240,29 @@ def test_write_repository_refuses_to_overwrite_without_flag(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx", "not_a_repo", "repo"]
 
 
+def test_failed_overwrite_keeps_the_original_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "repo"
+    _write(tmp_path, out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    real_rename = Path.rename
+
+    def failing_rename(self: Path, target: str | Path) -> Path:
+        # Fault injection: the new repository cannot be moved in (the old one already moved out).
+        if Path(target) == out and self.name != f".{out.name}.old":
+            raise OSError("injected rename failure")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="injected"):
+        _write(tmp_path, out, overwrite=True)
+    monkeypatch.undo()
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert check_repository(out) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx", "repo"]
+
+
 def test_check_repository_names_what_is_missing(tmp_path: Path) -> None:
     assert check_repository(tmp_path / "nowhere") == [f"{tmp_path / 'nowhere'} is not a directory"]
     problems = check_repository(COMMITTED)
@@ -285,3 +309,61 @@ def test_serve_says_when_a_port_is_taken(
     err = capsys.readouterr().err
     assert f"port {port}" in err
     assert "already in use" in err
+
+
+_FAKE_OUTPUT = {
+    "port": (
+        'echo "I1127 17:47:06.000001 42 server.cc:1] starting"\n'
+        'echo "E1127 17:47:06.000002 42 main.cc:1] failed to start HTTP service: '
+        'Address already in use" >&2\n'
+    ),
+    "load": (
+        "echo \"E1127 17:47:06.000001 42 model_lifecycle.cc:1] failed to load 'preprocess' "
+        'version 1: Invalid argument: boom" >&2\n'
+        'echo "error: creating server: Internal - failed to load all models" >&2\n'
+    ),
+    "silent": "",
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "says"),
+    [
+        ("port", serve.EXIT_USAGE, "could not bind its ports"),
+        (
+            "load",
+            serve.EXIT_SERVER,
+            "failed to load 'preprocess' version 1: Invalid argument: boom",
+        ),
+        ("silent", serve.EXIT_SERVER, "it wrote no output"),
+    ],
+)
+def test_serve_explains_a_server_that_exits_early_without_a_log_file(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    kind: str,
+    code: int,
+    says: str,
+) -> None:
+    """A server that dies after the port pre-check (a port taken in between, a model that does
+    not load) is explained from its own output, which is also echoed to the terminal."""
+    repo = _write(tmp_path, tmp_path / "repo")
+    fake = tmp_path / "bin" / "tritonserver"  # stands in for the real binary: prints and exits
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\n{_FAKE_OUTPUT[kind]}exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr("dmfn.serving.triton._project_build_dir", lambda: tmp_path / "build")
+    http, grpc, metrics = free_ports(3)
+    argv = ["--repository", str(repo), "--tritonserver", str(fake), "--http-port", str(http)]
+    argv += ["--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    assert serve.main(argv) == code
+    err = capfd.readouterr().err
+    assert says in err
+    assert "invalid model repository" not in err
+    if kind != "port":
+        assert "dmfn serve: tritonserver exited with code 1 before it was ready" in err
+    if kind == "load":
+        assert f"(model repository {repo})" in err
+    if kind == "port":  # echoed once live, once in the error's tail
+        assert err.count("Address already in use") == 2

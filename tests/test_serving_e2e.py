@@ -76,7 +76,7 @@ def assert_matches_reference(result, reference: dict, index: int) -> None:
 
 
 def test_server_is_ready_on_http_and_grpc(triton_server) -> None:
-    assert triton_server.ready_seconds is not None and triton_server.ready_seconds < 120
+    assert triton_server.ready_seconds is not None  # wait_ready fails on its own timeout
     for protocol in CLIENTS:
         _, client = client_for(triton_server, protocol)
         try:

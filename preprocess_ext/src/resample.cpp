@@ -16,12 +16,33 @@
 
 #include <pybind11/stl.h>
 
+#ifdef DMFN_HAVE_OPENMP
+#include <omp.h>
+#endif
+
 #include "common.hpp"
 
 namespace dmfn {
 namespace {
 
 enum class Kernel : int { linear = 1, cubic = 3 };
+
+// Threads a parallel region may get, and this thread's index in its team (1 and 0 without OpenMP).
+index_t max_threads() {
+#ifdef DMFN_HAVE_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+index_t thread_index() {
+#ifdef DMFN_HAVE_OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
 
 // Keys (1981) cubic convolution kernel with a = -0.5; reproduces quadratics, weights sum to 1.
 double keys_weight(double t) {
@@ -73,7 +94,7 @@ AxisTable make_table(index_t n_in, index_t n_out, double ratio, Kernel kernel) {
 // `parallel` = false when called from inside a parallel region (one thread per call).
 template <int T>
 void pass_axis(const float* in, float* out, index_t outer, index_t inner, const AxisTable& t,
-               bool parallel) {
+               [[maybe_unused]] bool parallel) {
   const index_t n = t.n_in, m = t.n_out;
   const index_t* idx = t.idx.data();
   const float* w = t.w.data();
@@ -196,13 +217,18 @@ FloatArray resample(const FloatArray& volume, const std::array<index_t, 3>& out_
       const std::array<index_t, 3> next{n_in[0], out_shape[1], out_shape[2]};
       float* out = target(1, next);
       const index_t plane_in = n_in[1] * n_in[2], plane_out = next[1] * next[2];
-#pragma omp parallel
+      // One mid slice per thread, allocated here, outside the parallel region, so that an
+      // allocation failure reaches Python as MemoryError instead of std::terminate.
+      const index_t team = std::max<index_t>(1, std::min<index_t>(max_threads(), n_in[0]));
+      const index_t plane_mid = slice_mid[1] * slice_mid[2];
+      std::vector<float> mids(static_cast<size_t>(team * plane_mid));
+#pragma omp parallel num_threads(static_cast<int>(team))
       {
-        std::unique_ptr<float[]> mid(new float[static_cast<size_t>(slice_mid[1] * slice_mid[2])]);
+        float* mid = mids.data() + thread_index() * plane_mid;
 #pragma omp for schedule(static)
         for (index_t z = 0; z < n_in[0]; ++z) {
-          pass(src + z * plane_in, mid.get(), slice_in, 0, false);
-          pass(mid.get(), out + z * plane_out, slice_mid, 1, false);
+          pass(src + z * plane_in, mid, slice_in, 0, false);
+          pass(mid, out + z * plane_out, slice_mid, 1, false);
         }
       }
       in = out;

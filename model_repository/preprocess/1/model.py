@@ -19,7 +19,6 @@ the rule; the other requests of the batch still succeed.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +29,7 @@ import triton_python_backend_utils as pb_utils
 
 from dmfn.client import schema as S
 from dmfn.preprocess import PreprocessParams, preprocess_study
+from dmfn.preprocess.threads import has_openmp, set_openmp_threads
 
 #: preprocess_study argument name -> request tensor name (for error messages).
 ARGUMENT_TO_TENSOR = {
@@ -41,8 +41,6 @@ ARGUMENT_TO_TENSOR = {
 }
 INPUT_NAMES = (S.CT_HU, S.SPACING_MM, S.ROI_MASK, S.CTC, S.CLINICAL)
 OUTPUT_NAMES = (S.VIEWS, S.TABULAR, S.MEASUREMENTS_INTERNAL)
-#: OpenMP runtimes the C++ extension may be linked against (already loaded: dlopen reuses it).
-OPENMP_LIBRARIES = ("libgomp.so.1", "libomp.so", "libiomp5.so")
 _ARGUMENT = re.compile(r"argument '(\w+)'")
 
 
@@ -54,16 +52,6 @@ def tensor_message(err: Exception) -> str:
         return f"input '{tensor}'" if tensor else match.group(0)
 
     return _ARGUMENT.sub(repl, str(err))
-
-
-def openmp_set_num_threads():
-    """``omp_set_num_threads`` of the loaded OpenMP runtime (per calling thread), or None."""
-    for name in OPENMP_LIBRARIES:
-        try:
-            return ctypes.CDLL(name).omp_set_num_threads
-        except (OSError, AttributeError):
-            continue
-    return None
 
 
 class TritonPythonModel:
@@ -83,20 +71,18 @@ class TritonPythonModel:
         }
         self.workers = max(1, int(parameters.get("worker_threads", "1")))
         self.omp_threads = max(1, int(parameters.get("openmp_threads", "1")))
-        self.set_omp_threads = openmp_set_num_threads()
         self.pool = ThreadPoolExecutor(
             self.workers, thread_name_prefix="preprocess", initializer=self._init_worker
         )
         self.logger.log_info(
             f"preprocess: parameters {self.params.digest()[:12]} from {path}; "
             f"{self.workers} worker threads x {self.omp_threads} OpenMP threads"
-            + ("" if self.set_omp_threads else " (OpenMP runtime not found: its default)")
+            + ("" if has_openmp() else " (OpenMP runtime not found: its default)")
         )
 
     def _init_worker(self) -> None:
         """Worker thread start: its own OpenMP thread count (the setting is per thread)."""
-        if self.set_omp_threads is not None:
-            self.set_omp_threads(self.omp_threads)
+        set_openmp_threads(self.omp_threads)
 
     def _preprocess(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """Worker thread: preprocess every item of one request (ValueError for a bad input)."""

@@ -358,7 +358,7 @@ def render_all(
 ) -> dict[str, str]:
     """model name -> config.pbtxt text, for the four models of the repository.
 
-    ``contract`` goes into the ensemble's parameters (see :mod:`dmfn.serving.contract`).
+    ``contract`` goes into the ensemble's parameters (see :mod:`dmfn.client.contract`).
     """
     settings = settings or ServingSettings()
     return {

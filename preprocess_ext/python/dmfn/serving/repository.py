@@ -18,6 +18,7 @@ half a repository behind.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -43,6 +44,8 @@ from .config import (
     ServingSettings,
     render_all,
 )
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "dmfn_manifest.json"
 MODEL_CARD_FILE = "MODEL_CARD.md"
@@ -216,6 +219,12 @@ def write_repository(
     schema = Schema(
         n_ctc=len(info.ctc_features), n_classes=len(taxonomy), view_size=params.view_size
     )
+    template = template_dir()
+    if out.resolve() == template.resolve():
+        raise ValueError(
+            f"argument 'out': {out} holds the committed repository templates; write the exported "
+            "repository elsewhere (default build/model_repository)"
+        )
     if out.exists():
         if not out.is_dir():
             raise ValueError(f"argument 'out': {out} exists and is not a directory")
@@ -225,23 +234,45 @@ def write_repository(
                 f"argument 'out': {out} exists and is not empty; pass overwrite=True "
                 "(--overwrite) to replace a model repository"
             )
-    template = template_dir()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         _fill(tmp, template, schema, settings, net_file, params, taxonomy, info)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _swap_in(tmp, out)
+    return out
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` to ``out``, replacing an existing ``out``.
+
+    The old ``out`` is parked at ``.<name>.old`` beside it while ``tmp`` moves in; if that move
+    fails the old folder is renamed back to ``out``, so a failure never leaves ``out`` missing.
+    ``tmp`` is removed on failure.
+    """
+    old = out.with_name(f".{out.name}.old")
+    try:
         if out.exists():
-            old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                old.rename(out)
+                raise
         else:
             tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+    try:
+        shutil.rmtree(old)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        log.warning("could not remove the replaced repository %s: %s", old, err)
 
 
 def render_committed(

@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--repository",
         "--model-repository",
         type=Path,
-        default=Path("model_repository"),
-        help="model repository folder written by `dmfn export` (default: ./model_repository)",
+        default=Path("build/model_repository"),
+        help="model repository folder written by `dmfn export` (default: build/model_repository, "
+        "where `dmfn export` writes by default)",
     )
     parser.add_argument(
         "--tritonserver",
@@ -77,19 +78,20 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dmfn serve``; returns the process exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    server = TritonServer(
-        repository=args.repository,
-        host=args.host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        tritonserver=args.tritonserver,
-        log_path=args.log_file,
-        log_verbose=args.log_verbose,
-    )
+    server: TritonServer | None = None
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         try:
+            server = TritonServer(
+                repository=args.repository,
+                host=args.host,
+                http_port=args.http_port,
+                grpc_port=args.grpc_port,
+                metrics_port=args.metrics_port,
+                tritonserver=args.tritonserver,
+                log_path=args.log_file,
+                log_verbose=args.log_verbose,
+            )
             server.start()
             seconds = server.wait_ready(args.ready_timeout)
         except PortInUseError as err:
@@ -116,10 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dmfn serve: tritonserver exited on its own (code {code})", file=sys.stderr)
         return EXIT_SERVER
     except KeyboardInterrupt:
+        if server is None:
+            return 0
         print("dmfn serve: shutting down Triton ...", file=sys.stderr, flush=True)
         code = server.stop()
         print(f"dmfn serve: stopped (exit code {code})", file=sys.stderr)
         return 0
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         signal.signal(signal.SIGTERM, previous)

@@ -17,12 +17,14 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,6 +44,10 @@ STUB_NAME = "triton_python_backend_stub"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 #: Log lines that mean a port could not be bound.
 _PORT_ERRORS = ("address already in use", "failed to start http", "failed to start grpc")
+#: Triton's error lines: glog-style "E1127 17:47:06.123 ...] message", or "error: message".
+_ERROR_LINE = re.compile(r"^(?:E\d{4} \S+ +\d+ \S+\] |error: )(?P<message>.*)$", re.IGNORECASE)
+#: Bytes of server output kept in memory when no log file is given (for error messages).
+_TAIL_BYTES = 64 * 1024
 
 
 class TritonError(RuntimeError):
@@ -151,6 +157,56 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+class _OutputTee:
+    """Copy a child's output pipe to a file descriptor (the terminal) and keep its last bytes.
+
+    Used when no log file is given, so that the output stays visible and a failure can still be
+    explained from what the server said. A daemon thread reads until end of file.
+    """
+
+    def __init__(self, pipe: IO[bytes], echo_fd: int, max_bytes: int = _TAIL_BYTES) -> None:
+        self._pipe = pipe
+        self._echo_fd: int | None = echo_fd
+        self._max_bytes = max_bytes
+        self._tail = bytearray()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="tritonserver-output", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        fd = self._pipe.fileno()
+        while chunk := os.read(fd, 65536):
+            if self._echo_fd is not None:
+                try:
+                    os.write(self._echo_fd, chunk)
+                except OSError:  # terminal gone: keep capturing
+                    self._echo_fd = None
+            with self._lock:
+                self._tail += chunk
+                del self._tail[: max(0, len(self._tail) - self._max_bytes)]
+
+    def join(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` seconds for the pipe to reach end of file."""
+        self._thread.join(timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self.join(timeout_s)
+        if not self._thread.is_alive():
+            self._pipe.close()
+
+    def text(self) -> str:
+        with self._lock:
+            return self._tail.decode(errors="replace")
+
+
+def _stderr_fd() -> int:
+    """File descriptor of this process's stderr (2 if sys.stderr has none, e.g. when captured)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return 2
+
+
 def _die_with_parent() -> None:
     """Child-side (Linux): SIGTERM the server if the launching process dies without stopping it."""
     with contextlib.suppress(OSError, AttributeError):
@@ -188,8 +244,10 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 class TritonServer:
     """One tritonserver process serving ``repository`` with explicit model control.
 
-    Ports: HTTP, gRPC, metrics. ``log_path`` collects the server's stdout/stderr (None: inherit the
-    caller's). Use as a context manager, or call :meth:`start`, :meth:`wait_ready`, :meth:`stop`.
+    Ports: HTTP, gRPC, metrics. ``log_path`` collects the server's stdout/stderr (None: they are
+    echoed to this process's stderr, and the last 64 KiB are kept for :meth:`log_tail`, so that a
+    failure is still explained). Use as a context manager, or call :meth:`start`,
+    :meth:`wait_ready`, :meth:`stop`.
     """
 
     repository: Path
@@ -208,6 +266,7 @@ class TritonServer:
     ready_seconds: float | None = field(default=None, init=False)
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _log_file: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _tee: _OutputTee | None = field(default=None, init=False, repr=False)
 
     @property
     def probe_host(self) -> str:
@@ -280,25 +339,60 @@ class TritonServer:
         backend_dir = prepare_backend_dir(binary)
         cmd = self.command(backend_dir)
         log.info("starting %s", " ".join(cmd))
-        out = None
         if self.log_path is not None:
             Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "ab")
-            out = self._log_file
         self.process = subprocess.Popen(
             cmd,
             env=server_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT if out is not None else None,
+            stdout=self._log_file if self._log_file is not None else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # our own signal handling decides when it stops
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
+        if self._log_file is None:
+            self._tee = _OutputTee(self.process.stdout, _stderr_fd())
 
     def log_tail(self, n_lines: int = 40) -> str:
-        if self.log_path is None or not Path(self.log_path).is_file():
-            return ""
-        lines = Path(self.log_path).read_text(errors="replace").splitlines()
-        return "\n".join(lines[-n_lines:])
+        """The last ``n_lines`` lines the server wrote (log file, or the captured output)."""
+        if self.log_path is not None:
+            path = Path(self.log_path)
+            text = path.read_text(errors="replace") if path.is_file() else ""
+        else:
+            text = self._tee.text() if self._tee is not None else ""
+        return "\n".join(text.splitlines()[-n_lines:])
+
+    def _exit_error(self, code: int) -> TritonError:
+        """The error for a server that exited with ``code`` before it was ready, worded from its
+        output: PortInUseError if it could not bind a port, else its own error lines."""
+        if self._tee is not None:
+            self._tee.join(5.0)  # let the reader drain what the server wrote last
+        tail = self.log_tail()
+        if any(p in tail.lower() for p in _PORT_ERRORS):
+            return PortInUseError(
+                f"tritonserver could not bind its ports on {self.host} "
+                f"(http {self.http_port}, grpc {self.grpc_port}, "
+                f"metrics {self.metrics_port}; taken since they were checked?):\n{tail}"
+            )
+        errors = [
+            m["message"].strip().strip('"').strip()
+            for m in map(_ERROR_LINE.match, tail.splitlines())
+            if m
+        ]
+        # Triton also logs benign errors (no CUDA on a CPU machine): keep the failures if any.
+        errors = [e for e in errors if "fail" in e.lower()] or errors
+        if errors:
+            said = "; ".join(dict.fromkeys(errors))  # unique, in order
+            if any("load" in e.lower() for e in errors):
+                said += f" (model repository {self.repository})"
+        elif tail:
+            said = "no error line in its output (see below)"
+        else:
+            said = "it wrote no output"
+        where = f"; log: {self.log_path}" if self.log_path is not None else ""
+        return TritonError(
+            f"tritonserver exited with code {code} before it was ready: {said}{where}\n{tail}"
+        )
 
     def is_ready(self) -> bool:
         url = f"http://{self.http_url}/v2/health/ready"
@@ -319,17 +413,7 @@ class TritonServer:
         while time.monotonic() - t0 < timeout_s:
             code = self.process.poll()
             if code is not None:
-                tail = self.log_tail()
-                if any(p in tail.lower() for p in _PORT_ERRORS):
-                    raise PortInUseError(
-                        f"tritonserver could not bind its ports on {self.host} "
-                        f"(http {self.http_port}, grpc {self.grpc_port}, "
-                        f"metrics {self.metrics_port}):\n{tail}"
-                    )
-                raise TritonError(
-                    f"tritonserver exited with code {code} before it was ready "
-                    f"(invalid model repository {self.repository}?)\n{tail}"
-                )
+                raise self._exit_error(code)
             if self.is_ready():
                 self.ready_seconds = time.monotonic() - t0
                 return self.ready_seconds
@@ -358,6 +442,9 @@ class TritonServer:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        if self._tee is not None:
+            self._tee.close()
+            self._tee = None
         return code
 
     def __enter__(self) -> TritonServer:
