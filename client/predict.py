@@ -37,13 +37,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 #: Studies loaded from disk at a time per request in flight (bounds memory for big manifests).
 LOAD_AHEAD = 2
-MEASUREMENT_UNITS = {
-    "volume_mm3": "mm^3",
-    "max_axial_area_mm2": "mm^2",
-    "long_axis_mm": "mm",
-    "short_axis_mm": "mm",
-    "craniocaudal_mm": "mm",
-}
 
 
 @dataclass(frozen=True)
@@ -59,20 +52,6 @@ class StudySource:
     location: str
     image_id: str = ""
     where: str = "command line"
-
-
-def load_image(path: Path) -> Study:
-    """A DICOM series folder, or a NIfTI (.nii, .nii.gz) / NRRD (.nrrd, .nhdr) volume."""
-    from dmfn.client.io import load_dicom_series, load_nifti_volume, load_nrrd_volume
-
-    if path.is_dir():
-        return load_dicom_series(path)
-    if not path.is_file():
-        raise ValueError(f"argument 'image': {path} is neither a DICOM folder nor a file")
-    name = path.name.lower()
-    if name.endswith((".nrrd", ".nhdr")):
-        return load_nrrd_volume(path)
-    return load_nifti_volume(path)
 
 
 def ctc_values(items: Sequence[str], features: Sequence[str], where: str) -> dict[str, float]:
@@ -98,7 +77,7 @@ def ctc_values(items: Sequence[str], features: Sequence[str], where: str) -> dic
 
 def load_study(source: StudySource, ctc_features: Sequence[str]) -> Study:
     """Read the image and mask of ``source`` and attach its CTC and clinical facts."""
-    from dmfn.client.io import load_mask
+    from dmfn.client.io import load_image, load_mask
 
     study = load_image(source.image_path)
     segment: str | int | None = source.segment
@@ -163,8 +142,13 @@ def _relative(manifest: Path, text: str) -> Path:
     return path if path.is_absolute() else manifest.parent / path
 
 
-def format_prediction(prediction: Prediction) -> str:
-    """Human-readable lines: top-3, malignant probability, management, measurements."""
+def format_prediction(prediction: Prediction, indent: str = "") -> str:
+    """Human-readable lines: the top-3 classes with probabilities, the malignant probability,
+    the suggested management and the lesion measurements with their units (mm, mm^2, mm^3).
+
+    The one formatter of predictions for people (``dmfn predict``, ``make demo``); every line
+    starts with ``indent``.
+    """
     lines = [f"study {prediction.image_id or '-'}  (model {prediction.model_version})"]
     width = max(len(label) for label, _ in prediction.top3)
     for rank, (label, prob) in enumerate(prediction.top3, start=1):
@@ -172,9 +156,11 @@ def format_prediction(prediction: Prediction) -> str:
     lines.append(f"  malignant probability: {prediction.malignant_prob:.1%}")
     lines.append(f"  suggested management:  {prediction.management}")
     lines.append("  measurements:")
+    name_width = max(len(name) for name in prediction.measurements)
     for name, value in prediction.measurements.items():
-        lines.append(f"    {name:<20} {value:10.1f} {MEASUREMENT_UNITS.get(name, '')}")
-    return "\n".join(lines)
+        unit = S.MEASUREMENT_UNITS.get(name, "")
+        lines.append(f"    {name:<{name_width}}  {value:12.1f} {unit}".rstrip())
+    return "\n".join(indent + line for line in lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,16 +213,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sources(args: argparse.Namespace, ctc_features: Sequence[str]) -> list[StudySource]:
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything about the command line that needs no server: IMAGE or --manifest (not both),
+    the options IMAGE needs, existing input paths, a numeric age. ValueError says what is wrong.
+    """
+    if args.concurrency < 1:
+        raise ValueError(f"--concurrency must be >= 1, got {args.concurrency}")
     if args.manifest is not None:
         if args.image is not None:
             raise ValueError("give either IMAGE or --manifest, not both")
-        return read_manifest(args.manifest, ctc_features)
+        if not args.manifest.is_file():
+            raise ValueError(f"--manifest: {args.manifest} is not a file")
+        return
     if args.image is None:
         raise ValueError("give IMAGE (with --mask, --ctc, --age, --sex, --location) or --manifest")
     missing = [f"--{n}" for n in ("mask", "ctc", "age", "sex", "location") if not getattr(args, n)]
     if missing:
         raise ValueError(f"IMAGE needs {', '.join(missing)}")
+    if not args.image.exists():
+        raise ValueError(f"IMAGE: {args.image} does not exist")
+    if not args.mask.is_file():
+        raise ValueError(f"--mask: {args.mask} is not a file")
+    try:
+        float(args.age)
+    except ValueError:
+        raise ValueError(f"--age must be a number of years, got {args.age!r}") from None
+
+
+def _sources(args: argparse.Namespace, ctc_features: Sequence[str]) -> list[StudySource]:
+    """The studies to send (after :func:`check_arguments`); the manifest needs the CTC names."""
+    if args.manifest is not None:
+        return read_manifest(args.manifest, ctc_features)
     return [
         StudySource(
             args.image, args.mask, args.segment, tuple(args.ctc), args.age, args.sex, args.location
@@ -251,10 +258,14 @@ def _chunks(items: list[StudySource], size: int) -> Iterator[list[StudySource]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dmfn predict``; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.concurrency < 1:
-        print("dmfn predict: --concurrency must be >= 1", file=sys.stderr)
+    try:
+        check_arguments(args)
+    except ValueError as err:  # before any contact with the server
+        parser.print_usage(sys.stderr)
+        print(f"dmfn predict: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
         client = DmfnClient(args.url, args.protocol, args.model, args.timeout)

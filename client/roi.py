@@ -28,8 +28,16 @@ def mask_bbox(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(lo), tuple(hi)
 
 
-def check_bbox(bbox: object, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Validate a half-open box ``(z0, y0, x0, z1, y1, x1)`` (or 2D) against ``shape``."""
+def check_bbox(
+    bbox: object, shape: tuple[int, ...], name: str = "bbox", *, owner: str = "argument"
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validate a half-open voxel box ``(z0, y0, x0, z1, y1, x1)`` (or ``(y0, x0, y1, x1)`` in 2D).
+
+    The one box check of dmfn (the Study field, the SDK and :func:`dmfn.preprocess.crop_roi`).
+    The values must be integers (an integer array or a sequence of ints) with
+    ``0 <= start < stop <= size`` on every axis of ``shape``. Returns ``(start, stop)``, each a
+    tuple of ints in (z, y, x) order; ValueError naming ``owner`` ``name`` and the rule otherwise.
+    """
     nd = len(shape)
     try:
         values = np.asarray(bbox)
@@ -38,15 +46,15 @@ def check_bbox(bbox: object, shape: tuple[int, ...]) -> tuple[tuple[int, ...], t
         ok = False
     if not ok:
         raise ValueError(
-            f"argument 'bbox': must be {2 * nd} integers, half-open voxel indices "
+            f"{owner} '{name}': must be {2 * nd} integers, half-open voxel indices "
             f"(z0, y0, x0, z1, y1, x1) for 3D or (y0, x0, y1, x1) for 2D, got {bbox!r}"
         )
     lo = tuple(int(v) for v in values[:nd])
     hi = tuple(int(v) for v in values[nd:])
     if not all(0 <= a < b <= n for a, b, n in zip(lo, hi, shape, strict=True)):
         raise ValueError(
-            f"argument 'bbox': need 0 <= start < stop <= size on every axis of shape {shape}, "
-            f"got start {lo}, stop {hi}"
+            f"{owner} '{name}': need 0 <= start < stop <= size on every axis of shape {shape} "
+            f"(half-open voxel box inside the image), got start {lo}, stop {hi}"
         )
     return lo, hi
 

@@ -30,6 +30,9 @@ CLINICAL_FIELDS: tuple[str, ...] = (
     "location_posterior",
 )
 LOCATIONS: tuple[str, ...] = ("anterior", "middle", "posterior")
+#: Accepted ages in years, inclusive (CLINICAL[0]). The one range used by the clinical record
+#: (``dmfn.client.study.Clinical``), the manifest reader and the preprocessing's check of CLINICAL.
+AGE_RANGE_YEARS: tuple[float, float] = (0.0, 120.0)
 
 #: MEASUREMENTS fp32[5] layout (from the lesion mask after isotropic resampling), mm units.
 MEASUREMENT_FIELDS: tuple[str, ...] = (
@@ -39,6 +42,14 @@ MEASUREMENT_FIELDS: tuple[str, ...] = (
     "short_axis_mm",
     "craniocaudal_mm",
 )
+#: Unit of each MEASUREMENTS field, for display.
+MEASUREMENT_UNITS: dict[str, str] = {
+    "volume_mm3": "mm^3",
+    "max_axial_area_mm2": "mm^2",
+    "long_axis_mm": "mm",
+    "short_axis_mm": "mm",
+    "craniocaudal_mm": "mm",
+}
 
 #: Default CTC feature names: the paper measures one, the CTC level in pg/ml.
 DEFAULT_CTC_FEATURES: tuple[str, ...] = ("ctc_level_pg_ml",)

@@ -9,12 +9,13 @@ over HTTP or gRPC and returns :class:`Prediction` objects::
         print(prediction.top3, prediction.malignant_prob, prediction.management)
 
 What leaves the client (DESIGN.md, data flow): only the voxels of the lesion box plus the ROI
-margin the model was trained with (cropped here with :func:`dmfn.client.roi.roi_box`, the box the server's crop uses too), as int16
+margin the model was trained with (cropped here with :func:`dmfn.client.roi.roi_box`, the box
+the server's crop uses too), as int16
 HU, the spacing, the cropped mask, the CTC features and the clinical vector. No DICOM header,
 no patient or image identifier, no position in the patient is sent.
 
 The model's contract (ROI margin, CTC feature names, class names) is read once from the
-ensemble's config (see :mod:`dmfn.serving.contract`) unless given explicitly.
+ensemble's config (see :mod:`dmfn.client.contract`) unless given explicitly.
 
 Threads: tritonclient's HTTP client is gevent-based and must not be shared across threads, so a
 ``DmfnClient`` keeps one tritonclient client per thread; a ``DmfnClient`` itself may be shared.
@@ -33,7 +34,8 @@ import numpy as np
 
 from dmfn.client import schema as S
 from dmfn.client.contract import ServerContract
-from dmfn.client.roi import check_bbox, mask_bbox, roi_box
+from dmfn.client.io.orientation import to_axial
+from dmfn.client.roi import mask_bbox, roi_box
 from dmfn.client.study import Study
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,9 @@ class Prediction:
 def build_request(study: Study, contract: ServerContract) -> dict[str, np.ndarray]:
     """The request tensors for one study, each with a leading batch axis of 1.
 
-    The volume is cropped to the lesion box (from ``study.mask``, else ``study.bbox``) plus
+    A study not in the axial layout (e.g. built by hand from another orientation) is first
+    permuted/flipped exactly into it (:func:`dmfn.client.io.orientation.to_axial`; oblique ones
+    raise ValueError). The volume is cropped to the lesion box (from ``study.mask``, else ``study.bbox``) plus
     ``contract.roi_margin_mm``, clamped to the volume. With only a box, ROI_MASK is 1 inside
     the box (the server's measurements then describe the box). Float HU are rounded to the
     nearest integer HU (the wire format is int16); values outside the int16 range are refused.
@@ -107,11 +111,12 @@ def build_request(study: Study, contract: ServerContract) -> dict[str, np.ndarra
         [1, z, y, x], CTC fp32 [1, K] in ``contract.ctc_features`` order, CLINICAL fp32 [1, 5]}.
 
     Raises:
-        ValueError: not a Study, no mask/bbox, no clinical record, a missing CTC feature,
-            HU outside int16.
+        ValueError: not a Study, an oblique study, no mask/bbox, no clinical record, a missing
+            CTC feature, HU outside int16.
     """
     if not isinstance(study, Study):
         raise ValueError(f"argument 'study': must be a dmfn Study, got {type(study).__name__}")
+    study = to_axial(study)  # the layout the server's views assume; the same object if axial
     if study.mask is None and study.bbox is None:
         raise ValueError(
             f"argument 'study': study {study.image_id!r} has neither a lesion mask nor a bbox; "
@@ -122,7 +127,7 @@ def build_request(study: Study, contract: ServerContract) -> dict[str, np.ndarra
     if study.mask is not None:
         lo, hi = mask_bbox(study.mask)
     else:
-        lo, hi = check_bbox(np.asarray(study.bbox, dtype=np.int64), study.shape)
+        lo, hi = study.bbox[:3], study.bbox[3:]  # validated by Study (roi.check_bbox)
     box = roi_box(lo, hi, study.shape, contract.roi_margin_mm, study.spacing_mm)
     if study.mask is not None:
         mask = study.mask[box]
@@ -339,9 +344,11 @@ class DmfnClient:
     ) -> list[Prediction | Exception]:
         """Classify many studies with ``concurrency`` requests in flight; results in input order.
 
-        With ``return_exceptions=True`` a study that fails gives its exception (ValueError or
-        :class:`DmfnServerError`) in its place; otherwise the first failure is raised after
-        every request has finished.
+        With ``return_exceptions=True`` a study that fails gives its exception in its place:
+        ValueError (the study cannot be sent) or :class:`DmfnServerError` (the server refused or
+        failed it, or anything unexpected happened while sending it; the original exception is
+        its ``__cause__``). Otherwise the first failure is raised after every request has
+        finished. Every study gets a result: a worker never dies on one study's failure.
         """
         if not (isinstance(concurrency, int) and concurrency >= 1):
             raise ValueError(
@@ -350,11 +357,18 @@ class DmfnClient:
         studies = list(studies)
         self.contract  # noqa: B018 - fetch once before the threads start
 
-        def one(study: Study) -> Prediction | Exception:
+        def one(study: object) -> Prediction | Exception:
             try:
-                return self.predict(study)
+                return self.predict(study)  # type: ignore[arg-type]
             except (ValueError, DmfnServerError) as err:
                 return err
+            except Exception as err:  # a bug or a transport failure: keep the worker alive
+                image_id = getattr(study, "image_id", "")
+                wrapped = DmfnServerError(
+                    f"study {image_id!r}: unexpected {type(err).__name__} while predicting: {err}"
+                )
+                wrapped.__cause__ = err
+                return wrapped
 
         results: list[Prediction | Exception | None] = [None] * len(studies)
         indices = iter(range(len(studies)))
@@ -379,6 +393,9 @@ class DmfnClient:
             thread.start()
         for thread in threads:
             thread.join()
+        lost = [i for i, result in enumerate(results) if result is None]
+        if lost:  # pragma: no cover - one() returns for every study; guards against a regression
+            raise RuntimeError(f"predict_many: no result for studies {lost[:10]}")
         if not return_exceptions:
             for result in results:
                 if isinstance(result, Exception):

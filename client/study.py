@@ -18,6 +18,13 @@ So the LPS position (mm) of the centre of voxel (k, j, i) is
 4x4 matrix. A plain axial scan (x to the patient's left, y posterior, z from feet to head) has
 :data:`AXIAL_DIRECTION`, the anti-diagonal ``[[0, 0, 1], [0, 1, 0], [1, 0, 0]]``; it is the
 default when no direction is given. (It is ITK's identity direction with the columns reversed.)
+
+The preprocessing (crop, views, measurements) assumes this axial layout: axis 0 feet -> head,
+axis 1 anterior -> posterior, axis 2 patient right -> left. Every loader of :mod:`dmfn.client.io`
+(``load_dicom_series``, ``load_nifti_volume``, ``load_nrrd_volume``, ``load_image``) therefore
+returns its study in that layout, permuting/flipping the voxels exactly (no interpolation) with
+:func:`dmfn.client.io.orientation.to_axial`, and refuses oblique volumes. A Study built by hand may
+have any direction: the SDK's ``build_request`` reorients it the same way before sending it.
 """
 
 from __future__ import annotations
@@ -29,13 +36,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dmfn.client.schema import CLINICAL_FIELDS, DEFAULT_CTC_FEATURES, LOCATIONS
+from dmfn.client.roi import check_bbox
+from dmfn.client.schema import AGE_RANGE_YEARS, CLINICAL_FIELDS, DEFAULT_CTC_FEATURES, LOCATIONS
 
 #: Largest deviation from orthonormality accepted in a direction matrix (|D^T D - I|, max entry).
 #: DICOM stores direction cosines as decimal strings, NIfTI as float32: both stay far below this.
 DIRECTION_TOLERANCE = 1e-4
-#: Plausible age range in years for the clinical record.
-MAX_AGE_YEARS = 130.0
 SEXES = ("M", "F")
 HU_DTYPES = (np.dtype(np.int16), np.dtype(np.float32))
 #: Direction of a plain axial scan: k -> +z (superior), j -> +y (posterior), i -> +x (left).
@@ -128,29 +134,6 @@ def check_mask(
     return out
 
 
-def check_bbox(
-    value: object, shape: tuple[int, ...], name: str = "bbox", *, owner: str = "argument"
-) -> tuple[int, int, int, int, int, int]:
-    """A half-open voxel box (z0, y0, x0, z1, y1, x1) with 0 <= lo < hi <= shape per axis."""
-    try:
-        box = tuple(int(v) for v in value)  # type: ignore[union-attr]
-        exact = all(float(v) == int(v) for v in value)  # type: ignore[union-attr]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{owner} '{name}': must be 6 integers, got {value!r}") from err
-    if len(box) != 6 or not exact:
-        raise ValueError(
-            f"{owner} '{name}': must be 6 integers (z0, y0, x0, z1, y1, x1), got {value!r}"
-        )
-    for axis in range(3):
-        lo, hi = box[axis], box[axis + 3]
-        if not 0 <= lo < hi <= shape[axis]:
-            raise ValueError(
-                f"{owner} '{name}': axis {'zyx'[axis]} needs 0 <= {lo} < {hi} <= {shape[axis]} "
-                f"(half-open voxel box inside the image), got {box}"
-            )
-    return box  # type: ignore[return-value]
-
-
 def hu_from_values(values: np.ndarray) -> np.ndarray:
     """The HU dtype policy of the loaders: int16 when every value is an integer inside the int16
     range (no information lost), else float32. Non-finite values are left for :func:`check_hu`.
@@ -223,7 +206,8 @@ def _fmt(values: Sequence[float]) -> str:
 # --------------------------------------------------------------------------- clinical record
 @dataclass(frozen=True)
 class Clinical:
-    """Clinical facts: age in years, sex "M"/"F", lesion compartment (anterior/middle/posterior)."""
+    """Clinical facts: age in years (``schema.AGE_RANGE_YEARS``, inclusive), sex "M"/"F", lesion
+    compartment (anterior/middle/posterior)."""
 
     age_years: float
     sex: str
@@ -236,10 +220,11 @@ class Clinical:
             raise ValueError(
                 f"field 'age_years': must be a number, got {self.age_years!r}"
             ) from err
-        if not (math.isfinite(age) and 0.0 <= age <= MAX_AGE_YEARS):
+        low, high = AGE_RANGE_YEARS
+        if not (math.isfinite(age) and low <= age <= high):
             raise ValueError(
-                f"field 'age_years': must be finite and in [0, {MAX_AGE_YEARS:g}] years, "
-                f"got {self.age_years!r}"
+                f"field 'age_years': must be finite and in [{low:g}, {high:g}] years "
+                f"(schema.AGE_RANGE_YEARS), got {self.age_years!r}"
             )
         object.__setattr__(self, "age_years", age)
         if self.sex not in SEXES:
@@ -300,7 +285,8 @@ class Study:
         if self.mask is not None:
             object.__setattr__(self, "mask", check_mask(self.mask, hu.shape, owner="field"))
         if self.bbox is not None:
-            object.__setattr__(self, "bbox", check_bbox(self.bbox, hu.shape, owner="field"))
+            lo, hi = check_bbox(self.bbox, hu.shape, owner="field")
+            object.__setattr__(self, "bbox", (*lo, *hi))
         object.__setattr__(self, "ctc", _check_ctc(self.ctc))
         if self.clinical is not None and not isinstance(self.clinical, Clinical):
             raise ValueError(

@@ -107,15 +107,21 @@ def test_written_files_are_valid_ct_for_pydicom_and_gdcm(tmp_path: Path) -> None
     np.testing.assert_allclose(itk_direction, direction[:, ::-1], atol=1e-6)
 
 
-def test_oblique_orientation_round_trip(tmp_path: Path) -> None:
+def test_slightly_rotated_orientation_round_trip(tmp_path: Path) -> None:
     hu = _hu()
-    direction = _rotation((0.3, -1, 0.5), 35) @ AXIAL_DIRECTION
+    direction = _rotation((0.3, -1, 0.5), 2) @ AXIAL_DIRECTION  # within the 3 degree tolerance
     _write(tmp_path, hu, direction=direction)
     study = load_dicom_series(tmp_path)
     np.testing.assert_array_equal(study.hu, hu)
     np.testing.assert_allclose(study.direction, direction, atol=1e-6)
     np.testing.assert_allclose(study.origin_lps_mm, ORIGIN, atol=1e-5)
     np.testing.assert_allclose(study.spacing_mm, SPACING, rtol=1e-6)
+
+
+def test_oblique_orientation_is_refused(tmp_path: Path) -> None:
+    _write(tmp_path, direction=_rotation((0.3, -1, 0.5), 35) @ AXIAL_DIRECTION)
+    with pytest.raises(DicomError, match=r"is oblique .*resample it onto an axial grid"):
+        load_dicom_series(tmp_path)
 
 
 def test_left_handed_stack_comes_back_sorted_along_the_normal(tmp_path: Path) -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from dmfn.client.schema import AGE_RANGE_YEARS
+from dmfn.client.study import Clinical
 from dmfn.client.taxonomy import load_taxonomy
+from dmfn.preprocess.pipeline import validate_clinical
 from dmfn.training.manifest import BASE_COLUMNS, read_manifest
 
 TAXONOMY = load_taxonomy()
@@ -108,7 +112,8 @@ def test_missing_column_is_named(tmp_path, column):
         (5, {"location": "left"}, "location", "must be one of"),
         (5, {"split": "holdout"}, "split", "must be one of"),
         (2, {"age_years": "old"}, "age_years", "must be a number"),
-        (2, {"age_years": "-3"}, "age_years", "in \\[0, 130\\]"),
+        (2, {"age_years": "-3"}, "age_years", "in \\[0, 120\\]"),
+        (2, {"age_years": "121"}, "age_years", "in \\[0, 120\\]"),
         (3, {"ctc_level_pg_ml": "nan"}, "ctc_level_pg_ml", "finite number"),
         (2, {"patient_id": ""}, "patient_id", "must not be empty"),
         (3, {"image_id": "P1_a"}, "image_id", "repeats line 2"),
@@ -136,8 +141,18 @@ def test_wrong_file_type_is_refused(tmp_path):
     rows = good_rows()
     rows[0]["image_path"] = "images/P1_a.png"
     path = write_manifest(tmp_path, rows)
-    with pytest.raises(ValueError, match=r"line 2, column 'image_path': .*must be a DICOM folder"):
+    with pytest.raises(
+        ValueError, match=r"line 2, column 'image_path': .*must be a DICOM folder.*'\.nrrd'"
+    ):
         read_manifest(path, TAXONOMY)
+
+
+def test_nrrd_images_are_accepted(tmp_path):
+    rows = good_rows()
+    rows[0]["image_path"] = "images/P1_a.nrrd"
+    rows[1]["image_path"] = "images/P1_b.nhdr"
+    manifest = read_manifest(write_manifest(tmp_path, rows), TAXONOMY)
+    assert [r.image_kind for r in manifest.rows] == ["nrrd", "nrrd", "nifti", "nifti"]
 
 
 def test_missing_or_empty_manifest(tmp_path):
@@ -147,3 +162,32 @@ def test_missing_or_empty_manifest(tmp_path):
     path.write_text(path.read_text().splitlines()[0] + "\n")
     with pytest.raises(ValueError, match="has no rows"):
         read_manifest(path, TAXONOMY)
+
+
+@pytest.mark.parametrize("age", [-0.5, 0.0, 54.0, 119.9, 120.0, 120.5, 125.0, 130.0])
+def test_clinical_manifest_and_preprocessing_agree_on_ages(tmp_path, age):
+    """One age range (schema.AGE_RANGE_YEARS) for the Study record, the manifest and the server."""
+    low, high = AGE_RANGE_YEARS
+    accepted = low <= age <= high
+    outcomes = []
+    try:
+        vector = Clinical(age, "F", "anterior").as_array()
+        outcomes.append(True)
+    except ValueError:
+        vector = np.array([age, 0, 1, 0, 0], np.float32)
+        outcomes.append(False)
+    try:
+        validate_clinical(vector)
+        outcomes.append(True)
+    except ValueError:
+        outcomes.append(False)
+    rows = good_rows()
+    for r in rows:
+        r["age_years"] = repr(age)
+    try:
+        read_manifest(write_manifest(tmp_path, rows), TAXONOMY)
+        outcomes.append(True)
+    except ValueError as err:
+        assert "age_years" in str(err)
+        outcomes.append(False)
+    assert outcomes == [accepted] * 3, f"age {age}: Clinical, validate_clinical, manifest"

@@ -43,6 +43,9 @@ def _rotation(axis: tuple[float, float, float], degrees: float) -> np.ndarray:
 
 #: An oblique direction with the x axis flipped (determinant -1).
 OBLIQUE_FLIPPED = _rotation((1, -2, 0.5), 30) @ AXIAL_DIRECTION @ np.diag([1.0, 1.0, -1.0])
+#: An axis-aligned direction that is not axial: array axes (z, y, x) point to patient
+#: posterior, inferior and right (loaders reorient it exactly to AXIAL_DIRECTION).
+PERMUTED_FLIPPED = np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 
 
 def _hu(seed: int = 0) -> np.ndarray:
@@ -114,8 +117,17 @@ def test_sheared_affine_is_refused() -> None:
 
 
 # --------------------------------------------------------------------------- volumes vs SimpleITK
+def _assert_like_itk_axial(study: Study, image: object) -> None:
+    """``study`` equals SimpleITK's reading of ``image`` reoriented to LPS (= our axial layout)."""
+    axial = sitk.DICOMOrient(image, "LPS")
+    np.testing.assert_array_equal(study.hu, sitk.GetArrayFromImage(axial))
+    np.testing.assert_allclose(study.origin_lps_mm, axial.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(study.spacing_mm, axial.GetSpacing()[::-1], rtol=1e-6)
+    np.testing.assert_allclose(study.direction, AXIAL_DIRECTION, atol=1e-6)
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
-@pytest.mark.parametrize("direction", [AXIAL_DIRECTION, OBLIQUE_FLIPPED])
+@pytest.mark.parametrize("direction", [AXIAL_DIRECTION, PERMUTED_FLIPPED])
 def test_nifti_volume_matches_simpleitk(tmp_path: Path, suffix: str, direction: np.ndarray) -> None:
     hu = _hu()
     path = write_nifti_volume(
@@ -128,10 +140,10 @@ def test_nifti_volume_matches_simpleitk(tmp_path: Path, suffix: str, direction: 
     np.testing.assert_allclose(_itk_direction(image), direction[:, ::-1], atol=1e-6)
     study = load_nifti_volume(path)
     assert study.image_id == "ct" and study.hu.dtype == np.int16
-    np.testing.assert_array_equal(study.hu, hu)
-    np.testing.assert_allclose(study.origin_lps_mm, ORIGIN, atol=1e-4)
-    np.testing.assert_allclose(study.spacing_mm, SPACING, rtol=1e-6)
-    np.testing.assert_allclose(study.direction, direction, atol=1e-6)
+    _assert_like_itk_axial(study, image)
+    if direction is AXIAL_DIRECTION:
+        np.testing.assert_array_equal(study.hu, hu)
+        np.testing.assert_allclose(study.origin_lps_mm, ORIGIN, atol=1e-4)
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
@@ -140,14 +152,22 @@ def test_files_written_by_simpleitk_load_in_lps(tmp_path: Path, suffix: str) -> 
     image = sitk.GetImageFromArray(hu)
     image.SetSpacing(SPACING[::-1])
     image.SetOrigin(ORIGIN)
-    image.SetDirection(OBLIQUE_FLIPPED[:, ::-1].ravel().tolist())
+    image.SetDirection(PERMUTED_FLIPPED[:, ::-1].ravel().tolist())
     path = tmp_path / f"itk{suffix}"
     sitk.WriteImage(image, str(path))
     study = load_nifti_volume(path) if suffix == ".nii.gz" else load_nrrd_volume(path)
-    np.testing.assert_array_equal(study.hu, hu)
-    np.testing.assert_allclose(study.origin_lps_mm, ORIGIN, atol=1e-4)
-    np.testing.assert_allclose(study.spacing_mm, SPACING, rtol=1e-6)
-    np.testing.assert_allclose(study.direction, OBLIQUE_FLIPPED, atol=1e-6)
+    _assert_like_itk_axial(study, image)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_oblique_volumes_are_refused(tmp_path: Path, suffix: str) -> None:
+    image = sitk.GetImageFromArray(_hu(1))
+    image.SetDirection(OBLIQUE_FLIPPED[:, ::-1].ravel().tolist())
+    path = tmp_path / f"itk{suffix}"
+    sitk.WriteImage(image, str(path))
+    load = load_nifti_volume if suffix == ".nii.gz" else load_nrrd_volume
+    with pytest.raises(ValueError, match=rf"file .*itk{suffix}: the volume is oblique"):
+        load(path)
 
 
 def test_nrrd_mask_matches_simpleitk(tmp_path: Path) -> None:

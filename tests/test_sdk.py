@@ -83,6 +83,23 @@ def test_request_from_a_bbox_sends_the_box_as_mask() -> None:
     assert mask[4:9, 13:24, 15:24].all()
 
 
+def test_request_from_a_non_axial_study_is_reoriented_first() -> None:
+    study = big_study(np.random.default_rng(7))
+    # the same voxels stored with rows running posterior -> anterior and columns left -> right
+    flipped = Study(
+        hu=study.hu[:, ::-1, ::-1].copy(),
+        spacing_mm=SPACING,
+        origin_lps_mm=study.grid.index_to_lps([0, 119, 119]),
+        direction=np.asarray(study.direction) * [1.0, -1.0, -1.0],
+        mask=study.mask[:, ::-1, ::-1].copy(),
+        ctc=study.ctc,
+        clinical=study.clinical,
+    )
+    expected = build_request(study, CONTRACT)
+    for name, array in build_request(flipped, CONTRACT).items():
+        np.testing.assert_array_equal(array, expected[name], err_msg=name)
+
+
 def test_float_hu_is_rounded_and_out_of_range_refused() -> None:
     rng = np.random.default_rng(2)
     base = big_study(rng)
@@ -173,11 +190,74 @@ def test_unreachable_server_is_a_clear_error(protocol: str) -> None:
             client.predict(big_study(np.random.default_rng(4)))
 
 
-def test_predict_cli_refuses_incomplete_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_many_isolates_an_unexpected_error_without_losing_a_result() -> None:
+    class BrokenStudy(Study):
+        def ctc_array(self, features=S.DEFAULT_CTC_FEATURES):
+            raise RuntimeError("disk on fire")
+
+    rng = np.random.default_rng(6)
+    base = big_study(rng)
+    broken = BrokenStudy(hu=base.hu, spacing_mm=SPACING, mask=base.mask, image_id="broken")
+    unsendable = big_study(rng, clinical=None)
     (port,) = free_ports(1)
-    code = P.main(["--url", f"127.0.0.1:{port}", "ct.nii.gz"])
-    assert code == P.EXIT_FAILED  # contract first: the server is unreachable
+    with DmfnClient(f"127.0.0.1:{port}", timeout_s=5, contract=CONTRACT) as client:
+        results = client.predict_many(
+            [broken, unsendable, broken], concurrency=2, return_exceptions=True
+        )
+        assert len(results) == 3 and all(r is not None for r in results)
+        for i in (0, 2):
+            assert isinstance(results[i], DmfnServerError)
+            assert "'broken'" in str(results[i]) and "RuntimeError" in str(results[i])
+            assert isinstance(results[i].__cause__, RuntimeError)
+        assert isinstance(results[1], ValueError) and "no clinical record" in str(results[1])
+        with pytest.raises(DmfnServerError, match="disk on fire"):
+            client.predict_many([unsendable, broken][::-1], concurrency=1)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ([], "give IMAGE"),
+        (["ct.nii.gz"], "IMAGE needs --mask, --ctc, --age, --sex, --location"),
+        (["ct.nii.gz", "--mask", "m.nii.gz", "--ctc", "1", "--age", "50"], "--sex, --location"),
+        (["ct.nii.gz", "--manifest", "studies.csv"], "either IMAGE or --manifest"),
+        (["--manifest", "absent.csv"], "absent.csv is not a file"),
+        (["absent.nii.gz", *"--mask m --ctc 1 --age 50 --sex F --location middle".split()], "does not exist"),
+        (["--manifest", "studies.csv", "--concurrency", "0"], "--concurrency must be >= 1"),
+    ],
+)  # fmt: skip
+def test_predict_cli_checks_its_arguments_before_the_server(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    arguments: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("ct.nii.gz", "m.nii.gz", "studies.csv"):
+        (tmp_path / name).touch()
+    (port,) = free_ports(1)  # nothing listens there: any contact would fail differently
+    code = P.main(["--url", f"127.0.0.1:{port}", *arguments])
+    err = capsys.readouterr().err
+    assert code == P.EXIT_USAGE, err
+    assert "usage: dmfn predict" in err and message in err
+    assert "cannot reach" not in err
+
+
+def test_predict_cli_reports_an_unreachable_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("ct.nii.gz", "m.nii.gz"):
+        (tmp_path / name).touch()
+    (port,) = free_ports(1)
+    complete = [str(tmp_path / "ct.nii.gz"), "--mask", str(tmp_path / "m.nii.gz"), "--ctc", "1"]
+    complete += ["--age", "50", "--sex", "F", "--location", "middle"]
+    code = P.main(["--url", f"127.0.0.1:{port}", "--timeout", "5", *complete])
+    assert code == P.EXIT_FAILED
     assert "cannot reach" in capsys.readouterr().err
+
+
+def test_predict_cli_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         P.main(["--help"])
     assert exit_info.value.code == 0
@@ -186,6 +266,31 @@ def test_predict_cli_refuses_incomplete_arguments(capsys: pytest.CaptureFixture[
         assert option in text
     for option in ("--url", "--protocol", "--json", "--concurrency"):
         assert option in text
+
+
+def test_format_prediction_shows_top3_malignancy_management_and_units() -> None:
+    prediction = Prediction(
+        probs={"thymoma": 0.5, "cyst": 0.3, "lymphoma": 0.15, "other": 0.05},
+        top3=(("thymoma", 0.5), ("cyst", 0.3), ("lymphoma", 0.15)),
+        malignant_prob=0.655,
+        management="surgery",
+        measurements=dict(
+            zip(S.MEASUREMENT_FIELDS, (1234.5, 210.0, 21.0, 12.5, 17.5), strict=True)
+        ),
+        model_version="dmfn_pipeline/1",
+        image_id="IMG-1",
+    )
+    text = P.format_prediction(prediction, indent="   ")
+    lines = text.splitlines()
+    assert all(line.startswith("   ") for line in lines)
+    assert "IMG-1" in lines[0] and "dmfn_pipeline/1" in lines[0]
+    assert "1. thymoma" in lines[1] and "50.0%" in lines[1]
+    assert "2. cyst" in lines[2] and "3. lymphoma" in lines[3] and "15.0%" in lines[3]
+    assert "malignant probability: 65.5%" in text and "surgery" in text
+    assert any("volume_mm3" in line and "1234.5 mm^3" in line for line in lines)
+    assert any("max_axial_area_mm2" in line and "210.0 mm^2" in line for line in lines)
+    assert any("craniocaudal_mm" in line and "17.5 mm" in line for line in lines)
+    assert set(S.MEASUREMENT_UNITS) == set(S.MEASUREMENT_FIELDS)
 
 
 def test_ctc_values_by_position_or_name() -> None:
@@ -276,26 +381,32 @@ def test_predict_many_keeps_order_and_isolates_a_server_error(
     triton_server, served_studies, protocol
 ) -> None:
     _, studies, reference = served_studies
-    # Age 125 is a valid Study (<= 130) but the model accepts 0..120: the server refuses it.
-    too_old = Study(
+
+    class NanCtcStudy(Study):
+        """Sends a NaN CTC value, as a client that skips dmfn's own checks could."""
+
+        def ctc_array(self, features=S.DEFAULT_CTC_FEATURES):
+            return np.full(len(features), np.nan, np.float32)
+
+    bad = NanCtcStudy(
         hu=studies[0].hu,
         spacing_mm=studies[0].spacing_mm,
         mask=studies[0].mask,
         ctc=studies[0].ctc,
-        clinical=Clinical(125, "M", "middle"),
+        clinical=studies[0].clinical,
     )
-    batch = [*studies, too_old, *studies]
+    batch = [*studies, bad, *studies]
     url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
     with DmfnClient(url, protocol) as client:
         results = client.predict_many(batch, concurrency=4, return_exceptions=True)
         for i, result in enumerate(results):
             if i == len(studies):
                 assert isinstance(result, DmfnServerError)
-                assert "CLINICAL" in result.message and "120" in result.message
+                assert "CTC" in result.message and "finite" in result.message
                 assert result.status in ("400", "StatusCode.INVALID_ARGUMENT")
             else:
                 _assert_prediction(result, reference, i % (len(studies) + 1))
-        with pytest.raises(DmfnServerError, match="CLINICAL"):
+        with pytest.raises(DmfnServerError, match="CTC"):
             client.predict_many(batch, concurrency=2)
 
 

@@ -1,7 +1,7 @@
 """From manifest rows to training tensors, through the serving preprocessing and a disk cache.
 
-Each image is loaded with the :mod:`dmfn.client.io` loaders (DICOM series folder or NIfTI file,
-mask NIfTI/NRRD), preprocessed by :func:`dmfn.preprocess.preprocess_study` with the given
+Each image is loaded with the :mod:`dmfn.client.io` loaders (DICOM series folder, NIfTI or NRRD
+file, mask NIfTI/NRRD), preprocessed by :func:`dmfn.preprocess.preprocess_study` with the given
 :class:`~dmfn.preprocess.PreprocessParams` (the very code and parameters the server runs), and the
 result (VIEWS fp32[3, S, S], TABULAR fp32[K + 5], MEASUREMENTS fp32[5]) is stored as one ``.npz``
 per image in the cache folder.
@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from dmfn import __version__
-from dmfn.client.io import load_dicom_series, load_mask, load_nifti_volume
+from dmfn.client.io import load_image, load_mask
 from dmfn.client.study import Study
 from dmfn.preprocess import PreprocessParams, preprocess_study
 
@@ -66,11 +66,9 @@ def cache_key(row: ManifestRow, params: PreprocessParams) -> str:
 
 
 def load_row_study(row: ManifestRow) -> tuple[Study, np.ndarray]:
-    """Load the image (DICOM folder or NIfTI) of ``row`` and its uint8 mask on the image grid."""
-    if row.image_kind == "dicom":
-        study = load_dicom_series(row.image_path)
-    else:
-        study = load_nifti_volume(row.image_path)
+    """Load the image of ``row`` (DICOM folder, NIfTI or NRRD: :func:`dmfn.client.io.load_image`,
+    axial layout) and its uint8 (z, y, x) mask on the image's grid."""
+    study = load_image(row.image_path)
     return study, load_mask(row.mask_path, like=study)
 
 

@@ -3,10 +3,11 @@
 One row per image. Columns (more are allowed and ignored):
 
 - ``patient_id``, ``image_id`` (unique in the file)
-- ``image_path``: a DICOM series folder or a NIfTI file (``.nii`` / ``.nii.gz``)
+- ``image_path``: a DICOM series folder, a NIfTI (``.nii`` / ``.nii.gz``) or an NRRD
+  (``.nrrd`` / ``.nhdr``) file, loaded by :func:`dmfn.client.io.load_image`
 - ``mask_path``: the lesion mask, NIfTI or NRRD
 - the CTC feature columns (default ``ctc_level_pg_ml``, in pg/ml; ``ctc_features=`` names others)
-- ``age_years``, ``sex`` (``M`` / ``F``), ``location`` (``anterior`` / ``middle`` / ``posterior``)
+- ``age_years`` (in ``dmfn.client.schema.AGE_RANGE_YEARS``), ``sex`` (``M`` / ``F``), ``location`` (``anterior`` / ``middle`` / ``posterior``)
 - ``label`` (a class of the taxonomy), ``group`` (``benign`` / ``malignant``, must agree with the
   taxonomy), ``split`` (``train`` / ``val`` / ``test``)
 
@@ -23,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dmfn.client.schema import DEFAULT_CTC_FEATURES, LOCATIONS
-from dmfn.client.study import MAX_AGE_YEARS, SEXES, Clinical
+from dmfn.client.io.image import IMAGE_FILE_SUFFIXES, image_kind
+from dmfn.client.schema import AGE_RANGE_YEARS, DEFAULT_CTC_FEATURES, LOCATIONS
+from dmfn.client.study import SEXES, Clinical
 from dmfn.client.taxonomy import GROUPS, Taxonomy
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -44,8 +46,9 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 )
 #: The columns every manifest needs whatever its CTC features.
 BASE_COLUMNS: tuple[str, ...] = tuple(c for c in MANIFEST_COLUMNS if c not in DEFAULT_CTC_FEATURES)
-NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
-MASK_SUFFIXES: tuple[str, ...] = (*NIFTI_SUFFIXES, ".nrrd", ".nhdr")
+#: Image files (a DICOM series is a folder) and mask files: NIfTI or NRRD.
+IMAGE_SUFFIXES: tuple[str, ...] = IMAGE_FILE_SUFFIXES
+MASK_SUFFIXES: tuple[str, ...] = IMAGE_FILE_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,8 @@ class ManifestRow:
 
     @property
     def image_kind(self) -> str:
-        """``"dicom"`` for a series folder, ``"nifti"`` for a NIfTI file."""
-        return "dicom" if self.image_path.is_dir() else "nifti"
+        """``"dicom"`` (series folder), ``"nifti"`` or ``"nrrd"``: :func:`dmfn.client.io.image_kind`."""
+        return image_kind(self.image_path)
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,7 @@ def _read_row(
     if group != expected:
         raise r.error("group", f"label {label!r} is {expected} in the taxonomy, got {group!r}")
     if check_files:
-        image_path = r.file("image_path", base, folder_ok=True, suffixes=NIFTI_SUFFIXES)
+        image_path = r.file("image_path", base, folder_ok=True, suffixes=IMAGE_SUFFIXES)
         mask_path = r.file("mask_path", base, folder_ok=False, suffixes=MASK_SUFFIXES)
     else:
         image_path, mask_path = (base / r.text(c) for c in ("image_path", "mask_path"))
@@ -212,7 +215,7 @@ def _read_row(
         image_path=image_path,
         mask_path=mask_path,
         ctc=tuple(r.number(c) for c in ctc_features),
-        age_years=r.number("age_years", 0.0, MAX_AGE_YEARS),
+        age_years=r.number("age_years", *AGE_RANGE_YEARS),
         sex=r.choice("sex", SEXES),
         location=r.choice("location", LOCATIONS),
         label=label,

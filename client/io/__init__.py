@@ -1,11 +1,14 @@
 """Readers and writers for CT studies: DICOM series, NIfTI and NRRD volumes and masks.
 
 Axis and coordinate conventions: see :mod:`dmfn.client.study`; every file-order reversal and
-frame conversion lives in :mod:`dmfn.client.io.orientation`.
+frame conversion lives in :mod:`dmfn.client.io.orientation`. Every volume loader returns its
+study in the axial layout (:func:`~dmfn.client.io.orientation.to_axial`); :func:`load_image`
+picks the loader for a DICOM folder, a NIfTI or an NRRD file.
 """
 
 from dmfn.client.io.dicom import DicomError, load_dicom_series
 from dmfn.client.io.dicom_write import write_dicom_series
+from dmfn.client.io.image import IMAGE_FILE_SUFFIXES, image_kind, load_image
 from dmfn.client.io.nifti import (
     load_mask,
     load_nifti_volume,
@@ -16,8 +19,11 @@ from dmfn.client.io.nifti import (
 )
 
 __all__ = [
+    "IMAGE_FILE_SUFFIXES",
     "DicomError",
+    "image_kind",
     "load_dicom_series",
+    "load_image",
     "load_mask",
     "load_nifti_volume",
     "load_nrrd_volume",

@@ -3,14 +3,17 @@
 Steps: find the DICOM files (recursively), read their headers, group them by SeriesInstanceUID,
 choose the CT series, sort its slices by ImagePositionPatient projected on the slice normal
 (row x column of ImageOrientationPatient), check the geometry, apply the modality LUT
-(HU = RescaleSlope * stored value + RescaleIntercept) and stack the slices as (z, y, x).
+(HU = RescaleSlope * stored value + RescaleIntercept), stack the slices as (z, y, x) and bring
+the volume into the axial layout (:func:`dmfn.client.io.orientation.to_axial`: exact axis
+permutation/flips, so coronal and sagittal acquisitions load like axial ones).
 
 The slice spacing comes from the sorted positions, never from SliceThickness, except for a
 series of ONE slice, where no position step exists: there SliceThickness is the z spacing (and
 its absence is an error). Everything that could make the volume wrong raises :class:`DicomError`
 (a ValueError) naming the folder or file and the rule: no DICOM files, several CT series and none
 chosen, non-CT modality, an unreadable file, mixed orientations or image sizes, gantry tilt,
-duplicate or missing slices, uneven spacing, compressed pixel data without a decoder.
+duplicate or missing slices, uneven spacing, compressed pixel data without a decoder, an oblique
+orientation (more than ``orientation.AXIS_ALIGNMENT_TOLERANCE_DEG`` off the patient axes).
 """
 
 from __future__ import annotations
@@ -25,7 +28,12 @@ import pydicom
 from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
 
-from dmfn.client.io.orientation import direction_from_iop, slice_normal
+from dmfn.client.io.orientation import (
+    axial_axis_map,
+    direction_from_iop,
+    slice_normal,
+    to_axial,
+)
 from dmfn.client.study import Study, hu_from_values
 
 log = logging.getLogger(__name__)
@@ -71,11 +79,16 @@ def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Stud
             series (the error lists them with descriptions and slice counts).
 
     Returns:
-        Study with ``hu`` (z, y, x) int16 (float32 if the rescale gives fractional HU),
-        ``spacing_mm`` (slice step from positions, PixelSpacing row then column),
-        ``origin_lps_mm`` = ImagePositionPatient of the first slice after sorting,
-        ``direction`` columns (slice normal, column cosines, row cosines), ``patient_id`` from
-        PatientID, ``image_id`` = the SeriesInstanceUID; no mask, no CTC, no clinical record.
+        Study in the axial layout (:data:`dmfn.client.study.AXIAL_DIRECTION`: axis 0 feet ->
+        head, axis 1 anterior -> posterior, axis 2 patient right -> left) whatever the
+        acquisition plane: ``hu`` (z, y, x) int16 (float32 if the rescale gives fractional HU),
+        ``spacing_mm`` (z, y, x) mm (slice step from positions and PixelSpacing, permuted with
+        the axes), ``origin_lps_mm`` the LPS centre of voxel [0, 0, 0] after reorientation (for
+        an axial series: ImagePositionPatient of the most inferior slice), ``direction``
+        :data:`~dmfn.client.study.AXIAL_DIRECTION` (or within a few degrees of it, see
+        :func:`~dmfn.client.io.orientation.to_axial`), ``patient_id`` from PatientID,
+        ``image_id`` = the SeriesInstanceUID; no mask, no CTC, no clinical record.
+        An oblique series raises :class:`DicomError`.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -85,17 +98,26 @@ def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Stud
     paths = sorted(p for p, ds in headers.items() if ds.SeriesInstanceUID == uid)
     slices = [_read_full(p) for p in paths]
     _check_images(folder, slices)
+    try:  # refuse an oblique series before decoding its pixels
+        axial_axis_map(
+            direction_from_iop(slices[0][1].ImageOrientationPatient), f"series in {folder}"
+        )
+    except ValueError as err:
+        raise DicomError(str(err)) from err
     order, spacing_z = _sort_slices(folder, slices)
     slices = [slices[i] for i in order]
     first = slices[0][1]
     row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
-    return Study(
-        hu=_stack_hu(slices),
-        spacing_mm=(spacing_z, row_spacing, col_spacing),
-        origin_lps_mm=tuple(float(v) for v in first.ImagePositionPatient),  # type: ignore[arg-type]
-        direction=direction_from_iop(first.ImageOrientationPatient),
-        patient_id=str(first.get("PatientID", "") or "ANON"),
-        image_id=str(uid),
+    return to_axial(
+        Study(
+            hu=_stack_hu(slices),
+            spacing_mm=(spacing_z, row_spacing, col_spacing),
+            origin_lps_mm=tuple(float(v) for v in first.ImagePositionPatient),  # type: ignore[arg-type]
+            direction=direction_from_iop(first.ImageOrientationPatient),
+            patient_id=str(first.get("PatientID", "") or "ANON"),
+            image_id=str(uid),
+        ),
+        f"series in {folder}",
     )
 
 

@@ -1,9 +1,11 @@
 """NIfTI and NRRD: CT volumes, lesion masks and 3D Slicer segmentations (``.seg.nrrd``).
 
 Every file's frame (NIfTI: RAS affine; NRRD: ``space`` + ``space directions`` + ``space origin``)
-is converted to LPS and its axes to (z, y, x) by :mod:`dmfn.client.io.orientation`. A mask is
-placed onto the study's voxel grid exactly (axis flips/permutations and cropped extents are
-undone, nothing is interpolated); a grid that does not coincide raises ValueError.
+is converted to LPS and its axes to (z, y, x) by :mod:`dmfn.client.io.orientation`. Volumes are
+then brought into the axial layout (:func:`~dmfn.client.io.orientation.to_axial`: exact axis
+permutation/flips; an oblique volume raises ValueError). A mask is placed onto the study's voxel
+grid exactly (axis flips/permutations and cropped extents are undone, nothing is interpolated); a
+grid that does not coincide raises ValueError.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dmfn.client.io.orientation import (
     nrrd_space_fields,
     place_on_grid,
     reverse_axes,
+    to_axial,
 )
 from dmfn.client.study import (
     Study,
@@ -43,7 +46,8 @@ _XFORM_SCANNER = 1
 
 
 # --------------------------------------------------------------------------- file kinds
-def _kind(path: Path, argument: str) -> str:
+def file_kind(path: Path, argument: str = "path") -> str:
+    """``"nifti"`` or ``"nrrd"`` from the file name's suffix; ValueError naming ``argument``."""
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
@@ -125,21 +129,28 @@ def load_nifti_volume(path: str | Path) -> Study:
     """A CT volume from a NIfTI file (.nii / .nii.gz), in HU, as an images-only :class:`Study`.
 
     The affine (sform if set, else qform) is converted from RAS to LPS and the axes from the
-    file's (x, y, z) to (z, y, x); the direction is kept as stored (no reorientation). Values are
-    scaled by scl_slope/scl_inter and returned as int16 when they are whole numbers inside the
-    int16 range, else float32. ``image_id`` is the file name without its extension.
+    file's (x, y, z) to (z, y, x); the volume is then reoriented exactly (axis permutation and
+    flips, no interpolation) into the axial layout :data:`dmfn.client.study.AXIAL_DIRECTION`
+    (axis 0 feet -> head, axis 1 anterior -> posterior, axis 2 patient right -> left), with
+    ``spacing_mm`` permuted alike and ``origin_lps_mm`` the LPS centre of the new voxel [0, 0, 0]
+    (see :func:`dmfn.client.io.orientation.to_axial`); a common RAS file (affine diag(+, +, +))
+    therefore comes back with its y and x axes reversed. An oblique volume (an axis more than
+    ``orientation.AXIS_ALIGNMENT_TOLERANCE_DEG`` off the patient axes) raises ValueError. Values
+    are scaled by scl_slope/scl_inter and returned as int16 when they are whole numbers inside
+    the int16 range, else float32. ``image_id`` is the file name without its extension.
     """
     path = _existing(path, "path")
-    if _kind(path, "path") != "nifti":
+    if file_kind(path, "path") != "nifti":
         raise ValueError(f"argument 'path': {path} is not NIfTI; use load_nrrd_volume for NRRD")
     data, grid = _read_nifti(path)
     return _study(data, grid, path)
 
 
 def load_nrrd_volume(path: str | Path) -> Study:
-    """A CT volume from an NRRD file (.nrrd / .nhdr): as :func:`load_nifti_volume`."""
+    """A CT volume from an NRRD file (.nrrd / .nhdr): as :func:`load_nifti_volume` (LPS, RAS or
+    LAS ``space``; reoriented into the axial layout, oblique volumes refused)."""
     path = _existing(path, "path")
-    if _kind(path, "path") != "nrrd":
+    if file_kind(path, "path") != "nrrd":
         raise ValueError(f"argument 'path': {path} is not NRRD; use load_nifti_volume for NIfTI")
     data, grid, _ = _read_nrrd(path)
     if data.ndim != 3:
@@ -153,13 +164,14 @@ def _study(data: np.ndarray, grid: VoxelGrid, path: Path) -> Study:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
-    return Study(
+    study = Study(
         hu=hu_from_values(data),
         spacing_mm=grid.spacing_mm,
         origin_lps_mm=grid.origin_lps_mm,
         direction=grid.direction,
         image_id=name,
     )
+    return to_axial(study, f"file {path}")
 
 
 # --------------------------------------------------------------------------- masks
@@ -215,7 +227,7 @@ def load_mask(
         raise ValueError(
             f"argument 'like': must be a Study or VoxelGrid, got {type(like).__name__}"
         )
-    if _kind(path, "path") == "nifti":
+    if file_kind(path, "path") == "nifti":
         data, source = _read_nifti(path)
         binary = _select_label(data, segment, path)
     else:

@@ -4,17 +4,30 @@ ITK, NIfTI and NRRD store voxels x-fastest and describe the grid in (x, y, z) or
 (sx, sy, sz) and a direction / affine whose columns belong to the file axes (i, j, k) = (x, y, z).
 DICOM's ImageOrientationPatient lists the row (x) direction before the column (y) direction.
 dmfn uses (z, y, x) for arrays, spacings and direction columns, and the LPS patient frame for
-positions (see :mod:`dmfn.client.study`). Every reversal and every RAS/LAS -> LPS flip happens here.
+positions (see :mod:`dmfn.client.study`). Every reversal and every RAS/LAS -> LPS flip happens here,
+and so does the reorientation of every loaded volume to the axial layout the preprocessing assumes
+(:func:`to_axial`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import logging
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from dmfn.client.study import VoxelGrid, check_direction
+from dmfn.client.study import (
+    AXIAL_DIRECTION,
+    DIRECTION_TOLERANCE,
+    Study,
+    VoxelGrid,
+    check_direction,
+)
+
+log = logging.getLogger(__name__)
 
 #: RAS (NIfTI, NRRD "right-anterior-superior") <-> LPS: negate x and y. Its own inverse.
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -26,6 +39,11 @@ NRRD_SPACE_TO_LPS: dict[str, np.ndarray] = {
 }
 #: Largest mismatch, in voxels of the target grid, accepted when placing one grid on another.
 GRID_TOLERANCE_VOXELS = 0.01
+#: Largest angle (degrees) between an array axis and the patient axis it is taken for by
+#: :func:`to_axial`. Scanners report axial series with direction cosines a fraction of a degree
+#: off the patient axes (patient alignment, table tilt); a volume rotated further is oblique and
+#: must be resampled onto an axial grid first: dmfn never interpolates to reorient.
+AXIS_ALIGNMENT_TOLERANCE_DEG = 3.0
 
 
 # --------------------------------------------------------------------------- axis reversal
@@ -162,6 +180,108 @@ def _iop_vectors(iop: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     return row / norms[0], col / norms[1]
 
 
+# --------------------------------------------------------------------------- reorientation
+def permute_flip(
+    array: np.ndarray, source_axis: Sequence[int], flipped: Sequence[bool]
+) -> np.ndarray:
+    """Exact axis permutation and flips of a (z, y, x) array (a view, no interpolation).
+
+    Output axis ``t`` is input axis ``source_axis[t]``, reversed where ``flipped[t]``.
+    """
+    out = np.transpose(array, tuple(int(a) for a in source_axis))
+    for axis, flip in enumerate(flipped):
+        if flip:
+            out = np.flip(out, axis=axis)
+    return out
+
+
+def axial_axis_map(
+    direction: np.ndarray, source: str = "argument 'direction'"
+) -> tuple[tuple[int, int, int], tuple[bool, bool, bool], float]:
+    """How to permute/flip an array of ``direction`` into the axial layout (:data:`AXIAL_DIRECTION`).
+
+    Returns ``(source_axis, flipped, angle_deg)``: axial axis ``t`` (z superior, y posterior,
+    x left) is array axis ``source_axis[t]``, reversed where ``flipped[t]``; ``angle_deg`` is the
+    largest angle between an array axis and the patient axis it becomes. An oblique direction
+    (an angle above :data:`AXIS_ALIGNMENT_TOLERANCE_DEG`) raises ValueError starting with ``source``.
+    """
+    d = check_direction(direction)
+    cosines = AXIAL_DIRECTION.T @ d  # [axial axis t, array axis s]
+    source_axis = np.abs(cosines).argmax(axis=1)
+    best = np.abs(cosines[np.arange(3), source_axis])
+    angle = math.degrees(math.acos(min(1.0, float(best.min()))))
+    if angle > AXIS_ALIGNMENT_TOLERANCE_DEG or sorted(source_axis.tolist()) != [0, 1, 2]:
+        raise ValueError(
+            f"{source}: the volume is oblique (an array axis is {angle:.1f} degrees from the "
+            f"nearest patient axis; at most {AXIS_ALIGNMENT_TOLERANCE_DEG:g} degrees are accepted, "
+            f"direction {np.round(d, 4).tolist()}); dmfn reorients by exact axis permutation and "
+            "flips only, never by interpolation: resample it onto an axial grid first (e.g. 3D "
+            "Slicer: Resample Scalar/Vector/DWI Volume or Crop Volume with an axial ROI)"
+        )
+    flipped = cosines[np.arange(3), source_axis] < 0
+    return (
+        tuple(int(a) for a in source_axis),  # type: ignore[return-value]
+        tuple(bool(f) for f in flipped),  # type: ignore[return-value]
+        angle,
+    )
+
+
+def to_axial(study: Study, source: str = "argument 'study'") -> Study:
+    """``study`` in the axial layout: axis 0 feet -> head, axis 1 anterior -> posterior, axis 2
+    patient right -> left (:data:`dmfn.client.study.AXIAL_DIRECTION`), as the preprocessing assumes.
+
+    Exact: ``hu``, ``mask`` and ``bbox`` are permuted/flipped (no interpolation); ``spacing_mm``
+    is permuted alike and ``origin_lps_mm`` becomes the LPS position of the new voxel [0, 0, 0]'s
+    centre, so every voxel keeps its patient position. The direction becomes exactly
+    :data:`AXIAL_DIRECTION` when the axes are aligned to float precision; a direction up to
+    :data:`AXIS_ALIGNMENT_TOLERANCE_DEG` degrees off is permuted/flipped likewise and kept as it
+    is (the true geometry, close to axial; a warning is logged). A study already axial is returned
+    as it is (the same object). A more oblique direction raises ValueError (starting with
+    ``source``): resample it onto an axial grid first (e.g. in 3D Slicer).
+    """
+    if not isinstance(study, Study):
+        raise ValueError(f"argument 'study': must be a dmfn Study, got {type(study).__name__}")
+    source_axis, flipped, angle = axial_axis_map(study.direction, source)
+    direction = study.direction[:, source_axis] * np.where(flipped, -1.0, 1.0)[None, :]
+    aligned = float(np.abs(direction - AXIAL_DIRECTION).max()) <= DIRECTION_TOLERANCE
+    if aligned:
+        direction = AXIAL_DIRECTION
+    else:
+        log.warning(
+            "%s: direction is %.2f degrees off the patient axes (tolerance %g); treated as axial "
+            "after an exact axis permutation/flip, its views are rotated by that angle",
+            source,
+            angle,
+            AXIS_ALIGNMENT_TOLERANCE_DEG,
+        )
+    if source_axis == (0, 1, 2) and not any(flipped):
+        unchanged = np.array_equal(study.direction, direction)
+        return study if unchanged else dataclasses.replace(study, direction=direction)
+    shape = study.shape
+    first = [shape[s] - 1 if f else 0 for s, f in zip(source_axis, flipped, strict=True)]
+    start = np.zeros(3)
+    start[list(source_axis)] = first
+    bbox = None
+    if study.bbox is not None:
+        lo, hi = study.bbox[:3], study.bbox[3:]
+        new_lo, new_hi = [], []
+        for s, f in zip(source_axis, flipped, strict=True):
+            new_lo.append(shape[s] - hi[s] if f else lo[s])
+            new_hi.append(shape[s] - lo[s] if f else hi[s])
+        bbox = (*new_lo, *new_hi)
+    return dataclasses.replace(
+        study,
+        hu=np.ascontiguousarray(permute_flip(study.hu, source_axis, flipped)),
+        spacing_mm=tuple(study.spacing_mm[s] for s in source_axis),
+        origin_lps_mm=tuple(float(v) for v in study.grid.index_to_lps(start)),
+        direction=direction,
+        mask=None
+        if study.mask is None
+        else np.ascontiguousarray(permute_flip(study.mask, source_axis, flipped)),
+        bbox=bbox,
+    )
+
+
 # --------------------------------------------------------------------------- grid matching
 def place_on_grid(
     array: np.ndarray, source: VoxelGrid, target: VoxelGrid, argument: str = "mask"
@@ -198,11 +318,11 @@ def place_on_grid(
         )
     # Reorder the source axes into the target's order, then flip the reversed ones.
     source_axis = np.argsort(perm)  # source axis of each target axis
-    moved = np.transpose(array, source_axis)
+    flipped = [bool(signed[t, s] < 0) for t, s in enumerate(source_axis)]
+    moved = permute_flip(array, source_axis, flipped)
     start = offset.astype(np.int64)
     for t_axis, s_axis in enumerate(source_axis):
-        if signed[t_axis, s_axis] < 0:
-            moved = np.flip(moved, axis=t_axis)
+        if flipped[t_axis]:
             start[t_axis] -= source.shape[s_axis] - 1
     return _paste(moved, start, target.shape, argument)
 

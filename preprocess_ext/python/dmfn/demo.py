@@ -68,18 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_prediction(prediction, truth: str, truth_group: str) -> None:
-    print(f"   true label (synthetic): {truth} ({truth_group})")
-    print("   top-3:")
-    for rank, (label, prob) in enumerate(prediction.top3, start=1):
-        print(f"     {rank}. {label:<32s} {prob:6.1%}")
-    print(f"   malignant probability: {prediction.malignant_prob:.1%}")
-    print(f"   suggested management:  {prediction.management}")
-    print("   measurements:")
-    for name, value in prediction.measurements.items():
-        print(f"     {name:<20s} {value:10.1f}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dmfn.client.sdk import DmfnServerError
@@ -103,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
     # Imported here so that `dmfn demo --help` is instant.
+    from dmfn.client.predict import format_prediction
     from dmfn.client.sdk import DmfnClient
     from dmfn.client.study import Study
     from dmfn.preprocess import preprocess_study
@@ -220,7 +209,8 @@ def _run(args: argparse.Namespace) -> int:
                 prediction = client.predict(study)
                 latency = time.perf_counter() - start
             print(f"   prediction ({args.protocol}, {latency * 1000:.0f} ms round trip):")
-            _print_prediction(prediction, row.label, row.group)
+            print(f"   true label (synthetic): {row.label} ({row.group})")
+            print(format_prediction(prediction, indent="   "))
             served = np.array([prediction.probs[name] for name in ckpt.taxonomy.names])
             # The same study through the checkpoint in PyTorch, in this process: no train/serve skew.
             local = _torch_probs(ckpt, pre.views, pre.tabular)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dmfn.client.schema import CLINICAL_FIELDS
+from dmfn.client.schema import AGE_RANGE_YEARS, CLINICAL_FIELDS
 
 from ._validate import as_mask, as_spacing, as_volume, check_voxel_cap
 from .params import PreprocessParams
@@ -28,8 +28,6 @@ from .spatial import (
 
 #: A resampled mask voxel belongs to the lesion when its linear interpolation is >= this.
 MASK_THRESHOLD = 0.5
-#: Accepted ages in years (CLINICAL[0]).
-AGE_RANGE_YEARS = (0.0, 120.0)
 #: The location one-hot occupies CLINICAL[2:5].
 _LOCATION_SLICE = slice(2, 2 + 3)
 
@@ -68,7 +66,8 @@ def _as_vector(value: object, argument: str, length: int | None = None) -> np.nd
 
 
 def validate_clinical(clinical: object) -> np.ndarray:
-    """CLINICAL fp32[5] (``schema.CLINICAL_FIELDS``): age 0..120 y, sex_male 0/1, location one-hot."""
+    """CLINICAL fp32[5] (``schema.CLINICAL_FIELDS``): age in ``schema.AGE_RANGE_YEARS`` (years,
+    inclusive), sex_male 0/1, location one-hot."""
     vec = _as_vector(clinical, "clinical", len(CLINICAL_FIELDS))
     age, sex = float(vec[0]), float(vec[1])
     if not AGE_RANGE_YEARS[0] <= age <= AGE_RANGE_YEARS[1]:

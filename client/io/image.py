@@ -1,0 +1,58 @@
+"""One entry point for CT images on disk: a DICOM series folder, a NIfTI or an NRRD volume.
+
+Used by ``dmfn predict`` and by training (manifest rows), so both accept the same inputs. Every
+loader returns the study in the axial layout (see :func:`dmfn.client.io.orientation.to_axial`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dmfn.client.io.dicom import load_dicom_series
+from dmfn.client.io.nifti import (
+    NIFTI_SUFFIXES,
+    NRRD_SUFFIXES,
+    file_kind,
+    load_nifti_volume,
+    load_nrrd_volume,
+)
+from dmfn.client.study import Study
+
+#: File name endings of single-file CT volumes (a DICOM series is a folder).
+IMAGE_FILE_SUFFIXES: tuple[str, ...] = (*NIFTI_SUFFIXES, *NRRD_SUFFIXES)
+#: The image kinds :func:`image_kind` tells apart.
+IMAGE_KINDS: tuple[str, ...] = ("dicom", "nifti", "nrrd")
+
+
+def image_kind(path: str | Path) -> str:
+    """``"dicom"`` for a folder, ``"nifti"`` (.nii, .nii.gz) or ``"nrrd"`` (.nrrd, .nhdr) for a file.
+
+    Decided from the path alone (a folder is a DICOM series); another file name ending raises
+    ValueError naming ``path``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "dicom"
+    return file_kind(path, "path")
+
+
+def load_image(path: str | Path) -> Study:
+    """The images-only :class:`Study` of a DICOM series folder or a NIfTI / NRRD volume file.
+
+    Dispatches on :func:`image_kind` to :func:`~dmfn.client.io.load_dicom_series`,
+    :func:`~dmfn.client.io.load_nifti_volume` or :func:`~dmfn.client.io.load_nrrd_volume`;
+    hu (z, y, x) in HU, spacing_mm (z, y, x), axial layout. A path that is neither an existing
+    folder nor an existing file raises ValueError naming ``path``.
+    """
+    path = Path(path)
+    if not (path.is_dir() or path.is_file()):
+        raise ValueError(
+            f"argument 'path': {path} is neither a DICOM series folder nor an existing file "
+            f"ending in {IMAGE_FILE_SUFFIXES}"
+        )
+    kind = image_kind(path)
+    if kind == "dicom":
+        return load_dicom_series(path)
+    if kind == "nrrd":
+        return load_nrrd_volume(path)
+    return load_nifti_volume(path)
