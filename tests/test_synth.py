@@ -16,11 +16,14 @@ from scipy import stats
 from dmfn.client.io import load_dicom_series, load_mask
 from dmfn.client.taxonomy import COMPARTMENTS, load_taxonomy
 from dmfn.training.synth import cli
+from dmfn.training.synth.anatomy import LESION, render_chest
 from dmfn.training.synth.cohort import (
     MANIFEST_COLUMNS,
     SPLITS,
     TABLE1,
+    CohortGenerationError,
     PatientPlan,
+    Subject,
     _rng,
     generate_cohort,
     get_preset,
@@ -29,7 +32,13 @@ from dmfn.training.synth.cohort import (
     sample_acquisition,
     sample_subject,
 )
-from dmfn.training.synth.lesions import APPEARANCES
+from dmfn.training.synth.lesions import (
+    APPEARANCES,
+    lesion_values,
+    paint_lesion,
+    visible_fraction,
+)
+from dmfn.training.synth.placement import MIN_VISIBLE_FRACTION, check_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "synth"
@@ -184,6 +193,85 @@ def test_lesion_size_capped_by_field_of_view() -> None:
         assert subject.lesion.diameter_mm <= preset.max_lesion_mm + 1e-6
 
 
+# --------------------------------------------------------------------------- lesion placement
+def _rendered_visible_fraction(subject: Subject) -> float:
+    """Visible fraction of the baked lesion, painted as in the images, on its check grid."""
+    lesion = subject.lesion
+    grid = check_grid(lesion.center, lesion.half_extent)
+    inside, _ = lesion_values(lesion, grid)
+    canvas = render_chest(subject.anatomy, grid, lambda cv: paint_lesion(lesion, cv))
+    return float(np.count_nonzero(canvas.label == LESION) / np.count_nonzero(inside))
+
+
+def test_visible_fraction_sees_organs_over_the_lesion() -> None:
+    """The check itself: a small lesion moved into the heart or a vertebra is hidden, in a lung not."""
+    subject = sample_subject(_plan("granuloma", "middle", 3), SEED, get_preset("demo"), bake=False)
+    lesion, anatomy = subject.lesion, subject.anatomy
+    assert lesion.diameter_mm <= 30.0
+    assert visible_fraction(lesion, anatomy) >= MIN_VISIBLE_FRACTION
+    heart = dataclasses.replace(lesion, center=np.array([18.0, -12.0, -58.0]))
+    spine = dataclasses.replace(lesion, center=np.array([*anatomy.spine_center, 0.0]))
+    lung = dataclasses.replace(lesion, center=np.array([-0.6 * anatomy.cavity_ax, 15.0, 40.0]))
+    assert visible_fraction(heart, anatomy) < 0.05
+    assert visible_fraction(spine, anatomy) < 0.05
+    assert visible_fraction(lung, anatomy) > 0.95
+
+
+@pytest.mark.parametrize(
+    ("patient_id", "location"), [("SYN00693", "middle"), ("SYN01000", "anterior")]
+)
+def test_paper_seed0_lesions_once_hidden_are_visible(patient_id: str, location: str) -> None:
+    """Seed 0 of the paper preset: these cysts used to be painted over entirely (empty masks)."""
+    preset = get_preset("paper")
+    plan = next(p for p in plan_cohort(preset.n_patients, 0) if p.patient_id == patient_id)
+    assert (plan.label, plan.location) == ("cyst", location)
+    subject = sample_subject(plan, 0, preset)
+    assert subject.anatomy.compartment_of(tuple(subject.lesion.center)) == location
+    assert _rendered_visible_fraction(subject) >= MIN_VISIBLE_FRACTION
+    lesion_mm3 = np.count_nonzero(subject.lesion.rho <= 1.0) * subject.lesion.field_mm**3
+    first = None
+    for k in range(plan.n_images):  # the written images: the mask keeps >= 70% of the volume
+        rng = _rng(0, 1, plan.index, 10 + k)
+        acq = sample_acquisition(rng, preset, subject.lesion, subject.table_z_mm, first)
+        first = first or acq
+        _, mask = render_image(subject, acq, rng)
+        mask_mm3 = np.count_nonzero(mask) * float(np.prod(acq.spacing_mm))
+        assert mask_mm3 >= MIN_VISIBLE_FRACTION * lesion_mm3, (patient_id, k)
+
+
+def test_placements_of_many_patients_follow_the_rule() -> None:
+    """Every lesion of 120 paper-preset patients sits in its compartment and is >= 70% visible."""
+    preset = get_preset("paper")
+    for plan in plan_cohort(preset.n_patients, 1)[:120]:
+        subject = sample_subject(plan, 1, preset, bake=False)
+        lesion = subject.lesion
+        assert subject.anatomy.compartment_of(tuple(lesion.center)) == plan.location
+        assert lesion.diameter_mm <= preset.max_lesion_mm + 1e-6
+        fraction = visible_fraction(lesion, subject.anatomy)
+        assert fraction >= MIN_VISIBLE_FRACTION, (plan.patient_id, plan.label, fraction)
+
+
+def test_visibility_check_agrees_with_the_rendered_lesion() -> None:
+    """The check uses the lobulated envelope; the baked lesion (with its margin field) agrees."""
+    preset = get_preset("demo")
+    for plan in plan_cohort(preset.n_patients, 2)[:12]:
+        subject = sample_subject(plan, 2, preset)
+        envelope = visible_fraction(subject.lesion, subject.anatomy)
+        assert abs(_rendered_visible_fraction(subject) - envelope) < 0.05, plan.patient_id
+
+
+def test_placement_is_deterministic_and_independent_of_baking() -> None:
+    preset = get_preset("paper")
+    for plan in plan_cohort(preset.n_patients, 0)[690:695]:
+        a = sample_subject(plan, 0, preset, bake=False)
+        b = sample_subject(plan, 0, preset)
+        c = sample_subject(plan, 0, preset, bake=False)
+        np.testing.assert_array_equal(a.lesion.center, b.lesion.center)
+        np.testing.assert_array_equal(a.lesion.center, c.lesion.center)
+        np.testing.assert_array_equal(a.lesion.half_extent, b.lesion.half_extent)
+        assert a.anatomy == b.anatomy and a.lesion.field_seed == b.lesion.field_seed
+
+
 def _median_lesion_hu(label: str, location: str, n: int = 4) -> list[float]:
     """Noise-free median HU of the baked lesion field of ``n`` patients."""
     preset = get_preset("demo")
@@ -318,6 +406,19 @@ def test_generation_independent_of_workers_and_deterministic(tmp_path: Path) -> 
         np.testing.assert_array_equal(sa.hu, sb.hu)
         assert sa.spacing_mm == sb.spacing_mm and sa.image_id == sb.image_id
         assert (a / r["mask_path"]).read_bytes() == (b / r["mask_path"]).read_bytes()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_patient_stops_the_run_and_is_named(tmp_path: Path, workers: int) -> None:
+    """An unwritable output (a file where the images folder goes) fails in the first patient."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "images").write_text("not a folder")
+    with pytest.raises(CohortGenerationError, match=r"patient SYN0000\d \(") as exc:
+        generate_cohort(out, "tiny", seed=3, workers=workers, n_patients=6, overwrite=True)
+    assert exc.value.__cause__ is not None
+    assert not (out / "manifest.csv").exists()
+    assert cli.main(["--out", str(out), "--patients", "3", "--force"]) == 1
 
 
 def test_refuses_non_empty_output_unless_forced(tmp_path: Path) -> None:

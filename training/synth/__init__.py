@@ -10,6 +10,7 @@ from dmfn.training.synth.cohort import (
     PRESETS,
     TABLE1,
     Acquisition,
+    CohortGenerationError,
     PatientPlan,
     Preset,
     Subject,
@@ -21,7 +22,14 @@ from dmfn.training.synth.cohort import (
     sample_acquisition,
     sample_subject,
 )
-from dmfn.training.synth.lesions import APPEARANCES, AppearanceSpec, Lesion, sample_lesion
+from dmfn.training.synth.lesions import (
+    APPEARANCES,
+    AppearanceSpec,
+    Lesion,
+    PlacementError,
+    sample_lesion,
+    visible_fraction,
+)
 
 __all__ = [
     "APPEARANCES",
@@ -31,8 +39,10 @@ __all__ = [
     "TABLE1",
     "Acquisition",
     "AppearanceSpec",
+    "CohortGenerationError",
     "Lesion",
     "PatientPlan",
+    "PlacementError",
     "Preset",
     "Subject",
     "generate_cohort",
@@ -43,4 +53,5 @@ __all__ = [
     "sample_acquisition",
     "sample_lesion",
     "sample_subject",
+    "visible_fraction",
 ]

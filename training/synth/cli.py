@@ -6,7 +6,13 @@ import argparse
 import logging
 import sys
 
-from dmfn.training.synth.cohort import PRESETS, generate_cohort, get_preset, plan_cohort
+from dmfn.training.synth.cohort import (
+    PRESETS,
+    CohortGenerationError,
+    generate_cohort,
+    get_preset,
+    plan_cohort,
+)
 
 log = logging.getLogger("dmfn.synth")
 
@@ -59,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``dmfn synth``; returns the process exit code (0 ok, 2 bad arguments)."""
+    """Run ``dmfn synth``; returns the process exit code (0 ok, 1 a patient failed, 2 bad arguments)."""
     from tqdm import tqdm
 
     args = _parser().parse_args(argv)
@@ -79,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         log.error("dmfn synth: %s", err)
         return 2
+    except CohortGenerationError as err:
+        log.error("dmfn synth: %s", err)
+        return 1
     log.info("manifest: %s", manifest)
     return 0
 

@@ -410,6 +410,10 @@ def generate_patient(
         first = first or acq
         hu, mask = render_image(subject, acq, rng)
         image_id = f"{plan.patient_id}_{k + 1}"
+        if not mask.any():  # the placement rule (lesions.sample_lesion) should prevent this
+            raise RuntimeError(
+                f"image {image_id}: the lesion mask is empty (the anatomy hides the lesion)"
+            )
         image_rel = Path("images") / plan.patient_id / image_id
         mask_rel = Path("masks") / f"{image_id}.nii.gz"
         write_dicom_series(
@@ -445,6 +449,17 @@ def generate_patient(
 ProgressCallback = Callable[[int], None]
 
 
+class CohortGenerationError(RuntimeError):
+    """Generating one patient's images failed; the message names the patient."""
+
+
+def _patient_failed(plan: PatientPlan, err: BaseException) -> CohortGenerationError:
+    return CohortGenerationError(
+        f"patient {plan.patient_id} ({plan.label}, {plan.location}) failed: "
+        f"{type(err).__name__}: {err}"
+    )
+
+
 def generate_cohort(
     out_dir: str | Path,
     preset: str | Preset = "tiny",
@@ -461,7 +476,9 @@ def generate_cohort(
     ``cohort.json`` (generator version, seed, preset, counts). ``workers`` processes render the
     patients (1 = in this process); ``progress(n)`` is called after each patient with the number
     of images just written. Refuses a non-empty ``out_dir`` unless ``overwrite``, which first
-    removes the generator's own outputs there.
+    removes the generator's own outputs there. The first patient that fails stops the run
+    (patients not started yet are cancelled, no manifest is written): CohortGenerationError
+    naming the patient, chained to the worker's error.
     """
     if not isinstance(preset, Preset):
         preset = get_preset(preset, n_patients)
@@ -490,17 +507,26 @@ def generate_cohort(
     results: dict[int, list[ImageRecord]] = {}
     if workers == 1:
         for plan in plans:
-            results[plan.index] = generate_patient(plan, seed, preset, out)
+            try:
+                results[plan.index] = generate_patient(plan, seed, preset, out)
+            except Exception as err:
+                raise _patient_failed(plan, err) from err
             if progress:
                 progress(len(results[plan.index]))
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=int(workers), mp_context=ctx) as pool:
-            futures = {pool.submit(generate_patient, p, seed, preset, out): p.index for p in plans}
+            futures = {pool.submit(generate_patient, p, seed, preset, out): p for p in plans}
             for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
+                plan = futures[fut]
+                try:
+                    results[plan.index] = fut.result()
+                except Exception as err:
+                    # fail fast: drop the patients not started yet (running ones finish)
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise _patient_failed(plan, err) from err
                 if progress:
-                    progress(len(results[futures[fut]]))
+                    progress(len(results[plan.index]))
 
     rows = [rec.row for i in sorted(results) for rec in results[i]]
     manifest = out / MANIFEST_NAME
@@ -529,6 +555,7 @@ __all__ = [
     "MANIFEST_COLUMNS",
     "PRESETS",
     "Acquisition",
+    "CohortGenerationError",
     "PatientPlan",
     "Preset",
     "Subject",

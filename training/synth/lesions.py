@@ -15,6 +15,7 @@ patient sees the same lesion whatever its pose, spacing or noise. Coordinates ar
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field, replace
 
@@ -22,6 +23,9 @@ import numpy as np
 from scipy import ndimage
 
 from dmfn.training.synth.anatomy import CAVITY_LABELS, LESION, Canvas, ChestAnatomy, Grid
+from dmfn.training.synth.placement import MIN_VISIBLE_FRACTION, check_grid, surviving_fraction
+
+log = logging.getLogger(__name__)
 
 Range = tuple[float, float]
 
@@ -34,6 +38,15 @@ MARGIN_MM = 4.0
 CALCIFICATION_HU: Range = (350.0, 900.0)
 FLUID_HU: Range = (0.0, 20.0)
 FAT_HU: Range = (-115.0, -85.0)
+#: Centres tried per lesion size (the first included), see sample_lesion's placement rule.
+PLACEMENT_TRIES = 25
+#: Lesion sizes tried, each capped at SHRINK_FACTOR times the previous diameter.
+SIZE_ROUNDS = 5
+SHRINK_FACTOR = 0.85
+
+
+class PlacementError(RuntimeError):
+    """No placement of a lesion in its compartment keeps enough of it visible."""
 
 
 @dataclass(frozen=True)
@@ -402,14 +415,57 @@ def sample_lesion(
 
     ``max_diameter_mm`` caps the long-axis diameter so that the lesion fits the preset's field
     of view. ``bake=False`` skips evaluating the lesion on its grid (geometry only; such a
-    lesion cannot be painted). The caller applies the lesion's mass effect to the anatomy
-    (:func:`mass_shift_mm`).
+    lesion cannot be painted; the placement is the same). The caller applies the lesion's mass
+    effect to the anatomy (:func:`mass_shift_mm`).
+
+    Placement rule: the centre lies in ``compartment`` and at least
+    :data:`MIN_VISIBLE_FRACTION` of the lesion's volume stays visible in ``anatomy``
+    (:func:`visible_fraction`), so lesions abut or encase the organs painted after them but
+    are not hidden by them. The centre is redrawn up to :data:`PLACEMENT_TRIES` times; if no
+    centre qualifies (a lesion too large for this patient's compartment) the whole lesion is
+    redrawn with its diameter capped at :data:`SHRINK_FACTOR` times the last one, up to
+    :data:`SIZE_ROUNDS` sizes. All redraws continue ``rng`` after the first lesion's draws, so
+    a lesion accepted at its first placement is the lesion drawn without the rule.
+    PlacementError if no size fits.
     """
     spec = appearance_for(label)
     if compartment not in ("anterior", "middle", "posterior"):
         raise ValueError(
             f"argument 'compartment': must be anterior, middle or posterior, got {compartment!r}"
         )
+    cap = float(max_diameter_mm)
+    best = 0.0
+    for _ in range(SIZE_ROUNDS):
+        lesion, semi, side = _draw_lesion(rng, spec, label, compartment, anatomy, cap)
+        placed, fraction = _keep_visible(rng, lesion, anatomy, semi, side)
+        if placed is not None:
+            return _bake(placed) if bake else placed
+        best = max(best, fraction)
+        log.debug(
+            "%s lesion of %.0f mm hidden in the %s compartment (best %.0f%% visible): smaller",
+            label,
+            lesion.diameter_mm,
+            compartment,
+            100.0 * fraction,
+        )
+        cap = SHRINK_FACTOR * lesion.diameter_mm
+    raise PlacementError(
+        f"no {label} lesion in the {compartment} compartment keeps "
+        f"{MIN_VISIBLE_FRACTION:.0%} of its volume visible ({SIZE_ROUNDS} sizes down to "
+        f"{cap / SHRINK_FACTOR:.0f} mm, {PLACEMENT_TRIES} placements each, best "
+        f"{best:.0%}): organs painted after the lesion or the chest wall hide it"
+    )
+
+
+def _draw_lesion(
+    rng: np.random.Generator,
+    spec: AppearanceSpec,
+    label: str,
+    compartment: str,
+    anatomy: ChestAnatomy,
+    max_diameter_mm: float,
+) -> tuple[Lesion, np.ndarray, float]:
+    """One unbaked lesion at its first placement, its envelope semi-axes (mm) and its side."""
     lo, hi = spec.diameter_mm
     hi = min(hi, max_diameter_mm)
     lo = min(lo, hi)
@@ -503,7 +559,37 @@ def sample_lesion(
         texture_px=texture_px,
         field_seed=field_seed,
     )
-    return _bake(lesion) if bake else lesion
+    return lesion, semi, side
+
+
+def _keep_visible(
+    rng: np.random.Generator,
+    lesion: Lesion,
+    anatomy: ChestAnatomy,
+    semi: np.ndarray,
+    side: float,
+) -> tuple[Lesion | None, float]:
+    """``lesion`` re-centred by :func:`_place` until its placement is valid.
+
+    Valid: the centre lies in the lesion's compartment (:meth:`ChestAnatomy.compartment_of`)
+    and :data:`MIN_VISIBLE_FRACTION` of the lesion is visible. ``anatomy`` is the patient's chest
+    before the mass effect; each candidate is checked against the chest shifted by its own mass
+    effect. Tries :data:`PLACEMENT_TRIES` centres (the lesion's own first); returns the accepted
+    lesion (None if none) and the best visible fraction seen.
+    """
+    best = 0.0
+    for attempt in range(PLACEMENT_TRIES):
+        if attempt:
+            center = _place(rng, anatomy, lesion.compartment, semi, side)
+            lesion = replace(lesion, center=center)
+        shifted = replace(anatomy, mass_shift_mm=mass_shift_mm(lesion, anatomy))
+        if shifted.compartment_of(tuple(lesion.center)) != lesion.compartment:
+            continue  # e.g. a subcarinal centre behind the spine line of a shallow chest
+        fraction = visible_fraction(lesion, shifted)
+        if fraction >= MIN_VISIBLE_FRACTION:
+            return lesion, fraction
+        best = max(best, fraction)
+    return None, best
 
 
 def _sample_inclusions(
@@ -619,16 +705,58 @@ def lesion_values(lesion: Lesion, g: Grid) -> tuple[np.ndarray, np.ndarray]:
     return inside.reshape(shape), hu.reshape(shape)
 
 
-def _frame_index(lesion: Lesion, X: np.ndarray, Y: np.ndarray, Z: np.ndarray) -> np.ndarray:
-    """Fractional indices (3, N) into the lesion-frame grid of patient points X, Y, Z (mm)."""
+def _frame_coords(lesion: Lesion, X: np.ndarray, Y: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """Lesion-frame coordinates (3, N) float32 mm of the patient points X, Y, Z (mm)."""
     shape = np.broadcast_shapes(X.shape, Y.shape, Z.shape)
     c, s = math.cos(lesion.angle), math.sin(lesion.angle)
     dx = np.broadcast_to(X - np.float32(lesion.center[0]), shape).ravel()
     dy = np.broadcast_to(Y - np.float32(lesion.center[1]), shape).ravel()
     dz = np.broadcast_to(Z - np.float32(lesion.center[2]), shape).ravel()
+    return np.stack([c * dx + s * dy, -s * dx + c * dy, dz]).astype(np.float32)
+
+
+def _frame_index(lesion: Lesion, X: np.ndarray, Y: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """Fractional indices (3, N) into the lesion-frame grid of patient points X, Y, Z (mm)."""
     half = (lesion.n_field - 1) / 2.0
-    q = np.stack([c * dx + s * dy, -s * dx + c * dy, dz]).astype(np.float32)
+    q = _frame_coords(lesion, X, Y, Z)
     return q / np.float32(lesion.field_mm) + np.float32(half)
+
+
+def _envelope_rho(
+    nodes: tuple[Node, ...], q: np.ndarray, margin: np.ndarray | float = 0.0
+) -> np.ndarray:
+    """Normalised radius (<= 1 inside) of the union of ``nodes`` at lesion-frame points ``q``.
+
+    ``q`` is (3, N) mm; ``margin`` (scalar or (N,)) is the fine margin perturbation added to the
+    lobulated radius (0: the smooth lobulated envelope, the shape before the margin field).
+    """
+    rho = np.full(q.shape[1], np.inf, np.float32)
+    for node in nodes:
+        u = (q - node.offset[:, None].astype(np.float32)) / node.semi[:, None].astype(np.float32)
+        r = np.sqrt((u * u).sum(axis=0))
+        bump = np.zeros_like(r)
+        if node.lobes:
+            d = u / np.maximum(r, 1e-6)
+            for v, amp, width in node.lobes:
+                bump += amp * np.exp((d[0] * v[0] + d[1] * v[1] + d[2] * v[2] - 1.0) / width)
+        rho = np.minimum(rho, r / (1.0 + bump + margin))
+    return rho
+
+
+def visible_fraction(lesion: Lesion, anatomy: ChestAnatomy) -> float:
+    """Fraction (0-1) of the lesion's volume left visible by the chest phantom.
+
+    ``anatomy`` must be the chest as rendered with this lesion, i.e. with its mass effect
+    applied (``replace(anatomy, mass_shift_mm=mass_shift_mm(lesion, patient_anatomy))``, as
+    :func:`cohort.sample_subject` does). The lesion's volume is its lobulated envelope without
+    the fine margin field (so baked and unbaked lesions give the same answer), sampled on the
+    :func:`placement.check_grid` around the lesion; hidden are the parts outside the thoracic
+    cavity and those that the heart, vessels, airways, oesophagus or skeleton paint over.
+    """
+    grid = check_grid(lesion.center, lesion.half_extent)
+    q = _frame_coords(lesion, grid.X, grid.Y, grid.Z)
+    inside = (_envelope_rho(lesion.nodes, q) <= 1.0).reshape(grid.shape)
+    return surviving_fraction(anatomy, grid, inside)
 
 
 def _bake(lesion: Lesion) -> Lesion:
@@ -643,18 +771,8 @@ def _bake(lesion: Lesion) -> Lesion:
     c, s = math.cos(lesion.angle), math.sin(lesion.angle)
     dy = s * q[0] + c * q[1]  # patient-Y offset from the centre (for the fat-fluid level)
 
-    rho = np.full(q.shape[1], np.inf, np.float32)
-    min_semi = np.inf
-    for node in lesion.nodes:
-        u = (q - node.offset[:, None].astype(np.float32)) / node.semi[:, None].astype(np.float32)
-        r = np.sqrt((u * u).sum(axis=0))
-        bump = np.zeros_like(r)
-        if node.lobes:
-            d = u / np.maximum(r, 1e-6)
-            for v, amp, width in node.lobes:
-                bump += amp * np.exp((d[0] * v[0] + d[1] * v[1] + d[2] * v[2] - 1.0) / width)
-        rho = np.minimum(rho, r / (1.0 + bump + lesion.irregularity * margin))
-        min_semi = min(min_semi, float(node.semi.min()))
+    rho = _envelope_rho(lesion.nodes, q, lesion.irregularity * margin)
+    min_semi = min(float(node.semi.min()) for node in lesion.nodes)
 
     hu = lesion.base_hu + lesion.heterogeneity_hu * texture
     if lesion.fat_fluid_level_mm is not None:
