@@ -1,4 +1,5 @@
-"""Losses: cross-entropy (smoothing, class weights), class weights from counts, neutral CE."""
+"""Losses: cross-entropy (smoothing, class weights), class weights from counts, neutral CE,
+auxiliary unimodal losses."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dmfn.training.losses import (
     class_weights_from_counts,
     cross_entropy,
     neutral_cross_entropy,
+    with_auxiliary,
 )
 
 C = 5
@@ -197,3 +199,45 @@ def test_class_weights_absent_class_gets_zero(caplog) -> None:
 def test_class_weights_reject(counts, kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         class_weights_from_counts(counts, **kwargs)
+
+
+# --- auxiliary unimodal losses ------------------------------------------------------------------
+
+
+def test_with_auxiliary_matches_definition(batch) -> None:
+    fused, aux1, y = batch
+    aux2 = aux1.flip(0)
+    got = with_auxiliary(cross_entropy, fused, (aux1, aux2), y, 0.4)
+    expected = cross_entropy(fused, y) + 0.4 * (cross_entropy(aux1, y) + cross_entropy(aux2, y))
+    torch.testing.assert_close(got, expected)
+    # weight 0: exactly the fused loss, with or without auxiliary logits
+    assert torch.equal(
+        with_auxiliary(cross_entropy, fused, (aux1,), y, 0.0), cross_entropy(fused, y)
+    )
+    assert torch.equal(with_auxiliary(cross_entropy, fused, (), y, 0.0), cross_entropy(fused, y))
+
+
+def test_with_auxiliary_trains_each_head_on_its_own_logits(batch) -> None:
+    fused, aux, y = (t.clone().requires_grad_(t.is_floating_point()) for t in batch)
+    with_auxiliary(cross_entropy, fused, (aux,), y, 0.5).backward()
+    ref = aux.detach().clone().requires_grad_(True)
+    (0.5 * cross_entropy(ref, y)).backward()
+    torch.testing.assert_close(aux.grad, ref.grad)
+    assert float(fused.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize(
+    ("aux", "weight", "match"),
+    [
+        ("same", -0.1, "'weight'.*>= 0"),
+        ("same", math.nan, "'weight'.*finite"),
+        ("same", math.inf, "'weight'.*finite"),
+        ("none", 0.5, "'aux_logits'.*at least one"),
+        ("short", 0.5, r"'aux_logits': entry 0 .*\(7, 5\)"),
+    ],
+)
+def test_with_auxiliary_rejects(batch, aux, weight, match) -> None:
+    fused, other, y = batch
+    aux_logits = {"same": (other,), "none": (), "short": (other[:3],)}[aux]
+    with pytest.raises(ValueError, match=match):
+        with_auxiliary(cross_entropy, fused, aux_logits, y, weight)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dmfn.training.models import (
+    FUSION_KINDS,
     MODEL_KINDS,
     create_backbone,
     create_model,
@@ -294,6 +295,143 @@ def test_create_model_rejects(kwargs: dict[str, object], match: str) -> None:
         create_model(**args)
 
 
+# --- dmfn fusion options ---------------------------------------------------------------------------
+
+#: Every fusion of the registry, with and without auxiliary unimodal heads.
+FUSIONS = [(fusion, aux) for fusion in FUSION_KINDS for aux in (False, True)]
+
+
+def _warm_batch_norm(model: nn.Module) -> None:
+    """Non-trivial BatchNorm running statistics (train-mode forwards) before ``eval()``."""
+    with torch.no_grad():
+        for seed in range(3):
+            model(*_inputs(4, 64, seed=10 + seed))
+
+
+@pytest.mark.parametrize(("fusion", "aux_heads"), FUSIONS)
+def test_dmfn_fusion_forward_backward_and_config(fusion: str, aux_heads: bool) -> None:
+    torch.manual_seed(0)
+    model = _model("dmfn", fusion=fusion, aux_heads=aux_heads)
+    views, tabular = _inputs(3, 64)
+    logits, aux = model.forward_with_aux(views, tabular)
+    assert logits.shape == (3, N_CLASSES) and logits.dtype == torch.float32
+    has_aux = fusion != "concat" or aux_heads
+    assert model.has_aux is has_aux and len(aux) == (2 if has_aux else 0)
+    assert all(a.shape == (3, N_CLASSES) for a in aux)
+    (logits.square().mean() + sum(a.square().mean() for a in aux)).backward()
+    for name, param in model.named_parameters():  # every head and branch is trained
+        assert param.grad is not None and bool(torch.isfinite(param.grad).all()), name
+    for child in ("ct", "tabular", "head", "ct_head", "tab_head"):
+        module = getattr(model, child)
+        assert (module is not None) is (
+            child in ("ct", "tabular")
+            or (child == "head" and fusion != "sum")
+            or (child != "head" and has_aux)
+        ), child
+        if module is not None:
+            assert any(float(p.grad.abs().sum()) > 0 for p in module.parameters()), child
+    assert (model.fusion_bias is None) is (fusion == "concat")
+    if model.fusion_bias is not None:
+        assert float(model.fusion_bias.grad.abs().sum()) > 0
+    model.eval()
+    with torch.no_grad():
+        expected = model(views, tabular)
+        torch.testing.assert_close(model.forward_with_aux(views, tabular)[0], expected)
+    config = json.loads(json.dumps(model.config))
+    assert (config["fusion"], config["aux_heads"]) == (fusion, aux_heads)
+    rebuilt = create_model(**config).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(views, tabular), expected)
+
+
+@pytest.mark.parametrize("fusion", ["sum", "hybrid"])
+def test_sum_fusion_is_a_product_of_experts(fusion: str) -> None:
+    torch.manual_seed(0)
+    model = _model("dmfn", fusion=fusion)
+    _warm_batch_norm(model)
+    model.eval()
+    views, tabular = _inputs(3, 64)
+    with torch.no_grad():
+        model.fusion_bias.copy_(torch.randn(N_CLASSES))
+        ct_emb, tab_emb = model.ct(views), model.tabular(tabular)
+        ct_logits, tab_logits = model.ct_head(ct_emb), model.tab_head(tab_emb)
+        expected = ct_logits + tab_logits + model.fusion_bias
+        if fusion == "hybrid":
+            expected = expected + model.head(torch.cat((ct_emb, tab_emb), dim=1))
+        got = model(views, tabular)
+    torch.testing.assert_close(got, expected)
+    if fusion == "sum":  # softmax(a + b + c): the normalised product softmax(a) softmax(b) e^c
+        product = torch.softmax(ct_logits, 1) * torch.softmax(tab_logits, 1)
+        product = product * model.fusion_bias.detach().exp()
+        torch.testing.assert_close(torch.softmax(got, 1), product / product.sum(1, keepdim=True))
+
+
+def test_aux_heads_never_change_inference() -> None:
+    torch.manual_seed(0)
+    plain = _model("dmfn").eval()
+    torch.manual_seed(0)
+    with_aux = _model("dmfn", aux_heads=True).eval()
+    extra = set(with_aux.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith(("ct_head.", "tab_head.")) for k in extra)
+    assert set(plain.state_dict()) < set(with_aux.state_dict())
+    plain.load_state_dict({k: v for k, v in with_aux.state_dict().items() if k not in extra})
+    views, tabular = _inputs(3, 64)
+    with torch.no_grad():
+        expected = plain(views, tabular)
+        torch.testing.assert_close(with_aux(views, tabular), expected)
+        for name in ("ct_head", "tab_head"):  # NaN weights in the unused heads: no effect
+            for param in getattr(with_aux, name).parameters():
+                param.fill_(float("nan"))
+        torch.testing.assert_close(with_aux(views, tabular), expected)
+
+
+def test_dmfn_config_without_fusion_keys_rebuilds_the_original_architecture() -> None:
+    """A checkpoint written before the fusion options existed (its model_config lacks them)."""
+    torch.manual_seed(0)
+    model = _model("dmfn").eval()
+    assert (model.config["fusion"], model.config["aux_heads"]) == ("concat", False)
+    assert {k.split(".")[0] for k in model.state_dict()} == {"ct", "tabular", "head"}
+    legacy = {k: v for k, v in model.config.items() if k not in ("fusion", "aux_heads")}
+    rebuilt = create_model(**legacy).eval()
+    rebuilt.load_state_dict(model.state_dict())  # strict: the very same keys and shapes
+    views, tabular = _inputs(2, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(views, tabular), model(views, tabular))
+    assert "fusion" not in _model("cnn").config and "aux_heads" not in _model("tabular").config
+
+
+def test_class_prior_initialises_the_fusion_bias_only() -> None:
+    prior = np.linspace(1.0, 20.0, N_CLASSES)
+    prior /= prior.sum()
+    model = _model("dmfn", fusion="sum", class_prior=prior)
+    expected = -np.log(prior) + np.log(prior).mean()
+    np.testing.assert_allclose(model.fusion_bias.detach().numpy(), expected, rtol=1e-5)
+    assert "class_prior" not in model.config  # an initialisation: the state dict holds the bias
+    rebuilt = create_model(**model.config)
+    assert float(rebuilt.fusion_bias.detach().abs().max()) == 0.0
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt.fusion_bias, model.fusion_bias)
+
+
+@pytest.mark.parametrize(
+    ("kind", "kwargs", "match"),
+    [
+        ("dmfn", {"class_prior": [1.0] * N_CLASSES}, "'class_prior': only for .*fusion 'concat'"),
+        ("cnn", {"class_prior": [1.0] * N_CLASSES}, "'class_prior': only for kind 'dmfn'"),
+        ("dmfn", {"fusion": "sum", "class_prior": [1.0] * 3}, "'class_prior': must be 20 finite"),
+        ("dmfn", {"fusion": "sum", "class_prior": [0.0] * N_CLASSES}, "'class_prior'.*> 0"),
+        ("dmfn", {"fusion": "product"}, r"'fusion': must be one of \('concat', 'sum', 'hybrid'\)"),
+        ("dmfn", {"aux_heads": 1}, "'aux_heads': must be a bool"),
+        ("cnn", {"fusion": "sum"}, "only for kind 'dmfn'.*'cnn'"),
+        ("tabular", {"aux_heads": True}, "only for kind 'dmfn'.*'tabular'"),
+    ],
+)
+def test_fusion_options_rejected(kind: str, kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _model(kind, **kwargs)
+
+
 def test_cnn_needs_no_standardisation() -> None:
     model = create_model("cnn", backbone=TINY, n_classes=3, n_tabular=2)
     assert model(torch.rand(1, 3, 64, 64), torch.zeros(1, 2)).shape == (1, 3)
@@ -347,22 +485,25 @@ def _export_onnx(model: nn.Module, size: int) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("kind", "backbone"),
+    ("kind", "backbone", "options"),
     [
-        ("dmfn", "regnety_tiny"),
-        ("cnn", "regnetx_tiny"),
-        ("tabular", None),
-        ("dmfn", "selfreg_tiny_gru"),
-        ("cnn", "selfreg_tiny_lstm"),
+        ("dmfn", "regnety_tiny", {}),
+        ("cnn", "regnetx_tiny", {}),
+        ("tabular", None, {}),
+        ("dmfn", "selfreg_tiny_gru", {}),
+        ("cnn", "selfreg_tiny_lstm", {}),
+        *(
+            ("dmfn", "regnetx_tiny", {"fusion": fusion, "aux_heads": aux})
+            for fusion, aux in FUSIONS
+            if fusion != "concat" or aux
+        ),
     ],
 )
-def test_onnx_round_trip(kind: str, backbone: str | None) -> None:
+def test_onnx_round_trip(kind: str, backbone: str | None, options: dict[str, object]) -> None:
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    model = _model(kind, backbone=backbone)
-    with torch.no_grad():  # make BatchNorm statistics non-trivial before freezing
-        for seed in range(3):
-            model(*_inputs(4, 64, seed=10 + seed))
+    model = _model(kind, backbone=backbone, **options)
+    _warm_batch_norm(model)  # non-trivial BatchNorm statistics before freezing
     model.eval()
     size = 64
     session = ort.InferenceSession(_export_onnx(model, size), providers=["CPUExecutionProvider"])
@@ -374,3 +515,20 @@ def test_onnx_round_trip(kind: str, backbone: str | None) -> None:
         (got,) = session.run(None, {"views": views.numpy(), "tabular": tabular.numpy()})
         assert got.shape == (batch, N_CLASSES)
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def _onnx_weight_count(model: nn.Module) -> int:
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load_from_string(_export_onnx(model, 64)).graph
+    return sum(int(np.prod(t.dims)) for t in graph.initializer)
+
+
+def test_onnx_graph_leaves_out_the_aux_heads() -> None:
+    """The unimodal heads of a concat model are training-only: not one of their weights is
+    exported (the graph equals the plain concat model's)."""
+    torch.manual_seed(0)
+    plain = _model("dmfn", backbone="regnetx_tiny").eval()
+    torch.manual_seed(0)
+    with_aux = _model("dmfn", backbone="regnetx_tiny", aux_heads=True).eval()
+    assert _n_params(with_aux) > _n_params(plain)
+    assert _onnx_weight_count(with_aux) == _onnx_weight_count(plain)

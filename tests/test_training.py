@@ -245,6 +245,61 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(trained):
         train.run(train.parse_args(changed))
 
 
+# --------------------------------------------------------------------------- fusion options
+def test_fusion_options_reach_only_the_dmfn_model(tmp_path):
+    base = ["--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path)]
+    labels = torch.tensor([0, 0, 0, 2])  # class 1 absent from training: add-one smoothing
+    fused = train.parse_args([*base, "--fusion", "hybrid", "--aux-weight", "0.25"])
+    options = train._model_options(fused, labels, 3)
+    assert options.pop("class_prior") == pytest.approx([4 / 7, 1 / 7, 2 / 7])
+    assert options == {"fusion": "hybrid", "aux_heads": True}
+    plain = train.parse_args([*base, "--fusion", "concat", "--aux-weight", "0"])
+    assert train._model_options(plain, labels, 3) == {"fusion": "concat", "aux_heads": False}
+    for model in ("cnn", "tabular"):  # the baselines ignore the options (also in the fingerprint)
+        args = train.parse_args([*base, "--model", model, "--fusion", "sum", "--aux-weight", "1"])
+        assert train._model_options(args, labels, 3) == {}
+        assert not {"fusion", "aux_weight"} & set(train._fingerprint(args))
+    assert {"fusion", "aux_weight"} <= set(train._fingerprint(fused))
+
+
+@pytest.mark.slow
+def test_sum_fusion_with_aux_losses_trains_and_rebuilds(cohort, tmp_path):
+    argv = ["--manifest", str(cohort), "--out", str(tmp_path), "--epochs", "2", "--lr", "3e-3"]
+    argv += ["--no-augment", "--patience", "0", "--fusion", "sum", "--aux-weight", "0.5", *FAST]
+    summary = train.run(train.parse_args(argv))
+    assert (summary["fusion"], summary["aux_weight"]) == ("sum", 0.5)
+    assert "fusion sum, aux weight 0.5" in train.format_table(summary)
+    log = _log(tmp_path / "seed_0" / "log.csv")
+    assert all(np.isfinite(float(r["train_loss"])) for r in log)
+    ckpt = load_checkpoint(tmp_path / "seed_0" / "best.pt")
+    assert (ckpt.model_config["fusion"], ckpt.model_config["aux_heads"]) == ("sum", True)
+    model = ckpt.build_model()
+    with torch.no_grad():
+        logits = model(torch.rand(3, 3, 32, 32), torch.rand(3, 6) * 20)
+    assert logits.shape == (3, len(load_taxonomy())) and bool(torch.isfinite(logits).all())
+
+
+@pytest.mark.slow
+def test_resume_accepts_a_last_pt_from_before_the_fusion_options(trained, tmp_path):
+    """A last.pt whose fingerprint lacks fusion/aux_weight continues as concat without aux."""
+    out, info = trained
+    ckpt = load_checkpoint(out / "after_epoch_1.pt")
+    for key in ("fusion", "aux_weight"):
+        del ckpt.training["resume"]["fingerprint"][key]
+    legacy = ckpt.save(tmp_path / "last.pt")
+
+    def restore(*extra: str) -> train.RunState:
+        model = ckpt.build_model()
+        optimiser = torch.optim.AdamW(model.parameters())
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=10)
+        args = train.parse_args([*info["argv"], *extra])
+        return train._restore(legacy, args, model, optimiser, scheduler)
+
+    assert restore("--fusion", "concat", "--aux-weight", "0").epoch == 1
+    with pytest.raises(ValueError, match=r"different \['aux_weight', 'fusion'\]"):
+        restore("--fusion", "sum", "--aux-weight", "0.5")
+
+
 # --------------------------------------------------------------------------- bad inputs
 def test_unknown_backbone_model_and_options(tmp_path):
     base = ["--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path)]
@@ -256,6 +311,9 @@ def test_unknown_backbone_model_and_options(tmp_path):
         (["--label-smoothing", "1"], "argument '--label-smoothing'"),
         (["--params", '{"view_size": 2}'], "argument 'view_size'"),
         (["--params", "{nope"], "argument '--params'"),
+        (["--fusion", "product"], "argument '--fusion': must be one of"),
+        (["--aux-weight", "-1"], "argument '--aux-weight': must be finite and >= 0"),
+        (["--aux-weight", "nan"], "argument '--aux-weight'"),
     ]
     for extra, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -301,7 +359,8 @@ def test_help_explains_every_option(capsys):
 
 # --------------------------------------------------------------------------- DDP
 @pytest.mark.slow
-def test_torchrun_two_processes_gloo(cohort, tmp_path):
+@pytest.mark.parametrize("options", [[], ["--fusion", "sum", "--aux-weight", "0.5"]])
+def test_torchrun_two_processes_gloo(cohort, tmp_path, options):
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,
@@ -319,6 +378,7 @@ def test_torchrun_two_processes_gloo(cohort, tmp_path):
         "--epochs",
         "2",
         *FAST,
+        *options,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
@@ -328,5 +388,6 @@ def test_torchrun_two_processes_gloo(cohort, tmp_path):
     assert [int(r["epoch"]) for r in log] == [1, 2]
     ckpt = load_checkpoint(out / "seed_0" / "best.pt")
     assert ckpt.training["args"]["model"] == "dmfn"
+    assert ckpt.model_config["fusion"] == ("sum" if options else "concat")
     assert "DDP" not in json.dumps(ckpt.model_config)
     assert not any(k.startswith("module.") for k in ckpt.state_dict)

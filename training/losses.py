@@ -13,7 +13,8 @@ Conventions shared by every loss here (logits ``[B, C]`` float, target ``[B]`` i
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -205,3 +206,39 @@ def class_weights_from_counts(
         raise ValueError(f"argument 'scheme': must be one of {WEIGHT_SCHEMES}, got {scheme!r}")
     w = np.where(present, w, 0.0)
     return torch.as_tensor(w * (n.size / w.sum()), dtype=torch.float32)
+
+
+def with_auxiliary(
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    logits: torch.Tensor,
+    aux_logits: Sequence[torch.Tensor],
+    target: torch.Tensor,
+    weight: float,
+) -> torch.Tensor:
+    """``loss_fn(logits, target) + weight * sum_k loss_fn(aux_logits[k], target)`` (scalar).
+
+    Auxiliary unimodal heads (e.g. the CT-only and tabular-only logits of a fusion model, see
+    :meth:`dmfn.training.models.fusion.DMFN.forward_with_aux`), each trained on the same target
+    with the same loss as the fused logits: a standard remedy for modality imbalance, where the
+    stronger modality dominates joint training and the weaker branch learns little. ``weight`` is
+    per auxiliary head; ``weight = 0`` gives exactly ``loss_fn(logits, target)``.
+
+    Raises:
+        ValueError: ``weight`` not finite and >= 0, ``weight > 0`` without auxiliary logits, or an
+            auxiliary logits tensor of another shape than ``logits``.
+    """
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"argument 'weight': must be finite and >= 0, got {weight!r}")
+    if weight > 0 and len(aux_logits) == 0:
+        raise ValueError("argument 'aux_logits': weight > 0 needs at least one auxiliary head")
+    for k, aux in enumerate(aux_logits):
+        if aux.shape != logits.shape:
+            raise ValueError(
+                f"argument 'aux_logits': entry {k} must have the shape of 'logits' "
+                f"{tuple(logits.shape)}, got {tuple(aux.shape)}"
+            )
+    loss = loss_fn(logits, target)
+    if weight == 0:
+        return loss
+    aux_total = sum(loss_fn(aux, target) for aux in aux_logits)
+    return loss + weight * aux_total

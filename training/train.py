@@ -47,7 +47,14 @@ from .augment import AugmentParams, augment_views
 from .checkpoint import Checkpoint, current_versions, load_checkpoint
 from .dataset import CohortTensors, build_cache, load_split, patient_mean
 from .manifest import Manifest, read_manifest
-from .models import MODEL_KINDS, create_model, fit_standardisation, list_backbones
+from .models import (
+    DEFAULT_FUSION,
+    FUSION_KINDS,
+    MODEL_KINDS,
+    create_model,
+    fit_standardisation,
+    list_backbones,
+)
 
 log = logging.getLogger("dmfn.train")
 
@@ -88,6 +95,12 @@ RESUME_KEYS: tuple[str, ...] = (
     "augment",
     "ctc_features",
 )
+#: Resume keys of the dmfn model only, with the value every run before these options had (a
+#: last.pt written then lacks them and continues as that value).
+DMFN_RESUME_DEFAULTS: dict[str, Any] = {"fusion": DEFAULT_FUSION, "aux_weight": 0.0}
+#: ``dmfn train`` defaults of the fusion options (create_model's own default stays "concat").
+CLI_FUSION = DEFAULT_FUSION
+CLI_AUX_WEIGHT = 0.0
 
 
 # --------------------------------------------------------------------------- command line
@@ -158,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone",
         default=DEFAULT_BACKBONE,
         help="CT backbone (see dmfn.training.models.list_backbones(); ignored by --model tabular)",
+    )
+    m.add_argument(
+        "--fusion",
+        default=CLI_FUSION,
+        help=f"dmfn only, one of {', '.join(FUSION_KINDS)}: concat = embeddings concatenated -> "
+        "MLP (the paper's); sum = late fusion, CT-head logits + tabular-head logits + a bias "
+        "that starts at -log(training class frequency) (a learned product of experts that "
+        "counts the prior once); hybrid = both summed",
+    )
+    m.add_argument(
+        "--aux-weight",
+        type=float,
+        default=CLI_AUX_WEIGHT,
+        help="dmfn only: weight W >= 0 of the auxiliary unimodal losses; the loss becomes "
+        "L(fused) + W * (L(CT head) + L(tabular head)), each branch also trained on its own "
+        "logits (against modality imbalance); 0 = off. Unimodal heads are unused at inference",
     )
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=30, help="maximum number of epochs")
@@ -230,6 +259,13 @@ def _validate_args(args: argparse.Namespace) -> None:
             f"unknown backbone; known: {', '.join(known)}",
             args.backbone,
         )
+    _check(args.fusion in FUSION_KINDS, "--fusion", f"must be one of {FUSION_KINDS}", args.fusion)
+    _check(
+        math.isfinite(args.aux_weight) and args.aux_weight >= 0,
+        "--aux-weight",
+        "must be finite and >= 0",
+        args.aux_weight,
+    )
     _check(args.loss in LOSS_KINDS, "--loss", f"must be one of {LOSS_KINDS}", args.loss)
     _check(args.epochs >= 1, "--epochs", "must be >= 1", args.epochs)
     _check(args.batch_size >= 2, "--batch-size", "must be >= 2 (batch norm)", args.batch_size)
@@ -492,7 +528,37 @@ def _make_loss(args: argparse.Namespace, train: CohortTensors, n_classes: int):
 
 def _fingerprint(args: argparse.Namespace) -> dict[str, Any]:
     record = _args_record(args)
-    return {k: record[k] for k in RESUME_KEYS} | {"params": args.params.digest()}
+    keys = (*RESUME_KEYS, *(DMFN_RESUME_DEFAULTS if args.model == "dmfn" else ()))
+    return {k: record[k] for k in keys} | {"params": args.params.digest()}
+
+
+def _model_options(
+    args: argparse.Namespace, labels: torch.Tensor, n_classes: int
+) -> dict[str, Any]:
+    """create_model keywords of the fusion options: dmfn only (the baselines ignore them). A
+    sum/hybrid fusion starts its bias at -log of the training-image class frequencies (add-one
+    smoothed, so that a class absent from training has a finite prior)."""
+    if args.model != "dmfn":
+        return {}
+    options: dict[str, Any] = {"fusion": args.fusion, "aux_heads": args.aux_weight > 0}
+    if args.fusion != "concat":
+        counts = torch.bincount(labels, minlength=n_classes).double() + 1.0
+        options["class_prior"] = (counts / counts.sum()).tolist()
+    return options
+
+
+class _WithAuxiliary(nn.Module):
+    """Training-time view of a dmfn model whose ``forward`` returns the flat tuple (fused logits,
+    *unimodal logits) of ``forward_with_aux``; DDP wraps this module, so that it sees the
+    auxiliary heads' computation."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, views: torch.Tensor, tabular: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        fused, unimodal = self.model.forward_with_aux(views, tabular)
+        return (fused, *unimodal)
 
 
 def _checkpoint(
@@ -552,6 +618,7 @@ def train_seed(
         n_tabular=data.train.tabular.shape[1],
         tabular_mean=mean,
         tabular_std=std,
+        **_model_options(args, data.train.labels, n_classes),
     ).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(_batches(len(data.train), args.batch_size, 0, dist))
@@ -565,9 +632,10 @@ def train_seed(
         log.info("seed %d: resuming after epoch %d from %s", seed, state.epoch, last_path)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    train_model: nn.Module = model
+    aux_weight = args.aux_weight if args.model == "dmfn" else 0.0
+    train_model: nn.Module = _WithAuxiliary(model) if aux_weight > 0 else model
     if dist.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model)
+        train_model = nn.parallel.DistributedDataParallel(train_model)
     loss_fn = _make_loss(args, data.train, n_classes)
     augment = AugmentParams()
 
@@ -600,8 +668,11 @@ def train_seed(
             views = views.repeat(copies, 1, 1, 1)
             if args.augment and args.model != "tabular":  # the tabular model ignores views
                 views = augment_views(views, aug_gen, augment)
-            logits = train_model(views.to(device), tab.repeat(copies, 1).to(device))
-            loss = loss_fn(logits, target)
+            output = train_model(views.to(device), tab.repeat(copies, 1).to(device))
+            if aux_weight > 0:
+                loss = losses.with_auxiliary(loss_fn, output[0], output[1:], target, aux_weight)
+            else:
+                loss = loss_fn(output, target)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -690,7 +761,8 @@ def _restore(
     if not isinstance(saved, dict):
         raise ValueError(f"argument '--resume': {path} holds no resume state")
     now = _fingerprint(args)
-    changed = sorted(k for k in now if saved["fingerprint"].get(k) != now[k])
+    before = DMFN_RESUME_DEFAULTS | saved["fingerprint"]
+    changed = sorted(k for k in now if before.get(k) != now[k])
     if changed:
         raise ValueError(
             f"argument '--resume': {path} was trained with different {changed}; use the same "
@@ -741,6 +813,7 @@ def summarise(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
     return {
         "model": args.model,
         "backbone": None if args.model == "tabular" else args.backbone,
+        **({"fusion": args.fusion, "aux_weight": args.aux_weight} if args.model == "dmfn" else {}),
         "seeds": [r["seed"] for r in runs],
         "monitor": f"val_{MONITOR}",
         "level": "patient",
@@ -757,7 +830,12 @@ def format_table(summary: dict[str, Any]) -> str:
     """The summary as a text table: one row per metric, mean ± SD and the per-seed values."""
     seeds = summary["seeds"]
     head = f"{'metric':<22}{'mean ± SD':>18}  " + "  ".join(f"{'seed ' + str(s):>8}" for s in seeds)
-    lines = [f"{summary['model']} (backbone {summary['backbone']}), patient level", head]
+    fusion = (
+        f", fusion {summary['fusion']}, aux weight {summary['aux_weight']:g}"
+        if "fusion" in summary
+        else ""
+    )
+    lines = [f"{summary['model']} (backbone {summary['backbone']}{fusion}), patient level", head]
     for key, mean in summary["mean"].items():
         split, metric = key.split("_", 1)
         values = [r.get(split, {}).get(metric, float("nan")) for r in summary["runs"]]

@@ -6,7 +6,7 @@ ResNets).
 
 from . import regnet as regnet
 from . import selfreg as selfreg
-from .fusion import DEFAULT_BACKBONE, MODEL_KINDS, create_model
+from .fusion import DEFAULT_BACKBONE, DEFAULT_FUSION, FUSION_KINDS, MODEL_KINDS, create_model
 from .registry import (
     BackboneInfo,
     create_backbone,
@@ -19,6 +19,8 @@ from .tabular import TabularEncoder, fit_standardisation
 
 __all__ = [
     "DEFAULT_BACKBONE",
+    "DEFAULT_FUSION",
+    "FUSION_KINDS",
     "MODEL_KINDS",
     "BackboneInfo",
     "TabularEncoder",

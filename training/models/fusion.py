@@ -2,8 +2,22 @@
 
 ``forward(views [B, 3, S, S] float32, tabular [B, T] float32) -> logits [B, C] float32``
 
-- ``dmfn``: CT backbone -> projection to ``embed_dim``; tabular branch -> ``embed_dim``;
-  concatenate -> MLP -> logits over the taxonomy (the deep multimodal fusion network);
+- ``dmfn``: CT backbone -> projection to ``embed_dim``; tabular branch -> ``embed_dim``; then
+  one of the :data:`FUSION_KINDS` (the deep multimodal fusion network):
+
+  - ``"concat"`` (the default, the paper's): concatenate the embeddings -> MLP -> logits;
+  - ``"sum"`` (late fusion): ``logits = ct_head(ct_emb) + tab_head(tab_emb) + fusion_bias``,
+    each head an MLP giving class logits from one modality. Softmax of a sum of logits is a
+    normalised product of the two branches' distributions: a learned product of experts. The
+    bias ``[C]`` is trained by the fused loss only. When auxiliary losses make each head a
+    posterior that includes the class prior, the product must count the prior once, not twice
+    (``p(y | a, b) ~ p(y | a) p(y | b) / p(y)``): pass ``class_prior`` to start the bias at
+    ``-log p(y)`` (it is too far from 0 for the optimiser to get there within a training run);
+  - ``"hybrid"``: the sum of both, ``ct_head + tab_head + fusion_bias + head(concat)``.
+
+  With ``aux_heads=True`` a concat model also gets the two unimodal heads, used only by
+  :meth:`DMFN.forward_with_aux` to train each branch on its own loss (a remedy for modality
+  imbalance, where the image branch dominates joint training); ``forward`` never runs them.
 - ``cnn``: the same CT branch and head, no tabular input (monomodal baseline);
 - ``tabular``: the tabular branch and head only (CTC + clinical baseline).
 
@@ -29,6 +43,10 @@ DEFAULT_BACKBONE = "regnety_400mf"
 DEFAULT_EMBED_DIM = 128
 DEFAULT_DROPOUT = 0.2
 VIEW_CHANNELS = 3
+#: How the dmfn model combines the CT and tabular embeddings (see the module docstring).
+FUSION_KINDS = ("concat", "sum", "hybrid")
+#: create_model's default: the architecture of every checkpoint written before ``fusion`` existed.
+DEFAULT_FUSION = "concat"
 
 
 def _head(in_features: int, hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
@@ -96,20 +114,78 @@ class _TwoInputModel(nn.Module):
 
 
 class DMFN(_TwoInputModel):
-    """Deep multimodal fusion: concat(CT embedding, tabular embedding) -> MLP -> logits."""
+    """Deep multimodal fusion of the CT and tabular embeddings (``fusion``: see the module doc).
+
+    Submodules: ``ct``, ``tabular`` (the branches); ``head`` (MLP on the concatenation; "concat"
+    and "hybrid"); ``ct_head``, ``tab_head`` (unimodal logits; "sum", "hybrid", or any fusion with
+    ``aux_heads``); parameter ``fusion_bias`` ``[C]`` ("sum" and "hybrid"). A concat model
+    without aux heads has exactly the modules (and state-dict keys) of the original DMFN.
+    """
 
     def __init__(
-        self, ct: CTEncoder, tab: TabularEncoder, n_classes: int, hidden: int, dropout: float
+        self,
+        ct: CTEncoder,
+        tab: TabularEncoder,
+        n_classes: int,
+        hidden: int,
+        dropout: float,
+        fusion: str = DEFAULT_FUSION,
+        aux_heads: bool = False,
+        class_prior: torch.Tensor | None = None,
     ) -> None:
         super().__init__(tab.standardise.mean.numel())
         self.ct = ct
         self.tabular = tab
-        self.head = _head(ct.num_features + tab.num_features, hidden, n_classes, dropout)
+        self.fusion = fusion
+        self.head = (
+            _head(ct.num_features + tab.num_features, hidden, n_classes, dropout)
+            if fusion in ("concat", "hybrid")
+            else None
+        )
+        unimodal = fusion != "concat" or aux_heads
+        self.ct_head = _head(ct.num_features, hidden, n_classes, dropout) if unimodal else None
+        self.tab_head = _head(tab.num_features, hidden, n_classes, dropout) if unimodal else None
+        bias = torch.zeros(n_classes)
+        if class_prior is not None:  # divide the product of two posteriors by the prior once
+            bias = -class_prior.log()
+            bias = bias - bias.mean()
+        self.fusion_bias = nn.Parameter(bias) if fusion != "concat" else None
+
+    @property
+    def has_aux(self) -> bool:
+        """True when :meth:`forward_with_aux` returns unimodal logits."""
+        return self.ct_head is not None
+
+    def _combine(
+        self, ct_emb: torch.Tensor, tab_emb: torch.Tensor, unimodal: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        """Fused logits from the embeddings and (for "sum"/"hybrid") the unimodal logits."""
+        logits = unimodal[0] + unimodal[1] + self.fusion_bias if self.fusion != "concat" else None
+        if self.head is not None:
+            joint = self.head(torch.cat((ct_emb, tab_emb), dim=1))
+            logits = joint if logits is None else logits + joint
+        return logits  # type: ignore[return-value]  # one of the two branches always runs
+
+    def _unimodal(self, ct_emb: torch.Tensor, tab_emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (self.ct_head(ct_emb), self.tab_head(tab_emb))  # type: ignore[misc]
 
     def forward(self, views: torch.Tensor, tabular: torch.Tensor) -> torch.Tensor:
         """views ``[B, 3, S, S]``, tabular ``[B, T]`` -> logits ``[B, C]``."""
         self.check_inputs(views, tabular)
-        return self.head(torch.cat((self.ct(views), self.tabular(tabular)), dim=1))
+        ct_emb, tab_emb = self.ct(views), self.tabular(tabular)
+        unimodal = self._unimodal(ct_emb, tab_emb) if self.fusion != "concat" else ()
+        return self._combine(ct_emb, tab_emb, unimodal)
+
+    def forward_with_aux(
+        self, views: torch.Tensor, tabular: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Fused logits ``[B, C]`` and the unimodal logits ``(ct [B, C], tabular [B, C])`` for
+        auxiliary losses (an empty tuple when the model has no unimodal heads). The fused logits
+        equal :meth:`forward`'s for the same inputs and random state."""
+        self.check_inputs(views, tabular)
+        ct_emb, tab_emb = self.ct(views), self.tabular(tabular)
+        unimodal = self._unimodal(ct_emb, tab_emb) if self.has_aux else ()
+        return self._combine(ct_emb, tab_emb, unimodal), unimodal
 
 
 class CNNBaseline(_TwoInputModel):
@@ -158,6 +234,9 @@ def create_model(
     tabular_std: Sequence[float] | np.ndarray | torch.Tensor | None = None,
     embed_dim: int = DEFAULT_EMBED_DIM,
     dropout: float = DEFAULT_DROPOUT,
+    fusion: str = DEFAULT_FUSION,
+    aux_heads: bool = False,
+    class_prior: Sequence[float] | np.ndarray | torch.Tensor | None = None,
     **overrides: object,
 ) -> nn.Module:
     """Build a model of ``kind`` in {"dmfn", "cnn", "tabular"}.
@@ -172,6 +251,13 @@ def create_model(
             and "tabular", unused by "cnn".
         embed_dim: width of each branch embedding and of the head's hidden layer.
         dropout: dropout probability in [0, 1) of the tabular branch and the head.
+        fusion: "dmfn" only: one of :data:`FUSION_KINDS` ("concat": the original architecture).
+        aux_heads: "dmfn" only: add unimodal heads to a "concat" model for auxiliary losses
+            (:meth:`DMFN.forward_with_aux`); "sum" and "hybrid" always have them.
+        class_prior: "dmfn" with fusion "sum"/"hybrid" only, optional: training-split class
+            frequencies ``[n_classes]`` (> 0) that initialise ``fusion_bias`` to ``-log prior``
+            (centred). An initialisation only, like the seed: not stored in ``config`` (the
+            trained bias is in the state dict).
         **overrides: backbone config fields (e.g. ``regulator="lstm"``), stored in ``config``.
 
     Returns:
@@ -180,7 +266,9 @@ def create_model(
 
     Raises:
         ValueError: unknown kind or backbone (message lists the known ones), bad sizes, missing or
-            wrong-length standardisation constants, non-positive std.
+            wrong-length standardisation constants, non-positive std, unknown fusion, fusion
+            or aux heads for a kind other than "dmfn", class_prior without a sum/hybrid fusion
+            or not a vector of n_classes finite values > 0.
     """
     if kind not in MODEL_KINDS:
         raise ValueError(
@@ -195,6 +283,28 @@ def create_model(
             raise ValueError(f"argument '{name}': must be an integer >= {low}, got {value!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"argument 'dropout': must be in [0, 1), got {dropout!r}")
+    if fusion not in FUSION_KINDS:
+        raise ValueError(f"argument 'fusion': must be one of {FUSION_KINDS}, got {fusion!r}")
+    if not isinstance(aux_heads, bool):
+        raise ValueError(f"argument 'aux_heads': must be a bool, got {aux_heads!r}")
+    if kind != "dmfn" and (fusion != DEFAULT_FUSION or aux_heads):
+        raise ValueError(
+            f"arguments 'fusion', 'aux_heads': only for kind 'dmfn', got fusion={fusion!r}, "
+            f"aux_heads={aux_heads!r} for kind {kind!r}"
+        )
+    prior = None
+    if class_prior is not None:
+        if kind != "dmfn" or fusion == "concat":
+            raise ValueError(
+                "argument 'class_prior': only for kind 'dmfn' with fusion 'sum' or 'hybrid', got "
+                f"kind {kind!r}, fusion {fusion!r}"
+            )
+        prior = torch.as_tensor(np.asarray(class_prior, dtype=np.float64)).to(torch.float32)
+        if prior.shape != (n_classes,) or not bool(torch.isfinite(prior).all() & (prior > 0).all()):
+            raise ValueError(
+                f"argument 'class_prior': must be {n_classes} finite values > 0, got "
+                f"{prior.tolist()}"
+            )
     uses_ct = kind != "tabular"
     uses_tabular = kind != "cnn"
     if uses_tabular:
@@ -220,7 +330,7 @@ def create_model(
     )
     ct = CTEncoder(create_backbone(backbone, **overrides), embed_dim) if uses_ct else None  # type: ignore[arg-type]
     if kind == "dmfn":
-        model = DMFN(ct, tab, n_classes, hidden, dropout)  # type: ignore[arg-type]
+        model = DMFN(ct, tab, n_classes, hidden, dropout, fusion, aux_heads, prior)  # type: ignore[arg-type]
     elif kind == "cnn":
         model = CNNBaseline(ct, n_tabular, n_classes, hidden, dropout)  # type: ignore[arg-type]
     else:
@@ -234,6 +344,7 @@ def create_model(
         "tabular_std": _floats(tabular_std) if uses_tabular else None,
         "embed_dim": int(embed_dim),
         "dropout": float(dropout),
+        **({"fusion": fusion, "aux_heads": aux_heads} if kind == "dmfn" else {}),
         **overrides,
     }
     return model
