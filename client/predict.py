@@ -4,14 +4,21 @@ One study::
 
     dmfn predict CT.nii.gz --mask lesion.nii.gz --ctc 12.5 --age 54 --sex F --location anterior
     dmfn predict dicom_folder/ --mask seg.seg.nrrd --segment lesion --ctc 12.5 ...
+    dmfn predict dicom_folder/ --series-uid 1.2.826... --mask lesion.nii.gz ...
 
-Many studies (a CSV with ``image_path``, ``mask_path``, optional ``segment`` and ``image_id``,
-one column per CTC feature of the model, ``age_years``, ``sex``, ``location``; other columns such
-as those of a ``dmfn synth`` manifest are ignored; relative paths are relative to the CSV)::
+Many studies (a CSV with ``image_path``, ``mask_path``, optional ``segment``, ``series_uid`` and
+``image_id``, one column per CTC feature of the model, ``age_years``, ``sex``, ``location``; other
+columns such as those of a ``dmfn synth`` manifest are ignored; relative paths are relative to the
+CSV)::
 
     dmfn predict --manifest studies.csv --concurrency 4 --json
 
 Only the lesion box plus the model's ROI margin is sent (see :mod:`dmfn.client.sdk`). No torch.
+
+Errors name what the user wrote: a reader's error about one of its arguments
+(:class:`~dmfn.client.io.errors.ArgumentError`) is shown under the option or manifest column
+that gave it (:data:`INPUT_NAMES`); an error about a file's content names the file; a manifest
+row's errors start with ``manifest PATH line N``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dmfn.client import schema as S
+from dmfn.client.io.errors import ArgumentError
 from dmfn.client.study import Clinical, Study
 
 from .sdk import DEFAULT_TIMEOUT_S, PROTOCOLS, DmfnClient, DmfnServerError, Prediction
@@ -37,11 +45,24 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 #: Studies loaded from disk at a time per request in flight (bounds memory for big manifests).
 LOAD_AHEAD = 2
+#: How the user names each reader argument: (input, reader argument) -> (command-line option,
+#: manifest column). "image" is :func:`~dmfn.client.io.load_image`, "mask"
+#: :func:`~dmfn.client.io.load_mask`; an ArgumentError about another argument keeps its wording.
+INPUT_NAMES: dict[tuple[str, str], tuple[str, str]] = {
+    ("image", "path"): ("IMAGE", "image_path"),
+    ("image", "folder"): ("IMAGE", "image_path"),
+    ("image", "series_uid"): ("--series-uid", "series_uid"),
+    ("mask", "path"): ("--mask", "mask_path"),
+    ("mask", "segment"): ("--segment", "segment"),
+}
 
 
 @dataclass(frozen=True)
 class StudySource:
-    """Where one study comes from: image (DICOM folder / NIfTI / NRRD), mask, non-image data."""
+    """Where one study comes from: image (DICOM folder / NIfTI / NRRD), mask, non-image data.
+
+    ``where`` is empty for the command line, else the manifest row (``manifest PATH line N``).
+    """
 
     image_path: Path
     mask_path: Path
@@ -51,45 +72,82 @@ class StudySource:
     sex: str
     location: str
     image_id: str = ""
-    where: str = "command line"
+    where: str = ""
+    series_uid: str | None = None
+
+    def explain(self, err: ValueError, step: str) -> ValueError:
+        """``err``, raised while reading ``step`` ("image" or "mask"), in the user's terms.
+
+        An :class:`ArgumentError` is shown under the option or column that gave the argument
+        (:data:`INPUT_NAMES`); any other error already names its file and is kept as it is.
+        Both are prefixed with the manifest row, if any.
+        """
+        if isinstance(err, ArgumentError) and (step, err.argument) in INPUT_NAMES:
+            option, column = INPUT_NAMES[step, err.argument]
+            return ValueError(_about(self.where, option, column, err.detail))
+        return ValueError(_located(self.where, str(err)))
 
 
-def ctc_values(items: Sequence[str], features: Sequence[str], where: str) -> dict[str, float]:
-    """``VALUE`` items fill ``features`` in order; ``NAME=VALUE`` items name their feature."""
+def _located(where: str, text: str) -> str:
+    """``text`` prefixed with the manifest row ``where`` ("": the command line, unchanged)."""
+    return f"{where}: {text}" if where else text
+
+
+def _about(where: str, option: str, column: str, text: str) -> str:
+    """``text`` about command-line ``option``, or about ``column`` of manifest row ``where``."""
+    return _located(where, f"column '{column}': {text}" if where else f"{option}: {text}")
+
+
+def ctc_values(items: Sequence[str], features: Sequence[str], where: str = "") -> dict[str, float]:
+    """``VALUE`` items fill ``features`` in order; ``NAME=VALUE`` items name their feature.
+
+    ``where``: the manifest row the items come from ("" for ``--ctc`` on the command line).
+    """
     out: dict[str, float] = {}
     plain = [i for i in items if "=" not in i]
     named = [i for i in items if "=" in i]
     if plain and len(plain) != len(features):
         raise ValueError(
-            f"{where}: --ctc: the model expects {len(features)} CTC feature(s) "
-            f"({', '.join(features)}); give that many values or NAME=VALUE pairs, got {items}"
+            _located(
+                where,
+                f"--ctc: the model expects {len(features)} CTC feature(s) "
+                f"({', '.join(features)}); give that many values or NAME=VALUE pairs, got "
+                f"{list(items)}",
+            )
         )
     pairs = list(zip(features, plain, strict=False)) + [tuple(i.split("=", 1)) for i in named]
     for name, text in pairs:
         try:
             out[name.strip()] = float(text)
         except ValueError:
-            raise ValueError(
-                f"{where}: CTC feature {name!r} must be a number, got {text!r}"
-            ) from None
+            message = f"CTC feature {name.strip()!r} must be a number, got {text!r}"
+            raise ValueError(_about(where, "--ctc", name.strip(), message)) from None
     return out
 
 
 def load_study(source: StudySource, ctc_features: Sequence[str]) -> Study:
-    """Read the image and mask of ``source`` and attach its CTC and clinical facts."""
+    """Read the image and mask of ``source`` and attach its CTC and clinical facts.
+
+    ValueError in the user's terms (:meth:`StudySource.explain`).
+    """
     from dmfn.client.io import load_image, load_mask
 
-    study = load_image(source.image_path)
+    try:
+        study = load_image(source.image_path, series_uid=source.series_uid)
+    except ValueError as err:
+        raise source.explain(err, "image") from err
     segment: str | int | None = source.segment
     if isinstance(segment, str) and segment.isdigit():
         segment = int(segment)
-    mask = load_mask(source.mask_path, study, segment=segment)
+    try:
+        mask = load_mask(source.mask_path, study, segment=segment)
+    except ValueError as err:
+        raise source.explain(err, "mask") from err
     try:
         age = float(source.age_years)
     except ValueError:
-        raise ValueError(
-            f"{source.where}: age must be a number, got {source.age_years!r}"
-        ) from None
+        message = f"must be a number of years, got {source.age_years!r}"
+        raise ValueError(_about(source.where, "--age", "age_years", message)) from None
     return Study(
         hu=study.hu,
         spacing_mm=study.spacing_mm,
@@ -130,6 +188,7 @@ def read_manifest(path: Path, ctc_features: Sequence[str]) -> list[StudySource]:
                     location=row["location"].strip(),
                     image_id=(row.get("image_id") or "").strip(),
                     where=where,
+                    series_uid=(row.get("series_uid") or "").strip() or None,
                 )
             )
     if not sources:
@@ -183,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--segment", help="segment name (Slicer .seg.nrrd) or label value in the mask file"
     )
     p.add_argument(
+        "--series-uid",
+        metavar="UID",
+        help="SeriesInstanceUID to load when the IMAGE folder holds several CT series (the "
+        "error lists them)",
+    )
+    p.add_argument(
         "--ctc",
         action="append",
         default=[],
@@ -195,11 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--manifest",
         type=Path,
-        help="CSV of many studies (image_path, mask_path, [segment], [image_id], CTC columns, "
-        "age_years, sex, location) instead of one IMAGE",
+        help="CSV of many studies (image_path, mask_path, [segment], [series_uid], [image_id], "
+        "CTC columns, age_years, sex, location) instead of one IMAGE",
     )
     p.add_argument(
-        "--url", default=None, help="server host:port (127.0.0.1:8000 http, 127.0.0.1:8001 grpc)"
+        "--url",
+        default=None,
+        help="server host:port, or http(s)://host:port as `dmfn serve` prints it "
+        "(127.0.0.1:8000 http, 127.0.0.1:8001 grpc)",
+    )
+    p.add_argument(
+        "--tls", action="store_true", help="connect with TLS (a server started with --tls-cert)"
+    )
+    p.add_argument(
+        "--ca-cert",
+        type=Path,
+        default=None,
+        help="PEM certificate of the authority that signed the server's certificate (implies --tls)",
     )
     p.add_argument("--protocol", choices=PROTOCOLS, default="http", help="http (default) or grpc")
     p.add_argument("--model", default=S.PIPELINE_MODEL, help=f"ensemble ({S.PIPELINE_MODEL})")
@@ -224,6 +301,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise ValueError("give either IMAGE or --manifest, not both")
         if not args.manifest.is_file():
             raise ValueError(f"--manifest: {args.manifest} is not a file")
+        if args.series_uid is not None:
+            raise ValueError("--series-uid: give it per study in the manifest's series_uid column")
         return
     if args.image is None:
         raise ValueError("give IMAGE (with --mask, --ctc, --age, --sex, --location) or --manifest")
@@ -232,6 +311,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"IMAGE needs {', '.join(missing)}")
     if not args.image.exists():
         raise ValueError(f"IMAGE: {args.image} does not exist")
+    if args.series_uid is not None and not args.image.is_dir():
+        raise ValueError(
+            f"--series-uid: chooses a series of a DICOM series folder, but IMAGE {args.image} "
+            "is a file"
+        )
     if not args.mask.is_file():
         raise ValueError(f"--mask: {args.mask} is not a file")
     try:
@@ -246,7 +330,14 @@ def _sources(args: argparse.Namespace, ctc_features: Sequence[str]) -> list[Stud
         return read_manifest(args.manifest, ctc_features)
     return [
         StudySource(
-            args.image, args.mask, args.segment, tuple(args.ctc), args.age, args.sex, args.location
+            args.image,
+            args.mask,
+            args.segment,
+            tuple(args.ctc),
+            args.age,
+            args.sex,
+            args.location,
+            series_uid=args.series_uid,
         )
     ]
 
@@ -268,7 +359,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dmfn predict: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        client = DmfnClient(args.url, args.protocol, args.model, args.timeout)
+        client = DmfnClient(
+            args.url,
+            args.protocol,
+            args.model,
+            args.timeout,
+            tls=args.tls,
+            ca_cert=None if args.ca_cert is None else str(args.ca_cert),
+        )
     except ValueError as err:
         print(f"dmfn predict: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -288,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             for source in chunk:
                 try:
                     studies.append(load_study(source, contract.ctc_features))
-                except ValueError as err:
-                    studies.append(ValueError(f"{source.where}: {err}"))
+                except ValueError as err:  # already in the user's terms
+                    studies.append(err)
             ok = [s for s in studies if isinstance(s, Study)]
             answers = iter(client.predict_many(ok, args.concurrency, return_exceptions=True))
             results += [

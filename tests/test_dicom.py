@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEGLSLossless, generate_uid
 
-from dmfn.client.io import DicomError, load_dicom_series, write_dicom_series
+from dmfn.client.io import ArgumentError, DicomError, load_dicom_series, write_dicom_series
 from dmfn.client.io.orientation import direction_from_iop, iop_from_direction, slice_normal
 from dmfn.client.study import AXIAL_DIRECTION
 
@@ -182,6 +183,19 @@ def test_writer_uids_are_reproducible_with_entropy(tmp_path: Path) -> None:
     assert (ds.SeriesInstanceUID, ds.StudyInstanceUID) == (series_uid, study_uid)
 
 
+def test_writer_gives_each_series_of_a_study_its_own_uids(tmp_path: Path) -> None:
+    """Two series of one study from one entropy string: distinct series and SOP instance UIDs."""
+    study_uid = generate_uid()
+    first, second = (
+        _write(tmp_path / str(n), uid_entropy="case", study_uid=study_uid, series_number=n)
+        for n in (1, 2)
+    )
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in (*first, *second)]
+    assert len({ds.SeriesInstanceUID for ds in headers}) == 2
+    assert len({ds.SOPInstanceUID for ds in headers}) == len(headers)
+    assert {p.name for p in first}.isdisjoint(p.name for p in second)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "argument"),
     [
@@ -218,7 +232,11 @@ def test_two_series_need_a_choice(tmp_path: Path) -> None:
     with pytest.raises(DicomError, match=r"2 CT series") as info:
         load_dicom_series(tmp_path)
     message = str(info.value)
-    assert uid_a in message and uid_b in message and "series_uid=" in message
+    assert uid_a in message and uid_b in message and "argument 'series_uid': required" in message
+    assert isinstance(info.value, ArgumentError) and info.value.argument == "series_uid"
+    assert info.value.named("--series-uid").startswith("--series-uid: required: ")
+    copy = pickle.loads(pickle.dumps(info.value))  # crosses process boundaries intact
+    assert type(copy) is type(info.value) and str(copy) == message
     assert "'soft tissue', 5 files" in message and "'lung', 3 files" in message
     np.testing.assert_array_equal(load_dicom_series(tmp_path, series_uid=uid_a).hu, hu_a)
     np.testing.assert_array_equal(load_dicom_series(tmp_path, series_uid=uid_b).hu, hu_b)

@@ -263,27 +263,83 @@ def test_mask_with_permuted_axes_lands_on_the_study_grid(tmp_path: Path) -> None
     np.testing.assert_array_equal(load_mask(path, study), _mask())
 
 
-def test_cropped_mask_is_embedded(tmp_path: Path) -> None:
+def _seg_fields(name: str = "lesion") -> dict[str, str]:
+    return {"Segment0_ID": "Segment_1", "Segment0_Name": name, "Segment0_LabelValue": "1"}
+
+
+@pytest.mark.parametrize("name", ["crop.seg.nrrd", "crop.nrrd"])
+def test_cropped_slicer_segmentation_is_embedded(tmp_path: Path, name: str) -> None:
+    """A 3D Slicer segmentation (.seg.nrrd, or Segment fields in the header) may be a sub-box."""
     study = _study(OBLIQUE_FLIPPED)
+    grid = VoxelGrid((3, 4, 6), SPACING, study.grid.index_to_lps([1, 2, 1]), OBLIQUE_FLIPPED)
     box = _mask()[1:4, 2:6, 1:7]
-    origin = study.grid.index_to_lps([1, 2, 1])
-    path = write_nrrd_mask(
-        box, SPACING, tmp_path / "crop.nrrd", origin_lps_mm=origin, direction=OBLIQUE_FLIPPED
-    )
+    path = _write_seg(tmp_path / name, box[None], grid, _seg_fields(), layered=False)
     np.testing.assert_array_equal(load_mask(path, study), _mask())
     # also with a grid given directly instead of a study
     np.testing.assert_array_equal(load_mask(path, study.grid), _mask())
 
 
-def test_larger_mask_grid_with_zeros_outside_is_cropped(tmp_path: Path) -> None:
+def test_seg_nrrd_name_alone_allows_a_sub_box(tmp_path: Path) -> None:
+    study = _study(OBLIQUE_FLIPPED)
+    origin = study.grid.index_to_lps([1, 2, 1])
+    path = write_nrrd_mask(
+        _mask()[1:4, 2:6, 1:7],
+        SPACING,
+        tmp_path / "crop.seg.nrrd",
+        origin_lps_mm=origin,
+        direction=OBLIQUE_FLIPPED,
+    )
+    np.testing.assert_array_equal(load_mask(path, study), _mask())
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+@pytest.mark.parametrize("lost", ["last", "first"])
+def test_label_map_one_slice_short_is_refused(tmp_path: Path, suffix: str, lost: str) -> None:
+    """Same spacing and direction, one slice fewer: a plain label map must be on the image's grid."""
+    study = _study()
+    mask = _mask()
+    short = mask[:-1] if lost == "last" else mask[1:]
+    origin = study.grid.index_to_lps([0 if lost == "last" else 1, 0, 0])
+    writer = write_nifti_mask if suffix == ".nii.gz" else write_nrrd_mask
+    path = writer(short, SPACING, tmp_path / f"m{suffix}", origin_lps_mm=origin)
+    with pytest.raises(
+        ValueError, match=r"voxel grid is not the image's.*shape \(5, 7, 8\)"
+    ) as info:
+        load_mask(path, study)
+    assert str(path) in str(info.value) and ".seg.nrrd" in str(info.value)
+
+
+def test_slicer_segmentation_one_slice_short_is_a_sub_box(tmp_path: Path) -> None:
+    study = _study()
+    path = _write_seg(tmp_path / "s.seg.nrrd", _mask()[:-1][None], study.grid, _seg_fields())
+    np.testing.assert_array_equal(load_mask(path, study), _mask())
+
+
+def test_sub_box_off_voxel_centres_is_refused(tmp_path: Path) -> None:
+    study = _study()
+    origin = study.grid.index_to_lps([1.0, 2.5, 1.0])  # half a voxel off along y
+    grid = VoxelGrid((3, 4, 6), SPACING, origin)
+    path = _write_seg(tmp_path / "s.seg.nrrd", _mask()[None, 1:4, 2:6, 1:7], grid, _seg_fields())
+    with pytest.raises(ValueError, match="does not match the image's"):
+        load_mask(path, study)
+
+
+@pytest.mark.parametrize("name", ["big.nii.gz", "big.seg.nrrd"])
+def test_mask_grid_reaching_outside_the_image_is_refused(tmp_path: Path, name: str) -> None:
+    """A grid larger than the image is refused even when its voxels outside are all zero."""
     big = np.zeros((SHAPE[0] + 2, SHAPE[1], SHAPE[2] + 3), np.uint8)
     big[1:-1, :, 2:-1] = _mask()
     origin = _study().grid.index_to_lps([-1, 0, -2])
-    path = write_nifti_mask(big, SPACING, tmp_path / "big.nii.gz", origin_lps_mm=origin)
-    np.testing.assert_array_equal(load_mask(path, _study()), _mask())
-    big[0, 0, 0] = 1
-    write_nifti_mask(big, SPACING, path, origin_lps_mm=origin)
-    with pytest.raises(ValueError, match="outside the image's extent"):
+    writer = write_nifti_mask if name.endswith(".nii.gz") else write_nrrd_mask
+    path = writer(big, SPACING, tmp_path / name, origin_lps_mm=origin)
+    expected = "reaches outside the image" if name.endswith(".seg.nrrd") else "is not the image's"
+    with pytest.raises(ValueError, match=expected):
+        load_mask(path, _study())
+    # a box overlapping the image edge (inside on one side, outside on the other) likewise
+    origin = _study().grid.index_to_lps([3, 0, 0])
+    edge = _mask()
+    path = writer(edge, SPACING, tmp_path / name, origin_lps_mm=origin)
+    with pytest.raises(ValueError, match=expected):
         load_mask(path, _study())
 
 

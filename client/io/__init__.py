@@ -6,8 +6,9 @@ study in the axial layout (:func:`~dmfn.client.io.orientation.to_axial`); :func:
 picks the loader for a DICOM folder, a NIfTI or an NRRD file.
 """
 
-from dmfn.client.io.dicom import DicomError, load_dicom_series
+from dmfn.client.io.dicom import DicomArgumentError, DicomError, load_dicom_series
 from dmfn.client.io.dicom_write import write_dicom_series
+from dmfn.client.io.errors import ArgumentError
 from dmfn.client.io.image import IMAGE_FILE_SUFFIXES, image_kind, load_image
 from dmfn.client.io.nifti import (
     load_mask,
@@ -20,6 +21,8 @@ from dmfn.client.io.nifti import (
 
 __all__ = [
     "IMAGE_FILE_SUFFIXES",
+    "ArgumentError",
+    "DicomArgumentError",
     "DicomError",
     "image_kind",
     "load_dicom_series",

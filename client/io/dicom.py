@@ -28,6 +28,7 @@ import pydicom
 from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
 
+from dmfn.client.io.errors import ArgumentError
 from dmfn.client.io.orientation import (
     axial_axis_map,
     direction_from_iop,
@@ -70,13 +71,19 @@ class DicomError(ValueError):
     """A DICOM folder or file that cannot become a correct CT volume; the message says why."""
 
 
+class DicomArgumentError(DicomError, ArgumentError):
+    """A :class:`DicomError` about an argument of :func:`load_dicom_series` (``folder`` or
+    ``series_uid``): ``argument`` names it, so front ends can show it as their own option."""
+
+
 def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Study:
     """The CT series in ``folder`` (searched recursively) as an images-only :class:`Study`.
 
     Args:
         folder: a directory holding the series' files (other series may be there too).
         series_uid: the SeriesInstanceUID to load; needed when the folder holds several CT
-            series (the error lists them with descriptions and slice counts).
+            series (the error, a :class:`DicomArgumentError` with ``argument == "series_uid"``,
+            lists them with descriptions and slice counts).
 
     Returns:
         Study in the axial layout (:data:`dmfn.client.study.AXIAL_DIRECTION`: axis 0 feet ->
@@ -92,7 +99,7 @@ def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Stud
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DicomError(f"argument 'folder': {folder} is not an existing directory")
+        raise DicomArgumentError("folder", f"{folder} is not an existing directory")
     headers = _read_headers(folder)
     uid = _choose_series(folder, headers, series_uid)
     paths = sorted(p for p, ds in headers.items() if ds.SeriesInstanceUID == uid)
@@ -149,7 +156,7 @@ def _read_headers(folder: Path) -> dict[Path, pydicom.Dataset]:
     if skipped:
         log.warning("%s: ignored %d non-DICOM file(s): %s", folder, len(skipped), skipped[:10])
     if not headers:
-        raise DicomError(f"argument 'folder': {folder} holds no DICOM files")
+        raise DicomArgumentError("folder", f"{folder} holds no DICOM files")
     return headers
 
 
@@ -177,25 +184,26 @@ def _choose_series(folder: Path, headers: dict[Path, pydicom.Dataset], wanted: s
 
     if wanted is not None:
         if wanted not in files:
-            raise DicomError(
-                f"argument 'series_uid': {wanted} is not in {folder} (series: {summary(list(files))})"
+            raise DicomArgumentError(
+                "series_uid", f"{wanted} is not in {folder} (series: {summary(list(files))})"
             )
         if modality(wanted) != "CT":
-            raise DicomError(
-                f"argument 'series_uid': series {wanted} in {folder} has modality {modality(wanted)}; "
-                "only CT (Modality = CT) is supported"
+            raise DicomArgumentError(
+                "series_uid",
+                f"series {wanted} in {folder} has modality {modality(wanted)}; only CT "
+                "(Modality = CT) is supported",
             )
         return wanted
     ct = [uid for uid in files if modality(uid) == "CT"]
     if not ct:
-        raise DicomError(
-            f"argument 'folder': {folder} holds no CT series (Modality = CT), only: "
-            f"{summary(list(files))}"
+        raise DicomArgumentError(
+            "folder",
+            f"{folder} holds no CT series (Modality = CT), only: {summary(list(files))}",
         )
     if len(ct) > 1:
-        raise DicomError(
-            f"argument 'folder': {folder} holds {len(ct)} CT series; choose one with "
-            f"series_uid=: {summary(ct)}"
+        raise DicomArgumentError(
+            "series_uid",
+            f"required: {folder} holds {len(ct)} CT series, choose one of {summary(ct)}",
         )
     others = [uid for uid in files if uid != ct[0]]
     if others:

@@ -71,11 +71,15 @@ def write_dicom_series(
         description: SeriesDescription.
         shuffle_names: name the files in an order unrelated to the slice order (a permutation
             seeded by the series UID), to exercise readers that must sort by position.
-        uid_entropy: when set, every generated UID is derived from it (reproducible output).
+        uid_entropy: when set, every generated UID is derived from it (reproducible output):
+            the study UID from it alone, the series UID from it, the study UID and
+            ``series_number``. Give every series its own ``uid_entropy`` (or, within one study,
+            its own ``series_number``): equal inputs give equal UIDs, i.e. the same series.
         series_number: SeriesNumber.
 
     File names are ``<8 hex of the series UID>_<NNNN>.dcm`` so that several series can share
-    a folder. SOPInstanceUIDs derive from the series UID and the slice index.
+    a folder. SOPInstanceUIDs derive from the series UID and the slice index, so they are
+    unique across series whenever the series UIDs are.
     """
     raw = _raw_pixels(hu, rescale_slope, rescale_intercept)
     grid = VoxelGrid(
@@ -99,7 +103,7 @@ def write_dicom_series(
         return generate_uid(entropy_srcs=None if uid_entropy is None else [uid_entropy, kind])
 
     study_uid = study_uid or make_uid("study")
-    series_uid = series_uid or make_uid(f"series:{study_uid}")
+    series_uid = series_uid or make_uid(f"series:{study_uid}:{int(series_number)}")
     frame_uid = generate_uid(entropy_srcs=[series_uid, "frame-of-reference"])
 
     folder = Path(folder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dmfn.client.io.dicom import load_dicom_series
+from dmfn.client.io.errors import ArgumentError
 from dmfn.client.io.nifti import (
     NIFTI_SUFFIXES,
     NRRD_SUFFIXES,
@@ -22,6 +23,7 @@ from dmfn.client.study import Study
 IMAGE_FILE_SUFFIXES: tuple[str, ...] = (*NIFTI_SUFFIXES, *NRRD_SUFFIXES)
 #: The image kinds :func:`image_kind` tells apart.
 IMAGE_KINDS: tuple[str, ...] = ("dicom", "nifti", "nrrd")
+_KIND_NAMES = {"dicom": "DICOM", "nifti": "NIfTI", "nrrd": "NRRD"}
 
 
 def image_kind(path: str | Path) -> str:
@@ -36,23 +38,32 @@ def image_kind(path: str | Path) -> str:
     return file_kind(path, "path")
 
 
-def load_image(path: str | Path) -> Study:
+def load_image(path: str | Path, series_uid: str | None = None) -> Study:
     """The images-only :class:`Study` of a DICOM series folder or a NIfTI / NRRD volume file.
 
-    Dispatches on :func:`image_kind` to :func:`~dmfn.client.io.load_dicom_series`,
+    Dispatches on :func:`image_kind` to :func:`~dmfn.client.io.load_dicom_series` (with
+    ``series_uid``, the SeriesInstanceUID to load from a folder holding several CT series),
     :func:`~dmfn.client.io.load_nifti_volume` or :func:`~dmfn.client.io.load_nrrd_volume`;
-    hu (z, y, x) in HU, spacing_mm (z, y, x), axial layout. A path that is neither an existing
-    folder nor an existing file raises ValueError naming ``path``.
+    hu (z, y, x) in HU, spacing_mm (z, y, x), axial layout. Bad arguments raise
+    :class:`~dmfn.client.io.errors.ArgumentError` (a ValueError) naming them: a ``path`` that is
+    neither an existing folder nor an existing file, a ``series_uid`` given for a volume file.
     """
     path = Path(path)
     if not (path.is_dir() or path.is_file()):
-        raise ValueError(
-            f"argument 'path': {path} is neither a DICOM series folder nor an existing file "
-            f"ending in {IMAGE_FILE_SUFFIXES}"
+        raise ArgumentError(
+            "path",
+            f"{path} is neither a DICOM series folder nor an existing file ending in "
+            f"{IMAGE_FILE_SUFFIXES}",
         )
     kind = image_kind(path)
+    if series_uid is not None and kind != "dicom":
+        raise ArgumentError(
+            "series_uid",
+            f"chooses a series of a DICOM folder, but {path} is a {_KIND_NAMES[kind]} file "
+            f"(got {series_uid!r})",
+        )
     if kind == "dicom":
-        return load_dicom_series(path)
+        return load_dicom_series(path, series_uid=series_uid)
     if kind == "nrrd":
         return load_nrrd_volume(path)
     return load_nifti_volume(path)

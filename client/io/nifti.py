@@ -4,8 +4,10 @@ Every file's frame (NIfTI: RAS affine; NRRD: ``space`` + ``space directions`` + 
 is converted to LPS and its axes to (z, y, x) by :mod:`dmfn.client.io.orientation`. Volumes are
 then brought into the axial layout (:func:`~dmfn.client.io.orientation.to_axial`: exact axis
 permutation/flips; an oblique volume raises ValueError). A mask is placed onto the study's voxel
-grid exactly (axis flips/permutations and cropped extents are undone, nothing is interpolated); a
-grid that does not coincide raises ValueError.
+grid exactly (axis flips/permutations are undone, nothing is interpolated): it must be on the
+study's grid, or, for a 3D Slicer segmentation only, a cropped sub-box of it (see
+:func:`load_mask`); any other grid raises ValueError. Errors about an argument are
+:class:`~dmfn.client.io.errors.ArgumentError`; errors about a file's content name the file.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import nibabel as nib
 import nrrd
 import numpy as np
 
+from dmfn.client.io.errors import ArgumentError
 from dmfn.client.io.orientation import (
     grid_from_nifti_affine,
     grid_from_nrrd,
@@ -41,6 +44,8 @@ log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
+#: File name ending of 3D Slicer segmentations, which store the extent cropped to the segments.
+SEGMENTATION_SUFFIX = ".seg.nrrd"
 #: NIfTI xform code written by dmfn: 1 = scanner-based anatomical coordinates.
 _XFORM_SCANNER = 1
 
@@ -53,15 +58,13 @@ def file_kind(path: Path, argument: str = "path") -> str:
         return "nifti"
     if name.endswith(NRRD_SUFFIXES):
         return "nrrd"
-    raise ValueError(
-        f"argument '{argument}': {path} must end with one of {NIFTI_SUFFIXES + NRRD_SUFFIXES}"
-    )
+    raise ArgumentError(argument, f"{path} must end with one of {NIFTI_SUFFIXES + NRRD_SUFFIXES}")
 
 
 def _existing(path: str | Path, argument: str) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"argument '{argument}': {path} is not an existing file")
+        raise ArgumentError(argument, f"{path} is not an existing file")
     return path
 
 
@@ -80,7 +83,10 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, VoxelGrid]:
             "space is unknown; rewrite it with a valid qform or sform"
         )
     data = _squeeze_to_3d(data, path)
-    grid = grid_from_nifti_affine(img.affine, data.shape)
+    try:
+        grid = grid_from_nifti_affine(img.affine, data.shape)
+    except ValueError as err:
+        raise ValueError(f"NIfTI file {path}: unusable geometry: {err}") from err
     return np.ascontiguousarray(reverse_axes(data)), grid
 
 
@@ -116,9 +122,12 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, VoxelGrid, dict]:
             f"NRRD file {path}: needs 3 spatial axes and at most one list axis, got "
             f"kinds {header.get('kinds')} and shape {data.shape}"
         )
-    grid = grid_from_nrrd(
-        header["space"], rows[spatial], header["space origin"], [data.shape[i] for i in spatial]
-    )
+    try:
+        grid = grid_from_nrrd(
+            header["space"], rows[spatial], header["space origin"], [data.shape[i] for i in spatial]
+        )
+    except ValueError as err:
+        raise ValueError(f"NRRD file {path}: unusable geometry: {err}") from err
     # (list?, x, y, z) -> (list?, z, y, x)
     data = np.transpose(data, other + spatial[::-1])
     return np.ascontiguousarray(data), grid, header
@@ -141,7 +150,7 @@ def load_nifti_volume(path: str | Path) -> Study:
     """
     path = _existing(path, "path")
     if file_kind(path, "path") != "nifti":
-        raise ValueError(f"argument 'path': {path} is not NIfTI; use load_nrrd_volume for NRRD")
+        raise ArgumentError("path", f"{path} is not NIfTI; use load_nrrd_volume for NRRD")
     data, grid = _read_nifti(path)
     return _study(data, grid, path)
 
@@ -151,7 +160,7 @@ def load_nrrd_volume(path: str | Path) -> Study:
     LAS ``space``; reoriented into the axial layout, oblique volumes refused)."""
     path = _existing(path, "path")
     if file_kind(path, "path") != "nrrd":
-        raise ValueError(f"argument 'path': {path} is not NRRD; use load_nifti_volume for NIfTI")
+        raise ArgumentError("path", f"{path} is not NRRD; use load_nifti_volume for NIfTI")
     data, grid, _ = _read_nrrd(path)
     if data.ndim != 3:
         raise ValueError(f"NRRD file {path}: must hold one 3D image, got shape {data.shape}")
@@ -164,13 +173,16 @@ def _study(data: np.ndarray, grid: VoxelGrid, path: Path) -> Study:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
-    study = Study(
-        hu=hu_from_values(data),
-        spacing_mm=grid.spacing_mm,
-        origin_lps_mm=grid.origin_lps_mm,
-        direction=grid.direction,
-        image_id=name,
-    )
+    try:
+        study = Study(
+            hu=hu_from_values(data),
+            spacing_mm=grid.spacing_mm,
+            origin_lps_mm=grid.origin_lps_mm,
+            direction=grid.direction,
+            image_id=name,
+        )
+    except ValueError as err:  # e.g. NaN voxels or a non-numeric dtype
+        raise ValueError(f"file {path}: not a usable CT volume: {err}") from err
     return to_axial(study, f"file {path}")
 
 
@@ -210,10 +222,17 @@ def load_mask(
     """A binary uint8 (z, y, x) lesion mask on the grid of ``like`` from NIfTI or NRRD.
 
     Args:
-        path: .nii / .nii.gz / .nrrd / .nhdr label map, or a 3D Slicer ``.seg.nrrd``.
-        like: the study (or its grid) the mask belongs to. The file's grid must coincide with it
-            up to an axis flip/permutation or a cropped sub-box (as Slicer saves segmentations),
-            voxel centres within ``orientation.GRID_TOLERANCE_VOXELS``; else ValueError.
+        path: .nii / .nii.gz / .nrrd / .nhdr label map, or a 3D Slicer segmentation
+            (``.seg.nrrd``, or any NRRD with ``SegmentN_Name``/``SegmentN_ID`` header fields).
+        like: the study (or its grid) the mask belongs to. The file must be on exactly that
+            voxel grid: same shape, spacing, origin and direction, up to an exact axis
+            flip/permutation. Only a 3D Slicer segmentation may instead be a cropped sub-box
+            (Slicer saves segmentations cropped to the segments): same spacing and direction up
+            to a flip/permutation, its voxel centres on the image's voxel centres, entirely
+            inside the image. Voxel centres must agree within
+            ``orientation.GRID_TOLERANCE_VOXELS``; anything else (e.g. a label map one slice
+            short of the image) raises ValueError naming the file
+            (:func:`~dmfn.client.io.orientation.place_on_grid`).
         segment: for a Slicer segmentation, the segment name (needed when it has several; the
             error lists the names). For a plain label map, the label value to keep (needed when
             the map holds several nonzero labels; the error lists them).
@@ -224,30 +243,37 @@ def load_mask(
     path = _existing(path, "path")
     grid = like.grid if isinstance(like, Study) else like
     if not isinstance(grid, VoxelGrid):
-        raise ValueError(
-            f"argument 'like': must be a Study or VoxelGrid, got {type(like).__name__}"
-        )
-    if file_kind(path, "path") == "nifti":
-        data, source = _read_nifti(path)
-        binary = _select_label(data, segment, path)
-    else:
-        data, source, header = _read_nrrd(path)
-        layers = data if data.ndim == 4 else data[None]
-        segments = slicer_segments(header, layers.shape[0])
-        if segments:
-            chosen = _pick_segment(segments, segment, path)
-            binary = layers[chosen.layer] == chosen.label_value
-        elif data.ndim == 3:
-            binary = _select_label(data, segment, path)
-        else:
-            raise ValueError(
-                f"NRRD file {path}: has {layers.shape[0]} layers but no SegmentN_Name fields; "
-                "a mask file must be 3D or a 3D Slicer segmentation"
-            )
+        raise ArgumentError("like", f"must be a Study or VoxelGrid, got {type(like).__name__}")
+    binary, source, segmentation = _read_mask(path, segment)
     if not binary.any():
         raise ValueError(f"mask file {path}: the selected segment/label has no voxel")
-    placed = place_on_grid(binary.astype(np.uint8), source, grid, argument=f"mask {path.name}")
-    return check_mask(placed, grid.shape, name=f"mask {path.name}")
+    name = f"mask file {path}"
+    placed = place_on_grid(binary.astype(np.uint8), source, grid, name, sub_box=segmentation)
+    return check_mask(placed, grid.shape, name=name)
+
+
+def _read_mask(path: Path, segment: str | int | None) -> tuple[np.ndarray, VoxelGrid, bool]:
+    """(z, y, x) boolean selection, its grid, and whether the file is a 3D Slicer segmentation
+    (a ``.seg.nrrd`` name or ``SegmentN_*`` header fields: the only masks that may be cropped)."""
+    if file_kind(path, "path") == "nifti":
+        data, source = _read_nifti(path)
+        return _select_label(data, segment, path), source, False
+    data, source, header = _read_nrrd(path)
+    layers = data if data.ndim == 4 else data[None]
+    try:
+        segments = slicer_segments(header, layers.shape[0])
+    except ValueError as err:
+        raise ValueError(f"segmentation file {path}: {err}") from err
+    segmentation = bool(segments) or path.name.lower().endswith(SEGMENTATION_SUFFIX)
+    if segments:
+        chosen = _pick_segment(segments, segment, path)
+        return layers[chosen.layer] == chosen.label_value, source, segmentation
+    if data.ndim == 3:
+        return _select_label(data, segment, path), source, segmentation
+    raise ValueError(
+        f"NRRD file {path}: has {layers.shape[0]} layers but no SegmentN_Name fields; "
+        "a mask file must be 3D or a 3D Slicer segmentation"
+    )
 
 
 def _pick_segment(segments: list[Segment], segment: str | int | None, path: Path) -> Segment:
@@ -255,16 +281,16 @@ def _pick_segment(segments: list[Segment], segment: str | int | None, path: Path
     if segment is None:
         if len(segments) == 1:
             return segments[0]
-        raise ValueError(
-            f"argument 'segment': {path} holds {len(segments)} segments, pick one by name: {names}"
+        raise ArgumentError(
+            "segment", f"{path} holds {len(segments)} segments, pick one by name: {names}"
         )
     matches = [s for s in segments if s.name == str(segment)]
     if not matches:
-        raise ValueError(
-            f"argument 'segment': {segment!r} is not a segment of {path} (available: {names})"
+        raise ArgumentError(
+            "segment", f"{segment!r} is not a segment of {path} (available: {names})"
         )
     if len(matches) > 1:
-        raise ValueError(f"argument 'segment': {path} has several segments named {segment!r}")
+        raise ArgumentError("segment", f"{path} has several segments named {segment!r}")
     return matches[0]
 
 
@@ -280,19 +306,19 @@ def _select_label(data: np.ndarray, segment: str | int | None, path: Path) -> np
     labels = [int(v) for v in np.unique(data) if v != 0]
     if segment is None:
         if len(labels) > 1:
-            raise ValueError(
-                f"argument 'segment': {path} holds several labels {labels}; pick one with segment="
+            raise ArgumentError(
+                "segment", f"required: {path} holds several labels {labels}, pick one"
             )
         return data != 0
     try:
         wanted = int(segment)
     except ValueError as err:
-        raise ValueError(
-            f"argument 'segment': {path} is a plain label map, give a label value from {labels}, "
-            f"got {segment!r}"
+        raise ArgumentError(
+            "segment",
+            f"{path} is a plain label map, give a label value from {labels}, got {segment!r}",
         ) from err
     if wanted not in labels:
-        raise ValueError(f"argument 'segment': label {wanted} is not in {path} (labels: {labels})")
+        raise ArgumentError("segment", f"label {wanted} is not in {path} (labels: {labels})")
     return data == wanted
 
 

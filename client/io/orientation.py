@@ -284,20 +284,49 @@ def to_axial(study: Study, source: str = "argument 'study'") -> Study:
 
 # --------------------------------------------------------------------------- grid matching
 def place_on_grid(
-    array: np.ndarray, source: VoxelGrid, target: VoxelGrid, argument: str = "mask"
+    array: np.ndarray,
+    source: VoxelGrid,
+    target: VoxelGrid,
+    name: str = "mask",
+    *,
+    sub_box: bool = False,
 ) -> np.ndarray:
-    """Put a (z, y, x) ``array`` on ``source`` exactly onto ``target`` without interpolation.
+    """Put a (z, y, x) ``array`` on grid ``source`` exactly onto grid ``target`` (no interpolation).
 
-    Allowed differences: the axes may be permuted or flipped (e.g. a mask saved in another
-    orientation) and ``source`` may be a sub-box of ``target`` (e.g. a 3D Slicer segmentation
-    cropped to its extent). Voxel centres must coincide within :data:`GRID_TOLERANCE_VOXELS`;
-    otherwise (other spacing, rotation, shift by a fraction of a voxel) ValueError describes both
-    grids. Target voxels outside ``source`` are 0; nonzero source voxels outside ``target`` raise.
+    One rule for every mask file. ``source`` must be either
+
+    * ``target`` itself up to an exact axis permutation/flip (e.g. a mask saved in another
+      orientation): after undoing it, the same shape, spacing, direction and origin, every voxel
+      centre within :data:`GRID_TOLERANCE_VOXELS` (in target voxels) of the target's; or
+    * only when ``sub_box`` is True (files known to store cropped extents: 3D Slicer
+      segmentations), a cropped box of ``target``'s voxels: the same spacing and direction up to
+      an axis permutation/flip, its voxel centres on target voxel centres (same tolerance) and
+      the whole box inside ``target``; target voxels outside the box are 0.
+
+    Anything else raises ValueError starting with ``name`` and describing both grids: another
+    spacing, a rotation, a shift by a fraction of a voxel, a grid larger than ``target`` or
+    reaching outside it, and, without ``sub_box``, any grid of another extent (e.g. one slice
+    short of the image: almost surely the mask of another image).
     """
     if array.shape != source.shape:
-        raise ValueError(
-            f"argument '{argument}': shape {array.shape} differs from its grid {source.shape}"
-        )
+        raise ValueError(f"{name}: shape {array.shape} differs from its grid {source.shape}")
+    source_axis, flipped, start = _grid_map(source, target, name)
+    moved = permute_flip(array, source_axis, flipped)
+    _check_extent(start, moved.shape, target, name, sub_box)
+    out = np.zeros(target.shape, dtype=array.dtype)
+    out[tuple(slice(int(a), int(a) + n) for a, n in zip(start, moved.shape, strict=True))] = moved
+    return out
+
+
+def _grid_map(
+    source: VoxelGrid, target: VoxelGrid, name: str
+) -> tuple[list[int], list[bool], np.ndarray]:
+    """How ``source`` sits on ``target``: ``(source_axis, flipped, start)``.
+
+    Target axis ``t`` is source axis ``source_axis[t]``, reversed where ``flipped[t]``; ``start``
+    is the target index (z, y, x) of the reoriented source's voxel [0, 0, 0]. ValueError when the
+    source voxel centres do not fall on target voxel centres (other spacing, rotation, shift).
+    """
     # T: source index (z, y, x) -> target index (z, y, x).
     transform = np.linalg.inv(target.affine) @ source.affine
     linear = transform[:3, :3]
@@ -311,37 +340,39 @@ def place_on_grid(
     mismatch = float(np.abs(exact - snapped).max())
     if sorted(perm.tolist()) != [0, 1, 2] or mismatch > GRID_TOLERANCE_VOXELS:
         raise ValueError(
-            f"argument '{argument}': its voxel grid does not match the image's (voxel centres "
-            f"differ by up to {mismatch:.3g} voxels, tolerance {GRID_TOLERANCE_VOXELS}; shape, "
-            f"spacing, origin and direction must agree up to an axis flip/permutation or a "
-            f"sub-box): {argument} {source!r} vs image {target!r}"
+            f"{name}: its voxel grid does not match the image's (voxel centres differ by up to "
+            f"{mismatch:.3g} voxels, tolerance {GRID_TOLERANCE_VOXELS}; shape, spacing, origin "
+            f"and direction must agree up to an axis flip/permutation): {name} {source!r} vs "
+            f"image {target!r}"
         )
-    # Reorder the source axes into the target's order, then flip the reversed ones.
     source_axis = np.argsort(perm)  # source axis of each target axis
     flipped = [bool(signed[t, s] < 0) for t, s in enumerate(source_axis)]
-    moved = permute_flip(array, source_axis, flipped)
     start = offset.astype(np.int64)
     for t_axis, s_axis in enumerate(source_axis):
         if flipped[t_axis]:
             start[t_axis] -= source.shape[s_axis] - 1
-    return _paste(moved, start, target.shape, argument)
+    return [int(a) for a in source_axis], flipped, start
 
 
-def _paste(
-    block: np.ndarray, start: np.ndarray, shape: tuple[int, ...], argument: str
-) -> np.ndarray:
-    """Copy ``block`` into a zero array of ``shape`` at index ``start``; refuse lost nonzeros."""
-    out = np.zeros(shape, dtype=block.dtype)
-    lo = np.maximum(start, 0)
-    hi = np.minimum(start + np.asarray(block.shape), shape)
-    if (hi <= lo).any():
-        inside = block[:0]
-    else:
-        inside = block[tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start, strict=True))]
-        out[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = inside
-    if np.count_nonzero(inside) != np.count_nonzero(block):
+def _check_extent(
+    start: np.ndarray, shape: tuple[int, ...], target: VoxelGrid, name: str, sub_box: bool
+) -> None:
+    """Refuse a reoriented source box (target indices ``start`` .. ``start + shape - 1``, z, y, x)
+    that is not ``target``'s whole extent (unless ``sub_box``) or that reaches outside it."""
+    stop = start + np.asarray(shape)
+    where = (
+        f"it covers image voxels (z, y, x) {start.tolist()} to {(stop - 1).tolist()}, shape "
+        f"{tuple(shape)}, of an image of shape {tuple(target.shape)}"
+    )
+    if not sub_box and (start.any() or tuple(shape) != tuple(target.shape)):
         raise ValueError(
-            f"argument '{argument}': has nonzero voxels outside the image's extent "
-            f"(its box starts at voxel {start.tolist()} of an image of shape {tuple(shape)})"
+            f"{name}: its voxel grid is not the image's: {where}. A mask file must be on the "
+            "image's voxel grid (same shape, spacing, origin and direction up to an axis "
+            "flip/permutation); only a 3D Slicer segmentation (.seg.nrrd) may be a cropped "
+            "sub-box. Is it the mask of another image or series?"
         )
-    return out
+    if (start < 0).any() or (stop > np.asarray(target.shape)).any():
+        raise ValueError(
+            f"{name}: reaches outside the image: {where}; a cropped segmentation must lie "
+            "entirely inside the image it belongs to"
+        )

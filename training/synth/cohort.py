@@ -422,8 +422,7 @@ def generate_patient(
             out_dir / image_rel,
             origin_lps_mm=acq.origin_lps_mm,
             patient_id=plan.patient_id,
-            uid_entropy=f"dmfn-synth:{seed}:{plan.patient_id}",
-            series_uid=None,
+            uid_entropy=_uid_entropy(seed, image_id),
             description=f"synthetic chest CT {image_id} (dmfn synth, not a patient)",
             series_number=k + 1,
         )
@@ -444,6 +443,16 @@ def generate_patient(
         }
         records.append(ImageRecord(row, acq))
     return records
+
+
+def _uid_entropy(seed: int, image_id: str) -> str:
+    """The seed of every DICOM UID of one image: unique per image, the same for the same seed.
+
+    Each image is its own study (the second image of a patient is a repeat study), so its
+    StudyInstanceUID, SeriesInstanceUID, FrameOfReferenceUID and SOPInstanceUIDs all derive
+    from this string and never collide with another image's, within or across patients.
+    """
+    return f"dmfn-synth:{seed}:{image_id}"
 
 
 ProgressCallback = Callable[[int], None]

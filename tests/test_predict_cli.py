@@ -1,0 +1,220 @@
+"""``dmfn predict`` input handling without a server: choosing a DICOM series and error wording.
+
+The server is replaced by a stand-in (:class:`FakeClient`) that answers every study with the same
+prediction and records the studies it got, so the loading and the messages can be checked alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+from pydicom.uid import generate_uid
+
+from dmfn.client import predict as P
+from dmfn.client import schema as S
+from dmfn.client.io import write_dicom_series, write_nifti_mask, write_nifti_volume
+from dmfn.client.sdk import Prediction
+
+SPACING = (2.5, 0.7, 0.8)
+SHAPE = (5, 12, 14)
+CTC = "ctc_level_pg_ml"
+
+
+class FakeClient:
+    """Stands in for :class:`dmfn.client.sdk.DmfnClient`; ``studies`` holds what was sent."""
+
+    studies: ClassVar[list] = []
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        FakeClient.studies = []
+
+    def __enter__(self) -> FakeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    @property
+    def contract(self) -> object:
+        return type("Contract", (), {"ctc_features": (CTC,)})()
+
+    def predict_many(self, studies: list, concurrency: int, return_exceptions: bool) -> list:
+        FakeClient.studies += list(studies)
+        return [self._answer(s.image_id) for s in studies]
+
+    @staticmethod
+    def _answer(image_id: str) -> Prediction:
+        return Prediction(
+            probs={"thymoma": 1.0},
+            top3=(("thymoma", 1.0), ("lymphoma", 0.0), ("teratoma", 0.0)),
+            malignant_prob=1.0,
+            management="resection",
+            measurements=dict.fromkeys(S.MEASUREMENT_FIELDS, 1.0),
+            model_version="fake/1",
+            image_id=image_id,
+        )
+
+
+@pytest.fixture
+def fake_server(monkeypatch: pytest.MonkeyPatch) -> type[FakeClient]:
+    monkeypatch.setattr(P, "DmfnClient", FakeClient)
+    return FakeClient
+
+
+def _hu(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-100, 200, SHAPE).astype(np.int16)
+
+
+def _mask() -> np.ndarray:
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[1:4, 3:8, 4:9] = 1
+    return mask
+
+
+@pytest.fixture
+def two_series(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """A DICOM folder with two CT series of one patient on one grid, and their mask."""
+    folder = tmp_path / "patient"
+    uids = [generate_uid(), generate_uid()]
+    for k, uid in enumerate(uids):
+        write_dicom_series(_hu(k), SPACING, folder, series_uid=uid, series_number=k + 1)
+    mask = write_nifti_mask(_mask(), SPACING, tmp_path / "mask.nii.gz")
+    return folder, mask, uids
+
+
+def _clinical() -> list[str]:
+    return ["--ctc", "12.5", "--age", "54", "--sex", "F", "--location", "anterior"]
+
+
+# --------------------------------------------------------------------------- --series-uid
+def test_series_uid_chooses_the_series(
+    fake_server: type[FakeClient], two_series: tuple, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, mask, uids = two_series
+    code = P.main([str(folder), "--mask", str(mask), "--series-uid", uids[1], *_clinical()])
+    assert code == P.EXIT_OK, capsys.readouterr().err
+    (study,) = fake_server.studies
+    assert study.image_id == uids[1]
+    np.testing.assert_array_equal(study.hu, _hu(1))
+
+
+def test_several_series_error_speaks_in_flags(
+    fake_server: type[FakeClient], two_series: tuple, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, mask, uids = two_series
+    code = P.main([str(folder), "--mask", str(mask), *_clinical()])
+    err = capsys.readouterr().err
+    assert code == P.EXIT_USAGE
+    assert "--series-uid: required" in err and all(uid in err for uid in uids)
+    assert "series_uid=" not in err and "argument '" not in err and "command line" not in err
+
+
+def test_unknown_series_uid_is_named_as_the_flag(
+    fake_server: type[FakeClient], two_series: tuple, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, mask, _ = two_series
+    code = P.main([str(folder), "--mask", str(mask), "--series-uid", "1.2.3", *_clinical()])
+    err = capsys.readouterr().err
+    assert code == P.EXIT_USAGE and "--series-uid: 1.2.3 is not in" in err
+
+
+def test_manifest_series_uid_column(
+    fake_server: type[FakeClient], two_series: tuple, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _, uids = two_series
+    manifest = folder.parent / "studies.csv"
+    manifest.write_text(
+        f"image_path,mask_path,series_uid,{CTC},age_years,sex,location\n"
+        f"patient,mask.nii.gz,{uids[0]},12.5,54,F,anterior\n"
+        f"patient,mask.nii.gz,,12.5,54,F,anterior\n"
+    )
+    code = P.main(["--manifest", str(manifest), "--json"])
+    captured = capsys.readouterr()
+    assert code == P.EXIT_FAILED
+    document = json.loads(captured.out)
+    assert document[0]["image_id"] == uids[0]
+    assert document[1]["error"].startswith(
+        f"manifest {manifest} line 3: column 'series_uid': required"
+    )
+    np.testing.assert_array_equal(fake_server.studies[0].hu, _hu(0))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--manifest", "studies.csv", "--series-uid", "1.2.3"], "--series-uid"),
+        (["ct.nii.gz", "--mask", "m.nii.gz", "--series-uid", "1.2.3"], "DICOM series folder"),
+    ],
+)
+def test_series_uid_misuse_is_a_usage_error(
+    fake_server: type[FakeClient],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("ct.nii.gz", "m.nii.gz", "studies.csv"):
+        (tmp_path / name).touch()
+    args = extra if "--manifest" in extra else [*extra, *_clinical()]
+    assert P.main(args) == P.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "usage: dmfn predict" in err and message in err
+
+
+def test_help_lists_series_uid(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        P.main(["--help"])
+    assert "--series-uid" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- where errors come from
+def test_file_content_errors_name_the_file_not_the_command_line(
+    fake_server: type[FakeClient], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "broken.nii.gz"
+    image.write_bytes(b"not a nifti file")
+    mask = write_nifti_mask(_mask(), SPACING, tmp_path / "mask.nii.gz")
+    assert P.main([str(image), "--mask", str(mask), *_clinical()]) == P.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "command line" not in err
+    assert f"NIfTI file {image}: cannot be read" in err
+
+
+def test_mask_errors_name_the_mask_file_or_its_flag(
+    fake_server: type[FakeClient], two_series: tuple, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _, uids = two_series
+    args = [str(folder), "--series-uid", uids[0], *_clinical()]
+    short = write_nifti_mask(_mask()[:-1], SPACING, folder.parent / "short.nii.gz")
+    assert P.main([*args, "--mask", str(short)]) == P.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"mask file {short}: its voxel grid is not the image's" in err
+    assert "command line" not in err and "argument '" not in err
+    labels = (_mask() * 3).astype(np.int16)
+    labels[0, 0, 0] = 7
+    several = write_nifti_volume(labels, SPACING, folder.parent / "labels.nii.gz")
+    assert P.main([*args, "--mask", str(several)]) == P.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--segment: required: " in err and "several labels [3, 7]" in err
+    assert P.main([*args, "--mask", str(several), "--segment", "3"]) == P.EXIT_OK
+
+
+def test_manifest_rows_keep_their_line(
+    fake_server: type[FakeClient], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti file")
+    write_nifti_mask(_mask(), SPACING, tmp_path / "mask.nii.gz")
+    manifest = tmp_path / "studies.csv"
+    manifest.write_text(
+        f"image_path,mask_path,{CTC},age_years,sex,location\n"
+        "broken.nii.gz,mask.nii.gz,12.5,54,F,anterior\n"
+    )
+    assert P.main(["--manifest", str(manifest)]) == P.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"manifest {manifest} line 2: NIfTI file {tmp_path / 'broken.nii.gz'}" in err
