@@ -3,8 +3,9 @@
 The ensemble ``dmfn_pipeline``'s ``config.pbtxt`` carries it as string parameters, so that
 :class:`dmfn.client.sdk.DmfnClient` reads it with one model-config call and builds requests that
 match the exported model: the ROI margin the model was trained with (the client crops with it,
-the server's crop of the crop is then the identity), the CTC feature names in TABULAR order and
-the class names in logit order. No torch, no tritonclient here.
+the server's crop of the crop is then the identity), the CTC feature names in TABULAR order, the
+class names in logit order and the plausible input ranges (:class:`~dmfn.client.limits.InputLimits`)
+the server enforces. No torch, no tritonclient here.
 """
 
 from __future__ import annotations
@@ -14,19 +15,24 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from dmfn.client.limits import InputLimits
+
 #: Parameter keys of the dmfn_pipeline config.
 ROI_MARGIN_KEY = "roi_margin_mm"
 CTC_FEATURES_KEY = "ctc_features"
 CLASS_NAMES_KEY = "class_names"
+INPUT_LIMITS_KEY = "input_limits"
 
 
 @dataclass(frozen=True)
 class ServerContract:
-    """ROI margin in mm, CTC feature names (TABULAR order), class names (logit order)."""
+    """ROI margin in mm, CTC feature names (TABULAR order), class names (logit order) and the
+    input limits the server enforces (None: not published, e.g. a client-side contract)."""
 
     roi_margin_mm: float
     ctc_features: tuple[str, ...]
     class_names: tuple[str, ...]
+    limits: InputLimits | None = None
 
     def __post_init__(self) -> None:
         margin = float(self.roi_margin_mm)
@@ -42,14 +48,27 @@ class ServerContract:
             if not values or len(set(values)) != len(values):
                 raise ValueError(f"argument '{name}': must be non-empty and unique, got {values!r}")
             object.__setattr__(self, name, tuple(values))
+        if self.limits is not None:
+            if not isinstance(self.limits, InputLimits):
+                raise ValueError(
+                    f"argument 'limits': must be InputLimits or None, got {type(self.limits).__name__}"
+                )
+            if len(self.limits.ctc_ranges) != len(self.ctc_features):
+                raise ValueError(
+                    f"argument 'limits': {len(self.limits.ctc_ranges)} CTC ranges for "
+                    f"{len(self.ctc_features)} CTC features"
+                )
 
     def to_parameters(self) -> dict[str, str]:
         """Config parameters (string values; lists as JSON)."""
-        return {
+        out = {
             ROI_MARGIN_KEY: repr(self.roi_margin_mm),
             CTC_FEATURES_KEY: json.dumps(list(self.ctc_features)),
             CLASS_NAMES_KEY: json.dumps(list(self.class_names)),
         }
+        if self.limits is not None:
+            out[INPUT_LIMITS_KEY] = self.limits.to_json()
+        return out
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, object]) -> ServerContract:
@@ -82,4 +101,10 @@ class ServerContract:
             margin = float(text(ROI_MARGIN_KEY))
         except ValueError as err:
             raise ValueError(f"model config parameter '{ROI_MARGIN_KEY}': {err}") from err
-        return cls(margin, tuple(names(CTC_FEATURES_KEY)), tuple(names(CLASS_NAMES_KEY)))
+        limits = None
+        if INPUT_LIMITS_KEY in parameters:
+            try:
+                limits = InputLimits.from_json(text(INPUT_LIMITS_KEY))
+            except ValueError as err:
+                raise ValueError(f"model config parameter '{INPUT_LIMITS_KEY}': {err}") from err
+        return cls(margin, tuple(names(CTC_FEATURES_KEY)), tuple(names(CLASS_NAMES_KEY)), limits)

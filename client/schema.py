@@ -56,6 +56,7 @@ DEFAULT_CTC_FEATURES: tuple[str, ...] = ("ctc_level_pg_ml",)
 
 # Tensor names (ensemble inputs, intermediate tensors, ensemble outputs).
 CT_HU = "CT_HU"
+VOLUME_SHAPE = "VOLUME_SHAPE"
 SPACING_MM = "SPACING_MM"
 ROI_MASK = "ROI_MASK"
 CTC = "CTC"
@@ -118,10 +119,14 @@ class Schema:
     # --- what the client sends (ensemble and preprocess inputs) ---
     @property
     def request_inputs(self) -> tuple[TensorSpec, ...]:
+        """Every request tensor has fixed dims, so Triton checks each shape exactly and no
+        client-chosen dimension can reach a backend (see :mod:`dmfn.client.wire`): the volume
+        and mask travel as one BYTES element each, their shape as VOLUME_SHAPE."""
         return (
-            TensorSpec(CT_HU, "INT16", (-1, -1, -1)),
+            TensorSpec(CT_HU, "BYTES", (1,)),
+            TensorSpec(VOLUME_SHAPE, "INT32", (3,)),
             TensorSpec(SPACING_MM, "FP32", (3,)),
-            TensorSpec(ROI_MASK, "UINT8", (-1, -1, -1)),
+            TensorSpec(ROI_MASK, "BYTES", (1,)),
             TensorSpec(CTC, "FP32", (self.n_ctc,)),
             TensorSpec(CLINICAL, "FP32", (len(CLINICAL_FIELDS),)),
         )

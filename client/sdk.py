@@ -37,6 +37,7 @@ from dmfn.client.contract import ServerContract
 from dmfn.client.io.orientation import to_axial
 from dmfn.client.roi import mask_bbox, roi_box
 from dmfn.client.study import Study
+from dmfn.client.wire import encode_study
 
 log = logging.getLogger(__name__)
 
@@ -96,23 +97,16 @@ class Prediction:
 
 
 # --------------------------------------------------------------------------- request / response
-def build_request(study: Study, contract: ServerContract) -> dict[str, np.ndarray]:
-    """The request tensors for one study, each with a leading batch axis of 1.
+def crop_study(study: Study, contract: ServerContract) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels that leave the client: (int16 HU, uint8 mask) of the lesion box plus
+    ``contract.roi_margin_mm``, in the axial layout, axes (z, y, x).
 
     A study not in the axial layout (e.g. built by hand from another orientation) is first
     permuted/flipped exactly into it (:func:`dmfn.client.io.orientation.to_axial`; oblique ones
-    raise ValueError). The volume is cropped to the lesion box (from ``study.mask``, else ``study.bbox``) plus
-    ``contract.roi_margin_mm``, clamped to the volume. With only a box, ROI_MASK is 1 inside
-    the box (the server's measurements then describe the box). Float HU are rounded to the
-    nearest integer HU (the wire format is int16); values outside the int16 range are refused.
-
-    Returns:
-        {CT_HU int16 [1, z, y, x], SPACING_MM fp32 [1, 3] (z, y, x) mm, ROI_MASK uint8
-        [1, z, y, x], CTC fp32 [1, K] in ``contract.ctc_features`` order, CLINICAL fp32 [1, 5]}.
-
-    Raises:
-        ValueError: not a Study, an oblique study, no mask/bbox, no clinical record, a missing
-            CTC feature, HU outside int16.
+    raise ValueError). The box comes from ``study.mask``, else ``study.bbox``; with only a box
+    the mask is 1 inside the box (the server's measurements then describe the box). Float HU are
+    rounded to the nearest integer HU (the wire format is int16); values outside the int16 range
+    are refused.
     """
     if not isinstance(study, Study):
         raise ValueError(f"argument 'study': must be a dmfn Study, got {type(study).__name__}")
@@ -122,8 +116,6 @@ def build_request(study: Study, contract: ServerContract) -> dict[str, np.ndarra
             f"argument 'study': study {study.image_id!r} has neither a lesion mask nor a bbox; "
             "the client crops the lesion region and sends only that"
         )
-    ctc = study.ctc_array(contract.ctc_features)
-    clinical = study.clinical_array()
     if study.mask is not None:
         lo, hi = mask_bbox(study.mask)
     else:
@@ -146,13 +138,44 @@ def build_request(study: Study, contract: ServerContract) -> dict[str, np.ndarra
                 f"[{float(hu.min())}, {float(hu.max())}]"
             )
         hu = hu.astype(np.int16)
-    return {
-        S.CT_HU: np.ascontiguousarray(hu)[None],
-        S.SPACING_MM: np.asarray(study.spacing_mm, np.float32)[None],
-        S.ROI_MASK: np.ascontiguousarray(mask, dtype=np.uint8)[None],
-        S.CTC: ctc[None],
-        S.CLINICAL: clinical[None],
-    }
+    return np.ascontiguousarray(hu), np.ascontiguousarray(mask, dtype=np.uint8)
+
+
+def build_request(study: Study, contract: ServerContract) -> dict[str, np.ndarray]:
+    """The request tensors for one study (:func:`dmfn.client.wire.encode_study`), each with a
+    leading batch axis of 1: the crop of :func:`crop_study`, the spacing, the CTC features in
+    ``contract.ctc_features`` order and the clinical vector.
+
+    When the contract carries the server's input limits, the study is checked against them here
+    first, so an implausible value fails on the client with the server's own message.
+
+    Raises:
+        ValueError: not a Study, an oblique study, no mask/bbox, no clinical record, a missing
+            CTC feature, HU outside int16, a value outside the model's input limits.
+    """
+    hu, mask = crop_study(study, contract)
+    ctc = study.ctc_array(contract.ctc_features)
+    clinical = study.clinical_array()
+    if contract.limits is not None:
+        contract.limits.check_shape(hu.shape)
+        contract.limits.check_values(study.spacing_mm, ctc, clinical, mask, contract.ctc_features)
+    return encode_study(hu, mask, study.spacing_mm, ctc, clinical)
+
+
+def infer_inputs(
+    module: Any, arrays: Mapping[str, np.ndarray], dtypes: Mapping[str, str] | None = None
+) -> list[Any]:
+    """``module.InferInput`` objects (``module`` = tritonclient.http or tritonclient.grpc) holding
+    ``arrays``, with each tensor's wire dtype from the schema (``dtypes`` overrides some, e.g. to
+    send the internal models' tensors or a deliberately wrong type)."""
+    spec = {t.name: t.dtype for t in S.Schema().request_inputs}
+    spec.update(dtypes or {})
+    inputs = []
+    for name, array in arrays.items():
+        item = module.InferInput(name, list(array.shape), spec[name])
+        item.set_data_from_numpy(array)
+        inputs.append(item)
+    return inputs
 
 
 def parse_response(
@@ -201,6 +224,10 @@ class DmfnClient:
         timeout_s: per-request timeout in seconds (connection and response).
         contract: the model's ROI margin / CTC features / class names; None reads them from the
             model's config on first use.
+        tls: connect with TLS (HTTPS, or gRPC over TLS), e.g. to ``dmfn serve --tls-cert``.
+            A URL written ``https://host:port`` turns it on too.
+        ca_cert: PEM file of the certificate authority (or the self-signed certificate) that
+            signed the server's certificate; None trusts the system's authorities.
 
     Safe to share between threads (one tritonclient client per thread inside). Use as a context
     manager or call :meth:`close`.
@@ -213,6 +240,8 @@ class DmfnClient:
         model: str = S.PIPELINE_MODEL,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         contract: ServerContract | None = None,
+        tls: bool = False,
+        ca_cert: str | None = None,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"argument 'protocol': must be one of {PROTOCOLS}, got {protocol!r}")
@@ -222,11 +251,24 @@ class DmfnClient:
             raise ValueError(
                 f"argument 'contract': must be a ServerContract or None, got {type(contract).__name__}"
             )
-        self.url = url or DEFAULT_URLS[protocol]
-        if "://" in self.url:
-            raise ValueError(
-                f"argument 'url': must be host:port without a scheme, got {self.url!r}"
-            )
+        url = url or DEFAULT_URLS[protocol]
+        scheme, sep, rest = url.partition("://")
+        if sep:
+            if scheme not in ("http", "https") or protocol != "http" or not rest:
+                raise ValueError(
+                    f"argument 'url': must be host:port (or http(s)://host:port for "
+                    f"protocol http), got {url!r}"
+                )
+            url, tls = rest.rstrip("/"), tls or scheme == "https"
+        self.url = url
+        if ca_cert is not None:
+            from pathlib import Path
+
+            if not Path(ca_cert).is_file():
+                raise ValueError(f"argument 'ca_cert': {ca_cert} is not a file")
+            tls = True
+        self.tls = bool(tls)
+        self.ca_cert = None if ca_cert is None else str(ca_cert)
         self.protocol = protocol
         self.model = model
         self.timeout_s = float(timeout_s)
@@ -245,11 +287,22 @@ class DmfnClient:
         client = getattr(self._local, "client", None)
         if client is None:
             if self.protocol == "http":
+                tls = {}
+                if self.tls:
+                    tls = {"ssl": True}
+                    if self.ca_cert is not None:
+                        tls["ssl_options"] = {"ca_certs": self.ca_cert}
                 client = self._module.InferenceServerClient(
-                    self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+                    self.url,
+                    connection_timeout=self.timeout_s,
+                    network_timeout=self.timeout_s,
+                    **tls,
                 )
             else:
-                client = self._module.InferenceServerClient(self.url)
+                tls = {}
+                if self.tls:
+                    tls = {"ssl": True, "root_certificates": self.ca_cert}
+                client = self._module.InferenceServerClient(self.url, **tls)
             self._local.client = client
             with self._lock:
                 self._clients.append(client)
@@ -312,13 +365,7 @@ class DmfnClient:
                 failed, or could not be reached.
         """
         contract = self.contract
-        arrays = build_request(study, contract)
-        spec = {t.name: t.dtype for t in S.Schema(n_ctc=len(contract.ctc_features)).request_inputs}
-        inputs = []
-        for name, array in arrays.items():
-            item = self._module.InferInput(name, list(array.shape), spec[name])
-            item.set_data_from_numpy(array)
-            inputs.append(item)
+        inputs = infer_inputs(self._module, build_request(study, contract))
         outputs = [
             self._module.InferRequestedOutput(t.name)
             for t in S.Schema(n_classes=len(contract.class_names)).response_outputs

@@ -10,7 +10,10 @@ import numpy as np
 import torch
 
 from dmfn.client import schema as S
+from dmfn.client.sdk import infer_inputs  # noqa: F401  (re-exported for the tests)
+from dmfn.client.study import Clinical, Study
 from dmfn.client.taxonomy import load_taxonomy
+from dmfn.client.wire import encode_study
 from dmfn.preprocess import PreprocessParams
 from dmfn.serving.config import ServingSettings
 from dmfn.training.checkpoint import Checkpoint, load_checkpoint
@@ -27,6 +30,9 @@ from dmfn.training.models.tabular import fit_standardisation
 #: Small but real preprocessing: 64-pixel views; a voxel cap low enough to test cheaply.
 TEST_PARAMS = PreprocessParams(view_size=64, max_voxels=2**20)
 TINY_BACKBONE = "regnetx_tiny"
+#: CTC range (pg/ml) recorded in the tiny checkpoint: where synthetic_study's lognormal(2.3, 0.4)
+#: draws fall (its 0.01 % and 99.99 % quantiles are 2.5 and 44), so every test study is accepted.
+SYNTHETIC_CTC_RANGE = ((1.0, 45.0),)
 
 
 def make_studies(n: int, seed: int, n_ctc: int = 1) -> list[RawStudy]:
@@ -70,6 +76,7 @@ def make_tiny_checkpoint(
         preprocess_params=TEST_PARAMS,
         taxonomy=taxonomy,
         ctc_features=S.DEFAULT_CTC_FEATURES,
+        ctc_observed_range=SYNTHETIC_CTC_RANGE,
         metrics={"train_loss_last": losses[-1]},
         training={"synthetic": True, "steps": steps, "seed": seed},
         versions={"torch": str(torch.__version__), "numpy": np.__version__},
@@ -106,27 +113,24 @@ def reference_outputs(checkpoint: Path, studies: list[RawStudy]) -> dict[str, np
     }
 
 
+def as_study(raw: RawStudy, image_id: str = "") -> Study:
+    """A client-side :class:`Study` holding the raw crop (for the SDK)."""
+    location = S.LOCATIONS[int(np.argmax(raw.clinical[2:]))]
+    return Study(
+        hu=raw.hu,
+        spacing_mm=tuple(float(s) for s in raw.spacing_mm),
+        mask=raw.mask,
+        ctc={S.DEFAULT_CTC_FEATURES[0]: float(raw.ctc[0])},
+        clinical=Clinical(float(raw.clinical[0]), "M" if raw.clinical[1] else "F", location),
+        image_id=image_id,
+    )
+
+
 def study_arrays(studies: list[RawStudy]) -> dict[str, np.ndarray]:
-    """Stack same-shape studies into request tensors with a leading batch axis."""
-    return {
-        S.CT_HU: np.stack([s.hu for s in studies]),
-        S.SPACING_MM: np.stack([s.spacing_mm for s in studies]),
-        S.ROI_MASK: np.stack([s.mask for s in studies]),
-        S.CTC: np.stack([s.ctc for s in studies]),
-        S.CLINICAL: np.stack([s.clinical for s in studies]),
-    }
-
-
-def infer_inputs(module: Any, arrays: dict[str, np.ndarray], dtypes: dict[str, str] | None = None):
-    """tritonclient.http / tritonclient.grpc InferInput list; ``dtypes`` overrides wire dtypes."""
-    spec = {t.name: t.dtype for t in S.Schema().request_inputs}
-    spec.update(dtypes or {})
-    inputs = []
-    for name, array in arrays.items():
-        item = module.InferInput(name, list(array.shape), spec[name])
-        item.set_data_from_numpy(array)
-        inputs.append(item)
-    return inputs
+    """The wire tensors of ``studies`` (:func:`dmfn.client.wire.encode_study`), one batch row
+    each (the studies may differ in shape)."""
+    encoded = [encode_study(s.hu, s.mask, s.spacing_mm, s.ctc, s.clinical) for s in studies]
+    return {name: np.concatenate([e[name] for e in encoded]) for name in encoded[0]}
 
 
 def model_stats(client: Any, model: str) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from dmfn.client import schema as S
+from dmfn.client.limits import InputLimits
 from dmfn.client.schema import Schema
 from dmfn.client.taxonomy import load_taxonomy
 from dmfn.preprocess import PreprocessParams
@@ -35,6 +36,7 @@ REGENERATE = (
     "[p.write_text(t) for p, t in render_committed('model_repository').items()]\""
 )
 #: Modules a model.py may import (no torch on the serving path).
+LIMITS = InputLimits(ctc_ranges=((0.0, 40.0),))
 ALLOWED_IMPORTS = {
     "__future__",
     "concurrent.futures",
@@ -48,6 +50,8 @@ ALLOWED_IMPORTS = {
     "dmfn.client",
     "dmfn.client.schema",
     "dmfn.client.taxonomy",
+    "dmfn.client.limits",
+    "dmfn.client.wire",
     "dmfn.preprocess",
     "dmfn.preprocess.threads",
 }
@@ -178,7 +182,9 @@ def test_model_py_imports_no_torch(path: Path) -> None:
 def _write(tmp_path: Path, out: Path, **kwargs) -> Path:
     net = tmp_path / "net.onnx"
     net.write_bytes(b"not really onnx: the writer only copies it")
-    info = kwargs.pop("info", ModelInfo(ctc_features=("ctc_level_pg_ml",), synthetic=True))
+    info = kwargs.pop(
+        "info", ModelInfo(ctc_features=("ctc_level_pg_ml",), synthetic=True, limits=LIMITS)
+    )
     return write_repository(
         out,
         net_file=net,
@@ -210,7 +216,9 @@ def test_write_repository_writes_every_file(tmp_path: Path) -> None:
 
 
 def test_model_card_of_real_data_has_no_synthetic_warning(tmp_path: Path) -> None:
-    info = ModelInfo(ctc_features=("ctc_level_pg_ml",), synthetic=False, metrics={"auc": 0.9})
+    info = ModelInfo(
+        ctc_features=("ctc_level_pg_ml",), synthetic=False, metrics={"auc": 0.9}, limits=LIMITS
+    )
     repo = _write(tmp_path, tmp_path / "repo", info=info)
     card = (repo / MODEL_CARD_FILE).read_text()
     assert "SYNTHETIC" not in card

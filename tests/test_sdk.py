@@ -3,6 +3,7 @@ a real Triton server (slow)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from dmfn.client import predict as P
 from dmfn.client import schema as S
 from dmfn.client.contract import ServerContract
+from dmfn.client.limits import InputLimits
 from dmfn.client.sdk import (
     DmfnClient,
     DmfnServerError,
@@ -21,10 +23,13 @@ from dmfn.client.sdk import (
 )
 from dmfn.client.study import Clinical, Study
 from dmfn.client.taxonomy import load_taxonomy
+from dmfn.client.wire import decode_item
 from dmfn.preprocess import crop_roi
 from dmfn.serving.triton import free_ports
 
 CONTRACT = ServerContract(10.0, S.DEFAULT_CTC_FEATURES, tuple(load_taxonomy().names))
+#: Limits wide enough for every request these tests build (decoding checks the shape).
+WIDE_LIMITS = InputLimits(ctc_ranges=((0.0, 100.0),))
 SPACING = (2.5, 0.8, 0.7)
 PATIENT_ID = "PATIENT-4711-Doe^Jane"
 
@@ -50,6 +55,11 @@ def big_study(rng: np.random.Generator, **overrides) -> Study:
 
 
 # --------------------------------------------------------------------------- fast: requests
+def _sent_bytes(request: dict[str, np.ndarray]) -> bytes:
+    """Everything a request carries: the BYTES elements and the numeric tensors."""
+    return b"".join(a[0, 0] if a.dtype == np.object_ else a.tobytes() for a in request.values())
+
+
 def test_request_holds_only_the_lesion_crop_and_no_identifier() -> None:
     study = big_study(np.random.default_rng(0))
     request = build_request(study, CONTRACT)
@@ -57,28 +67,30 @@ def test_request_holds_only_the_lesion_crop_and_no_identifier() -> None:
     for spec in S.Schema().request_inputs:
         array = request[spec.name]
         assert array.dtype == spec.numpy_dtype, spec.name
-        assert array.dtype.kind in "iuf", spec.name  # numbers only: no strings / objects
-        assert array.shape[0] == 1
+        assert array.shape == (1, *spec.dims), spec.name
     crop = crop_roi(study.hu, mask=study.mask, margin_mm=10.0, spacing_mm=SPACING)
-    np.testing.assert_array_equal(request[S.CT_HU][0], crop.volume)
-    np.testing.assert_array_equal(request[S.ROI_MASK][0], crop.mask)
+    sent = decode_item(request, 0, WIDE_LIMITS)
+    np.testing.assert_array_equal(sent.hu, crop.volume)
+    np.testing.assert_array_equal(sent.mask, crop.mask)
     # margin 10 mm = 4 slices at 2.5 mm, 13 rows at 0.8 mm, 15 columns at 0.7 mm
-    assert request[S.CT_HU].shape[1:] == (5 + 8, 11 + 26, 9 + 30)
-    assert request[S.CT_HU].size < study.hu.size / 10
+    assert request[S.VOLUME_SHAPE].tolist() == [[5 + 8, 11 + 26, 9 + 30]]
+    assert sent.hu.size < study.hu.size / 10
+    # the BYTES elements are exactly the voxels: int16 HU and one bit per mask voxel
+    assert len(request[S.CT_HU][0, 0]) == 2 * sent.hu.size
+    assert len(request[S.ROI_MASK][0, 0]) == -(-sent.hu.size // 8)
     np.testing.assert_array_equal(request[S.SPACING_MM][0], np.float32(SPACING))
     np.testing.assert_array_equal(request[S.CTC], [[11.5]])  # only the model's features
     np.testing.assert_array_equal(request[S.CLINICAL], [[61, 0, 1, 0, 0]])
-    sent = b"".join(a.tobytes() for a in request.values())
     for identifier in (PATIENT_ID, "IMG-0001", "4711"):
-        assert identifier.encode() not in sent
+        assert identifier.encode() not in _sent_bytes(request)
 
 
 def test_request_from_a_bbox_sends_the_box_as_mask() -> None:
     rng = np.random.default_rng(1)
     study = big_study(rng, mask=None, bbox=(18, 50, 70, 23, 61, 79))
     request = build_request(study, CONTRACT)
-    mask = request[S.ROI_MASK][0]
-    assert mask.shape == request[S.CT_HU].shape[1:] == (13, 37, 39)
+    mask = decode_item(request, 0, WIDE_LIMITS).mask
+    assert mask.shape == tuple(request[S.VOLUME_SHAPE][0]) == (13, 37, 39)
     assert mask.sum() == 5 * 11 * 9
     assert mask[4:9, 13:24, 15:24].all()
 
@@ -97,7 +109,7 @@ def test_request_from_a_non_axial_study_is_reoriented_first() -> None:
     )
     expected = build_request(study, CONTRACT)
     for name, array in build_request(flipped, CONTRACT).items():
-        np.testing.assert_array_equal(array, expected[name], err_msg=name)
+        assert array.tolist() == expected[name].tolist(), name
 
 
 def test_float_hu_is_rounded_and_out_of_range_refused() -> None:
@@ -105,9 +117,10 @@ def test_float_hu_is_rounded_and_out_of_range_refused() -> None:
     base = big_study(rng)
     hu = base.hu.astype(np.float32) + 0.4
     request = build_request(big_study(rng, hu=hu), CONTRACT)
-    assert request[S.CT_HU].dtype == np.int16
+    sent = decode_item(request, 0, WIDE_LIMITS)
+    assert sent.hu.dtype == np.int16
     crop = crop_roi(base.hu, mask=base.mask, margin_mm=10.0, spacing_mm=SPACING)
-    np.testing.assert_array_equal(request[S.CT_HU][0], crop.volume)
+    np.testing.assert_array_equal(sent.hu, crop.volume)
     hu[20, 55, 75] = 40000.0
     with pytest.raises(ValueError, match=r"argument 'study'.*int16"):
         build_request(big_study(rng, hu=hu), CONTRACT)
@@ -172,13 +185,23 @@ def test_contract_round_trips_through_config_parameters() -> None:
     [
         ({"protocol": "smtp"}, "protocol"),
         ({"timeout_s": 0}, "timeout_s"),
-        ({"url": "http://127.0.0.1:8000"}, "url"),
+        ({"url": "ftp://127.0.0.1:8000"}, "url"),
+        ({"url": "http://127.0.0.1:8001", "protocol": "grpc"}, "url"),
         ({"contract": {"roi_margin_mm": 1}}, "contract"),
+        ({"ca_cert": "/no/such/ca.pem"}, "ca_cert"),
     ],
 )
 def test_client_refuses_bad_arguments(kwargs: dict, argument: str) -> None:
     with pytest.raises(ValueError, match=f"argument '{argument}'"):
         DmfnClient(**kwargs)
+
+
+def test_client_takes_the_urls_dmfn_serve_prints() -> None:
+    """`dmfn serve` prints http(s)://host:port; the client takes that form (https = TLS)."""
+    plain = DmfnClient("http://127.0.0.1:8000/")
+    assert (plain.url, plain.tls) == ("127.0.0.1:8000", False)
+    secure = DmfnClient("https://127.0.0.1:8000")
+    assert (secure.url, secure.tls) == ("127.0.0.1:8000", True)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -397,12 +420,14 @@ def test_predict_many_keeps_order_and_isolates_a_server_error(
     )
     batch = [*studies, bad, *studies]
     url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
-    with DmfnClient(url, protocol) as client:
+    with DmfnClient(url, protocol) as checked:
+        unchecked = dataclasses.replace(checked.contract, limits=None)  # the server decides
+    with DmfnClient(url, protocol, contract=unchecked) as client:
         results = client.predict_many(batch, concurrency=4, return_exceptions=True)
         for i, result in enumerate(results):
             if i == len(studies):
                 assert isinstance(result, DmfnServerError)
-                assert "CTC" in result.message and "finite" in result.message
+                assert "CTC" in result.message and "outside the range" in result.message
                 assert result.status in ("400", "StatusCode.INVALID_ARGUMENT")
             else:
                 _assert_prediction(result, reference, i % (len(studies) + 1))

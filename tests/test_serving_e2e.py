@@ -218,34 +218,66 @@ def _inf(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def _bytes(data: bytes) -> np.ndarray:
+    out = np.empty((1, 1), np.object_)
+    out[0, 0] = data
+    return out
+
+
+def _truncate(a: np.ndarray) -> np.ndarray:
+    return _bytes(a[0, 0][:-1])
+
+
+def _as_int16_volume(a: np.ndarray) -> np.ndarray:
+    """The old wire format: the volume as an INT16 tensor with client-chosen dims."""
+    return np.zeros((1, 4, 8, 8), np.int16)
+
+
 BAD_REQUESTS = {
-    "wrong dtype": (
-        _mutate(CT_HU=lambda a: a.astype(np.float32), dtypes={S.CT_HU: "FP32"}),
-        [S.CT_HU, "data-type is 'FP32'", "expects 'INT16'"],
+    "volume as an int16 tensor": (
+        _mutate(CT_HU=_as_int16_volume, dtypes={S.CT_HU: "INT16"}),
+        [S.CT_HU, "INT16", "BYTES"],
     ),
     "wrong rank": (
-        _mutate(CT_HU=lambda a: a[:, 0]),
-        [S.CT_HU, "unexpected shape", "Expected [-1,-1,-1,-1]"],
+        _mutate(VOLUME_SHAPE=lambda a: a[:, :2]),
+        [S.VOLUME_SHAPE, "unexpected shape"],
     ),
-    "NaN spacing": (_mutate(SPACING_MM=_nan), [S.SPACING_MM, "finite and > 0 mm"]),
-    "NaN CTC": (_mutate(CTC=_nan), [S.CTC, "finite values (found NaN/Inf)"]),
-    "Inf clinical": (_mutate(CLINICAL=_inf), [S.CLINICAL, "finite values (found NaN/Inf)"]),
+    "NaN spacing": (_mutate(SPACING_MM=_nan), [S.SPACING_MM, "within 0.1..10 mm"]),
+    "spacing 1e-30 mm": (
+        _mutate(SPACING_MM=lambda a: np.full_like(a, 1e-30)),
+        [S.SPACING_MM, "within 0.1..10 mm"],
+    ),
+    "NaN CTC": (_mutate(CTC=_nan), [S.CTC, "outside the range this model accepts"]),
+    "CTC 1e30": (_mutate(CTC=lambda a: np.full_like(a, 1e30)), [S.CTC, "outside the range"]),
+    "CTC -5": (_mutate(CTC=lambda a: np.full_like(a, -5)), [S.CTC, "outside the range"]),
+    "CTC 1300 (units)": (_mutate(CTC=lambda a: np.full_like(a, 1300)), [S.CTC, "pg/ml"]),
+    "Inf clinical": (_mutate(CLINICAL=_inf), [S.CLINICAL, "age_years must be within 0..120"]),
+    "age 130": (
+        _mutate(CLINICAL=lambda a: np.concatenate([[[130.0]], a[:, 1:]], axis=1).astype(a.dtype)),
+        [S.CLINICAL, "age_years must be within 0..120"],
+    ),
     "empty volume": (
-        _mutate(CT_HU=lambda a: a[:, :0], ROI_MASK=lambda a: a[:, :0]),
-        [S.CT_HU, "must not be empty"],
+        _mutate(VOLUME_SHAPE=lambda a: np.array([[0, 8, 8]], np.int32)),
+        [S.VOLUME_SHAPE, "every axis must be 1..2048"],
     ),
-    "volume above the cap": (
+    "volume above the limit": (
+        _mutate(VOLUME_SHAPE=lambda a: np.array([[1024, 1024, 64]], np.int32)),
+        [S.VOLUME_SHAPE, "above this server's limit"],
+    ),
+    "CT bytes short": (_mutate(CT_HU=_truncate), [S.CT_HU, "bytes but VOLUME_SHAPE"]),
+    "mask bytes short": (_mutate(ROI_MASK=_truncate), [S.ROI_MASK, "bytes but VOLUME_SHAPE"]),
+    "empty mask": (
+        _mutate(ROI_MASK=lambda a: _bytes(bytes(len(a[0, 0])))),
+        [S.ROI_MASK, "at least 2 voxels on every axis", "empty mask"],
+    ),
+    "1x1x1 volume": (
         _mutate(
-            CT_HU=np.zeros((1, 65, 128, 128), np.int16),
-            ROI_MASK=np.ones((1, 65, 128, 128), np.uint8),
+            VOLUME_SHAPE=lambda a: np.array([[1, 1, 1]], np.int32),
+            CT_HU=_bytes(b"\x00\x00"),
+            ROI_MASK=_bytes(b"\x80"),
         ),
-        [S.CT_HU, "above the cap"],
+        [S.ROI_MASK, "at least 2 voxels on every axis"],
     ),
-    "mask shape differs": (
-        _mutate(ROI_MASK=lambda a: a[..., :-1]),
-        [S.ROI_MASK, "must equal the volume's shape"],
-    ),
-    "empty mask": (_mutate(ROI_MASK=np.zeros_like), [S.ROI_MASK, "no nonzero voxel"]),
     "missing CTC": (_mutate(CTC=None), ["missing required input(s) ['CTC']"]),
 }
 
@@ -278,7 +310,7 @@ def test_invalid_argument_errors_are_http_400(triton_server, studies) -> None:
 
 
 def test_concurrent_good_and_bad_requests_fail_only_the_bad(triton_server, studies, reference):
-    bad_cases = ["NaN CTC", "mask shape differs", "empty volume", "Inf clinical"]
+    bad_cases = ["NaN CTC", "mask bytes short", "empty volume", "Inf clinical"]
     jobs, expect = [], []
     for i in range(N_CONCURRENT):
         if i % 2:
@@ -310,9 +342,12 @@ def test_dmfn_serve_runs_until_sigterm(exported_repository, tmp_path: Path) -> N
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready_line = process.stdout.readline()
-        assert "Triton is ready" in ready_line, ready_line + process.stderr.read()
-        endpoints = "".join(process.stdout.readline() for _ in range(3))
+        if "dmfn serve: ready after" not in ready_line:
+            process.kill()
+            pytest.fail(ready_line + process.stderr.read())
+        endpoints = "".join(process.stdout.readline() for _ in range(4))
         assert f"http://127.0.0.1:{http}" in endpoints and f"127.0.0.1:{grpc}" in endpoints
+        assert "admin APIs closed" in endpoints
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
         assert client.is_model_ready(S.PIPELINE_MODEL)
         client.close()

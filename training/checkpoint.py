@@ -9,6 +9,8 @@ untrusted source cannot run code):
 - ``preprocess_params``: :class:`dmfn.preprocess.PreprocessParams` as a dict
 - ``taxonomy_csv``: the taxonomy file text (class order = logit order)
 - ``ctc_features``: names of the CTC features, in TABULAR order
+- ``ctc_observed_range``: per CTC feature, the (min, max) seen in the training split; the served
+  model accepts this range plus a margin (:class:`dmfn.client.limits.InputLimits`)
 - ``metrics``, ``training`` (arguments, epoch, seed), ``versions`` (dmfn, torch, numpy)
 """
 
@@ -38,6 +40,9 @@ class Checkpoint:
     preprocess_params: PreprocessParams
     taxonomy: Taxonomy
     ctc_features: tuple[str, ...]
+    #: Per CTC feature, (min, max) over the training split; None in checkpoints made before it
+    #: was recorded (``dmfn export --ctc-range`` then supplies it).
+    ctc_observed_range: tuple[tuple[float, float], ...] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -61,6 +66,11 @@ class Checkpoint:
             "taxonomy_csv": self.taxonomy.to_csv_text(),
             "taxonomy_source": self.taxonomy.source,
             "ctc_features": list(self.ctc_features),
+            "ctc_observed_range": (
+                None
+                if self.ctc_observed_range is None
+                else [[float(lo), float(hi)] for lo, hi in self.ctc_observed_range]
+            ),
             "metrics": self.metrics,
             "training": self.training,
             "versions": self.versions or current_versions(),
@@ -103,7 +113,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             payload["taxonomy_csv"], source=payload.get("taxonomy_source", str(path))
         ),
         ctc_features=tuple(payload["ctc_features"]),
+        ctc_observed_range=_ranges(payload.get("ctc_observed_range")),
         metrics=dict(payload.get("metrics", {})),
         training=dict(payload.get("training", {})),
         versions=dict(payload.get("versions", {})),
+    )
+
+
+def _ranges(value: object) -> tuple[tuple[float, float], ...] | None:
+    if value is None:
+        return None
+    return tuple((float(lo), float(hi)) for lo, hi in value)  # type: ignore[union-attr]
+
+
+def observed_range(columns: np.ndarray) -> tuple[tuple[float, float], ...]:
+    """(min, max) of each column of a 2D array (rows = training images)."""
+    columns = np.asarray(columns, dtype=np.float64)
+    return tuple(
+        (float(lo), float(hi)) for lo, hi in zip(columns.min(0), columns.max(0), strict=True)
     )

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from dmfn.client import schema as S
+from dmfn.client.limits import DEFAULT_MAX_STUDY_VOXELS, InputLimits, widen_range
 from dmfn.preprocess import PreprocessedStudy, PreprocessParams, preprocess_study
 from dmfn.serving.config import TARGETS, ServingSettings
 from dmfn.serving.repository import ModelInfo, write_repository
@@ -301,6 +302,36 @@ def _schema_checks(ckpt: Checkpoint) -> None:
         )
 
 
+def input_limits(
+    ckpt: Checkpoint,
+    ctc_range: Sequence[tuple[float, float]] | None = None,
+    max_study_voxels: int = DEFAULT_MAX_STUDY_VOXELS,
+) -> InputLimits:
+    """The input limits the served model enforces.
+
+    CTC: ``ctc_range`` (one (low, high) per CTC feature, used as given) or else the checkpoint's
+    training range widened by :func:`dmfn.client.limits.widen_range`. Other limits: defaults.
+    """
+    if ctc_range is not None:
+        ranges = tuple(tuple(r) for r in ctc_range)
+    elif ckpt.ctc_observed_range is not None:
+        ranges = tuple(widen_range(lo, hi) for lo, hi in ckpt.ctc_observed_range)
+    else:
+        raise ValueError(
+            "argument 'ctc_range' (--ctc-range): the checkpoint does not record the CTC range "
+            "seen in training (it predates that record); give the accepted range of each CTC "
+            f"feature ({', '.join(ckpt.ctc_features)}) as --ctc-range LOW:HIGH"
+        )
+    if len(ranges) != len(ckpt.ctc_features):
+        raise ValueError(
+            f"argument 'ctc_range' (--ctc-range): {len(ranges)} range(s) for "
+            f"{len(ckpt.ctc_features)} CTC feature(s) ({', '.join(ckpt.ctc_features)})"
+        )
+    # A crop the preprocessing would refuse anyway is refused at the door.
+    cap = min(max_study_voxels, ckpt.preprocess_params.max_voxels)
+    return InputLimits(ctc_ranges=ranges, max_study_voxels=cap)  # type: ignore[arg-type]
+
+
 def _is_synthetic(ckpt: Checkpoint, training_data: str) -> bool:
     if training_data != "auto":
         return training_data == "synthetic"
@@ -322,6 +353,8 @@ def export(
     training_data: str = "auto",
     overwrite: bool = False,
     seed: int = 0,
+    ctc_range: Sequence[tuple[float, float]] | None = None,
+    max_study_voxels: int = DEFAULT_MAX_STUDY_VOXELS,
 ) -> dict[str, float]:
     """Export ``checkpoint`` into a Triton repository at ``out``; returns the parity numbers.
 
@@ -336,6 +369,7 @@ def export(
             raise ExportError(f"cannot build a TensorRT engine here: {reason}")
     ckpt = load_checkpoint(checkpoint)
     _schema_checks(ckpt)
+    limits = input_limits(ckpt, ctc_range, max_study_voxels)
     model = ckpt.build_model()
     params = ckpt.preprocess_params
     if parity_manifest is not None:
@@ -387,6 +421,7 @@ def export(
             synthetic=_is_synthetic(ckpt, training_data),
             checkpoint=str(checkpoint),
             parity=parity,
+            limits=limits,
         )
         write_repository(
             out,
@@ -407,6 +442,16 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"must be comma-separated integers, got {text!r}"
         ) from None
+
+
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be LOW:HIGH, got {text!r}") from None
+    if not lo <= hi:
+        raise argparse.ArgumentTypeError(f"LOW must be <= HIGH, got {text!r}")
+    return lo, hi
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -541,6 +586,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the net runs (default: KIND_CPU for cpu, KIND_GPU for onnxruntime/tensorrt)",
     )
+    lim = p.add_argument_group("accepted inputs (refused with HTTP 400 outside them)")
+    lim.add_argument(
+        "--ctc-range",
+        type=_range,
+        action="append",
+        default=None,
+        metavar="LOW:HIGH",
+        help="accepted range of a CTC feature, once per feature in order (default: the range seen "
+        "in training, widened by half its width on each side, not below 0)",
+    )
+    lim.add_argument(
+        "--max-study-voxels",
+        type=int,
+        default=DEFAULT_MAX_STUDY_VOXELS,
+        help="largest ROI crop one study may send, in voxels; also sizes the front door's request "
+        f"body limit ({DEFAULT_MAX_STUDY_VOXELS})",
+    )
     p.add_argument(
         "--training-data",
         choices=("auto", "synthetic", "real"),
@@ -581,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
             training_data=args.training_data,
             overwrite=args.overwrite,
             seed=args.seed,
+            ctc_range=args.ctc_range,
+            max_study_voxels=args.max_study_voxels,
         )
     except (ValueError, ExportError) as err:
         print(f"dmfn export: {err}", file=sys.stderr)

@@ -44,7 +44,7 @@ from dmfn.preprocess import PreprocessParams
 
 from . import losses, metrics
 from .augment import AugmentParams, augment_views
-from .checkpoint import Checkpoint, current_versions, load_checkpoint
+from .checkpoint import Checkpoint, current_versions, load_checkpoint, observed_range
 from .dataset import CohortTensors, build_cache, load_split, patient_mean
 from .manifest import Manifest, read_manifest
 from .models import (
@@ -575,6 +575,7 @@ def _checkpoint(
         preprocess_params=data.params,
         taxonomy=data.taxonomy,
         ctc_features=tuple(args.ctc_features),
+        ctc_observed_range=observed_range(data.train.tabular[:, : len(args.ctc_features)]),
         metrics=metrics_,
         training={
             "seed": seed,

@@ -5,6 +5,10 @@ output LOGITS fp32[B, C]. Triton's dynamic batcher hands several requests to one
 are concatenated into one ONNX Runtime call and split back, one response per request, in order.
 The session is built once; its intra-op threads come from the config parameter
 ``intra_op_num_threads``.
+
+The model can be called directly, not only through the ensemble, so it checks its inputs itself:
+a request with a non-finite value, or views outside [0, 1] (the windowed range), gets its own
+INVALID_ARG error and never reaches the net.
 """
 
 from __future__ import annotations
@@ -46,25 +50,56 @@ class TritonPythonModel:
             f"intra_op_num_threads={options.intra_op_num_threads}"
         )
 
+    def _inputs(self, request) -> dict[str, np.ndarray] | pb_utils.TritonError:
+        """The request's arrays, or the INVALID_ARG error that refuses it."""
+        arrays = {
+            name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+            for name in self.input_names
+        }
+        for name, array in arrays.items():
+            if not np.isfinite(array).all():
+                return pb_utils.TritonError(
+                    f"dmfn: input '{name}': must contain only finite values (found NaN/Inf)",
+                    pb_utils.TritonError.INVALID_ARG,
+                )
+        views = arrays.get(S.VIEWS)
+        if views is not None and views.size and (views.min() < 0.0 or views.max() > 1.0):
+            return pb_utils.TritonError(
+                f"dmfn: input '{S.VIEWS}': windowed views must lie in [0, 1], got "
+                f"[{float(views.min()):g}, {float(views.max()):g}]",
+                pb_utils.TritonError.INVALID_ARG,
+            )
+        return arrays
+
     def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        good: list[tuple[int, dict[str, np.ndarray]]] = []
+        for i, request in enumerate(requests):
+            try:
+                checked = self._inputs(request)
+            except Exception as err:  # never raise out of execute
+                checked = pb_utils.TritonError(f"dmfn: cannot read the request: {err}")
+            if isinstance(checked, pb_utils.TritonError):
+                responses[i] = pb_utils.InferenceResponse(error=checked)
+            else:
+                good.append((i, checked))
+        if not good:
+            return responses
         try:
             feeds = {
-                name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
+                name: np.concatenate([arrays[name] for _, arrays in good])
                 for name in self.input_names
             }
-            sizes = [a.shape[0] for a in feeds[self.input_names[0]]]
-            (logits,) = self.session.run(
-                [S.LOGITS], {name: np.concatenate(parts) for name, parts in feeds.items()}
-            )
+            (logits,) = self.session.run([S.LOGITS], feeds)
             logits = logits.astype(self.output_dtype, copy=False)
-            bounds = np.cumsum([0, *sizes])
-            return [
-                pb_utils.InferenceResponse(
+            bounds = np.cumsum([0, *(arrays[self.input_names[0]].shape[0] for _, arrays in good)])
+            for (i, _), (lo, hi) in zip(good, itertools.pairwise(bounds), strict=True):
+                responses[i] = pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor(S.LOGITS, logits[lo:hi])]
                 )
-                for lo, hi in itertools.pairwise(bounds)
-            ]
         except Exception as err:  # never raise out of execute; every request gets the error
             pb_utils.Logger.log_error(f"dmfn: ONNX Runtime failed: {err!r}")
             error = pb_utils.TritonError(f"dmfn: inference failed: {err}")
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+            for i, _ in good:
+                responses[i] = pb_utils.InferenceResponse(error=error)
+        return responses

@@ -8,7 +8,8 @@ probable class) and MEASUREMENTS fp32[B, 5] (MEASUREMENTS_PRE re-emitted: Triton
 when an ensemble output is also an intermediate tensor).
 
 The taxonomy (class order = logit order) is read once from the repository file written by
-``dmfn export``.
+``dmfn export``. The model can be called directly, so it refuses non-finite inputs itself
+(INVALID_ARG on that request's own response) rather than turn NaN into a class.
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ class TritonPythonModel:
         measurements = pb_utils.get_input_tensor_by_name(
             request, S.MEASUREMENTS_INTERNAL
         ).as_numpy()
+        for name, array in ((S.LOGITS, logits), (S.MEASUREMENTS_INTERNAL, measurements)):
+            if not np.isfinite(array).all():
+                return pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(
+                        f"postprocess: input '{name}': must contain only finite values "
+                        "(found NaN/Inf)",
+                        pb_utils.TritonError.INVALID_ARG,
+                    )
+                )
         probs = softmax(logits)
         top = np.argsort(-probs, axis=1, kind="stable")[:, : S.TOP_K].astype(np.int32)
         malignant = probs[:, self.malignant].sum(axis=1, keepdims=True, dtype=np.float64)

@@ -1,11 +1,14 @@
 """Triton python-backend model ``preprocess``: one CT study per batch item -> fixed-shape tensors.
 
-Inputs (per batch item, axes (z, y, x)): CT_HU int16 [z, y, x] in HU, SPACING_MM fp32[3] in mm,
-ROI_MASK uint8 [z, y, x] (nonzero = lesion), CTC fp32[K], CLINICAL fp32[5].
+Inputs per batch item (the wire format of :mod:`dmfn.client.wire`; every dim is fixed, so Triton
+checks shapes exactly): CT_HU BYTES[1] (int16 HU, C order (z, y, x)), VOLUME_SHAPE int32[3],
+SPACING_MM fp32[3] (z, y, x) mm, ROI_MASK BYTES[1] (bit-packed), CTC fp32[K], CLINICAL fp32[5].
 Outputs: VIEWS fp32[3, S, S], TABULAR fp32[K + 5], MEASUREMENTS_PRE fp32[5] (mm units).
 
-Runs :func:`dmfn.preprocess.preprocess_study` with the parameters stored in the repository by
-``dmfn export`` (the ones the model was trained with).
+Each study is decoded and checked against the model's input limits
+(:class:`dmfn.client.limits.InputLimits`, written by ``dmfn export`` into this model's
+parameters) before any array is built from it, then run through
+:func:`dmfn.preprocess.preprocess_study` with the parameters the model was trained with.
 
 Batching: the model has a dynamic batcher, so one ``execute`` receives every request that queued
 up meanwhile (each may have its own volume shape). They are preprocessed in parallel by a pool
@@ -13,8 +16,8 @@ of ``worker_threads`` threads (config parameter): the C++ kernels release the GI
 runs the kernels with ``openmp_threads`` OpenMP threads (config parameter, default 1: on ROI
 crops a team costs more in synchronisation than it gains, and workers x teams would
 oversubscribe the CPU). All responses of the batch leave together, so the net's dynamic
-batcher sees them together. A bad request gets its own INVALID_ARG error naming the tensor and
-the rule; the other requests of the batch still succeed.
+batcher sees them together. A bad request gets its own INVALID_ARG error naming the tensor, the
+rule and, in a request of several studies, which study; the other requests still succeed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from dmfn.client import schema as S
+from dmfn.client.limits import InputLimits
+from dmfn.client.wire import batch_size, decode_checked, where_in_batch
 from dmfn.preprocess import PreprocessParams, preprocess_study
 from dmfn.preprocess.threads import has_openmp, set_openmp_threads
 
@@ -39,7 +44,7 @@ ARGUMENT_TO_TENSOR = {
     "ctc": S.CTC,
     "clinical": S.CLINICAL,
 }
-INPUT_NAMES = (S.CT_HU, S.SPACING_MM, S.ROI_MASK, S.CTC, S.CLINICAL)
+INPUT_NAMES = tuple(t.name for t in S.Schema().request_inputs)
 OUTPUT_NAMES = (S.VIEWS, S.TABULAR, S.MEASUREMENTS_INTERNAL)
 _ARGUMENT = re.compile(r"argument '(\w+)'")
 
@@ -63,7 +68,14 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"preprocess: {path} is missing; write the repository with `dmfn export`"
             )
+        if "input_limits" not in parameters:
+            raise pb_utils.TritonModelException(
+                "preprocess: the config has no 'input_limits' parameter (a repository written by "
+                "an older `dmfn export`); export the model again"
+            )
         self.params = PreprocessParams.from_json(path.read_text())
+        self.limits = InputLimits.from_json(parameters["input_limits"])
+        self.ctc_names = tuple(json.loads(parameters.get("ctc_features", "[]"))) or None
         self.logger = pb_utils.Logger
         self.out_dtypes = {
             spec["name"]: pb_utils.triton_string_to_numpy(spec["data_type"])
@@ -84,13 +96,27 @@ class TritonPythonModel:
         """Worker thread start: its own OpenMP thread count (the setting is per thread)."""
         set_openmp_threads(self.omp_threads)
 
-    def _preprocess(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        """Worker thread: preprocess every item of one request (ValueError for a bad input)."""
-        batch = arrays[0].shape[0]
+    def _preprocess(self, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Worker thread: decode, check and preprocess every study of one request.
+
+        Raises ValueError naming the tensor (and the study, in a batch) for a bad input.
+        """
+        batch = batch_size(arrays)
         per_item = []
         for i in range(batch):
-            study = preprocess_study(*(a[i] for a in arrays), params=self.params)
-            per_item.append((study.views, study.tabular, study.measurements))
+            try:
+                study = decode_checked(arrays, i, self.limits, self.ctc_names)
+                out = preprocess_study(
+                    study.hu,
+                    study.spacing_mm,
+                    study.mask,
+                    study.ctc,
+                    study.clinical,
+                    params=self.params,
+                )
+            except ValueError as err:
+                raise ValueError(where_in_batch(i, batch) + tensor_message(err)) from None
+            per_item.append((out.views, out.tabular, out.measurements))
         return [np.stack(parts) for parts in zip(*per_item, strict=True)]
 
     def _response(self, future: Future) -> pb_utils.InferenceResponse:
@@ -103,9 +129,7 @@ class TritonPythonModel:
                 ]
             )
         except ValueError as err:
-            error = pb_utils.TritonError(
-                f"preprocess: {tensor_message(err)}", pb_utils.TritonError.INVALID_ARG
-            )
+            error = pb_utils.TritonError(f"preprocess: {err}", pb_utils.TritonError.INVALID_ARG)
         except Exception as err:  # never raise out of execute: it would fail the whole batch
             self.logger.log_error(f"preprocess: internal error {err!r}")
             error = pb_utils.TritonError(
@@ -119,9 +143,9 @@ class TritonPythonModel:
         futures = []
         for request in requests:
             try:
-                arrays = [
-                    pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in INPUT_NAMES
-                ]
+                arrays = {
+                    n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in INPUT_NAMES
+                }
                 futures.append(self.pool.submit(self._preprocess, arrays))
             except Exception as err:  # answered on this request's own response
                 failed: Future = Future()

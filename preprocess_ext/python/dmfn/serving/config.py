@@ -224,13 +224,23 @@ def _header(name: str, max_batch_size: int) -> _Message:
 # --- the four models --------------------------------------------------------------------------
 
 
-def render_preprocess(schema: Schema, settings: ServingSettings) -> str:
-    """``preprocess``: variable-shape request tensors in, fixed-shape tensors out.
+def render_preprocess(
+    schema: Schema, settings: ServingSettings, contract: ServerContract | None = None
+) -> str:
+    """``preprocess``: the request tensors (volume and mask as bytes) in, fixed-shape tensors out.
 
     Dynamically batched (requests of different volume shapes share one ``execute``; each is
     preprocessed on its own by a pool of ``preprocess_threads`` threads), so that the outputs of
     concurrent requests reach the net together and the net's dynamic batcher forms batches.
+    ``contract.limits`` (the input limits it enforces) and the CTC feature names go into its
+    parameters.
     """
+    extra = {}
+    if contract is not None:
+        _check_contract(schema, contract)
+        extra = {"ctc_features": json.dumps(list(contract.ctc_features))}
+        if contract.limits is not None:
+            extra["input_limits"] = contract.limits.to_json()
     message = [
         *_header(S.PREPROCESS_MODEL, settings.pipeline_max_batch_size),
         ("backend", "python"),
@@ -246,6 +256,7 @@ def render_preprocess(schema: Schema, settings: ServingSettings) -> str:
                 "preprocess_params_file": PARAMS_FILE,
                 "worker_threads": str(settings.preprocess_threads),
                 "openmp_threads": str(settings.preprocess_openmp_threads),
+                **extra,
             }
         ),
     ]
@@ -362,7 +373,7 @@ def render_all(
     """
     settings = settings or ServingSettings()
     return {
-        S.PREPROCESS_MODEL: render_preprocess(schema, settings),
+        S.PREPROCESS_MODEL: render_preprocess(schema, settings, contract),
         S.NET_MODEL: render_net(schema, settings),
         S.POSTPROCESS_MODEL: render_postprocess(schema, settings),
         S.PIPELINE_MODEL: render_pipeline(schema, settings, contract),

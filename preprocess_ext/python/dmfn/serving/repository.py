@@ -31,6 +31,7 @@ from typing import Any
 import dmfn
 from dmfn.client import schema as S
 from dmfn.client.contract import ServerContract
+from dmfn.client.limits import InputLimits
 from dmfn.client.schema import Schema
 from dmfn.client.taxonomy import Taxonomy
 from dmfn.preprocess.params import PreprocessParams
@@ -47,6 +48,9 @@ from .config import (
 
 log = logging.getLogger(__name__)
 
+#: Input limits of the committed template configs only; `dmfn export` writes the model's own
+#: (its CTC range comes from the training data).
+TEMPLATE_LIMITS = InputLimits(ctc_ranges=((0.0, 100.0),))
 MANIFEST_FILE = "dmfn_manifest.json"
 MODEL_CARD_FILE = "MODEL_CARD.md"
 TEMPLATE_ENV = "DMFN_MODEL_REPOSITORY_TEMPLATE"
@@ -87,6 +91,8 @@ class ModelInfo:
     synthetic: bool = True
     checkpoint: str = ""
     parity: Mapping[str, float] = field(default_factory=dict)
+    #: The input limits the server enforces (CTC ranges from the training data).
+    limits: InputLimits | None = None
 
 
 def model_card_text(info: ModelInfo, taxonomy: Taxonomy, schema: Schema, target: str) -> str:
@@ -128,6 +134,16 @@ def model_card_text(info: ModelInfo, taxonomy: Taxonomy, schema: Schema, target:
         lines += [f"- {k}: {v}" for k, v in sorted(info.metrics.items())]
     else:
         lines.append("- none recorded in the checkpoint")
+    if info.limits is not None:
+        lines += [
+            "",
+            "## Accepted inputs",
+            "",
+            "Requests outside these ranges are refused (HTTP 400 / gRPC INVALID_ARGUMENT) with a "
+            "message naming the field and the range:",
+            "",
+            *info.limits.describe(info.ctc_features),
+        ]
     if info.parity:
         lines += ["", "## Export checks", ""]
         lines += [f"- {k}: {v:.3g}" for k, v in sorted(info.parity.items())]
@@ -160,6 +176,7 @@ def _manifest(
         "taxonomy_sha256": taxonomy.digest(),
         "synthetic": info.synthetic,
         "parity": dict(info.parity),
+        "input_limits": info.limits.to_dict() if info.limits is not None else None,
     }
 
 
@@ -173,7 +190,9 @@ def _fill(
     taxonomy: Taxonomy,
     info: ModelInfo,
 ) -> None:
-    contract = ServerContract(params.roi_margin_mm, tuple(info.ctc_features), tuple(taxonomy.names))
+    contract = ServerContract(
+        params.roi_margin_mm, tuple(info.ctc_features), tuple(taxonomy.names), info.limits
+    )
     configs = render_all(schema, settings, contract)
     for name in MODEL_NAMES:
         (root / name / "1").mkdir(parents=True)
@@ -216,9 +235,15 @@ def write_repository(
         raise ValueError(f"argument 'net_file': {net_file} does not exist")
     if not info.ctc_features:
         raise ValueError("argument 'info': ctc_features must name at least one CTC feature")
+    if info.limits is None:
+        raise ValueError(
+            "argument 'info': limits (the input ranges the server enforces) are required"
+        )
     schema = Schema(
         n_ctc=len(info.ctc_features), n_classes=len(taxonomy), view_size=params.view_size
     )
+    if out.is_symlink():  # write where the link points, so the link stays valid and current
+        out = out.resolve()
     template = template_dir()
     if out.resolve() == template.resolve():
         raise ValueError(
@@ -283,7 +308,10 @@ def render_committed(
     from dmfn.client.taxonomy import load_taxonomy
 
     contract = ServerContract(
-        PreprocessParams().roi_margin_mm, S.DEFAULT_CTC_FEATURES, tuple(load_taxonomy().names)
+        PreprocessParams().roi_margin_mm,
+        S.DEFAULT_CTC_FEATURES,
+        tuple(load_taxonomy().names),
+        TEMPLATE_LIMITS,
     )
     configs = render_all(schema or Schema(), settings or ServingSettings(), contract)
     return {Path(repo) / name / "config.pbtxt": text for name, text in configs.items()}
