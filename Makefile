@@ -19,7 +19,7 @@ help:  ## list targets
 
 setup: system-deps $(STAMP_EXT)  ## create .venv, install pinned deps, build the C++ extension (idempotent)
 
-system-deps:  ## Debian packages the tests need (R + pROC for the statistics reference); root only
+system-deps:  ## Debian packages the tests need (R + pROC, nginx, openssl); root only
 	@bash scripts/system-deps.sh
 
 $(VENV)/bin/python:
@@ -40,7 +40,7 @@ demo: setup  ## the main job on the embedded default
 test: setup  ## run the whole test suite (slow end-to-end tests included)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint:  ## ruff check + format check
+lint: $(STAMP_DEPS)  ## ruff check + format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 format:

@@ -43,10 +43,12 @@ from pathlib import Path
 import numpy as np
 
 from dmfn.client import schema as S
+from dmfn.client.sdk import infer_inputs
 from dmfn.preprocess import PreprocessParams, preprocess_study
 from dmfn.preprocess.threads import set_openmp_threads
 
-REQUEST_NAMES = [t.name for t in S.Schema().request_inputs]
+#: preprocess_study's arguments, in order (what the in-process floor and FastAPI receive).
+RAW_NAMES = ("hu", "spacing_mm", "mask", "ctc", "clinical")
 RESPONSE_NAMES = [t.name for t in S.Schema().response_outputs]
 CPUS = len(os.sched_getaffinity(0))
 
@@ -78,22 +80,33 @@ def make_checkpoint(path: Path, backbone: str, params: PreprocessParams, seed: i
         preprocess_params=params,
         taxonomy=taxonomy,
         ctc_features=S.DEFAULT_CTC_FEATURES,
+        ctc_observed_range=((1.0, 45.0),),  # synthetic_study's CTC draws
         metrics={},
         training={"synthetic": True, "benchmark": "untrained weights"},
         versions={"torch": str(torch.__version__)},
     ).save(path)
 
 
-def make_requests(n: int, seed: int, shape: tuple[int, int, int]) -> list[dict[str, np.ndarray]]:
-    """``n`` synthetic ROI crops as request tensors (batch axis 1)."""
+@dataclass(frozen=True)
+class BenchRequest:
+    """One study: ``raw`` = preprocess_study's arguments (:data:`RAW_NAMES`), for the in-process
+    floor and FastAPI; ``wire`` = the Triton request tensors of the same study."""
+
+    raw: dict[str, np.ndarray]
+    wire: dict[str, np.ndarray]
+
+
+def make_requests(n: int, seed: int, shape: tuple[int, int, int]) -> list[BenchRequest]:
+    """``n`` synthetic ROI crops."""
+    from dmfn.client.wire import encode_study
     from dmfn.training.export import synthetic_study
 
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         s = synthetic_study(rng, 1, shape)
-        arrays = (s.hu, s.spacing_mm, s.mask, s.ctc, s.clinical)
-        out.append({name: a[None] for name, a in zip(REQUEST_NAMES, arrays, strict=True)})
+        raw = dict(zip(RAW_NAMES, (s.hu, s.spacing_mm, s.mask, s.ctc, s.clinical), strict=True))
+        out.append(BenchRequest(raw, encode_study(s.hu, s.mask, s.spacing_mm, s.ctc, s.clinical)))
     return out
 
 
@@ -122,8 +135,8 @@ class Floor:
     def thread_init(self) -> None:
         set_openmp_threads(self.omp_threads)
 
-    def __call__(self, request: dict[str, np.ndarray]) -> None:
-        p = preprocess_study(*(request[n][0] for n in REQUEST_NAMES), params=self.params)
+    def __call__(self, request: BenchRequest) -> None:
+        p = preprocess_study(*(request.raw[n] for n in RAW_NAMES), params=self.params)
         self.session.run([S.LOGITS], {S.VIEWS: p.views[None], S.TABULAR: p.tabular[None]})
 
     def close(self) -> None:
@@ -153,13 +166,8 @@ class TritonCaller:
         else:
             self.local.client = self.module.InferenceServerClient(self.url)
 
-    def __call__(self, request: dict[str, np.ndarray]) -> None:
-        spec = {t.name: t.dtype for t in S.Schema().request_inputs}
-        inputs = []
-        for name, array in request.items():
-            item = self.module.InferInput(name, list(array.shape), spec[name])
-            item.set_data_from_numpy(array)
-            inputs.append(item)
+    def __call__(self, request: BenchRequest) -> None:
+        inputs = infer_inputs(self.module, request.wire)
         outputs = [self.module.InferRequestedOutput(n) for n in RESPONSE_NAMES]
         result = self.local.client.infer(S.PIPELINE_MODEL, inputs, outputs=outputs)
         if result.as_numpy(S.PROBS) is None:
@@ -182,9 +190,9 @@ class FastApiCaller:
     def thread_init(self) -> None:
         self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
 
-    def __call__(self, request: dict[str, np.ndarray]) -> None:
+    def __call__(self, request: BenchRequest) -> None:
         buffer = io.BytesIO()
-        np.savez(buffer, **request)
+        np.savez(buffer, **request.raw)
         self.local.conn.request(
             "POST",
             "/predict",
@@ -220,7 +228,7 @@ def create_fastapi_app(checkpoint: Path):
 
     def infer(body: bytes) -> dict:
         arrays = np.load(io.BytesIO(body))
-        p = preprocess_study(*(arrays[n][0] for n in REQUEST_NAMES), params=params)
+        p = preprocess_study(*(arrays[n] for n in RAW_NAMES), params=params)
         with torch.no_grad():
             logits = model(torch.from_numpy(p.views[None]), torch.from_numpy(p.tabular[None]))
             probs = torch.softmax(logits.double(), dim=1)[0].numpy()
@@ -290,7 +298,7 @@ class Result:
 def closed_loop(
     system: str,
     caller,
-    requests: Sequence[dict[str, np.ndarray]],
+    requests: Sequence[BenchRequest],
     concurrency: int,
     duration_s: float,
     warmup_s: float,
@@ -400,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from dmfn.serving.config import ServingSettings
-    from dmfn.serving.triton import TritonServer, free_ports
+    from dmfn.serving.service import DmfnService, ServiceConfig
+    from dmfn.serving.triton import free_ports
     from dmfn.training.export import export
 
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -433,13 +442,15 @@ def main(argv: list[str] | None = None) -> int:
 
         if "triton" in systems:
             http_port, grpc_port, metrics_port = free_ports(3)
-            with TritonServer(
+            config = ServiceConfig(
                 repo,
                 http_port=http_port,
                 grpc_port=grpc_port,
                 metrics_port=metrics_port,
                 log_path=tmp / "triton.log",
-            ) as server:
+                canary_interval_s=None,
+            )
+            with DmfnService(config) as server:
                 for c in concurrencies:
                     before = _net_stats(server.http_url)
                     url = server.http_url if args.protocol == "http" else server.grpc_url

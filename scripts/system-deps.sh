@@ -6,6 +6,10 @@ declare -A probe=(
   # R with pROC: the reference the clinical statistics are tested against.
   [r-base-core]="command -v Rscript"
   [r-cran-proc]="Rscript -e 'library(pROC)'"
+  # nginx: the front door of `dmfn serve` (body limit, admin APIs closed, truthful readiness, TLS).
+  [nginx]="command -v nginx || test -x /usr/sbin/nginx"
+  # openssl: the TLS tests make a self-signed certificate with it.
+  [openssl]="command -v openssl"
 )
 need=()
 for pkg in "${!probe[@]}"; do

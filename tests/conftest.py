@@ -29,20 +29,39 @@ def exported_repository(
 
 @pytest.fixture(scope="session")
 def triton_server(exported_repository: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory):
-    """A real tritonserver serving the exported repository on free ports (TritonServer)."""
-    from dmfn.serving.triton import TritonServer, free_ports
+    """The served repository as users get it (DmfnService: Triton behind the nginx front door,
+    supervised) on free ports. The periodic canary is off here: its requests would add to the
+    inference counts that the batching tests read (the supervisor tests turn it on)."""
+    from dmfn.serving.frontdoor import find_nginx
+    from dmfn.serving.service import DmfnService, ServiceConfig
+    from dmfn.serving.triton import free_ports
 
+    front_door = find_nginx() is not None
+    if not front_door:
+        print("\nWARNING: nginx is missing: serving tests run without the front door")
     http, grpc, metrics = free_ports(3)
-    server = TritonServer(
-        exported_repository[0],
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        log_path=tmp_path_factory.mktemp("triton") / "server.log",
+    service = DmfnService(
+        ServiceConfig(
+            exported_repository[0],
+            http_port=http,
+            grpc_port=grpc,
+            metrics_port=metrics,
+            log_path=tmp_path_factory.mktemp("triton") / "server.log",
+            canary_interval_s=None,
+            front_door=front_door,
+        )
     )
-    server.start()
+    service.start()
     try:
-        server.wait_ready(timeout_s=180)
-        yield server
+        yield service
     finally:
-        server.stop()
+        service.shutdown()
+
+
+@pytest.fixture
+def needs_front_door() -> None:
+    """Skip (with the reason) where nginx, the front door of `dmfn serve`, is not installed."""
+    from dmfn.serving.frontdoor import find_nginx
+
+    if find_nginx() is None:
+        pytest.skip("nginx is not installed (make setup installs it as root): no front door")

@@ -96,7 +96,8 @@ def _run(args: argparse.Namespace) -> int:
     from dmfn.client.study import Study
     from dmfn.preprocess import preprocess_study
     from dmfn.serving.config import ServingSettings
-    from dmfn.serving.triton import TritonServer, free_ports
+    from dmfn.serving.service import DmfnService, ServiceConfig
+    from dmfn.serving.triton import free_ports
     from dmfn.training.checkpoint import load_checkpoint
     from dmfn.training.dataset import load_row_study
     from dmfn.training.export import export
@@ -195,9 +196,11 @@ def _run(args: argparse.Namespace) -> int:
 
     http, grpc, metrics = free_ports(3)
     with _step("5. Triton: start, predict, stop", timings):
-        server = TritonServer(
-            repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
-            log_path=workdir / "triton.log",
+        server = DmfnService(
+            ServiceConfig(
+                repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                log_path=workdir / "triton.log",
+            )
         )  # fmt: skip
         with server:
             print(
@@ -217,7 +220,7 @@ def _run(args: argparse.Namespace) -> int:
             print(
                 f"   served PROBS vs in-process PyTorch: max |difference| {np.abs(served - local).max():.1e}"
             )
-            print(f"   server log: {server.log_path}")
+            print(f"   server log: {server.config.log_path}")
         print("   server stopped")
 
     print(f"\ndone in {time.perf_counter() - total:.0f} s")

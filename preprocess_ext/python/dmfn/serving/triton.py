@@ -36,6 +36,7 @@ from typing import IO
 import dmfn
 
 from .config import MODEL_NAMES
+from .processes import stop_process
 from .repository import check_repository
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,26 @@ _PORT_ERRORS = ("address already in use", "failed to start http", "failed to sta
 _ERROR_LINE = re.compile(r"^(?:E\d{4} \S+ +\d+ \S+\] |error: )(?P<message>.*)$", re.IGNORECASE)
 #: Bytes of server output kept in memory when no log file is given (for error messages).
 _TAIL_BYTES = 64 * 1024
+#: Triton APIs only ``dmfn serve`` may use (with the admin key): loading code, reading or writing
+#: shared memory, writing trace or log files.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
+#: Messages Triton prints on every host without an NVIDIA GPU; harmless there.
+CPU_HOST_NOISE = re.compile(
+    r"CudaDriverHelper|CUDA driver version is insufficient|NVML|DCGM|pinned memory pool"
+)
+#: glibc malloc settings for the server and its stubs: buffers above 1 MiB (request bodies,
+#: volumes) are mmap-ed and given back to the OS when freed, so memory does not stay at the peak
+#: of the largest request served. Fixed thresholds also stop glibc from raising them on its own.
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 20),
+    "MALLOC_ARENA_MAX": "4",
+}
+
+
+def has_nvidia_gpu() -> bool:
+    """True when an NVIDIA device node exists (then CUDA messages are not noise)."""
+    return Path("/dev/nvidiactl").exists()
 
 
 class TritonError(RuntimeError):
@@ -154,6 +175,8 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
         libs.append(str(root.parent.parent / "nvidia_pytriton.libs"))
     libs.append(env.get("LD_LIBRARY_PATH", ""))
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
+    for key, value in MALLOC_ENV.items():
+        env.setdefault(key, value)
     return env
 
 
@@ -164,21 +187,42 @@ class _OutputTee:
     explained from what the server said. A daemon thread reads until end of file.
     """
 
-    def __init__(self, pipe: IO[bytes], echo_fd: int, max_bytes: int = _TAIL_BYTES) -> None:
+    def __init__(
+        self,
+        pipe: IO[bytes],
+        echo_fd: int,
+        max_bytes: int = _TAIL_BYTES,
+        hide: re.Pattern[str] | None = None,
+    ) -> None:
         self._pipe = pipe
         self._echo_fd: int | None = echo_fd
+        self._hide = hide
+        #: Lines not echoed because they matched ``hide``.
+        self.hidden = 0
         self._max_bytes = max_bytes
         self._tail = bytearray()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="tritonserver-output", daemon=True)
         self._thread.start()
 
+    def _shown(self, chunk: bytes) -> bytes:
+        if self._hide is None:
+            return chunk
+        kept = []
+        for line in chunk.splitlines(keepends=True):
+            if self._hide.search(line.decode(errors="replace")):
+                self.hidden += 1
+            else:
+                kept.append(line)
+        return b"".join(kept)
+
     def _run(self) -> None:
         fd = self._pipe.fileno()
         while chunk := os.read(fd, 65536):
-            if self._echo_fd is not None:
+            shown = self._shown(chunk)
+            if self._echo_fd is not None and shown:
                 try:
-                    os.write(self._echo_fd, chunk)
+                    os.write(self._echo_fd, shown)
                 except OSError:  # terminal gone: keep capturing
                     self._echo_fd = None
             with self._lock:
@@ -255,12 +299,21 @@ class TritonServer:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
+    #: Address of the metrics endpoint (None: ``host``). ``dmfn serve`` keeps HTTP and gRPC on
+    #: loopback behind its front door and binds only metrics to the public address.
+    metrics_host: str | None = None
     models: Sequence[str] = MODEL_NAMES
     tritonserver: Path | None = None
     log_path: Path | None = None
     log_verbose: int = 0
     #: Seconds Triton waits for in-flight requests / open connections when asked to stop.
     exit_timeout_s: int = 10
+    #: Value of the admin-key header that unlocks :data:`RESTRICTED_APIS` (None: they stay open,
+    #: as in plain Triton; ``dmfn serve`` always sets one).
+    admin_key: str | None = None
+    #: Prefix of the python backend's /dev/shm regions, so that they can be found and removed
+    #: whatever way the server ends (None: Triton's default).
+    shm_prefix: str | None = None
     extra_args: Sequence[str] = ()
     #: Seconds the last :meth:`wait_ready` took (None before).
     ready_seconds: float | None = field(default=None, init=False)
@@ -282,7 +335,9 @@ class TritonServer:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.probe_host}:{self.metrics_port}/metrics"
+        host = self.metrics_host or self.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"http://{host}:{self.metrics_port}/metrics"
 
     def command(self, backend_dir: Path) -> list[str]:
         binary = self.tritonserver or bundled_tritonserver()
@@ -297,13 +352,23 @@ class TritonServer:
             "--strict-readiness=true",
             f"--http-address={self.host}",
             f"--grpc-address={self.host}",
-            f"--metrics-address={self.host}",
+            f"--metrics-address={self.metrics_host or self.host}",
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
             f"--log-verbose={self.log_verbose}",
             f"--exit-timeout-secs={self.exit_timeout_s}",
         ]
+        if self.admin_key is not None:
+            from .frontdoor import ADMIN_HEADER
+
+            apis = ",".join(RESTRICTED_APIS)
+            cmd += [
+                f"--http-restricted-api={apis}:{ADMIN_HEADER}={self.admin_key}",
+                f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={self.admin_key}",
+            ]
+        if self.shm_prefix is not None:
+            cmd.append(f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}")
         return cmd + list(self.extra_args)
 
     def _check_inputs(self) -> Path:
@@ -324,9 +389,10 @@ class TritonServer:
         for name, port in ports.items():
             if not 0 < port < 65536:
                 raise ValueError(f"argument '{name}': must be in 1..65535, got {port}")
-            if not port_is_free(self.host, port):
+            host = (self.metrics_host or self.host) if name == "metrics_port" else self.host
+            if not port_is_free(host, port):
                 raise PortInUseError(
-                    f"argument '{name}' (--{name.replace('_', '-')}): port {port} on {self.host} "
+                    f"argument '{name}' (--{name.replace('_', '-')}): port {port} on {host} "
                     "is already in use (another server running? choose another port)"
                 )
         return binary
@@ -351,7 +417,8 @@ class TritonServer:
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         if self._log_file is None:
-            self._tee = _OutputTee(self.process.stdout, _stderr_fd())
+            hide = None if has_nvidia_gpu() else CPU_HOST_NOISE
+            self._tee = _OutputTee(self.process.stdout, _stderr_fd(), hide=hide)
 
     def log_tail(self, n_lines: int = 40) -> str:
         """The last ``n_lines`` lines the server wrote (log file, or the captured output)."""
@@ -428,17 +495,7 @@ class TritonServer:
         process, self.process = self.process, None
         code = None
         if process is not None:
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    log.warning("tritonserver ignored SIGTERM for %.0f s: killing it", timeout_s)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-            code = process.returncode
+            code = stop_process(process, signal.SIGTERM, timeout_s, "tritonserver")
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
