@@ -39,6 +39,11 @@ def _options(parser) -> None:
     parser.add_argument("--protocol", choices=("http", "grpc"), default="http")
     parser.add_argument("--malformed", type=float, default=0.0, help="share of malformed requests")
     parser.add_argument("--studies-seed", type=int, default=0)
+    parser.add_argument(
+        "--malformed-kinds",
+        default=",".join(MALFORMED),
+        help="comma-separated kinds of malformed request to send (default: all)",
+    )
 
 
 @events.init.add_listener
@@ -86,6 +91,11 @@ class DmfnUser(User):
             _STUDIES.extend(make_studies(N_STUDIES, options.studies_seed, ranges))
         # Malformed requests skip the SDK's own checks, so that the server sees them.
         self.unchecked = dataclasses.replace(contract, limits=None)
+        kinds = [k for k in options.malformed_kinds.split(",") if k]
+        unknown = sorted(set(kinds) - set(MALFORMED))
+        if unknown:
+            raise ValueError(f"--malformed-kinds: unknown {unknown}; known: {sorted(MALFORMED)}")
+        self.kinds = [(k, MALFORMED[k]) for k in kinds]
         self.module = self.client._module
 
     def on_stop(self) -> None:
@@ -116,7 +126,7 @@ class DmfnUser(User):
             self._fire("predict", started, None)
 
     def _send_malformed(self, study) -> None:
-        kind, breaker = random.choice(list(MALFORMED.items()))
+        kind, breaker = random.choice(self.kinds)
         inputs = infer_inputs(self.module, breaker(build_request(study, self.unchecked)))
         started = time.perf_counter()
         outcome: Exception | None

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -96,62 +96,59 @@ class TritonPythonModel:
         """Worker thread start: its own OpenMP thread count (the setting is per thread)."""
         set_openmp_threads(self.omp_threads)
 
-    def _preprocess(self, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Worker thread: decode, check and preprocess every study of one request.
+    def _preprocess(self, request) -> list[np.ndarray] | pb_utils.TritonError:
+        """Worker thread: read, decode, check and preprocess every study of one request.
 
-        Raises ValueError naming the tensor (and the study, in a batch) for a bad input.
+        Returns the output arrays, or the error that refuses the request (naming the tensor and,
+        in a batch, the study). It never raises: an exception's traceback would keep the request's
+        input tensors alive until the garbage collector runs, and the python backend's shared
+        memory grows meanwhile (measured: +20 MB in 30 s at 20 % bad requests).
         """
-        batch = batch_size(arrays)
-        per_item = []
-        for i in range(batch):
-            try:
-                study = decode_checked(arrays, i, self.limits, self.ctc_names)
-                out = preprocess_study(
-                    study.hu,
-                    study.spacing_mm,
-                    study.mask,
-                    study.ctc,
-                    study.clinical,
-                    params=self.params,
-                )
-            except ValueError as err:
-                raise ValueError(where_in_batch(i, batch) + tensor_message(err)) from None
-            per_item.append((out.views, out.tabular, out.measurements))
-        return [np.stack(parts) for parts in zip(*per_item, strict=True)]
-
-    def _response(self, future: Future) -> pb_utils.InferenceResponse:
+        message, code = "", pb_utils.TritonError.INVALID_ARG
         try:
-            outputs = future.result()
-            return pb_utils.InferenceResponse(
-                output_tensors=[
-                    pb_utils.Tensor(name, arr.astype(self.out_dtypes[name], copy=False))
-                    for name, arr in zip(OUTPUT_NAMES, outputs, strict=True)
-                ]
-            )
-        except ValueError as err:
-            error = pb_utils.TritonError(f"preprocess: {err}", pb_utils.TritonError.INVALID_ARG)
+            arrays = {
+                n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in INPUT_NAMES
+            }
+            batch = batch_size(arrays)
+            per_item = []
+            for i in range(batch):
+                try:
+                    study = decode_checked(arrays, i, self.limits, self.ctc_names)
+                    out = preprocess_study(
+                        study.hu,
+                        study.spacing_mm,
+                        study.mask,
+                        study.ctc,
+                        study.clinical,
+                        params=self.params,
+                    )
+                except ValueError as err:
+                    message = where_in_batch(i, batch) + tensor_message(err)
+                    break
+                per_item.append((out.views, out.tabular, out.measurements))
+            if not message:
+                return [np.stack(parts) for parts in zip(*per_item, strict=True)]
         except Exception as err:  # never raise out of execute: it would fail the whole batch
-            self.logger.log_error(f"preprocess: internal error {err!r}")
-            error = pb_utils.TritonError(
-                f"preprocess: internal error: {type(err).__name__}: {err}",
-                pb_utils.TritonError.INTERNAL,
-            )
-        return pb_utils.InferenceResponse(error=error)
+            message = f"internal error: {type(err).__name__}: {err}"
+            code = pb_utils.TritonError.INTERNAL
+            self.logger.log_error(f"preprocess: {message}")
+        return pb_utils.TritonError(f"preprocess: {message}", code)
+
+    def _response(
+        self, outputs: list[np.ndarray] | pb_utils.TritonError
+    ) -> pb_utils.InferenceResponse:
+        if isinstance(outputs, pb_utils.TritonError):
+            return pb_utils.InferenceResponse(error=outputs)
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(name, arr.astype(self.out_dtypes[name], copy=False))
+                for name, arr in zip(OUTPUT_NAMES, outputs, strict=True)
+            ]
+        )
 
     def execute(self, requests: list) -> list:
-        # Tensors are read on this thread; only numeric work goes to the pool.
-        futures = []
-        for request in requests:
-            try:
-                arrays = {
-                    n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in INPUT_NAMES
-                }
-                futures.append(self.pool.submit(self._preprocess, arrays))
-            except Exception as err:  # answered on this request's own response
-                failed: Future = Future()
-                failed.set_exception(err)
-                futures.append(failed)
-        return [self._response(f) for f in futures]
+        results = list(self.pool.map(self._preprocess, requests))
+        return [self._response(r) for r in results]
 
     def finalize(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
