@@ -20,7 +20,7 @@ import os
 import numpy as np
 from _common import best_time
 
-from dmfn import _preprocess
+from dmfn.preprocess import _core as _preprocess
 from dmfn.preprocess import denoise_pde
 from dmfn.preprocess.reference import pde as reference
 

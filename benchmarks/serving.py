@@ -42,9 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dmfn.client import schema as S
 from dmfn.client.sdk import infer_inputs
-from dmfn.preprocess import PreprocessParams, preprocess_study
+from dmfn.contract import schema as S
+from dmfn.contract.params import PreprocessParams
+from dmfn.preprocess import preprocess_study
 from dmfn.preprocess.threads import set_openmp_threads
 
 #: preprocess_study's arguments, in order (what the in-process floor and FastAPI receive).
@@ -58,7 +59,7 @@ def make_checkpoint(path: Path, backbone: str, params: PreprocessParams, seed: i
     """An untrained DMFN with ``backbone`` (speed does not depend on the weights)."""
     import torch
 
-    from dmfn.client.taxonomy import load_taxonomy
+    from dmfn.contract.taxonomy import load_taxonomy
     from dmfn.training.checkpoint import Checkpoint
     from dmfn.training.models import create_model, fit_standardisation
 
@@ -98,7 +99,7 @@ class BenchRequest:
 
 def make_requests(n: int, seed: int, shape: tuple[int, int, int]) -> list[BenchRequest]:
     """``n`` synthetic ROI crops."""
-    from dmfn.client.wire import encode_study
+    from dmfn.contract.wire import encode_study
     from dmfn.training.export import synthetic_study
 
     rng = np.random.default_rng(seed)

@@ -24,7 +24,6 @@ row's errors start with ``manifest PATH line N``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import sys
@@ -32,9 +31,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dmfn.client import schema as S
 from dmfn.client.io.errors import ArgumentError
-from dmfn.client.study import Clinical, Study
+from dmfn.client.manifest import read_manifest
+from dmfn.contract import schema as S
+from dmfn.contract.study import Clinical, Study
 
 from .sdk import DEFAULT_TIMEOUT_S, PROTOCOLS, DmfnClient, DmfnServerError, Prediction
 
@@ -160,45 +160,27 @@ def load_study(source: StudySource, ctc_features: Sequence[str]) -> Study:
     )
 
 
-def read_manifest(path: Path, ctc_features: Sequence[str]) -> list[StudySource]:
-    """Rows of a prediction CSV (see the module docstring); ValueError naming line and column."""
-    if not path.is_file():
-        raise ValueError(f"argument '--manifest': {path} is not a file")
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or ())
-        needed = ["image_path", "mask_path", *ctc_features, "age_years", "sex", "location"]
-        missing = [c for c in needed if c not in columns]
-        if missing:
-            raise ValueError(f"manifest {path}: missing column(s) {missing}")
-        sources = []
-        for line, row in enumerate(reader, start=2):
-            where = f"manifest {path} line {line}"
-            for column in needed:
-                if not (row.get(column) or "").strip():
-                    raise ValueError(f"{where}: column '{column}' is empty")
-            sources.append(
-                StudySource(
-                    image_path=_relative(path, row["image_path"]),
-                    mask_path=_relative(path, row["mask_path"]),
-                    segment=(row.get("segment") or "").strip() or None,
-                    ctc=tuple(f"{name}={row[name]}" for name in ctc_features),
-                    age_years=row["age_years"].strip(),
-                    sex=row["sex"].strip(),
-                    location=row["location"].strip(),
-                    image_id=(row.get("image_id") or "").strip(),
-                    where=where,
-                    series_uid=(row.get("series_uid") or "").strip() or None,
-                )
-            )
-    if not sources:
-        raise ValueError(f"manifest {path}: has no rows")
-    return sources
-
-
-def _relative(manifest: Path, text: str) -> Path:
-    path = Path(text.strip())
-    return path if path.is_absolute() else manifest.parent / path
+def read_sources(path: Path, ctc_features: Sequence[str]) -> list[StudySource]:
+    """The studies of a manifest CSV, read by the one manifest reader
+    (:func:`dmfn.client.manifest.read_manifest`, unlabelled); ValueError naming line and column."""
+    manifest = read_manifest(path, None, ctc_features, labelled=False)
+    return [
+        StudySource(
+            image_path=row.image_path,
+            mask_path=row.mask_path,
+            segment=row.segment,
+            ctc=tuple(
+                f"{name}={value!r}" for name, value in zip(ctc_features, row.ctc, strict=True)
+            ),
+            age_years=repr(row.age_years),
+            sex=row.sex,
+            location=row.location,
+            image_id=row.image_id,
+            where=f"manifest {manifest.path} line {row.line}",
+            series_uid=row.series_uid,
+        )
+        for row in manifest.rows
+    ]
 
 
 def format_prediction(prediction: Prediction, indent: str = "") -> str:
@@ -327,7 +309,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 def _sources(args: argparse.Namespace, ctc_features: Sequence[str]) -> list[StudySource]:
     """The studies to send (after :func:`check_arguments`); the manifest needs the CTC names."""
     if args.manifest is not None:
-        return read_manifest(args.manifest, ctc_features)
+        return read_sources(args.manifest, ctc_features)
     return [
         StudySource(
             args.image,

@@ -1,6 +1,6 @@
 """The Python client SDK of the dmfn Triton service (no torch).
 
-``DmfnClient`` sends :class:`~dmfn.client.study.Study` objects to the ``dmfn_pipeline`` ensemble
+``DmfnClient`` sends :class:`~dmfn.contract.study.Study` objects to the ``dmfn_pipeline`` ensemble
 over HTTP or gRPC and returns :class:`Prediction` objects::
 
     from dmfn.client.sdk import DmfnClient
@@ -9,13 +9,13 @@ over HTTP or gRPC and returns :class:`Prediction` objects::
         print(prediction.top3, prediction.malignant_prob, prediction.management)
 
 What leaves the client (DESIGN.md, data flow): only the voxels of the lesion box plus the ROI
-margin the model was trained with (cropped here with :func:`dmfn.client.roi.roi_box`, the box
+margin the model was trained with (cropped here with :func:`dmfn.contract.roi.roi_box`, the box
 the server's crop uses too), as int16
 HU, the spacing, the cropped mask, the CTC features and the clinical vector. No DICOM header,
 no patient or image identifier, no position in the patient is sent.
 
 The model's contract (ROI margin, CTC feature names, class names) is read once from the
-ensemble's config (see :mod:`dmfn.client.contract`) unless given explicitly.
+ensemble's config (see :mod:`dmfn.contract.server`) unless given explicitly.
 
 Threads: tritonclient's HTTP client is gevent-based and must not be shared across threads, so a
 ``DmfnClient`` keeps one tritonclient client per thread; a ``DmfnClient`` itself may be shared.
@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from dmfn.client import schema as S
-from dmfn.client.contract import ServerContract
-from dmfn.client.io.orientation import to_axial
-from dmfn.client.roi import mask_bbox, roi_box
-from dmfn.client.study import Study
-from dmfn.client.wire import encode_study
+from dmfn.contract import schema as S
+from dmfn.contract.orientation import to_axial
+from dmfn.contract.roi import mask_bbox, roi_box
+from dmfn.contract.server import ServerContract
+from dmfn.contract.study import Study
+from dmfn.contract.wire import encode_study
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def crop_study(study: Study, contract: ServerContract) -> tuple[np.ndarray, np.n
     ``contract.roi_margin_mm``, in the axial layout, axes (z, y, x).
 
     A study not in the axial layout (e.g. built by hand from another orientation) is first
-    permuted/flipped exactly into it (:func:`dmfn.client.io.orientation.to_axial`; oblique ones
+    permuted/flipped exactly into it (:func:`dmfn.contract.orientation.to_axial`; oblique ones
     raise ValueError). The box comes from ``study.mask``, else ``study.bbox``; with only a box
     the mask is 1 inside the box (the server's measurements then describe the box). Float HU are
     rounded to the nearest integer HU (the wire format is int16); values outside the int16 range
@@ -142,7 +142,7 @@ def crop_study(study: Study, contract: ServerContract) -> tuple[np.ndarray, np.n
 
 
 def build_request(study: Study, contract: ServerContract) -> dict[str, np.ndarray]:
-    """The request tensors for one study (:func:`dmfn.client.wire.encode_study`), each with a
+    """The request tensors for one study (:func:`dmfn.contract.wire.encode_study`), each with a
     leading batch axis of 1: the crop of :func:`crop_study`, the spacing, the CTC features in
     ``contract.ctc_features`` order and the clinical vector.
 

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from studies import make_studies
 
-from dmfn.client import schema as S
 from dmfn.client.sdk import DmfnClient, DmfnServerError, build_request, infer_inputs
+from dmfn.contract import schema as S
 
 N_STUDIES = 16
 _STUDIES: list = []

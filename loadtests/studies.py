@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dmfn.client import schema as S
-from dmfn.client.study import Clinical, Study
+from dmfn.contract import schema as S
+from dmfn.contract.study import Clinical, Study
 
 #: Crop sizes (z, y, x) in voxels, from a small node to a large anterior mass.
 SHAPES = ((16, 40, 40), (24, 64, 64), (28, 96, 96), (40, 128, 128))

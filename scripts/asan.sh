@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build dmfn._preprocess with AddressSanitizer + UBSan and run the kernel tests against it.
+# Build dmfn.preprocess._core with AddressSanitizer + UBSan and run the kernel tests against it.
 # The instrumented module goes into a private copy of the package (build/asan/pkg); the installed
 # module, which other processes may have loaded, is never touched.
 set -euo pipefail
@@ -11,10 +11,13 @@ cmake -S . -B "$build" -G Ninja -DDMFN_ASAN=ON -DDMFN_NATIVE=ON -DCMAKE_BUILD_TY
 cmake --build "$build" >/dev/null
 pkg="$build/pkg"
 rm -rf "$pkg" && mkdir -p "$pkg"
-cp -r preprocess_ext/python/dmfn "$pkg/dmfn"
-cp -r client "$pkg/dmfn/client"
-cp -r training "$pkg/dmfn/training"
-cp "$build"/_preprocess*.so "$pkg/dmfn/"
+# the same folder -> package map as pyproject.toml's [tool.scikit-build.wheel.packages]
+cp -r dmfn "$pkg/dmfn"
+for pair in contract:contract client:client preprocess_ext/preprocess:preprocess serving:serving \
+            synth:synth training:training; do
+  cp -r "${pair%%:*}" "$pkg/dmfn/${pair##*:}"
+done
+cp "$build"/_core*.so "$pkg/dmfn/preprocess/"
 site=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 libasan=$(g++ -print-file-name=libasan.so)
 libubsan=$(g++ -print-file-name=libubsan.so)
@@ -22,6 +25,6 @@ libubsan=$(g++ -print-file-name=libubsan.so)
 # Python itself is not instrumented: leak checks would report the interpreter, so they are off.
 export PYTHONPATH="$PWD/$pkg:$site" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 LD_PRELOAD="$libasan $libubsan"
-$PY -S -c "import dmfn._preprocess as m; assert m.__file__.startswith('$PWD/$pkg'), m.__file__"
+$PY -S -c "import dmfn.preprocess._core as m; assert m.__file__.startswith('$PWD/$pkg'), m.__file__"
 $PY -S -m pytest -q -p no:cacheprovider tests/test_pde.py tests/test_spatial.py tests/test_pipeline.py "$@"
 echo "asan: kernel tests passed under AddressSanitizer + UBSan ($pkg)"

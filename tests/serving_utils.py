@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dmfn.client import schema as S
 from dmfn.client.sdk import infer_inputs  # noqa: F401  (re-exported for the tests)
-from dmfn.client.study import Clinical, Study
-from dmfn.client.taxonomy import load_taxonomy
-from dmfn.client.wire import encode_study
-from dmfn.preprocess import PreprocessParams
+from dmfn.contract import schema as S
+from dmfn.contract.params import PreprocessParams
+from dmfn.contract.study import Clinical, Study
+from dmfn.contract.taxonomy import load_taxonomy
+from dmfn.contract.wire import encode_study
 from dmfn.serving.config import ServingSettings
 from dmfn.training.checkpoint import Checkpoint, load_checkpoint
 from dmfn.training.export import (
@@ -127,7 +127,7 @@ def as_study(raw: RawStudy, image_id: str = "") -> Study:
 
 
 def study_arrays(studies: list[RawStudy]) -> dict[str, np.ndarray]:
-    """The wire tensors of ``studies`` (:func:`dmfn.client.wire.encode_study`), one batch row
+    """The wire tensors of ``studies`` (:func:`dmfn.contract.wire.encode_study`), one batch row
     each (the studies may differ in shape)."""
     encoded = [encode_study(s.hu, s.mask, s.spacing_mm, s.ctc, s.clinical) for s in studies]
     return {name: np.concatenate([e[name] for e in encoded]) for name in encoded[0]}

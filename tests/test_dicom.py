@@ -16,8 +16,8 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEGLSLossless, generate_uid
 
 from dmfn.client.io import ArgumentError, DicomError, load_dicom_series, write_dicom_series
-from dmfn.client.io.orientation import direction_from_iop, iop_from_direction, slice_normal
-from dmfn.client.study import AXIAL_DIRECTION
+from dmfn.contract.orientation import direction_from_iop, iop_from_direction, slice_normal
+from dmfn.contract.study import AXIAL_DIRECTION
 
 SPACING = (2.5, 0.7, 0.8)
 ORIGIN = (-10.0, 20.0, -30.0)

@@ -12,7 +12,7 @@ import torch
 from serving_utils import TEST_PARAMS, make_studies, make_tiny_checkpoint
 from torch import nn
 
-from dmfn.client import schema as S
+from dmfn.contract import schema as S
 from dmfn.serving.config import ServingSettings
 from dmfn.serving.repository import check_repository
 from dmfn.training import export as E

@@ -20,7 +20,7 @@ from serving_utils import infer_inputs, make_studies, study_arrays
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from dmfn.client import schema as S
+from dmfn.contract import schema as S
 from dmfn.serving.processes import tree_rss_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("needs_front_door")]

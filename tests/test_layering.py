@@ -1,16 +1,97 @@
-"""The dependency direction of DESIGN.md: dmfn.client <- dmfn.preprocess <- dmfn.training.
+"""The folder tree is the import tree: each top-level source folder is one layer of the package
+`dmfn` and imports only the layers below it (docs/architecture.md).
 
-The client (SDK, loaders, predict CLI) must import without torch and without the C++ extension;
-the serving package and the Triton models' imports must not pull in torch.
+Checked two ways: statically, every `import` of every file of every folder (the Triton
+``model.py`` files included) against the layer's allowed list; and at run time, importing each
+layer with the layers it must not use made unimportable (torch, the C++ extension, ...).
 """
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: folder -> its package, and the dmfn packages and third-party modules it may import.
+#: ``dmfn`` (the version) and ``dmfn.resources`` (package data lookup, stdlib only) are leaves
+#: that every layer may use.
+LEAVES = {"dmfn", "dmfn.resources"}
+LAYERS: dict[str, tuple[str, set[str], set[str]]] = {
+    "contract": ("dmfn.contract", set(), {"numpy"}),
+    "client": (
+        "dmfn.client",
+        {"dmfn.contract"},
+        {"numpy", "pydicom", "nibabel", "nrrd", "tritonclient", "tqdm"},
+    ),
+    "preprocess_ext/preprocess": ("dmfn.preprocess", {"dmfn.contract"}, {"numpy"}),
+    "synth": ("dmfn.synth", {"dmfn.contract", "dmfn.client"}, {"numpy", "scipy", "tqdm"}),
+    "serving": (
+        "dmfn.serving",
+        {"dmfn.contract", "dmfn.client"},
+        {"numpy", "tritonclient", "pytriton"},
+    ),
+    "model_repository": (
+        "dmfn.model_repository",
+        {"dmfn.contract", "dmfn.preprocess"},
+        {"numpy", "onnxruntime", "triton_python_backend_utils"},
+    ),
+    "training": (
+        "dmfn.training",
+        {"dmfn.contract", "dmfn.client", "dmfn.preprocess", "dmfn.synth", "dmfn.serving"},
+        {"numpy", "scipy", "torch", "onnx", "onnxruntime", "tensorrt", "tqdm", "matplotlib"},
+    ),
+}
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+def _allowed(module: str, own: str, dmfn_allowed: set[str], third_party: set[str]) -> bool:
+    top = module.split(".")[0]
+    if module.startswith("dmfn"):
+        if module in LEAVES or module == own or module.startswith(own + "."):
+            return True
+        return any(module == a or module.startswith(a + ".") for a in dmfn_allowed)
+    return top in STDLIB or top in third_party
+
+
+@pytest.mark.parametrize("folder", sorted(LAYERS))
+def test_each_folder_imports_only_the_layers_below(folder: str) -> None:
+    own, dmfn_allowed, third_party = LAYERS[folder]
+    files = sorted((ROOT / folder).rglob("*.py"))
+    assert files, folder
+    wrong = {
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in files
+        for module in _imports(path)
+        if not _allowed(module, own, dmfn_allowed, third_party)
+    }
+    assert not wrong, sorted(wrong)
+
+
+def test_every_source_folder_is_a_known_layer() -> None:
+    """A new top-level folder with Python code must be given its place above."""
+    known = {f.split("/")[0] for f in LAYERS} | {"dmfn", "tests", "benchmarks", "loadtests"}
+    known |= {"scripts", "docs", "models", "requirements", "build", "runs", "data"}
+    folders = {p.relative_to(ROOT).parts[0] for p in ROOT.glob("*/**/*.py")}
+    folders = {f for f in folders if not f.startswith(".")}
+    assert folders <= known, folders - known
+
 
 BLOCKER = textwrap.dedent(
     """
@@ -33,20 +114,26 @@ BLOCKER = textwrap.dedent(
 )
 
 CASES = {
-    "client without torch, preprocess or serving": (
-        ["torch", "dmfn._preprocess", "dmfn.preprocess", "dmfn.serving", "dmfn.training"],
-        ["dmfn.client", "dmfn.client.sdk", "dmfn.client.io", "dmfn.client.predict",
-         "dmfn.client.taxonomy", "dmfn.client.contract", "dmfn.client.roi"],
+    "contract without torch, the extension or any other layer": (
+        ["torch", "dmfn.preprocess", "dmfn.client", "dmfn.serving", "dmfn.training", "scipy"],
+        ["dmfn.contract.schema", "dmfn.contract.taxonomy", "dmfn.contract.params",
+         "dmfn.contract.study", "dmfn.contract.wire", "dmfn.contract.limits",
+         "dmfn.contract.server", "dmfn.contract.orientation", "dmfn.resources"],
     ),
-    "preprocess and serving without torch": (
+    "client without torch, preprocess or serving": (
+        ["torch", "dmfn.preprocess", "dmfn.serving", "dmfn.training", "dmfn.synth"],
+        ["dmfn.client", "dmfn.client.sdk", "dmfn.client.io", "dmfn.client.predict"],
+    ),
+    "preprocess, synth and serving without torch": (
         ["torch", "dmfn.training"],
-        ["dmfn.preprocess", "dmfn.serving", "dmfn.serving.serve", "dmfn.serving.repository"],
+        ["dmfn.preprocess", "dmfn.synth.cohort", "dmfn.serving", "dmfn.serving.serve",
+         "dmfn.serving.repository", "dmfn.serving.service"],
     ),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_import_direction(case: str) -> None:
+def test_import_direction_at_run_time(case: str) -> None:
     blocked, modules = CASES[case]
     code = f"BLOCKED = {blocked!r}\nMODULES = {modules!r}\n" + BLOCKER
     result = subprocess.run(

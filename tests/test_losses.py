@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmfn.client.taxonomy import load_taxonomy
+from dmfn.contract.taxonomy import load_taxonomy
 from dmfn.training.losses import (
     class_weights_from_counts,
     cross_entropy,

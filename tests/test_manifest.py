@@ -1,4 +1,4 @@
-"""dmfn.training.manifest: reading and validating cohort manifests."""
+"""dmfn.client.manifest: reading and validating cohort manifests."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmfn.client.schema import AGE_RANGE_YEARS
-from dmfn.client.study import Clinical
-from dmfn.client.taxonomy import load_taxonomy
+from dmfn.client.manifest import BASE_COLUMNS, read_manifest
+from dmfn.contract.schema import AGE_RANGE_YEARS
+from dmfn.contract.study import Clinical
+from dmfn.contract.taxonomy import load_taxonomy
 from dmfn.preprocess.pipeline import validate_clinical
-from dmfn.training.manifest import BASE_COLUMNS, read_manifest
 
 TAXONOMY = load_taxonomy()
 BENIGN = next(c for c in TAXONOMY.classes if not c.malignant).name

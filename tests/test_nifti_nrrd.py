@@ -17,7 +17,7 @@ from dmfn.client.io import (
     write_nifti_volume,
     write_nrrd_mask,
 )
-from dmfn.client.io.orientation import (
+from dmfn.contract.orientation import (
     grid_from_nifti_affine,
     grid_from_nrrd,
     nifti_affine,
@@ -25,7 +25,7 @@ from dmfn.client.io.orientation import (
     place_on_grid,
     reverse_axes,
 )
-from dmfn.client.study import AXIAL_DIRECTION, Study, VoxelGrid
+from dmfn.contract.study import AXIAL_DIRECTION, Study, VoxelGrid
 
 sitk = pytest.importorskip("SimpleITK")
 

@@ -1,6 +1,6 @@
-"""Reorientation to the axial layout: dmfn.client.io.orientation.to_axial and every loader.
+"""Reorientation to the axial layout: dmfn.contract.orientation.to_axial and every loader.
 
-Axial layout (dmfn.client.study.AXIAL_DIRECTION): axis 0 feet -> head, axis 1 anterior ->
+Axial layout (dmfn.contract.study.AXIAL_DIRECTION): axis 0 feet -> head, axis 1 anterior ->
 posterior, axis 2 patient right -> left. Checked against SimpleITK's DICOMOrient(image, "LPS").
 """
 
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from dmfn.client.io import load_image, load_mask, write_dicom_series
-from dmfn.client.io.orientation import AXIS_ALIGNMENT_TOLERANCE_DEG, to_axial
-from dmfn.client.roi import mask_bbox
-from dmfn.client.study import AXIAL_DIRECTION, Study
+from dmfn.contract.orientation import AXIS_ALIGNMENT_TOLERANCE_DEG, to_axial
+from dmfn.contract.roi import mask_bbox
+from dmfn.contract.study import AXIAL_DIRECTION, Study
 
 sitk = pytest.importorskip("SimpleITK")
 
@@ -123,7 +123,7 @@ def test_a_slightly_rotated_study_is_permuted_and_keeps_its_true_direction(
     hu, _ = _phantom()
     data, spacing, origin, direction = _relayout(hu, (0, 2, 1), (False, True, False))
     tilted = _rotation((1, 1, 0), 2.0) @ direction
-    with caplog.at_level(logging.WARNING, logger="dmfn.client.io.orientation"):
+    with caplog.at_level(logging.WARNING, logger="dmfn.contract.orientation"):
         axial = to_axial(Study(data, spacing, origin, tilted))
     assert "2.00 degrees" in caplog.text
     np.testing.assert_array_equal(axial.hu, hu)

@@ -13,12 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 CHECK = """
-import dmfn, dmfn._preprocess, dmfn.preprocess, dmfn.client.sdk, dmfn.training.models, dmfn.serving
-from dmfn.client.taxonomy import load_taxonomy
+import dmfn, dmfn.preprocess._core, dmfn.preprocess, dmfn.client.sdk, dmfn.training.models, dmfn.serving
+from dmfn.contract.taxonomy import load_taxonomy
 from dmfn.serving.repository import template_dir
 assert len(load_taxonomy()) == 20
 assert (template_dir() / "preprocess" / "1" / "model.py").is_file(), template_dir()
-print(dmfn.__file__); print(dmfn._preprocess.__file__); print(template_dir())
+print(dmfn.__file__); print(dmfn.preprocess._core.__file__); print(template_dir())
 """
 
 

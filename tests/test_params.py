@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from dmfn.preprocess import PreprocessParams, pde_stability_bound
+from dmfn.contract.params import PreprocessParams
+from dmfn.preprocess import pde_stability_bound
 from dmfn.preprocess._validate import max_voxels
 
 BAD = [

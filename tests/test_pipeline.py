@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dmfn.client.schema import CLINICAL_FIELDS, MEASUREMENT_FIELDS, Schema
+from dmfn.contract.params import PreprocessParams
+from dmfn.contract.schema import CLINICAL_FIELDS, MEASUREMENT_FIELDS, Schema
 from dmfn.preprocess import (
     PreprocessedStudy,
-    PreprocessParams,
     crop_roi,
     denoise_pde,
     measure_lesion,

@@ -15,9 +15,9 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dmfn.client import predict as P
-from dmfn.client import schema as S
 from dmfn.client.io import write_dicom_series, write_nifti_mask, write_nifti_volume
 from dmfn.client.sdk import Prediction
+from dmfn.contract import schema as S
 
 SPACING = (2.5, 0.7, 0.8)
 SHAPE = (5, 12, 14)

@@ -11,9 +11,6 @@ import numpy as np
 import pytest
 
 from dmfn.client import predict as P
-from dmfn.client import schema as S
-from dmfn.client.contract import ServerContract
-from dmfn.client.limits import InputLimits
 from dmfn.client.sdk import (
     DmfnClient,
     DmfnServerError,
@@ -21,9 +18,12 @@ from dmfn.client.sdk import (
     build_request,
     parse_response,
 )
-from dmfn.client.study import Clinical, Study
-from dmfn.client.taxonomy import load_taxonomy
-from dmfn.client.wire import decode_item
+from dmfn.contract import schema as S
+from dmfn.contract.limits import InputLimits
+from dmfn.contract.server import ServerContract
+from dmfn.contract.study import Clinical, Study
+from dmfn.contract.taxonomy import load_taxonomy
+from dmfn.contract.wire import decode_item
 from dmfn.preprocess import crop_roi
 from dmfn.serving.triton import free_ports
 

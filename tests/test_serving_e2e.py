@@ -24,7 +24,7 @@ from serving_utils import (
 )
 from tritonclient.utils import InferenceServerException
 
-from dmfn.client import schema as S
+from dmfn.contract import schema as S
 from dmfn.serving.config import MODEL_NAMES
 from dmfn.serving.triton import free_ports, port_is_free
 

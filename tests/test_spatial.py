@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from dmfn import _preprocess
-from dmfn.client.schema import MEASUREMENT_FIELDS
+from dmfn.contract.schema import MEASUREMENT_FIELDS
 from dmfn.preprocess import (
     LesionMeasurements,
     crop_roi,
@@ -21,6 +20,7 @@ from dmfn.preprocess import (
     resample_isotropic,
     window,
 )
+from dmfn.preprocess import _core as _preprocess
 from dmfn.preprocess.reference import spatial as ref
 from dmfn.preprocess.spatial import RoiCrop, isotropic_shape
 

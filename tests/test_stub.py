@@ -1,4 +1,4 @@
-"""The .pyi stub of dmfn._preprocess names every function of the extension with its parameters."""
+"""The .pyi stub of dmfn.preprocess._core names every function of the extension with its parameters."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import ast
 import re
 from pathlib import Path
 
-import dmfn
-import dmfn._preprocess as ext
+import dmfn.preprocess
+import dmfn.preprocess._core as ext
 
-STUB = Path(dmfn.__file__).with_name("_preprocess.pyi")
+STUB = Path(dmfn.preprocess.__file__).with_name("_core.pyi")
 
 
 def _stub_functions() -> dict[str, list[str]]:

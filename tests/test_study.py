@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dmfn.client.schema import CLINICAL_FIELDS, DEFAULT_CTC_FEATURES
-from dmfn.client.study import AXIAL_DIRECTION, Clinical, Study, VoxelGrid, hu_from_values
+from dmfn.contract.schema import CLINICAL_FIELDS, DEFAULT_CTC_FEATURES
+from dmfn.contract.study import AXIAL_DIRECTION, Clinical, Study, VoxelGrid, hu_from_values
 
 SHAPE = (4, 5, 6)
 

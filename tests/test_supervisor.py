@@ -17,8 +17,8 @@ import pytest
 import tritonclient.http as httpclient
 from serving_utils import as_study, infer_inputs, make_studies, study_arrays
 
-from dmfn.client import schema as S
 from dmfn.client.sdk import DmfnClient, DmfnServerError
+from dmfn.contract import schema as S
 from dmfn.serving.frontdoor import FrontDoorConfig, render_nginx_conf
 from dmfn.serving.processes import instance_name, live_stubs, processes, shm_regions
 from dmfn.serving.service import DmfnService, ServiceConfig

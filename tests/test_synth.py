@@ -1,4 +1,4 @@
-"""Synthetic cohort generator (dmfn.training.synth): sampling, splits, files, appearance."""
+"""Synthetic cohort generator (dmfn.synth): sampling, splits, files, appearance."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 from scipy import stats
 
 from dmfn.client.io import load_dicom_series, load_mask
-from dmfn.client.taxonomy import COMPARTMENTS, load_taxonomy
-from dmfn.training.synth import cli
-from dmfn.training.synth.anatomy import LESION, render_chest
-from dmfn.training.synth.cohort import (
+from dmfn.contract.taxonomy import COMPARTMENTS, load_taxonomy
+from dmfn.synth import cli
+from dmfn.synth.anatomy import LESION, render_chest
+from dmfn.synth.cohort import (
     MANIFEST_COLUMNS,
     SPLITS,
     TABLE1,
@@ -32,13 +32,13 @@ from dmfn.training.synth.cohort import (
     sample_acquisition,
     sample_subject,
 )
-from dmfn.training.synth.lesions import (
+from dmfn.synth.lesions import (
     APPEARANCES,
     lesion_values,
     paint_lesion,
     visible_fraction,
 )
-from dmfn.training.synth.placement import MIN_VISIBLE_FRACTION, check_grid
+from dmfn.synth.placement import MIN_VISIBLE_FRACTION, check_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "synth"

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from dmfn.client.io import DicomError, load_dicom_series
-from dmfn.training.synth.cohort import generate_cohort
+from dmfn.synth.cohort import generate_cohort
 
 SEED = 5
 N_PATIENTS = 8

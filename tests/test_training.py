@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from dmfn.client.taxonomy import load_taxonomy
+from dmfn.client.manifest import read_manifest
+from dmfn.contract.taxonomy import load_taxonomy
 from dmfn.training import train
 from dmfn.training.augment import AugmentParams, augment_views
 from dmfn.training.checkpoint import load_checkpoint
 from dmfn.training.dataset import build_cache, cache_key, patient_mean
-from dmfn.training.manifest import read_manifest
 
 PARAMS = '{"view_size": 32, "pde_iterations": 2}'
 FAST = [
@@ -87,7 +87,7 @@ def test_patient_mean_averages_images():
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     """The tiny synthetic cohort (30 patients), generated once for this module."""
-    from dmfn.training.synth.cohort import generate_cohort
+    from dmfn.synth.cohort import generate_cohort
 
     folder = tmp_path_factory.mktemp("tiny")
     return generate_cohort(folder / "cohort", "tiny", seed=0, workers=2)

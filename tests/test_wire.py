@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from dmfn.client import schema as S
-from dmfn.client.contract import ServerContract
-from dmfn.client.errors import InvalidInput
-from dmfn.client.limits import InputLimits, widen_range
-from dmfn.client.wire import decode_checked, decode_item, decode_request, encode_study
+from dmfn.contract import schema as S
+from dmfn.contract.errors import InvalidInput
+from dmfn.contract.limits import InputLimits, widen_range
+from dmfn.contract.server import ServerContract
+from dmfn.contract.wire import decode_checked, decode_item, decode_request, encode_study
 
 LIMITS = InputLimits(ctc_ranges=((0.0, 40.0),), max_study_voxels=10_000, max_axis_voxels=64)
 

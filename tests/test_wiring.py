@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from dmfn.contract.params import PreprocessParams
 from dmfn.preprocess import (
-    PreprocessParams,
     crop_roi,
     denoise_pde,
     measure_lesion,

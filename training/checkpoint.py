@@ -10,7 +10,7 @@ untrusted source cannot run code):
 - ``taxonomy_csv``: the taxonomy file text (class order = logit order)
 - ``ctc_features``: names of the CTC features, in TABULAR order
 - ``ctc_observed_range``: per CTC feature, the (min, max) seen in the training split; the served
-  model accepts this range plus a margin (:class:`dmfn.client.limits.InputLimits`)
+  model accepts this range plus a margin (:class:`dmfn.contract.limits.InputLimits`)
 - ``metrics``, ``training`` (arguments, epoch, seed), ``versions`` (dmfn, torch, numpy)
 """
 
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from dmfn import __version__
-from dmfn.client.taxonomy import Taxonomy, parse_taxonomy
-from dmfn.preprocess.params import PreprocessParams
+from dmfn.contract.params import PreprocessParams
+from dmfn.contract.taxonomy import Taxonomy, parse_taxonomy
 
 CHECKPOINT_FORMAT = "dmfn-checkpoint/1"
 

@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from dmfn import __version__
 from dmfn.client.io import load_image, load_mask
-from dmfn.client.study import Study
-from dmfn.preprocess import PreprocessParams, preprocess_study
-
-from .manifest import Manifest, ManifestRow
+from dmfn.client.manifest import Manifest, ManifestRow
+from dmfn.contract.params import PreprocessParams
+from dmfn.contract.study import Study
+from dmfn.preprocess import preprocess_study
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Steps, each of which must pass before anything is written to ``--out``:
 
 1. rebuild the network from the checkpoint and export it to ONNX (opset >= 17, dynamic batch axis,
-   tensor names VIEWS / TABULAR / LOGITS from :mod:`dmfn.client.schema`, weights inside the file);
+   tensor names VIEWS / TABULAR / LOGITS from :mod:`dmfn.contract.schema`, weights inside the file);
 2. preprocess studies with :func:`dmfn.preprocess.preprocess_study` and the checkpoint's parameters
    (the user's own studies from ``--parity-manifest``, otherwise small synthetic studies made here)
    and check that ONNX Runtime reproduces PyTorch's logits (max abs difference <= ``--tolerance``,
@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmfn.client import schema as S
-from dmfn.client.limits import DEFAULT_MAX_STUDY_VOXELS, InputLimits, widen_range
-from dmfn.preprocess import PreprocessedStudy, PreprocessParams, preprocess_study
+from dmfn.contract import schema as S
+from dmfn.contract.limits import DEFAULT_MAX_STUDY_VOXELS, InputLimits, widen_range
+from dmfn.contract.params import PreprocessParams
+from dmfn.preprocess import PreprocessedStudy, preprocess_study
 from dmfn.serving.config import TARGETS, ServingSettings
 from dmfn.serving.repository import ModelInfo, write_repository
 
@@ -116,8 +117,9 @@ def preprocess_batch(
 
 def manifest_batch(manifest: Path, checkpoint: Checkpoint, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` images of a cohort manifest, preprocessed like the server does."""
+    from dmfn.client.manifest import read_manifest
+
     from .dataset import preprocess_row
-    from .manifest import read_manifest
 
     rows = read_manifest(manifest, checkpoint.taxonomy, checkpoint.ctc_features).rows[:n]
     arrays = [preprocess_row(row, checkpoint.preprocess_params) for row in rows]
@@ -310,7 +312,7 @@ def input_limits(
     """The input limits the served model enforces.
 
     CTC: ``ctc_range`` (one (low, high) per CTC feature, used as given) or else the checkpoint's
-    training range widened by :func:`dmfn.client.limits.widen_range`. Other limits: defaults.
+    training range widened by :func:`dmfn.contract.limits.widen_range`. Other limits: defaults.
     """
     if ctc_range is not None:
         ranges = tuple(tuple(r) for r in ctc_range)

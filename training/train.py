@@ -38,15 +38,15 @@ import torch.distributed as torch_dist
 from torch import nn
 from tqdm import tqdm
 
-from dmfn.client.schema import DEFAULT_CTC_FEATURES
-from dmfn.client.taxonomy import Taxonomy, load_taxonomy
-from dmfn.preprocess import PreprocessParams
+from dmfn.client.manifest import Manifest, read_manifest
+from dmfn.contract.params import PreprocessParams
+from dmfn.contract.schema import DEFAULT_CTC_FEATURES
+from dmfn.contract.taxonomy import Taxonomy, load_taxonomy
 
 from . import losses, metrics
 from .augment import AugmentParams, augment_views
 from .checkpoint import Checkpoint, current_versions, load_checkpoint, observed_range
 from .dataset import CohortTensors, build_cache, load_split, patient_mean
-from .manifest import Manifest, read_manifest
 from .models import (
     DEFAULT_FUSION,
     FUSION_KINDS,
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--manifest",
         required=True,
         type=Path,
-        help="cohort manifest CSV (from `dmfn synth` or your own; see dmfn.training.manifest)",
+        help="cohort manifest CSV (from `dmfn synth` or your own; see dmfn.client.manifest)",
     )
     io.add_argument("--out", required=True, type=Path, help="output folder (seed_K/, summary.json)")
     io.add_argument(

@@ -1,8 +1,8 @@
 """Readers and writers for CT studies: DICOM series, NIfTI and NRRD volumes and masks.
 
-Axis and coordinate conventions: see :mod:`dmfn.client.study`; every file-order reversal and
-frame conversion lives in :mod:`dmfn.client.io.orientation`. Every volume loader returns its
-study in the axial layout (:func:`~dmfn.client.io.orientation.to_axial`); :func:`load_image`
+Axis and coordinate conventions: see :mod:`dmfn.contract.study`; every file-order reversal and
+frame conversion lives in :mod:`dmfn.contract.orientation`. Every volume loader returns its
+study in the axial layout (:func:`~dmfn.contract.orientation.to_axial`); :func:`load_image`
 picks the loader for a DICOM folder, a NIfTI or an NRRD file.
 """
 

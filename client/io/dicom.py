@@ -1,10 +1,10 @@
-"""Read a DICOM CT series from a folder into a :class:`~dmfn.client.study.Study`.
+"""Read a DICOM CT series from a folder into a :class:`~dmfn.contract.study.Study`.
 
 Steps: find the DICOM files (recursively), read their headers, group them by SeriesInstanceUID,
 choose the CT series, sort its slices by ImagePositionPatient projected on the slice normal
 (row x column of ImageOrientationPatient), check the geometry, apply the modality LUT
 (HU = RescaleSlope * stored value + RescaleIntercept), stack the slices as (z, y, x) and bring
-the volume into the axial layout (:func:`dmfn.client.io.orientation.to_axial`: exact axis
+the volume into the axial layout (:func:`dmfn.contract.orientation.to_axial`: exact axis
 permutation/flips, so coronal and sagittal acquisitions load like axial ones).
 
 The slice spacing comes from the sorted positions, never from SliceThickness, except for a
@@ -29,13 +29,13 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
 
 from dmfn.client.io.errors import ArgumentError
-from dmfn.client.io.orientation import (
+from dmfn.contract.orientation import (
     axial_axis_map,
     direction_from_iop,
     slice_normal,
     to_axial,
 )
-from dmfn.client.study import Study, hu_from_values
+from dmfn.contract.study import Study, hu_from_values
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,14 @@ def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Stud
             lists them with descriptions and slice counts).
 
     Returns:
-        Study in the axial layout (:data:`dmfn.client.study.AXIAL_DIRECTION`: axis 0 feet ->
+        Study in the axial layout (:data:`dmfn.contract.study.AXIAL_DIRECTION`: axis 0 feet ->
         head, axis 1 anterior -> posterior, axis 2 patient right -> left) whatever the
         acquisition plane: ``hu`` (z, y, x) int16 (float32 if the rescale gives fractional HU),
         ``spacing_mm`` (z, y, x) mm (slice step from positions and PixelSpacing, permuted with
         the axes), ``origin_lps_mm`` the LPS centre of voxel [0, 0, 0] after reorientation (for
         an axial series: ImagePositionPatient of the most inferior slice), ``direction``
-        :data:`~dmfn.client.study.AXIAL_DIRECTION` (or within a few degrees of it, see
-        :func:`~dmfn.client.io.orientation.to_axial`), ``patient_id`` from PatientID,
+        :data:`~dmfn.contract.study.AXIAL_DIRECTION` (or within a few degrees of it, see
+        :func:`~dmfn.contract.orientation.to_axial`), ``patient_id`` from PatientID,
         ``image_id`` = the SeriesInstanceUID; no mask, no CTC, no clinical record.
         An oblique series raises :class:`DicomError`.
     """

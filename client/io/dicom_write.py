@@ -25,8 +25,8 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
-from dmfn.client.io.orientation import iop_from_direction
-from dmfn.client.study import VoxelGrid, check_direction, check_triple
+from dmfn.contract.orientation import iop_from_direction
+from dmfn.contract.study import VoxelGrid, check_direction, check_triple
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def write_dicom_series(
             ImagePositionPatient values and SliceThickness.
         origin_lps_mm: (x, y, z) LPS position (mm) of voxel [0, 0, 0]'s centre.
         direction: 3x3, columns = unit LPS vectors of the array axes (z, y, x); None = axial,
-            ``dmfn.client.study.AXIAL_DIRECTION``.
+            ``dmfn.contract.study.AXIAL_DIRECTION``.
             Column 2 and 1 become ImageOrientationPatient. A left-handed direction (z column
             = -(row x column)) is written as given; readers sort along row x column, so it comes
             back with z reversed (the same image in patient space).

@@ -1,7 +1,7 @@
 """One entry point for CT images on disk: a DICOM series folder, a NIfTI or an NRRD volume.
 
 Used by ``dmfn predict`` and by training (manifest rows), so both accept the same inputs. Every
-loader returns the study in the axial layout (see :func:`dmfn.client.io.orientation.to_axial`).
+loader returns the study in the axial layout (see :func:`dmfn.contract.orientation.to_axial`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dmfn.client.io.nifti import (
     load_nifti_volume,
     load_nrrd_volume,
 )
-from dmfn.client.study import Study
+from dmfn.contract.study import Study
 
 #: File name endings of single-file CT volumes (a DICOM series is a folder).
 IMAGE_FILE_SUFFIXES: tuple[str, ...] = (*NIFTI_SUFFIXES, *NRRD_SUFFIXES)

@@ -1,8 +1,8 @@
 """NIfTI and NRRD: CT volumes, lesion masks and 3D Slicer segmentations (``.seg.nrrd``).
 
 Every file's frame (NIfTI: RAS affine; NRRD: ``space`` + ``space directions`` + ``space origin``)
-is converted to LPS and its axes to (z, y, x) by :mod:`dmfn.client.io.orientation`. Volumes are
-then brought into the axial layout (:func:`~dmfn.client.io.orientation.to_axial`: exact axis
+is converted to LPS and its axes to (z, y, x) by :mod:`dmfn.contract.orientation`. Volumes are
+then brought into the axial layout (:func:`~dmfn.contract.orientation.to_axial`: exact axis
 permutation/flips; an oblique volume raises ValueError). A mask is placed onto the study's voxel
 grid exactly (axis flips/permutations are undone, nothing is interpolated): it must be on the
 study's grid, or, for a 3D Slicer segmentation only, a cropped sub-box of it (see
@@ -22,7 +22,7 @@ import nrrd
 import numpy as np
 
 from dmfn.client.io.errors import ArgumentError
-from dmfn.client.io.orientation import (
+from dmfn.contract.orientation import (
     grid_from_nifti_affine,
     grid_from_nrrd,
     nifti_affine,
@@ -31,7 +31,7 @@ from dmfn.client.io.orientation import (
     reverse_axes,
     to_axial,
 )
-from dmfn.client.study import (
+from dmfn.contract.study import (
     Study,
     VoxelGrid,
     check_direction,
@@ -139,10 +139,10 @@ def load_nifti_volume(path: str | Path) -> Study:
 
     The affine (sform if set, else qform) is converted from RAS to LPS and the axes from the
     file's (x, y, z) to (z, y, x); the volume is then reoriented exactly (axis permutation and
-    flips, no interpolation) into the axial layout :data:`dmfn.client.study.AXIAL_DIRECTION`
+    flips, no interpolation) into the axial layout :data:`dmfn.contract.study.AXIAL_DIRECTION`
     (axis 0 feet -> head, axis 1 anterior -> posterior, axis 2 patient right -> left), with
     ``spacing_mm`` permuted alike and ``origin_lps_mm`` the LPS centre of the new voxel [0, 0, 0]
-    (see :func:`dmfn.client.io.orientation.to_axial`); a common RAS file (affine diag(+, +, +))
+    (see :func:`dmfn.contract.orientation.to_axial`); a common RAS file (affine diag(+, +, +))
     therefore comes back with its y and x axes reversed. An oblique volume (an axis more than
     ``orientation.AXIS_ALIGNMENT_TOLERANCE_DEG`` off the patient axes) raises ValueError. Values
     are scaled by scl_slope/scl_inter and returned as int16 when they are whole numbers inside
@@ -232,7 +232,7 @@ def load_mask(
             inside the image. Voxel centres must agree within
             ``orientation.GRID_TOLERANCE_VOXELS``; anything else (e.g. a label map one slice
             short of the image) raises ValueError naming the file
-            (:func:`~dmfn.client.io.orientation.place_on_grid`).
+            (:func:`~dmfn.contract.orientation.place_on_grid`).
         segment: for a Slicer segmentation, the segment name (needed when it has several; the
             error lists the names). For a plain label map, the label value to keep (needed when
             the map holds several nonzero labels; the error lists them).

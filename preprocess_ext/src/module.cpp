@@ -1,4 +1,4 @@
-// pybind11 entry point of dmfn._preprocess. Each kernel family registers itself from its own file.
+// pybind11 entry point of dmfn.preprocess._core. Each kernel family registers itself from its own file.
 #include "common.hpp"
 
 namespace dmfn {
@@ -7,7 +7,7 @@ void register_resample(py::module_& m);
 void register_geometry(py::module_& m);
 }  // namespace dmfn
 
-PYBIND11_MODULE(_preprocess, m) {
+PYBIND11_MODULE(_core, m) {
   m.doc() = "dmfn preprocessing kernels (C++17, OpenMP). Use the typed API in dmfn.preprocess.";
 #ifdef DMFN_HAVE_OPENMP
   m.attr("openmp") = true;

@@ -1,6 +1,6 @@
 """The tabular branch: CTC features + clinical facts -> standardised -> MLP -> embedding.
 
-The input row is the ``TABULAR`` tensor of :mod:`dmfn.client.schema`: the K CTC features (pg/ml)
+The input row is the ``TABULAR`` tensor of :mod:`dmfn.contract.schema`: the K CTC features (pg/ml)
 followed by the clinical fields (age in years, sex 1 = male, location one-hot anterior / middle /
 posterior). Standardisation constants (mean, std per column) come from the training split and live
 in registered buffers, so they are saved with the weights and exported with the graph.

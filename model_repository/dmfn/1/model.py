@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from dmfn.client import schema as S
+from dmfn.contract import schema as S
 
 
 class TritonPythonModel:

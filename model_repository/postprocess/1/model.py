@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from dmfn.client import schema as S
-from dmfn.client.taxonomy import load_taxonomy
+from dmfn.contract import schema as S
+from dmfn.contract.taxonomy import load_taxonomy
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -1,12 +1,12 @@
 """Triton python-backend model ``preprocess``: one CT study per batch item -> fixed-shape tensors.
 
-Inputs per batch item (the wire format of :mod:`dmfn.client.wire`; every dim is fixed, so Triton
+Inputs per batch item (the wire format of :mod:`dmfn.contract.wire`; every dim is fixed, so Triton
 checks shapes exactly): CT_HU BYTES[1] (int16 HU, C order (z, y, x)), VOLUME_SHAPE int32[3],
 SPACING_MM fp32[3] (z, y, x) mm, ROI_MASK BYTES[1] (bit-packed), CTC fp32[K], CLINICAL fp32[5].
 Outputs: VIEWS fp32[3, S, S], TABULAR fp32[K + 5], MEASUREMENTS_PRE fp32[5] (mm units).
 
 Each study is decoded and checked against the model's input limits
-(:class:`dmfn.client.limits.InputLimits`, written by ``dmfn export`` into this model's
+(:class:`dmfn.contract.limits.InputLimits`, written by ``dmfn export`` into this model's
 parameters) before any array is built from it, then run through
 :func:`dmfn.preprocess.preprocess_study` with the parameters the model was trained with.
 
@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from dmfn.client import schema as S
-from dmfn.client.limits import InputLimits
-from dmfn.client.wire import batch_size, decode_checked, where_in_batch
-from dmfn.preprocess import PreprocessParams, preprocess_study
+from dmfn.contract import schema as S
+from dmfn.contract.limits import InputLimits
+from dmfn.contract.params import PreprocessParams
+from dmfn.contract.wire import batch_size, decode_checked, where_in_batch
+from dmfn.preprocess import preprocess_study
 from dmfn.preprocess.threads import has_openmp, set_openmp_threads
 
 #: preprocess_study argument name -> request tensor name (for error messages).

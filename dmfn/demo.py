@@ -1,0 +1,239 @@
+"""``dmfn demo``: the main job, end to end, on the embedded default.
+
+synthetic patients (DICOM + NIfTI) -> a DMFN checkpoint (the committed demo model, or one trained
+here with --train) -> ONNX export checked against PyTorch -> Triton model repository -> a real
+Triton server on 127.0.0.1 -> a study sent through the client SDK -> the prediction -> stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from dmfn.resources import demo_checkpoint
+
+log = logging.getLogger("dmfn.demo")
+
+
+@contextmanager
+def _step(title: str, timings: dict[str, float]) -> Iterator[None]:
+    print(f"\n== {title}", flush=True)
+    start = time.perf_counter()
+    yield
+    timings[title] = time.perf_counter() - start
+    print(f"   ({timings[title]:.1f} s)", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dmfn demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("build/demo"),
+        help="scratch folder for the cohort, the repository and the server log (default build/demo)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint to serve (default: the committed demo model, models/dmfn_demo.pt)",
+    )
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="train a small model on a tiny synthetic cohort here instead of using the committed one",
+    )
+    parser.add_argument(
+        "--patients", type=int, default=4, help="synthetic patients to generate (4)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=2026, help="seed of the synthetic patients (2026)"
+    )
+    parser.add_argument(
+        "--protocol", choices=("http", "grpc"), default="http", help="client protocol (http)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dmfn.client.sdk import DmfnServerError
+    from dmfn.serving.triton import TritonError
+    from dmfn.training.export import ExportError
+
+    try:
+        return _run(args)
+    except (ValueError, ExportError, TritonError, DmfnServerError) as err:
+        print(f"dmfn demo: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ValueError) else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.patients < 3:
+        print("dmfn demo: argument --patients: must be >= 3", file=sys.stderr)
+        return 2
+    if args.train and args.checkpoint is not None:
+        print("dmfn demo: give --train or --checkpoint, not both", file=sys.stderr)
+        return 2
+
+    # Imported here so that `dmfn demo --help` is instant.
+    from dmfn.client.manifest import read_manifest
+    from dmfn.client.predict import format_prediction
+    from dmfn.client.sdk import DmfnClient
+    from dmfn.contract.study import Study
+    from dmfn.preprocess import preprocess_study
+    from dmfn.serving.config import ServingSettings
+    from dmfn.serving.service import DmfnService, ServiceConfig
+    from dmfn.serving.triton import free_ports
+    from dmfn.synth import generate_cohort
+    from dmfn.training.checkpoint import load_checkpoint
+    from dmfn.training.dataset import load_row_study
+    from dmfn.training.export import export
+
+    if not args.train:
+        load_checkpoint(args.checkpoint or demo_checkpoint())  # fail fast on a bad file
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    total = time.perf_counter()
+    print("dmfn demo — synthetic data: a pipeline check, not a clinical result.")
+
+    with _step(f"1. synthetic cohort: {args.patients} patients (DICOM + NIfTI)", timings):
+        manifest_path = generate_cohort(
+            workdir / "cohort",
+            preset="demo",
+            seed=args.seed,
+            n_patients=args.patients,
+            overwrite=True,
+        )
+        print(f"   {manifest_path}")
+
+    checkpoint = args.checkpoint or demo_checkpoint()
+    if args.train:
+        with _step("2. train a small DMFN on a tiny cohort (--train)", timings):
+            from dmfn.training.train import main as train_main
+
+            train_dir = workdir / "train"
+            train_cohort = generate_cohort(
+                workdir / "train_cohort", preset="tiny", seed=0, workers=2, overwrite=True
+            )
+            train_args = ["--manifest", str(train_cohort), "--out", str(train_dir)]
+            code = train_main([*train_args, "--epochs", "8", "--seeds", "1", "--no-progress"])
+            if code:
+                return code
+            checkpoint = train_dir / "seed_0" / "best.pt"
+    else:
+        print(f"\n== 2. model: {checkpoint}")
+    if not checkpoint.is_file():
+        print(f"dmfn demo: checkpoint {checkpoint} does not exist (try --train)", file=sys.stderr)
+        return 2
+    ckpt = load_checkpoint(checkpoint)
+    print(
+        f"   {ckpt.model_config.get('kind')} / {ckpt.model_config.get('backbone')}, "
+        f"{len(ckpt.taxonomy)} classes, trained on {'synthetic' if ckpt.training.get('synthetic', True) else 'real'} data"
+    )
+
+    repository = workdir / "model_repository"
+    with _step("3. export: ONNX checked against PyTorch -> Triton repository", timings):
+        # Parity on the cohort's own studies, preprocessed exactly as the server will.
+        parity = export(
+            checkpoint, repository, ServingSettings(), parity_manifest=manifest_path, overwrite=True
+        )
+        print(f"   {repository}")
+        print(f"   parity on {args.patients} synthetic studies of step 1")
+        print(
+            f"   ONNX Runtime vs PyTorch, max |logit difference|: {parity['onnxruntime_vs_torch_max_abs_logit']:.2e}"
+        )
+
+    manifest = read_manifest(manifest_path, ckpt.taxonomy)
+    row = manifest.rows[0]
+    image, mask = load_row_study(row)
+    study = Study(
+        hu=image.hu,
+        spacing_mm=image.spacing_mm,
+        origin_lps_mm=image.origin_lps_mm,
+        direction=image.direction,
+        mask=mask,
+        ctc=dict(zip(ckpt.ctc_features, row.ctc, strict=True)),
+        clinical=row.clinical,
+        patient_id=row.patient_id,
+        image_id=row.image_id,
+    )
+    z, y, x = study.hu.shape
+    print(
+        f"\n   study {row.image_id}: {z}x{y}x{x} voxels at "
+        f"{'x'.join(f'{s:.2f}' for s in study.spacing_mm)} mm, CTC {row.ctc[0]:.1f} pg/ml, "
+        f"{row.age_years:.0f} y, {row.sex}, {row.location}"
+    )
+
+    with _step("4. preprocessing in-process (what the server's preprocess model runs)", timings):
+        params = ckpt.preprocess_params
+        start = time.perf_counter()
+        pre = preprocess_study(
+            study.hu, study.spacing_mm, mask, study.ctc_array(ckpt.ctc_features),
+            study.clinical.as_array(), params=params,
+        )  # fmt: skip
+        took = time.perf_counter() - start
+        print(
+            f"   PDE denoise ({params.pde_iterations} it, k={params.pde_k_hu:g} HU) -> "
+            f"{params.target_spacing_mm:g} mm resampling -> WL{params.window_level_hu:g}/"
+            f"WW{params.window_width_hu:g} -> views {tuple(pre.views.shape)}: {took * 1000:.0f} ms"
+        )
+
+    http, grpc, metrics = free_ports(3)
+    with _step("5. Triton: start, predict, stop", timings):
+        server = DmfnService(
+            ServiceConfig(
+                repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                log_path=workdir / "triton.log",
+            )
+        )  # fmt: skip
+        with server:
+            print(
+                f"   ready in {server.ready_seconds:.1f} s: http {server.http_url}, grpc {server.grpc_url}"
+            )
+            url = server.http_url if args.protocol == "http" else server.grpc_url
+            with DmfnClient(url=url, protocol=args.protocol) as client:
+                start = time.perf_counter()
+                prediction = client.predict(study)
+                latency = time.perf_counter() - start
+            print(f"   prediction ({args.protocol}, {latency * 1000:.0f} ms round trip):")
+            print(f"   true label (synthetic): {row.label} ({row.group})")
+            print(format_prediction(prediction, indent="   "))
+            served = np.array([prediction.probs[name] for name in ckpt.taxonomy.names])
+            # The same study through the checkpoint in PyTorch, in this process: no train/serve skew.
+            local = _torch_probs(ckpt, pre.views, pre.tabular)
+            print(
+                f"   served PROBS vs in-process PyTorch: max |difference| {np.abs(served - local).max():.1e}"
+            )
+            print(f"   server log: {server.config.log_path}")
+        print("   server stopped")
+
+    print(f"\ndone in {time.perf_counter() - total:.0f} s")
+    return 0 if np.isfinite(served).all() else 1
+
+
+def _torch_probs(ckpt, views: np.ndarray, tabular: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        logits = ckpt.build_model()(torch.from_numpy(views[None]), torch.from_numpy(tabular[None]))
+    return torch.softmax(logits, dim=1)[0].numpy()
+
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

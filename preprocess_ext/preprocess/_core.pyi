@@ -1,0 +1,34 @@
+"""Type stub of the C++ extension dmfn.preprocess._core (kept in sync by tests/test_stub.py).
+
+Call the typed, validated API in dmfn.preprocess instead; these entry points assume checked input.
+Axes (z, y, x); float32 C-contiguous volumes.
+"""
+
+import numpy as np
+import numpy.typing as npt
+
+openmp: bool
+
+def pde_denoise(
+    volume: npt.ArrayLike,
+    k: float,
+    dt: float,
+    iterations: int,
+    three_d: bool,
+    fidelity: float,
+    threads: int,
+) -> npt.NDArray[np.float32]: ...
+def resample(
+    volume: npt.ArrayLike,
+    out_shape: tuple[int, int, int],
+    ratio: tuple[float, float, float],
+    order: int,
+) -> npt.NDArray[np.float32]: ...
+def sample_planes(
+    volume: npt.ArrayLike,
+    origin: npt.ArrayLike,
+    row_step: npt.ArrayLike,
+    col_step: npt.ArrayLike,
+    size: int,
+    fill: float,
+) -> npt.NDArray[np.float32]: ...

@@ -1,0 +1,177 @@
+"""The whole preprocessing chain of one study, shared by training and the Triton preprocess model.
+
+Order (DESIGN.md): validate -> crop ROI + margin -> PDE denoise -> isotropic resample (volume and
+mask) -> window -> lesion measurements -> three orthogonal views. Axes (z, y, x), spacing in mm,
+intensities in HU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dmfn.contract.params import PreprocessParams
+from dmfn.contract.schema import AGE_RANGE_YEARS, CLINICAL_FIELDS
+
+from ._validate import as_mask, as_spacing, as_volume, check_voxel_cap
+from .pde import denoise_pde
+from .spatial import (
+    crop_roi,
+    isotropic_shape,
+    measure_lesion,
+    orthogonal_views,
+    resample_isotropic,
+    window,
+)
+
+#: A resampled mask voxel belongs to the lesion when its linear interpolation is >= this.
+MASK_THRESHOLD = 0.5
+#: The location one-hot occupies CLINICAL[2:5].
+_LOCATION_SLICE = slice(2, 2 + 3)
+
+
+@dataclass(frozen=True)
+class PreprocessedStudy:
+    """The model inputs of one study (see :mod:`dmfn.contract.schema`).
+
+    Attributes:
+        views: float32 (3, S, S): axial, coronal, sagittal windowed views in [0, 1].
+        tabular: float32 (K + 5,): the CTC features, then the clinical fields.
+        measurements: float32 (5,) in ``MEASUREMENT_FIELDS`` order (mm, mm^2, mm^3).
+    """
+
+    views: np.ndarray
+    tabular: np.ndarray
+    measurements: np.ndarray
+
+
+def _as_vector(value: object, argument: str, length: int | None = None) -> np.ndarray:
+    """A finite 1D float32 vector (of ``length`` values when given)."""
+    if not isinstance(value, np.ndarray | Sequence) or isinstance(value, str | bytes):
+        raise ValueError(f"argument '{argument}': must be a 1D array, got {type(value).__name__}")
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(
+            f"argument '{argument}': dtype must be a real integer or float type, got {arr.dtype}"
+        )
+    if arr.ndim != 1 or arr.size == 0 or (length is not None and arr.size != length):
+        want = f"{length} values" if length is not None else "a non-empty 1D vector"
+        raise ValueError(f"argument '{argument}': must be {want}, got shape {arr.shape}")
+    out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise ValueError(f"argument '{argument}': must contain only finite values (found NaN/Inf)")
+    return out
+
+
+def validate_clinical(clinical: object) -> np.ndarray:
+    """CLINICAL fp32[5] (``schema.CLINICAL_FIELDS``): age in ``schema.AGE_RANGE_YEARS`` (years,
+    inclusive), sex_male 0/1, location one-hot."""
+    vec = _as_vector(clinical, "clinical", len(CLINICAL_FIELDS))
+    age, sex = float(vec[0]), float(vec[1])
+    if not AGE_RANGE_YEARS[0] <= age <= AGE_RANGE_YEARS[1]:
+        raise ValueError(
+            f"argument 'clinical': {CLINICAL_FIELDS[0]} must be within {AGE_RANGE_YEARS} years, "
+            f"got {age}"
+        )
+    if sex not in (0.0, 1.0):
+        raise ValueError(f"argument 'clinical': {CLINICAL_FIELDS[1]} must be 0 or 1, got {sex}")
+    location = vec[_LOCATION_SLICE]
+    if not (np.isin(location, (0.0, 1.0)).all() and location.sum() == 1.0):
+        raise ValueError(
+            f"argument 'clinical': {', '.join(CLINICAL_FIELDS[_LOCATION_SLICE])} must be a "
+            f"one-hot (0/1 values summing to 1), got {location.tolist()}"
+        )
+    return vec
+
+
+def resample_mask(
+    mask: np.ndarray, spacing_mm: Sequence[float], target_mm: float, max_voxels: int
+) -> np.ndarray:
+    """Resample a binary (z, y, x) mask like the volume: linear as float, then >= 0.5.
+
+    If nothing reaches the threshold (a lesion thinner than the new voxels), the output voxel
+    nearest the original mask's centroid is kept so that the mask never becomes empty.
+    Returns uint8.
+    """
+    lesion = as_mask(mask, np.shape(mask))
+    prob = resample_isotropic(lesion, spacing_mm, target_mm, "linear", max_voxels=max_voxels)
+    out = (prob >= MASK_THRESHOLD).astype(np.uint8)
+    if not out.any():
+        centroid = np.array([c.mean() for c in np.nonzero(lesion)])
+        idx = np.floor(centroid * np.asarray(spacing_mm) / target_mm + 0.5).astype(np.int64)
+        out[tuple(np.clip(idx, 0, np.array(out.shape) - 1))] = 1
+    return out
+
+
+def preprocess_study(
+    hu: np.ndarray,
+    spacing_mm: Sequence[float],
+    mask: np.ndarray,
+    ctc: np.ndarray | Sequence[float],
+    clinical: np.ndarray | Sequence[float],
+    params: PreprocessParams | None = None,
+) -> PreprocessedStudy:
+    """Turn one study into the model inputs (the chain of DESIGN.md, in this order).
+
+    1. validate every argument (ValueError naming it);
+    2. crop the lesion box + ``params.roi_margin_mm`` (idempotent on a client-side crop);
+    3. :func:`~dmfn.preprocess.denoise_pde` with ``params.pde_*`` (skipped at 0 iterations);
+    4. :func:`resample_isotropic` to ``params.target_spacing_mm`` with ``params.interpolation``;
+       the mask by :func:`resample_mask`;
+    5. :func:`window` with ``params.window_level_hu`` / ``params.window_width_hu``;
+    6. :func:`measure_lesion` on the resampled mask;
+    7. :func:`orthogonal_views` of ``params.view_size`` through the lesion centroid, covering
+       the lesion box + margin, filled with 0 outside the crop.
+
+    Args:
+        hu: CT volume (z, y, x) in HU, int16 or any real dtype (converted to float32); bool,
+            complex and object arrays are refused; non-contiguous arrays are copied.
+        spacing_mm: voxel spacing (z, y, x) in mm.
+        mask: lesion mask of ``hu``'s shape, nonzero = lesion (uint8 on the wire; bool/numeric
+            accepted), must not be empty.
+        ctc: CTC features fp32[K] (finite).
+        clinical: fp32[5] as ``schema.CLINICAL_FIELDS``.
+        params: preprocessing parameters (default :class:`PreprocessParams()`); every
+            intermediate volume is capped at ``params.max_voxels``.
+    """
+    params = PreprocessParams() if params is None else params
+    if not isinstance(params, PreprocessParams):
+        raise ValueError(
+            f"argument 'params': must be a PreprocessParams, got {type(params).__name__}"
+        )
+    cap = params.max_voxels
+    volume = as_volume(hu, "hu", ndims=(3,), cap=cap)
+    spacing = as_spacing(spacing_mm, 3)
+    lesion = as_mask(mask, volume.shape)
+    tabular = np.concatenate([_as_vector(ctc, "ctc"), validate_clinical(clinical)])
+
+    roi = crop_roi(volume, mask=lesion, margin_mm=params.roi_margin_mm, spacing_mm=spacing)
+    target = params.target_spacing_mm
+    # Refuse before any heavy work if the resampled crop would exceed the cap.
+    check_voxel_cap(isotropic_shape(roi.volume.shape, spacing, target), "hu", cap)
+
+    denoised = roi.volume
+    if params.pde_iterations > 0:
+        denoised = denoise_pde(
+            roi.volume,
+            k=params.pde_k_hu,
+            dt=params.pde_dt,
+            iterations=params.pde_iterations,
+            mode=params.pde_mode,
+            fidelity=params.pde_fidelity,
+            max_voxels=cap,
+        )
+    iso = resample_isotropic(denoised, spacing, target, params.interpolation, max_voxels=cap)
+    iso_mask = resample_mask(roi.mask, spacing, target, cap)
+    windowed = window(iso, params.window_level_hu, params.window_width_hu)
+    measurements = measure_lesion(iso_mask, (target,) * 3).as_array()
+    views = orthogonal_views(
+        windowed,
+        iso_mask,
+        params.view_size,
+        margin_vox=params.roi_margin_mm / target,
+        max_voxels=cap,
+    )
+    return PreprocessedStudy(views=views, tabular=tabular, measurements=measurements)

@@ -1,0 +1,28 @@
+"""dmfn.serving: Triton model repository rendering and writing, and the Triton launcher.
+
+No torch here: :mod:`.config` renders every ``config.pbtxt`` from :class:`dmfn.contract.schema.Schema`,
+:mod:`.repository` writes a complete repository, :mod:`.triton` starts a real tritonserver and
+:mod:`.serve` is the ``dmfn serve`` command. The ONNX/TensorRT export lives in
+:mod:`dmfn.training.export` (it needs torch).
+"""
+
+from dmfn.contract.server import ServerContract
+
+from .config import TARGETS, ServingSettings, render_all
+from .repository import ModelInfo, check_repository, template_dir, write_repository
+from .triton import PortInUseError, TritonError, TritonServer, free_ports
+
+__all__ = [
+    "TARGETS",
+    "ModelInfo",
+    "PortInUseError",
+    "ServerContract",
+    "ServingSettings",
+    "TritonError",
+    "TritonServer",
+    "check_repository",
+    "free_ports",
+    "render_all",
+    "template_dir",
+    "write_repository",
+]

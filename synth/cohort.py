@@ -1,0 +1,578 @@
+"""Synthetic cohort: patients, their CT images, patient-level splits, the manifest, in parallel.
+
+Sampling (all driven by the taxonomy file and ``reference/cohort_table1.csv``):
+
+- class: drawn with the taxonomy's patient frequencies (Table 2 totals);
+- split: patient level, stratified by class, train/val/test in the paper's 434/288/352 ratio
+  (a systematic allocation over the patients grouped by class, so every class is spread over
+  the splits as evenly as its count allows and every split is non-empty from 3 patients on);
+- age, sex: per split, from Table 1 (normal age clipped to 18-90 years);
+- CTC level (pg/ml): the class's normal (mean, SD) of Table 2, truncated to > 0;
+- location: the class's compartment probabilities; the lesion is placed in that compartment;
+- images: per split, the fraction of patients with a second image matches Table 1
+  (596/434, 419/288, 485/352 images per patient; 1500 images for 1074 patients). A second
+  image is a new acquisition of the same lesion: other slice spacing, pixel spacing, noise and
+  field of view, and a slight change of the patient's pose.
+
+Determinism: the plan comes from ``SeedSequence(seed)``; each patient's anatomy, lesion and
+acquisitions from ``SeedSequence(seed, spawn_key=(1, patient_index, stream))``, so the result
+does not depend on the number of worker processes. Image arrays are (z, y, x), spacing mm, HU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import multiprocessing
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from dmfn.client.manifest import MANIFEST_COLUMNS, SPLITS
+from dmfn.contract.taxonomy import COMPARTMENTS, Taxonomy, load_taxonomy
+from dmfn.synth.anatomy import (
+    LESION,
+    ChestAnatomy,
+    make_grid,
+    render_chest,
+    sample_anatomy,
+)
+from dmfn.synth.lesions import Lesion, mass_shift_mm, paint_lesion, sample_lesion
+
+log = logging.getLogger(__name__)
+
+GENERATOR_VERSION = "1.0"
+
+MANIFEST_NAME = "manifest.csv"
+INFO_NAME = "cohort.json"
+#: Thickest sub-slice (mm) rendered before averaging into a slice (partial-volume effect).
+SUB_SLICE_MM = 1.25
+HU_MIN, HU_MAX = -1024, 3071
+#: Age limits (years) for the Table 1 normal.
+AGE_RANGE = (18, 90)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Size and acquisition settings of a generated cohort (mm where a length)."""
+
+    name: str
+    n_patients: int
+    matrix: int  # in-plane pixels (square), a targeted mediastinal reconstruction
+    pixel_mm: tuple[float, float] = (0.6, 0.9)
+    slice_mm: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0)
+    slice_weights: tuple[float, ...] = (0.14, 0.1, 0.1, 0.16, 0.16, 0.14, 0.2)
+    z_margin_mm: tuple[float, float] = (10.0, 25.0)
+    xy_margin_mm: float = 10.0
+
+    @property
+    def max_lesion_mm(self) -> float:
+        """Largest lesion diameter that fits the largest field of view with its margin."""
+        return self.matrix * self.pixel_mm[1] - 2.0 * self.xy_margin_mm
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        "tiny",
+        30,
+        96,
+        slice_mm=(3.0, 5.0),
+        slice_weights=(0.5, 0.5),
+        z_margin_mm=(5.0, 10.0),
+        xy_margin_mm=8.0,
+    ),
+    "demo": Preset("demo", 300, 160),
+    "paper": Preset("paper", 1074, 192),
+}
+
+
+def get_preset(name: str, n_patients: int | None = None) -> Preset:
+    """Preset ``name`` (tiny, demo, paper), optionally with another patient count (>= 3)."""
+    if name not in PRESETS:
+        raise ValueError(f"argument 'preset': must be one of {', '.join(PRESETS)}, got {name!r}")
+    preset = PRESETS[name]
+    if n_patients is not None:
+        if int(n_patients) < 3:
+            raise ValueError(
+                f"argument 'n_patients': needs at least 3 (one per split), got {n_patients}"
+            )
+        preset = replace(preset, n_patients=int(n_patients))
+    return preset
+
+
+# ---------------------------------------------------------------------------------------------
+# Table 1
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    """Table 1 column of one split."""
+
+    n_patients: int
+    n_images: int
+    age_mean: float
+    age_sd: float
+    male_fraction: float
+
+
+#: The paper's Table 1 per split (reference/cohort_table1.csv): patients, CT images, age mean and
+#: SD (years), men. A test checks these numbers against the reference file.
+TABLE1: dict[str, SplitStats] = {
+    "train": SplitStats(434, 596, 53.81, 12.42, 197 / 434),
+    "val": SplitStats(288, 419, 52.41, 13.63, 127 / 288),
+    "test": SplitStats(352, 485, 53.76, 12.88, 162 / 352),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning (cheap, in the main process)
+
+
+@dataclass(frozen=True)
+class PatientPlan:
+    """Everything drawn for a patient before any image is rendered."""
+
+    index: int
+    patient_id: str
+    label: str
+    group: str
+    split: str
+    ctc_level_pg_ml: float
+    age_years: int
+    sex: str
+    location: str
+    n_images: int
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+def plan_cohort(n_patients: int, seed: int, taxonomy: Taxonomy | None = None) -> list[PatientPlan]:
+    """Draw class, split, CTC, age, sex, location and image count for ``n_patients`` patients."""
+    if int(n_patients) < 3:
+        raise ValueError(
+            f"argument 'n_patients': needs at least 3 (one per split), got {n_patients}"
+        )
+    tax = taxonomy or load_taxonomy()
+    for c in tax.classes:
+        if c.n_total <= 0 or not c.ctc_sd_pg_ml > 0 or not c.compartments:
+            raise ValueError(
+                f"argument 'taxonomy': class {c.name!r} needs patient counts, a CTC mean/SD and "
+                "compartment probabilities to be sampled"
+            )
+    table1 = TABLE1
+    rng = _rng(seed, 0)
+    n = int(n_patients)
+    freq = np.array([c.n_total for c in tax.classes], float)
+    labels = rng.choice(len(tax), size=n, p=freq / freq.sum())
+    splits = _stratified_splits(
+        rng, labels, np.array([table1[s].n_patients for s in SPLITS], float)
+    )
+
+    n_images = np.ones(n, int)
+    for k, split in enumerate(SPLITS):
+        members = np.flatnonzero(splits == k)
+        st = table1[split]
+        extra = round(members.size * (st.n_images / st.n_patients - 1.0))
+        n_images[rng.permutation(members)[:extra]] += 1
+
+    plans = []
+    for i in range(n):
+        cls = tax.classes[labels[i]]
+        st = table1[SPLITS[splits[i]]]
+        age = round(float(np.clip(rng.normal(st.age_mean, st.age_sd), *AGE_RANGE)))
+        sex = "M" if rng.random() < st.male_fraction else "F"
+        ctc = _truncated_normal(rng, cls.ctc_mean_pg_ml, cls.ctc_sd_pg_ml)
+        names = [name for name, _ in cls.compartments]
+        probs = np.array([p for _, p in cls.compartments])
+        location = names[int(rng.choice(len(names), p=probs / probs.sum()))]
+        plans.append(
+            PatientPlan(
+                index=i,
+                patient_id=f"SYN{i + 1:05d}",
+                label=cls.name,
+                group=cls.group,
+                split=SPLITS[splits[i]],
+                ctc_level_pg_ml=round(ctc, 2),
+                age_years=age,
+                sex=sex,
+                location=location,
+                n_images=int(n_images[i]),
+            )
+        )
+    return plans
+
+
+def _truncated_normal(rng: np.random.Generator, mean: float, sd: float) -> float:
+    """One draw of N(mean, sd) conditioned on > 0 (rejection; the paper's means are > 1 SD)."""
+    while True:
+        x = float(rng.normal(mean, sd))
+        if x > 0.0:
+            return x
+
+
+def _stratified_splits(
+    rng: np.random.Generator, labels: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """Split index per patient: patients grouped by class (classes and members in random order)
+    are dealt to the split that is furthest below its target share, so each class and the whole
+    cohort follow ``weights`` to within one patient per class."""
+    target = weights / weights.sum()
+    order = []
+    for c in rng.permutation(np.unique(labels)):
+        order.extend(rng.permutation(np.flatnonzero(labels == c)).tolist())
+    counts = np.zeros(len(weights))
+    out = np.empty(len(labels), int)
+    for k, i in enumerate(order):
+        s = int(np.argmax(target * (k + 1) - counts))
+        out[i] = s
+        counts[s] += 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Acquisition and rendering (in the workers)
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One CT reconstruction of a patient: grid (mm), pose, image quality."""
+
+    pixel_mm: float
+    slice_mm: float
+    matrix: int
+    x0_mm: float  # scanner x of column 0
+    y0_mm: float  # scanner y of row 0
+    z0_mm: float  # scanner z of slice 0
+    n_slices: int
+    pose_angle_rad: float
+    pose_shift_mm: tuple[float, float, float]
+    noise_hu: float  # SD of the CT noise in HU
+    psf_mm: float  # in-plane Gaussian blur (SD, mm) of the reconstruction kernel
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        return (self.slice_mm, self.pixel_mm, self.pixel_mm)
+
+    @property
+    def origin_lps_mm(self) -> tuple[float, float, float]:
+        return (self.x0_mm, self.y0_mm, self.z0_mm)
+
+
+def sample_acquisition(
+    rng: np.random.Generator,
+    preset: Preset,
+    lesion: Lesion,
+    table_z_mm: float,
+    first: Acquisition | None = None,
+) -> Acquisition:
+    """Draw a reconstruction that contains ``lesion`` with margins; ``first``: a repeat study."""
+    ext = lesion.half_extent
+    need = (2.0 * max(ext[0], ext[1]) + 2.0 * preset.xy_margin_mm) / preset.matrix
+    pixel = float(np.clip(max(rng.uniform(*preset.pixel_mm), need), *preset.pixel_mm))
+    choices = np.array(preset.slice_mm)
+    weights = np.array(preset.slice_weights, float)
+    if first is not None and len(choices) > 1:
+        weights = np.where(choices == first.slice_mm, 0.0, weights)
+    slice_mm = float(rng.choice(choices, p=weights / weights.sum()))
+    if first is None:
+        angle, shift = rng.normal(0.0, 0.01), np.array([rng.normal(0, 2), rng.normal(0, 2), 0.0])
+    else:  # slight change of pose between the two studies
+        angle = first.pose_angle_rad + rng.uniform(-0.05, 0.05)
+        shift = np.array(first.pose_shift_mm) + rng.uniform(-5.0, 5.0, 3)
+    shift = shift + np.array([0.0, 0.0, table_z_mm])
+    c, s = math.cos(angle), math.sin(angle)
+    cx, cy = lesion.center[0], lesion.center[1]
+    centre = np.array([c * cx - s * cy, s * cx + c * cy]) + shift[:2]  # scanner coords
+    # Field of view: between the mediastinum's centre and the lesion, still holding the lesion.
+    fov = pixel * preset.matrix
+    slack = max(fov / 2.0 - max(ext[0], ext[1]) - preset.xy_margin_mm, 0.0)
+    toward_mid = -0.5 * (centre - shift[:2] - np.array([0.0, 10.0]))
+    offset = np.clip(toward_mid + rng.normal(0.0, 5.0, 2), -slack, slack)
+    fov_c = centre + offset
+    z_lo = lesion.center[2] - ext[2] - rng.uniform(*preset.z_margin_mm) + shift[2]
+    z_hi = lesion.center[2] + ext[2] + rng.uniform(*preset.z_margin_mm) + shift[2]
+    n_slices = max(math.ceil((z_hi - z_lo) / slice_mm) + 1, 3)
+    noise = float(np.clip(rng.uniform(10.0, 20.0) * math.sqrt(2.5 / slice_mm), 8.0, 32.0))
+    return Acquisition(
+        pixel_mm=round(pixel, 4),
+        slice_mm=slice_mm,
+        matrix=preset.matrix,
+        x0_mm=round(float(fov_c[0] - pixel * (preset.matrix - 1) / 2.0), 3),
+        y0_mm=round(float(fov_c[1] - pixel * (preset.matrix - 1) / 2.0), 3),
+        z0_mm=round(float(z_lo), 3),
+        n_slices=n_slices,
+        pose_angle_rad=float(angle),
+        pose_shift_mm=(float(shift[0]), float(shift[1]), float(shift[2] - table_z_mm)),
+        noise_hu=noise,
+        psf_mm=float(rng.uniform(0.45, 0.8)),
+    )
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A patient's anatomy and lesion (shared by all of the patient's images)."""
+
+    anatomy: ChestAnatomy
+    lesion: Lesion
+    table_z_mm: float
+
+
+def sample_subject(plan: PatientPlan, seed: int, preset: Preset, bake: bool = True) -> Subject:
+    """The patient-level random draws of ``plan`` (deterministic for ``seed``).
+
+    ``bake=False`` skips evaluating the lesion on its grid (geometry only, not renderable).
+    """
+    anatomy = sample_anatomy(_rng(seed, 1, plan.index, 0), plan.sex)
+    lesion = sample_lesion(
+        _rng(seed, 1, plan.index, 1),
+        plan.label,
+        plan.location,
+        anatomy,
+        preset.max_lesion_mm,
+        bake=bake,
+    )
+    anatomy = replace(anatomy, mass_shift_mm=mass_shift_mm(lesion, anatomy))
+    table_z = float(_rng(seed, 1, plan.index, 2).uniform(-350.0, -150.0))
+    return Subject(anatomy, lesion, table_z)
+
+
+def render_image(
+    subject: Subject, acq: Acquisition, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render one acquisition: (hu int16 (z, y, x) HU, mask uint8 (z, y, x) lesion = 1).
+
+    Each slice averages ``ceil(slice_mm / 1.25)`` thin sub-slices (partial volume across the
+    slice thickness), then gets the in-plane blur of the reconstruction kernel and correlated
+    Gaussian noise of SD ``acq.noise_hu``. A voxel belongs to the mask when at least half of its
+    sub-slices are lesion.
+    """
+    n_sub = max(1, math.ceil(acq.slice_mm / SUB_SLICE_MM - 1e-9))
+    sub = (np.arange(n_sub) + 0.5) / n_sub - 0.5  # sub-slice offsets (fraction of the slice)
+    z = acq.z0_mm + (np.arange(acq.n_slices)[:, None] + sub[None, :]) * acq.slice_mm
+    x = acq.x0_mm + np.arange(acq.matrix) * acq.pixel_mm
+    y = acq.y0_mm + np.arange(acq.matrix) * acq.pixel_mm
+    grid = make_grid(
+        x,
+        y,
+        z.ravel(),
+        acq.pose_angle_rad,
+        np.add(acq.pose_shift_mm, (0.0, 0.0, subject.table_z_mm)),
+    )
+    canvas = render_chest(subject.anatomy, grid, lambda cv: paint_lesion(subject.lesion, cv))
+    shape4 = (acq.n_slices, n_sub, acq.matrix, acq.matrix)
+    hu = canvas.hu.reshape(shape4).mean(axis=1)
+    mask = ((canvas.label == LESION).reshape(shape4).mean(axis=1) >= 0.5).astype(np.uint8)
+    psf_px = acq.psf_mm / acq.pixel_mm
+    hu = ndimage.gaussian_filter(hu, (0.0, psf_px, psf_px))
+    noise = ndimage.gaussian_filter(
+        rng.standard_normal(hu.shape, dtype=np.float32), (0.0, 0.75, 0.75)
+    )
+    noise *= acq.noise_hu / max(float(noise.std()), 1e-6)
+    out = np.clip(np.rint(hu + noise), HU_MIN, HU_MAX).astype(np.int16)
+    return out, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One manifest row plus the acquisition it came from."""
+
+    row: dict[str, str]
+    acquisition: Acquisition
+
+
+def generate_patient(
+    plan: PatientPlan, seed: int, preset: Preset, out_dir: str | Path
+) -> list[ImageRecord]:
+    """Render and write all images of one patient under ``out_dir``; return their records."""
+    from dmfn.client.io.dicom_write import write_dicom_series
+    from dmfn.client.io.nifti import write_nifti_mask
+
+    out_dir = Path(out_dir)
+    subject = sample_subject(plan, seed, preset)
+    records = []
+    first = None
+    for k in range(plan.n_images):
+        rng = _rng(seed, 1, plan.index, 10 + k)
+        acq = sample_acquisition(rng, preset, subject.lesion, subject.table_z_mm, first)
+        first = first or acq
+        hu, mask = render_image(subject, acq, rng)
+        image_id = f"{plan.patient_id}_{k + 1}"
+        if not mask.any():  # the placement rule (lesions.sample_lesion) should prevent this
+            raise RuntimeError(
+                f"image {image_id}: the lesion mask is empty (the anatomy hides the lesion)"
+            )
+        image_rel = Path("images") / plan.patient_id / image_id
+        mask_rel = Path("masks") / f"{image_id}.nii.gz"
+        write_dicom_series(
+            hu,
+            acq.spacing_mm,
+            out_dir / image_rel,
+            origin_lps_mm=acq.origin_lps_mm,
+            patient_id=plan.patient_id,
+            uid_entropy=_uid_entropy(seed, image_id),
+            description=f"synthetic chest CT {image_id} (dmfn synth, not a patient)",
+            series_number=k + 1,
+        )
+        (out_dir / mask_rel).parent.mkdir(parents=True, exist_ok=True)
+        write_nifti_mask(mask, acq.spacing_mm, out_dir / mask_rel, origin_lps_mm=acq.origin_lps_mm)
+        row = {
+            "patient_id": plan.patient_id,
+            "image_id": image_id,
+            "image_path": image_rel.as_posix(),
+            "mask_path": mask_rel.as_posix(),
+            "ctc_level_pg_ml": f"{plan.ctc_level_pg_ml:.2f}",
+            "age_years": str(plan.age_years),
+            "sex": plan.sex,
+            "location": plan.location,
+            "label": plan.label,
+            "group": plan.group,
+            "split": plan.split,
+        }
+        records.append(ImageRecord(row, acq))
+    return records
+
+
+def _uid_entropy(seed: int, image_id: str) -> str:
+    """The seed of every DICOM UID of one image: unique per image, the same for the same seed.
+
+    Each image is its own study (the second image of a patient is a repeat study), so its
+    StudyInstanceUID, SeriesInstanceUID, FrameOfReferenceUID and SOPInstanceUIDs all derive
+    from this string and never collide with another image's, within or across patients.
+    """
+    return f"dmfn-synth:{seed}:{image_id}"
+
+
+ProgressCallback = Callable[[int], None]
+
+
+class CohortGenerationError(RuntimeError):
+    """Generating one patient's images failed; the message names the patient."""
+
+
+def _patient_failed(plan: PatientPlan, err: BaseException) -> CohortGenerationError:
+    return CohortGenerationError(
+        f"patient {plan.patient_id} ({plan.label}, {plan.location}) failed: "
+        f"{type(err).__name__}: {err}"
+    )
+
+
+def generate_cohort(
+    out_dir: str | Path,
+    preset: str | Preset = "tiny",
+    seed: int = 0,
+    workers: int = 1,
+    n_patients: int | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """Generate a cohort into ``out_dir``; return the manifest path.
+
+    Writes ``images/<patient>/<image>/`` (a DICOM CT series each), ``masks/<image>.nii.gz``,
+    ``manifest.csv`` (columns :data:`MANIFEST_COLUMNS`, paths relative to it) and
+    ``cohort.json`` (generator version, seed, preset, counts). ``workers`` processes render the
+    patients (1 = in this process); ``progress(n)`` is called after each patient with the number
+    of images just written. Refuses a non-empty ``out_dir`` unless ``overwrite``, which first
+    removes the generator's own outputs there. The first patient that fails stops the run
+    (patients not started yet are cancelled, no manifest is written): CohortGenerationError
+    naming the patient, chained to the worker's error.
+    """
+    if not isinstance(preset, Preset):
+        preset = get_preset(preset, n_patients)
+    elif n_patients is not None:
+        preset = replace(preset, n_patients=int(n_patients))
+    if int(workers) < 1:
+        raise ValueError(f"argument 'workers': must be >= 1, got {workers}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"argument 'seed': must be a non-negative int, got {seed!r}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"argument 'out_dir': {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(
+                f"argument 'out_dir': {out} is not empty (pass overwrite=True / --force to replace "
+                "a previous cohort)"
+            )
+        for name in ("images", "masks"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in (MANIFEST_NAME, INFO_NAME):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    plans = plan_cohort(preset.n_patients, seed)
+    results: dict[int, list[ImageRecord]] = {}
+    if workers == 1:
+        for plan in plans:
+            try:
+                results[plan.index] = generate_patient(plan, seed, preset, out)
+            except Exception as err:
+                raise _patient_failed(plan, err) from err
+            if progress:
+                progress(len(results[plan.index]))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=int(workers), mp_context=ctx) as pool:
+            futures = {pool.submit(generate_patient, p, seed, preset, out): p for p in plans}
+            for fut in as_completed(futures):
+                plan = futures[fut]
+                try:
+                    results[plan.index] = fut.result()
+                except Exception as err:
+                    # fail fast: drop the patients not started yet (running ones finish)
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise _patient_failed(plan, err) from err
+                if progress:
+                    progress(len(results[plan.index]))
+
+    rows = [rec.row for i in sorted(results) for rec in results[i]]
+    manifest = out / MANIFEST_NAME
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    info = {
+        "generator": "dmfn.synth",
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "preset": asdict(preset),
+        "n_patients": len(plans),
+        "n_images": len(rows),
+        "patients_per_split": {s: sum(p.split == s for p in plans) for s in SPLITS},
+        "taxonomy_sha256": load_taxonomy().digest(),
+        "note": "synthetic data for pipeline checks; not patients, no clinical meaning",
+    }
+    (out / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
+    log.info("wrote %d images of %d patients to %s", len(rows), len(plans), out)
+    return manifest
+
+
+__all__ = [
+    "COMPARTMENTS",
+    "MANIFEST_COLUMNS",
+    "PRESETS",
+    "Acquisition",
+    "CohortGenerationError",
+    "PatientPlan",
+    "Preset",
+    "Subject",
+    "generate_cohort",
+    "generate_patient",
+    "get_preset",
+    "plan_cohort",
+    "render_image",
+    "sample_acquisition",
+    "sample_subject",
+]

@@ -1,0 +1,113 @@
+"""What a training run decides, checked from its own outputs: which epoch becomes best.pt, when it
+stops early, what the --seeds summary says; the README's main job (dmfn demo) on the committed
+model; the packaged taxonomy against the paper's Table 2 (a verbatim copy in tests/data)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmfn.training import train
+from dmfn.training.checkpoint import load_checkpoint
+
+HERE = Path(__file__).parent
+FAST = [
+    "--params", '{"view_size": 32, "pde_iterations": 2}', "--backbone", "regnetx_tiny",
+    "--batch-size", "8", "--workers", "2", "--no-progress", "--no-augment",
+]  # fmt: skip
+
+
+def _log(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    from dmfn.synth.cohort import generate_cohort
+
+    return generate_cohort(tmp_path_factory.mktemp("tiny") / "cohort", "tiny", seed=1, workers=2)
+
+
+@pytest.mark.slow
+def test_best_pt_is_the_best_validation_epoch_of_the_log(cohort, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--manifest", str(cohort), "--out", str(out), "--epochs", "5", "--lr", "3e-3"]
+    assert train.main([*argv, "--patience", "0", *FAST]) == 0
+    log = _log(out / "seed_0" / "log.csv")
+    scores = [float(r[f"val_{train.MONITOR}"]) for r in log]
+    best_epoch = int(log[int(np.argmax(scores))]["epoch"])  # first of equal bests
+    ckpt = load_checkpoint(out / "seed_0" / "best.pt")
+    assert ckpt.training["epoch"] == best_epoch
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs"][0]["best_epoch"] == best_epoch
+    assert ckpt.metrics["val"][train.MONITOR] == pytest.approx(max(scores), abs=1e-6)  # log: 6 d.p.
+
+
+@pytest.mark.slow
+def test_early_stopping_at_the_default_patience(cohort, tmp_path):
+    """The tabular model (no batch norm, whose running statistics move even without learning)
+    with a learning rate too small to change any ranking never improves on validation after
+    epoch 1, so the run stops after 1 + patience epochs (the default patience)."""
+    patience = train.build_parser().get_default("patience")
+    out = tmp_path / "run"
+    argv = ["--manifest", str(cohort), "--out", str(out), "--epochs", str(patience + 5)]
+    assert train.main([*argv, "--model", "tabular", "--lr", "1e-12", *FAST]) == 0
+    log = _log(out / "seed_0" / "log.csv")
+    assert [int(r["epoch"]) for r in log] == list(range(1, patience + 2))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs"][0]["best_epoch"] == 1
+    assert summary["runs"][0]["epochs_run"] == patience + 1
+
+
+@pytest.mark.slow
+def test_seeds_summary_is_the_mean_and_sample_sd_of_the_runs(cohort, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--manifest", str(cohort), "--out", str(out), "--epochs", "2", "--seeds", "2"]
+    assert train.main([*argv, "--patience", "0", *FAST]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1]
+    # each seed's own record: the metrics stored in its best.pt
+    per_seed = [load_checkpoint(out / f"seed_{s}" / "best.pt").metrics for s in (0, 1)]
+    for split in ("val", "test"):
+        for metric in ("binary_auc", "hand_till_auc", "macro_auc"):
+            values = [m[split][metric] for m in per_seed]
+            key = f"{split}_{metric}"
+            assert summary["mean"][key] == pytest.approx(np.mean(values))
+            assert summary["sd"][key] == pytest.approx(np.std(values, ddof=1))
+
+
+@pytest.mark.slow
+def test_dmfn_demo_serves_the_committed_model(tmp_path, capsys):
+    """The README's main job: the committed checkpoint, exported, served, one prediction."""
+    from dmfn import demo
+
+    assert demo.main(["--workdir", str(tmp_path / "demo"), "--patients", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "served PROBS vs in-process PyTorch: max |difference|" in out
+    difference = float(out.split("max |difference|")[1].split()[0])
+    assert difference < 1e-5
+    assert "malignant probability" in out
+
+
+def test_packaged_taxonomy_equals_the_papers_table_2() -> None:
+    from dmfn.contract.taxonomy import load_taxonomy
+
+    with (HERE / "data" / "paper_table2.csv").open(newline="") as handle:
+        table = list(csv.DictReader(handle))
+    taxonomy = load_taxonomy()
+    assert taxonomy.names == [row["class"] for row in table]
+    for cls, row in zip(taxonomy.classes, table, strict=True):
+        assert cls.group == row["group"], cls.name
+        assert (cls.n_train, cls.n_val, cls.n_test) == (
+            int(row["n_train"]),
+            int(row["n_val"]),
+            int(row["n_test"]),
+        ), cls.name
+        assert math.isclose(cls.ctc_mean_pg_ml, float(row["ctc_mean_pg_ml"])), cls.name
+        assert math.isclose(cls.ctc_sd_pg_ml, float(row["ctc_sd_pg_ml"])), cls.name
