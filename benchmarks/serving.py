@@ -81,7 +81,7 @@ def make_checkpoint(path: Path, backbone: str, params: PreprocessParams, seed: i
         preprocess_params=params,
         taxonomy=taxonomy,
         ctc_features=S.DEFAULT_CTC_FEATURES,
-        ctc_observed_range=((1.0, 45.0),),  # synthetic_study's CTC draws
+        ctc_observed_range=((1.0, 45.0),),  # synthetic_crop's CTC draws
         metrics={},
         training={"synthetic": True, "benchmark": "untrained weights"},
         versions={"torch": str(torch.__version__)},
@@ -97,17 +97,18 @@ class BenchRequest:
     wire: dict[str, np.ndarray]
 
 
-def make_requests(n: int, seed: int, shape: tuple[int, int, int]) -> list[BenchRequest]:
-    """``n`` synthetic ROI crops."""
-    from dmfn.contract.wire import encode_study
-    from dmfn.training.export import synthetic_study
+def make_requests(n: int, seed: int, shape: tuple[int, int, int], contract) -> list[BenchRequest]:
+    """``n`` synthetic ROI crops (:mod:`dmfn.synth.crops`): the SDK's request of each, and the
+    same crop as preprocess_study's arguments."""
+    from dmfn.contract.wire import build_request, crop_study
+    from dmfn.synth.crops import synthetic_crops
 
-    rng = np.random.default_rng(seed)
     out = []
-    for _ in range(n):
-        s = synthetic_study(rng, 1, shape)
-        raw = dict(zip(RAW_NAMES, (s.hu, s.spacing_mm, s.mask, s.ctc, s.clinical), strict=True))
-        out.append(BenchRequest(raw, encode_study(s.hu, s.mask, s.spacing_mm, s.ctc, s.clinical)))
+    for s in synthetic_crops(n, seed, shapes=(shape,)):
+        hu, mask = crop_study(s, contract)
+        values = (hu, np.float32(s.spacing_mm), mask, s.ctc_array(), s.clinical_array())
+        raw = dict(zip(RAW_NAMES, values, strict=True))
+        out.append(BenchRequest(raw, build_request(s, contract)))
     return out
 
 
@@ -429,7 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = make_checkpoint(tmp / "model.pt", args.backbone, params)
         repo = tmp / "repo"
         export(checkpoint, repo, settings, parity_studies=2)
-        requests = make_requests(args.studies, seed=1, shape=shape)
+        from dmfn.training.checkpoint import load_checkpoint
+
+        requests = make_requests(
+            args.studies, seed=1, shape=shape, contract=load_checkpoint(checkpoint).contract()
+        )
 
         if "floor" in systems:
             floor = Floor(

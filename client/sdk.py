@@ -33,18 +33,15 @@ from typing import Any
 import numpy as np
 
 from dmfn.contract import schema as S
-from dmfn.contract.orientation import to_axial
-from dmfn.contract.roi import mask_bbox, roi_box
 from dmfn.contract.server import ServerContract
 from dmfn.contract.study import Study
-from dmfn.contract.wire import encode_study
+from dmfn.contract.wire import build_request, crop_study
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS: tuple[str, ...] = ("http", "grpc")
 DEFAULT_URLS: dict[str, str] = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
 DEFAULT_TIMEOUT_S = 60.0
-_INT16 = np.iinfo(np.int16)
 
 
 class DmfnServerError(RuntimeError):
@@ -97,71 +94,6 @@ class Prediction:
 
 
 # --------------------------------------------------------------------------- request / response
-def crop_study(study: Study, contract: ServerContract) -> tuple[np.ndarray, np.ndarray]:
-    """The voxels that leave the client: (int16 HU, uint8 mask) of the lesion box plus
-    ``contract.roi_margin_mm``, in the axial layout, axes (z, y, x).
-
-    A study not in the axial layout (e.g. built by hand from another orientation) is first
-    permuted/flipped exactly into it (:func:`dmfn.contract.orientation.to_axial`; oblique ones
-    raise ValueError). The box comes from ``study.mask``, else ``study.bbox``; with only a box
-    the mask is 1 inside the box (the server's measurements then describe the box). Float HU are
-    rounded to the nearest integer HU (the wire format is int16); values outside the int16 range
-    are refused.
-    """
-    if not isinstance(study, Study):
-        raise ValueError(f"argument 'study': must be a dmfn Study, got {type(study).__name__}")
-    study = to_axial(study)  # the layout the server's views assume; the same object if axial
-    if study.mask is None and study.bbox is None:
-        raise ValueError(
-            f"argument 'study': study {study.image_id!r} has neither a lesion mask nor a bbox; "
-            "the client crops the lesion region and sends only that"
-        )
-    if study.mask is not None:
-        lo, hi = mask_bbox(study.mask)
-    else:
-        lo, hi = study.bbox[:3], study.bbox[3:]  # validated by Study (roi.check_bbox)
-    box = roi_box(lo, hi, study.shape, contract.roi_margin_mm, study.spacing_mm)
-    if study.mask is not None:
-        mask = study.mask[box]
-    else:  # the box itself, in crop coordinates
-        mask = np.zeros(tuple(b.stop - b.start for b in box), np.uint8)
-        mask[
-            tuple(slice(a - b.start, c - b.start) for a, c, b in zip(lo, hi, box, strict=True))
-        ] = 1
-    hu = study.hu[box]
-    if hu.dtype != np.int16:
-        hu = np.rint(hu)
-        if hu.min() < _INT16.min or hu.max() > _INT16.max:
-            raise ValueError(
-                f"argument 'study': HU of study {study.image_id!r} must lie in "
-                f"[{_INT16.min}, {_INT16.max}] (int16 on the wire), got "
-                f"[{float(hu.min())}, {float(hu.max())}]"
-            )
-        hu = hu.astype(np.int16)
-    return np.ascontiguousarray(hu), np.ascontiguousarray(mask, dtype=np.uint8)
-
-
-def build_request(study: Study, contract: ServerContract) -> dict[str, np.ndarray]:
-    """The request tensors for one study (:func:`dmfn.contract.wire.encode_study`), each with a
-    leading batch axis of 1: the crop of :func:`crop_study`, the spacing, the CTC features in
-    ``contract.ctc_features`` order and the clinical vector.
-
-    When the contract carries the server's input limits, the study is checked against them here
-    first, so an implausible value fails on the client with the server's own message.
-
-    Raises:
-        ValueError: not a Study, an oblique study, no mask/bbox, no clinical record, a missing
-            CTC feature, HU outside int16, a value outside the model's input limits.
-    """
-    hu, mask = crop_study(study, contract)
-    ctc = study.ctc_array(contract.ctc_features)
-    clinical = study.clinical_array()
-    if contract.limits is not None:
-        contract.limits.check_shape(hu.shape)
-        contract.limits.check_values(study.spacing_mm, ctc, clinical, mask, contract.ctc_features)
-    return encode_study(hu, mask, study.spacing_mm, ctc, clinical)
-
-
 def infer_inputs(
     module: Any, arrays: Mapping[str, np.ndarray], dtypes: Mapping[str, str] | None = None
 ) -> list[Any]:
@@ -487,3 +419,14 @@ def _model_version(result: Any) -> str:
     if isinstance(response, Mapping):
         return f"{response.get('model_name', '')}/{response.get('model_version', '')}"
     return f"{response.model_name}/{response.model_version}"
+
+
+__all__ = [
+    "DmfnClient",
+    "DmfnServerError",
+    "Prediction",
+    "build_request",
+    "crop_study",
+    "infer_inputs",
+    "parse_response",
+]

@@ -89,17 +89,16 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
     # Imported here so that `dmfn demo --help` is instant.
-    from dmfn.client.manifest import read_manifest
+    from dmfn.client.manifest import load_row_study, read_manifest
     from dmfn.client.predict import format_prediction
     from dmfn.client.sdk import DmfnClient
-    from dmfn.contract.study import Study
-    from dmfn.preprocess import preprocess_study
+    from dmfn.contract.wire import build_request
+    from dmfn.preprocess import preprocess_request
     from dmfn.serving.config import ServingSettings
     from dmfn.serving.service import DmfnService, ServiceConfig
     from dmfn.serving.triton import free_ports
     from dmfn.synth import generate_cohort
     from dmfn.training.checkpoint import load_checkpoint
-    from dmfn.training.dataset import load_row_study
     from dmfn.training.export import export
 
     if not args.train:
@@ -159,18 +158,7 @@ def _run(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(manifest_path, ckpt.taxonomy)
     row = manifest.rows[0]
-    image, mask = load_row_study(row)
-    study = Study(
-        hu=image.hu,
-        spacing_mm=image.spacing_mm,
-        origin_lps_mm=image.origin_lps_mm,
-        direction=image.direction,
-        mask=mask,
-        ctc=dict(zip(ckpt.ctc_features, row.ctc, strict=True)),
-        clinical=row.clinical,
-        patient_id=row.patient_id,
-        image_id=row.image_id,
-    )
+    study = load_row_study(row, ckpt.ctc_features)
     z, y, x = study.hu.shape
     print(
         f"\n   study {row.image_id}: {z}x{y}x{x} voxels at "
@@ -178,13 +166,13 @@ def _run(args: argparse.Namespace) -> int:
         f"{row.age_years:.0f} y, {row.sex}, {row.location}"
     )
 
-    with _step("4. preprocessing in-process (what the server's preprocess model runs)", timings):
+    with _step(
+        "4. preprocessing in-process (the request the client sends, as the server reads it)",
+        timings,
+    ):
         params = ckpt.preprocess_params
         start = time.perf_counter()
-        pre = preprocess_study(
-            study.hu, study.spacing_mm, mask, study.ctc_array(ckpt.ctc_features),
-            study.clinical.as_array(), params=params,
-        )  # fmt: skip
+        (pre,) = preprocess_request(build_request(study, ckpt.contract()), params)
         took = time.perf_counter() - start
         print(
             f"   PDE denoise ({params.pde_iterations} it, k={params.pde_k_hu:g} HU) -> "

@@ -12,32 +12,44 @@ import torch
 from dmfn.client.sdk import infer_inputs  # noqa: F401  (re-exported for the tests)
 from dmfn.contract import schema as S
 from dmfn.contract.params import PreprocessParams
-from dmfn.contract.study import Clinical, Study
+from dmfn.contract.server import ServerContract
+from dmfn.contract.study import Study
 from dmfn.contract.taxonomy import load_taxonomy
-from dmfn.contract.wire import encode_study
+from dmfn.contract.wire import build_request
+from dmfn.preprocess import preprocess_request
 from dmfn.serving.config import ServingSettings
+from dmfn.synth.crops import synthetic_crops
 from dmfn.training.checkpoint import Checkpoint, load_checkpoint
-from dmfn.training.export import (
-    RawStudy,
-    export,
-    preprocess_batch,
-    preprocess_studies,
-    synthetic_study,
-)
+from dmfn.training.export import export
 from dmfn.training.models.fusion import create_model
 from dmfn.training.models.tabular import fit_standardisation
 
 #: Small but real preprocessing: 64-pixel views; a voxel cap low enough to test cheaply.
 TEST_PARAMS = PreprocessParams(view_size=64, max_voxels=2**20)
 TINY_BACKBONE = "regnetx_tiny"
-#: CTC range (pg/ml) recorded in the tiny checkpoint: where synthetic_study's lognormal(2.3, 0.4)
+#: CTC range (pg/ml) recorded in the tiny checkpoint: where synthetic_crop's lognormal(2.3, 0.4)
 #: draws fall (its 0.01 % and 99.99 % quantiles are 2.5 and 44), so every test study is accepted.
 SYNTHETIC_CTC_RANGE = ((1.0, 45.0),)
+#: The tiny model's contract without limits (for building requests in-process).
+CONTRACT = ServerContract(
+    TEST_PARAMS.roi_margin_mm, S.DEFAULT_CTC_FEATURES, tuple(load_taxonomy().names)
+)
 
 
-def make_studies(n: int, seed: int, n_ctc: int = 1) -> list[RawStudy]:
-    rng = np.random.default_rng(seed)
-    return [synthetic_study(rng, n_ctc) for _ in range(n)]
+def make_studies(n: int, seed: int) -> list[Study]:
+    """``n`` synthetic lesion crops (:func:`dmfn.synth.crops.synthetic_crops`)."""
+    return synthetic_crops(n, seed)
+
+
+def inputs_of(studies: list[Study], params: PreprocessParams = TEST_PARAMS):
+    """VIEWS [N, 3, S, S] and TABULAR [N, K+5] of ``studies`` as the server computes them, plus
+    the measurements [N, 5]: their requests through :func:`dmfn.preprocess.preprocess_request`."""
+    pre = [preprocess_request(build_request(s, CONTRACT), params)[0] for s in studies]
+    return (
+        np.stack([p.views for p in pre]),
+        np.stack([p.tabular for p in pre]),
+        np.stack([p.measurements for p in pre]),
+    )
 
 
 def make_tiny_checkpoint(
@@ -46,7 +58,7 @@ def make_tiny_checkpoint(
     """Train a tiny DMFN a few AdamW steps on synthetic preprocessed studies and save it."""
     torch.manual_seed(seed)
     taxonomy = load_taxonomy()
-    views, tabular = preprocess_batch(make_studies(8, seed), TEST_PARAMS)
+    views, tabular, _ = inputs_of(make_studies(8, seed))
     labels = torch.from_numpy(np.arange(len(views)) % len(taxonomy))
     mean, std = fit_standardisation(tabular)
     model = create_model(
@@ -88,17 +100,22 @@ def export_repository(checkpoint: Path, out: Path, **settings: Any) -> tuple[Pat
     return out, parity
 
 
-def reference_outputs(checkpoint: Path, studies: list[RawStudy]) -> dict[str, np.ndarray]:
-    """The in-process PyTorch pipeline on ``studies``: preprocess_study -> model -> softmax.
+def reference_outputs(checkpoint: Path, studies: list[Study]) -> dict[str, np.ndarray]:
+    """The in-process PyTorch pipeline on ``studies``: request -> preprocess_request -> model ->
+    softmax.
 
     Returns probs [N, C], measurements [N, 5], the net's views / tabular / logits and, per
     class, malignant, labels, management.
     """
     ckpt = load_checkpoint(checkpoint)
-    pre = preprocess_studies(studies, ckpt.preprocess_params)
-    views = torch.from_numpy(np.stack([p.views for p in pre]))
-    tabular = torch.from_numpy(np.stack([p.tabular for p in pre]))
-    measurements = np.stack([p.measurements for p in pre])
+    return reference_from_inputs(ckpt, *inputs_of(studies, ckpt.preprocess_params))
+
+
+def reference_from_inputs(
+    ckpt: Checkpoint, views_np: np.ndarray, tabular_np: np.ndarray, measurements: np.ndarray
+) -> dict[str, np.ndarray]:
+    """:func:`reference_outputs` from already preprocessed inputs."""
+    views, tabular = torch.from_numpy(views_np), torch.from_numpy(tabular_np)
     with torch.no_grad():
         logits = ckpt.build_model()(views, tabular)
     return {
@@ -113,23 +130,10 @@ def reference_outputs(checkpoint: Path, studies: list[RawStudy]) -> dict[str, np
     }
 
 
-def as_study(raw: RawStudy, image_id: str = "") -> Study:
-    """A client-side :class:`Study` holding the raw crop (for the SDK)."""
-    location = S.LOCATIONS[int(np.argmax(raw.clinical[2:]))]
-    return Study(
-        hu=raw.hu,
-        spacing_mm=tuple(float(s) for s in raw.spacing_mm),
-        mask=raw.mask,
-        ctc={S.DEFAULT_CTC_FEATURES[0]: float(raw.ctc[0])},
-        clinical=Clinical(float(raw.clinical[0]), "M" if raw.clinical[1] else "F", location),
-        image_id=image_id,
-    )
-
-
-def study_arrays(studies: list[RawStudy]) -> dict[str, np.ndarray]:
-    """The wire tensors of ``studies`` (:func:`dmfn.contract.wire.encode_study`), one batch row
-    each (the studies may differ in shape)."""
-    encoded = [encode_study(s.hu, s.mask, s.spacing_mm, s.ctc, s.clinical) for s in studies]
+def study_arrays(studies: list[Study]) -> dict[str, np.ndarray]:
+    """The wire tensors of ``studies`` (:func:`dmfn.contract.wire.build_request`, what the SDK
+    sends), one batch row each (the studies may differ in shape)."""
+    encoded = [build_request(s, CONTRACT) for s in studies]
     return {name: np.concatenate([e[name] for e in encoded]) for name in encoded[0]}
 
 

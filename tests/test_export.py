@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from serving_utils import TEST_PARAMS, make_studies, make_tiny_checkpoint
+from serving_utils import inputs_of, make_studies, make_tiny_checkpoint
 from torch import nn
 
 from dmfn.contract import schema as S
@@ -51,7 +51,7 @@ def test_parity_holds_at_other_batch_sizes(
 ) -> None:
     repo, _ = exported_repository
     model = E.load_checkpoint(tiny_checkpoint).build_model()
-    views, tabular = E.preprocess_batch(make_studies(5, seed=11), TEST_PARAMS)
+    views, tabular, _ = inputs_of(make_studies(5, seed=11))
     diff = E.check_parity(model, repo / "dmfn" / "1" / "model.onnx", views, tabular, 1e-4)
     assert diff <= 1e-4
 
@@ -135,8 +135,11 @@ def test_cli_user_mistakes_are_messages_not_tracebacks(
     assert "argument 'net_max_batch_size'" in capsys.readouterr().err
 
 
-def test_synthetic_study_is_a_valid_request() -> None:
-    study = make_studies(1, seed=3, n_ctc=2)[0]
+def test_synthetic_crop_is_a_valid_study() -> None:
+    from dmfn.synth.crops import synthetic_crops
+
+    (study,) = synthetic_crops(1, seed=3, ctc_features=("a", "b"))
     assert study.hu.dtype == np.int16 and study.hu.ndim == 3
     assert study.mask.shape == study.hu.shape and study.mask.any()
-    assert study.ctc.shape == (2,) and study.clinical.shape == (len(S.CLINICAL_FIELDS),)
+    assert study.ctc_array(("a", "b")).shape == (2,)
+    assert study.clinical_array().shape == (len(S.CLINICAL_FIELDS),)

@@ -326,47 +326,43 @@ def test_ctc_values_by_position_or_name() -> None:
 
 
 # --------------------------------------------------------------------------- slow: real server
-def _embedded(raw, rng: np.random.Generator, image_id: str) -> Study:
-    """The raw synthetic crop placed inside a larger volume of other tissue."""
+def _embedded(crop: Study, rng: np.random.Generator, image_id: str) -> Study:
+    """The synthetic crop placed inside a larger volume of other tissue."""
     pad = ((7, 5), (30, 22), (16, 31))
-    hu = np.pad(raw.hu, pad)
+    hu = np.pad(crop.hu, pad)
     noise = rng.integers(-900, 900, size=hu.shape).astype(np.int16)
     inside = np.zeros(hu.shape, bool)
-    inside[tuple(slice(a, a + n) for (a, _), n in zip(pad, raw.hu.shape, strict=True))] = True
+    inside[tuple(slice(a, a + n) for (a, _), n in zip(pad, crop.hu.shape, strict=True))] = True
     hu = np.where(inside, hu, noise).astype(np.int16)
-    location = S.LOCATIONS[int(np.argmax(raw.clinical[2:]))]
-    return Study(
-        hu=hu,
-        spacing_mm=tuple(float(s) for s in raw.spacing_mm),
-        mask=np.pad(raw.mask, pad),
-        ctc={"ctc_level_pg_ml": float(raw.ctc[0])},
-        clinical=Clinical(float(raw.clinical[0]), "M" if raw.clinical[1] else "F", location),
-        patient_id=PATIENT_ID,
-        image_id=image_id,
+    return dataclasses.replace(
+        crop, hu=hu, mask=np.pad(crop.mask, pad), patient_id=PATIENT_ID, image_id=image_id
     )
 
 
 @pytest.fixture(scope="module")
 def served_studies(tiny_checkpoint: Path):
     """Studies larger than their lesion region, and the in-process pipeline run on the WHOLE
-    volumes (it crops itself): equal to the server's answer on the client's crop."""
-    from serving_utils import make_studies, reference_outputs
+    volumes (preprocess_study crops itself, no wire format): equal to the server's answer on
+    the client's crop."""
+    from serving_utils import make_studies, reference_from_inputs
 
-    from dmfn.training.export import RawStudy
+    from dmfn.preprocess import preprocess_study
+    from dmfn.training.checkpoint import load_checkpoint
 
     rng = np.random.default_rng(5)
-    studies = [_embedded(r, rng, f"img{i}") for i, r in enumerate(make_studies(4, seed=33))]
+    studies = [_embedded(c, rng, f"img{i}") for i, c in enumerate(make_studies(4, seed=33))]
+    ckpt = load_checkpoint(tiny_checkpoint)
     whole = [
-        RawStudy(
-            hu=s.hu,
-            spacing_mm=np.asarray(s.spacing_mm, np.float32),
-            mask=s.mask,
-            ctc=s.ctc_array(),
-            clinical=s.clinical_array(),
+        preprocess_study(
+            s.hu, s.spacing_mm, s.mask, s.ctc_array(), s.clinical_array(),
+            params=ckpt.preprocess_params,
         )
         for s in studies
+    ]  # fmt: skip
+    inputs = [
+        np.stack([getattr(p, k) for p in whole]) for k in ("views", "tabular", "measurements")
     ]
-    return whole, studies, reference_outputs(tiny_checkpoint, whole)
+    return whole, studies, reference_from_inputs(ckpt, *inputs)
 
 
 def _assert_prediction(prediction: Prediction, reference: dict, i: int) -> None:

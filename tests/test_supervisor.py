@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from serving_utils import as_study, infer_inputs, make_studies, study_arrays
+from serving_utils import infer_inputs, make_studies, study_arrays
 
 from dmfn.client.sdk import DmfnClient, DmfnServerError
 from dmfn.contract import schema as S
@@ -303,7 +303,7 @@ def test_shutdown_drains_requests_in_flight(exported_repository, tmp_path):
 def test_tls_for_http_and_grpc(exported_repository, tmp_path):
     cert, key = _self_signed(tmp_path)
     service = _service(exported_repository[0], tmp_path, tls_cert=cert, tls_key=key)
-    study = as_study(make_studies(1, seed=6)[0], "tls-study")
+    study = make_studies(1, seed=6)[0]
     try:
         assert service.scheme == "https"
         for protocol, url in (("http", service.http_url), ("grpc", service.grpc_url)):
@@ -319,8 +319,7 @@ def test_tls_for_http_and_grpc(exported_repository, tmp_path):
 
 @pytest.mark.slow
 def test_sdk_refuses_implausible_values_before_sending(triton_server):
-    raw = make_studies(1, seed=8)[0]
-    study = as_study(raw)
+    study = make_studies(1, seed=8)[0]
     with DmfnClient(triton_server.http_url) as client:
         assert client.contract.limits is not None
         bad = study.__class__(**{**study.__dict__, "ctc": {S.DEFAULT_CTC_FEATURES[0]: 1300.0}})

@@ -26,6 +26,7 @@ import torch
 
 from dmfn import __version__
 from dmfn.contract.params import PreprocessParams
+from dmfn.contract.server import ServerContract
 from dmfn.contract.taxonomy import Taxonomy, parse_taxonomy
 
 CHECKPOINT_FORMAT = "dmfn-checkpoint/1"
@@ -46,6 +47,15 @@ class Checkpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+
+    def contract(self) -> ServerContract:
+        """What the served model publishes to clients, without input limits (``dmfn export``
+        adds those): the ROI margin, the CTC feature names and the class names."""
+        return ServerContract(
+            self.preprocess_params.roi_margin_mm,
+            tuple(self.ctc_features),
+            tuple(self.taxonomy.names),
+        )
 
     def build_model(self) -> torch.nn.Module:
         """Rebuild the network from ``model_config`` and load the weights (eval mode)."""

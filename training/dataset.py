@@ -1,10 +1,13 @@
 """From manifest rows to training tensors, through the serving preprocessing and a disk cache.
 
-Each image is loaded with the :mod:`dmfn.client.io` loaders (DICOM series folder, NIfTI or NRRD
-file, mask NIfTI/NRRD), preprocessed by :func:`dmfn.preprocess.preprocess_study` with the given
-:class:`~dmfn.preprocess.PreprocessParams` (the very code and parameters the server runs), and the
-result (VIEWS fp32[3, S, S], TABULAR fp32[K + 5], MEASUREMENTS fp32[5]) is stored as one ``.npz``
-per image in the cache folder.
+Each image is loaded as the client loads it (:func:`dmfn.client.manifest.load_row_study`: DICOM
+series folder, NIfTI or NRRD file, mask on the image's grid), turned into the very request the
+client would send (:func:`dmfn.contract.wire.build_request`: the crop with the model's ROI margin,
+HU rounded to int16) and preprocessed from those bytes by
+:func:`dmfn.preprocess.preprocess_request`, the server's own path, with the given
+:class:`~dmfn.contract.params.PreprocessParams`: training sees what the server sees. The result
+(VIEWS fp32[3, S, S], TABULAR fp32[K + 5], MEASUREMENTS fp32[5]) is stored as one ``.npz`` per
+image in the cache folder.
 
 Cache key: SHA-256 over the parameter digest, the dmfn version, the image's CTC and clinical
 values, and for every input file (each file of a DICOM folder, the mask file) its absolute path,
@@ -29,15 +32,15 @@ import torch
 from tqdm import tqdm
 
 from dmfn import __version__
-from dmfn.client.io import load_image, load_mask
-from dmfn.client.manifest import Manifest, ManifestRow
+from dmfn.client.manifest import Manifest, ManifestRow, load_row_study
 from dmfn.contract.params import PreprocessParams
-from dmfn.contract.study import Study
-from dmfn.preprocess import preprocess_study
+from dmfn.contract.server import ServerContract
+from dmfn.contract.wire import build_request
+from dmfn.preprocess import preprocess_request
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "dmfn-cache/1"
+CACHE_FORMAT = "dmfn-cache/2"  # 2: preprocessed from the wire request (int16 HU)
 #: Arrays stored in each cache entry (the three outputs of preprocess_study).
 CACHE_ARRAYS: tuple[str, ...] = ("views", "tabular", "measurements")
 
@@ -65,24 +68,15 @@ def cache_key(row: ManifestRow, params: PreprocessParams) -> str:
     return h.hexdigest()
 
 
-def load_row_study(row: ManifestRow) -> tuple[Study, np.ndarray]:
-    """Load the image of ``row`` (DICOM folder, NIfTI or NRRD: :func:`dmfn.client.io.load_image`,
-    axial layout) and its uint8 (z, y, x) mask on the image's grid."""
-    study = load_image(row.image_path)
-    return study, load_mask(row.mask_path, like=study)
-
-
-def preprocess_row(row: ManifestRow, params: PreprocessParams) -> dict[str, np.ndarray]:
-    """Run the serving preprocessing on one manifest row; arrays named as :data:`CACHE_ARRAYS`."""
-    study, mask = load_row_study(row)
-    result = preprocess_study(
-        study.hu,
-        study.spacing_mm,
-        mask,
-        np.asarray(row.ctc, dtype=np.float32),
-        row.clinical.as_array(),
-        params=params,
-    )
+def preprocess_row(
+    row: ManifestRow, params: PreprocessParams, ctc_features: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Run the serving path on one manifest row (its wire request through the server's
+    preprocessing); arrays named as :data:`CACHE_ARRAYS`."""
+    study = load_row_study(row, ctc_features)
+    # The class names play no part in the request; any non-empty list makes a valid contract.
+    contract = ServerContract(params.roi_margin_mm, tuple(ctc_features), ("class",))
+    (result,) = preprocess_request(build_request(study, contract), params)
     return {
         "views": np.asarray(result.views, dtype=np.float32),
         "tabular": np.asarray(result.tabular, dtype=np.float32),
@@ -90,10 +84,12 @@ def preprocess_row(row: ManifestRow, params: PreprocessParams) -> dict[str, np.n
     }
 
 
-def _build_entry(row: ManifestRow, params: PreprocessParams, target: Path) -> Path:
+def _build_entry(
+    row: ManifestRow, params: PreprocessParams, ctc_features: Sequence[str], target: Path
+) -> Path:
     """Preprocess ``row`` into the cache file ``target`` (atomic write). Runs in a worker."""
     try:
-        arrays = preprocess_row(row, params)
+        arrays = preprocess_row(row, params, ctc_features)
     except (ValueError, OSError) as err:
         raise ValueError(f"line {row.line} (image {row.image_id!r}): {err}") from err
     tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npz")
@@ -134,11 +130,14 @@ def build_cache(
     try:
         if workers <= 1:
             for row, target in todo:
-                _build_entry(row, params, target)
+                _build_entry(row, params, manifest.ctc_features, target)
                 bar.update()
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(_build_entry, row, params, t) for row, t in todo]
+                futures = [
+                    pool.submit(_build_entry, row, params, manifest.ctc_features, t)
+                    for row, t in todo
+                ]
                 try:
                     for future in futures:
                         future.result()

@@ -4,8 +4,9 @@ Steps, each of which must pass before anything is written to ``--out``:
 
 1. rebuild the network from the checkpoint and export it to ONNX (opset >= 17, dynamic batch axis,
    tensor names VIEWS / TABULAR / LOGITS from :mod:`dmfn.contract.schema`, weights inside the file);
-2. preprocess studies with :func:`dmfn.preprocess.preprocess_study` and the checkpoint's parameters
-   (the user's own studies from ``--parity-manifest``, otherwise small synthetic studies made here)
+2. preprocess studies exactly as the server does (their wire requests through
+   :func:`dmfn.preprocess.preprocess_request`, with the checkpoint's parameters; the user's own
+   studies from ``--parity-manifest``, otherwise small synthetic crops of :mod:`dmfn.synth.crops`)
    and check that ONNX Runtime reproduces PyTorch's logits (max abs difference <= ``--tolerance``,
    default 1e-4) at batch 1 and at the full batch;
 3. target ``tensorrt`` only: build an FP16 engine with the TensorRT Python API and an optimisation
@@ -23,7 +24,6 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +31,12 @@ import torch
 
 from dmfn.contract import schema as S
 from dmfn.contract.limits import DEFAULT_MAX_STUDY_VOXELS, InputLimits, widen_range
-from dmfn.contract.params import PreprocessParams
-from dmfn.preprocess import PreprocessedStudy, preprocess_study
+from dmfn.contract.study import Study
+from dmfn.contract.wire import build_request
+from dmfn.preprocess import preprocess_request
 from dmfn.serving.config import TARGETS, ServingSettings
 from dmfn.serving.repository import ModelInfo, write_repository
+from dmfn.synth.crops import synthetic_crops
 
 from .checkpoint import Checkpoint, load_checkpoint
 
@@ -54,76 +56,24 @@ class ExportError(RuntimeError):
 # --- studies for the parity check ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RawStudy:
-    """One request as the client sends it: CT_HU int16 [z, y, x] in HU, SPACING_MM (z, y, x) mm,
-    ROI_MASK uint8 [z, y, x], CTC fp32[K] (pg/ml), CLINICAL fp32[5] (see schema.CLINICAL_FIELDS)."""
-
-    hu: np.ndarray
-    spacing_mm: np.ndarray
-    mask: np.ndarray
-    ctc: np.ndarray
-    clinical: np.ndarray
-
-
-def synthetic_study(
-    rng: np.random.Generator, n_ctc: int = 1, shape: tuple[int, int, int] = (20, 40, 40)
-) -> RawStudy:
-    """A small synthetic ROI crop: soft tissue with fat and a noisy ellipsoid lesion (HU, mm).
-
-    Only for checks of the export and serving path (shapes, numerics), never for training.
-    """
-    spacing = np.array(
-        [rng.uniform(1.5, 3.0), rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)], np.float32
-    )
-    z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
-    coords = (z * spacing[0], y * spacing[1], x * spacing[2])
-    centre = [rng.uniform(0.4, 0.6) * n * s for n, s in zip(shape, spacing, strict=True)]
-    radii = rng.uniform(5.0, 9.0, size=3)
-    inside = sum(((c - m) / r) ** 2 for c, m, r in zip(coords, centre, radii, strict=True)) <= 1.0
-    hu = rng.normal(40.0, 15.0, size=shape)
-    hu[:, :, : shape[2] // 6] = rng.normal(-100.0, 10.0, size=(shape[0], shape[1], shape[2] // 6))
-    hu[inside] = rng.normal(rng.uniform(-10.0, 90.0), 20.0, size=int(inside.sum()))
-    location = np.zeros(3, np.float32)
-    location[rng.integers(3)] = 1.0
-    clinical = np.array([rng.uniform(20, 80), rng.integers(2), *location], np.float32)
-    return RawStudy(
-        hu=np.clip(np.rint(hu), -1024, 3071).astype(np.int16),
-        spacing_mm=spacing,
-        mask=inside.astype(np.uint8),
-        ctc=rng.lognormal(2.3, 0.4, size=n_ctc).astype(np.float32),
-        clinical=clinical,
-    )
-
-
-def preprocess_studies(
-    studies: Sequence[RawStudy], params: PreprocessParams
-) -> list[PreprocessedStudy]:
-    """:func:`dmfn.preprocess.preprocess_study` on each of ``studies``."""
-    return [
-        preprocess_study(s.hu, s.spacing_mm, s.mask, s.ctc, s.clinical, params=params)
-        for s in studies
+def studies_batch(studies: Sequence[Study], ckpt: Checkpoint) -> tuple[np.ndarray, np.ndarray]:
+    """VIEWS fp32[N, 3, S, S] and TABULAR fp32[N, K+5] of ``studies`` exactly as the server
+    computes them: the wire request of each (:func:`dmfn.contract.wire.build_request`) through
+    :func:`dmfn.preprocess.preprocess_request`."""
+    contract = ckpt.contract()
+    out = [
+        preprocess_request(build_request(s, contract), ckpt.preprocess_params)[0] for s in studies
     ]
-
-
-def preprocess_batch(
-    studies: Sequence[RawStudy], params: PreprocessParams
-) -> tuple[np.ndarray, np.ndarray]:
-    """VIEWS fp32[N, 3, S, S] and TABULAR fp32[N, K+5] of ``studies``, via preprocess_study."""
-    out = preprocess_studies(studies, params)
     views = np.stack([np.asarray(p.views, np.float32) for p in out])
     return views, np.stack([np.asarray(p.tabular, np.float32) for p in out])
 
 
-def manifest_batch(manifest: Path, checkpoint: Checkpoint, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` images of a cohort manifest, preprocessed like the server does."""
-    from dmfn.client.manifest import read_manifest
+def manifest_studies(manifest: Path, ckpt: Checkpoint, n: int) -> list[Study]:
+    """The first ``n`` images of a cohort manifest, loaded as the client loads them."""
+    from dmfn.client.manifest import load_row_study, read_manifest
 
-    from .dataset import preprocess_row
-
-    rows = read_manifest(manifest, checkpoint.taxonomy, checkpoint.ctc_features).rows[:n]
-    arrays = [preprocess_row(row, checkpoint.preprocess_params) for row in rows]
-    return np.stack([a["views"] for a in arrays]), np.stack([a["tabular"] for a in arrays])
+    rows = read_manifest(manifest, ckpt.taxonomy, ckpt.ctc_features).rows[:n]
+    return [load_row_study(row, ckpt.ctc_features) for row in rows]
 
 
 # --- ONNX ------------------------------------------------------------------------------------
@@ -375,11 +325,10 @@ def export(
     model = ckpt.build_model()
     params = ckpt.preprocess_params
     if parity_manifest is not None:
-        views, tabular = manifest_batch(Path(parity_manifest), ckpt, parity_studies)
+        studies = manifest_studies(Path(parity_manifest), ckpt, parity_studies)
     else:
-        rng = np.random.default_rng(seed)
-        studies = [synthetic_study(rng, len(ckpt.ctc_features)) for _ in range(parity_studies)]
-        views, tabular = preprocess_batch(studies, params)
+        studies = synthetic_crops(parity_studies, seed, ctc_features=ckpt.ctc_features)
+    views, tabular = studies_batch(studies, ckpt)
     with tempfile.TemporaryDirectory(prefix="dmfn-export-") as tmp:
         onnx_path = export_onnx(
             model, (views[:2], tabular[:2]), Path(tmp) / "model.onnx", opset, dynamo

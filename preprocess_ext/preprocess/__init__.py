@@ -7,7 +7,7 @@ PreprocessParams`) are part of the contract layer: they import without this exte
 """
 
 from .pde import denoise_pde, pde_stability_bound
-from .pipeline import PreprocessedStudy, preprocess_study
+from .pipeline import PreprocessedStudy, preprocess_request, preprocess_study
 from .spatial import (
     LesionMeasurements,
     RoiCrop,
@@ -29,6 +29,7 @@ __all__ = [
     "measure_lesion",
     "orthogonal_views",
     "pde_stability_bound",
+    "preprocess_request",
     "preprocess_study",
     "resample_isotropic",
     "window",

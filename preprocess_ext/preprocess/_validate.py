@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dmfn.contract.errors import InvalidInput
+
 #: Largest number of voxels any kernel may allocate for one output (float32: 4 bytes each).
 #: 2**28 voxels = 1 GiB. Override with the environment variable DMFN_MAX_VOXELS or max_voxels=.
 DEFAULT_MAX_VOXELS = 2**28
@@ -23,7 +25,7 @@ def max_voxels(override: int | None = None) -> int:
     """The voxel cap in force: ``override``, else ``$DMFN_MAX_VOXELS``, else the default."""
     if override is not None:
         if int(override) <= 0:
-            raise ValueError(f"argument 'max_voxels': must be positive, got {override}")
+            raise InvalidInput("max_voxels", f"must be positive, got {override}")
         return int(override)
     env = os.environ.get("DMFN_MAX_VOXELS")
     if not env:
@@ -44,9 +46,10 @@ def check_voxel_cap(shape: Sequence[int], argument: str, cap: int | None = None)
     n = math.prod(int(s) for s in shape)
     limit = max_voxels(cap)
     if n > limit:
-        raise ValueError(
-            f"argument '{argument}': output shape {tuple(shape)} has {n} voxels, above the cap of "
-            f"{limit} (set max_voxels= or DMFN_MAX_VOXELS to raise it)"
+        raise InvalidInput(
+            argument,
+            f"output shape {tuple(shape)} has {n} voxels, above the cap of "
+            f"{limit} (set max_voxels= or DMFN_MAX_VOXELS to raise it)",
         )
 
 
@@ -59,42 +62,38 @@ def as_volume(
 ) -> np.ndarray:
     """Return ``volume`` as a C-contiguous float32 array after checking dtype, ndim and values."""
     if not isinstance(volume, np.ndarray):
-        raise ValueError(
-            f"argument '{argument}': must be a numpy.ndarray, got {type(volume).__name__}"
-        )
+        raise InvalidInput(argument, f"must be a numpy.ndarray, got {type(volume).__name__}")
     if volume.dtype.kind not in "iuf":
-        raise ValueError(
-            f"argument '{argument}': dtype must be a real integer or float type, got {volume.dtype}"
+        raise InvalidInput(
+            argument, f"dtype must be a real integer or float type, got {volume.dtype}"
         )
     if volume.ndim not in ndims:
         want = " or ".join(f"{d}D" for d in ndims)
-        raise ValueError(f"argument '{argument}': must be {want} (z, y, x), got ndim={volume.ndim}")
+        raise InvalidInput(argument, f"must be {want} (z, y, x), got ndim={volume.ndim}")
     if volume.size == 0:
-        raise ValueError(f"argument '{argument}': must not be empty, got shape {volume.shape}")
+        raise InvalidInput(argument, f"must not be empty, got shape {volume.shape}")
     check_voxel_cap(volume.shape, argument, cap)
     out = np.ascontiguousarray(volume, dtype=np.float32)
     if finite and not np.isfinite(out).all():
-        raise ValueError(f"argument '{argument}': must contain only finite values (found NaN/Inf)")
+        raise InvalidInput(argument, "must contain only finite values (found NaN/Inf)")
     return out
 
 
 def as_mask(mask: object, shape: tuple[int, ...], argument: str = "mask") -> np.ndarray:
     """Return a binary mask of ``shape`` as C-contiguous uint8 (nonzero = lesion)."""
     if not isinstance(mask, np.ndarray):
-        raise ValueError(
-            f"argument '{argument}': must be a numpy.ndarray, got {type(mask).__name__}"
-        )
+        raise InvalidInput(argument, f"must be a numpy.ndarray, got {type(mask).__name__}")
     if mask.dtype.kind not in "biuf":
-        raise ValueError(f"argument '{argument}': dtype must be bool or numeric, got {mask.dtype}")
+        raise InvalidInput(argument, f"dtype must be bool or numeric, got {mask.dtype}")
     if mask.shape != tuple(shape):
-        raise ValueError(
-            f"argument '{argument}': shape {mask.shape} must equal the volume's shape {tuple(shape)}"
+        raise InvalidInput(
+            argument, f"shape {mask.shape} must equal the volume's shape {tuple(shape)}"
         )
     if mask.dtype.kind == "f" and not np.isfinite(mask).all():
-        raise ValueError(f"argument '{argument}': must contain only finite values (found NaN/Inf)")
+        raise InvalidInput(argument, "must contain only finite values (found NaN/Inf)")
     out = np.ascontiguousarray(mask != 0, dtype=np.uint8)
     if not out.any():
-        raise ValueError(f"argument '{argument}': is empty (no nonzero voxel)")
+        raise InvalidInput(argument, "is empty (no nonzero voxel)")
     return out
 
 
@@ -103,17 +102,11 @@ def as_spacing(spacing_mm: object, ndim: int, argument: str = "spacing_mm") -> t
     try:
         values = tuple(float(s) for s in np.asarray(spacing_mm, dtype=np.float64).ravel())
     except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"argument '{argument}': must be {ndim} numbers in mm, got {spacing_mm!r}"
-        ) from err
+        raise InvalidInput(argument, f"must be {ndim} numbers in mm, got {spacing_mm!r}") from err
     if len(values) != ndim:
-        raise ValueError(
-            f"argument '{argument}': must have {ndim} values (z, y, x order), got {len(values)}"
-        )
+        raise InvalidInput(argument, f"must have {ndim} values (z, y, x order), got {len(values)}")
     if not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(
-            f"argument '{argument}': every spacing must be finite and > 0 mm, got {values}"
-        )
+        raise InvalidInput(argument, f"every spacing must be finite and > 0 mm, got {values}")
     return values
 
 
@@ -121,5 +114,5 @@ def as_positive(value: float, argument: str) -> float:
     """A finite, strictly positive float."""
     v = float(value)
     if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"argument '{argument}': must be finite and > 0, got {value!r}")
+        raise InvalidInput(argument, f"must be finite and > 0, got {value!r}")
     return v

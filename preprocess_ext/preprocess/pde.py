@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 
+from dmfn.contract.errors import InvalidInput
 from dmfn.contract.params import STABILITY_BOUND
 from dmfn.preprocess import _core as _preprocess
 
@@ -32,7 +33,7 @@ PdeMode = Literal["3d", "2d"]
 
 def _check_mode(mode: object) -> PdeMode:
     if mode not in STABILITY_BOUND:
-        raise ValueError(f"argument 'mode': must be '3d' or '2d', got {mode!r}")
+        raise InvalidInput("mode", f"must be '3d' or '2d', got {mode!r}")
     return mode  # type: ignore[return-value]
 
 
@@ -68,25 +69,24 @@ def validate_pde_arguments(
     dt_value = float(dt)
     bound = STABILITY_BOUND[mode]
     if not (math.isfinite(dt_value) and dt_value > 0):
-        raise ValueError(f"argument 'dt': must be finite and > 0, got {dt!r}")
+        raise InvalidInput("dt", f"must be finite and > 0, got {dt!r}")
     if dt_value > bound:
-        raise ValueError(
-            f"argument 'dt': {dt_value} is above the explicit-scheme stability bound "
-            f"{bound} (1/{round(1 / bound)}) for mode {mode!r}"
+        raise InvalidInput(
+            "dt",
+            f"{dt_value} is above the explicit-scheme stability bound "
+            f"{bound} (1/{round(1 / bound)}) for mode {mode!r}",
         )
     if isinstance(iterations, bool | np.bool_):
-        raise ValueError(f"argument 'iterations': must be an integer >= 0, got {iterations!r}")
+        raise InvalidInput("iterations", f"must be an integer >= 0, got {iterations!r}")
     try:
         n_iter = operator.index(iterations)
     except TypeError as err:
-        raise ValueError(
-            f"argument 'iterations': must be an integer >= 0, got {iterations!r}"
-        ) from err
+        raise InvalidInput("iterations", f"must be an integer >= 0, got {iterations!r}") from err
     if n_iter < 0:
-        raise ValueError(f"argument 'iterations': must be an integer >= 0, got {n_iter}")
+        raise InvalidInput("iterations", f"must be an integer >= 0, got {n_iter}")
     lam = float(fidelity)
     if not (math.isfinite(lam) and lam >= 0):
-        raise ValueError(f"argument 'fidelity': must be finite and >= 0, got {fidelity!r}")
+        raise InvalidInput("fidelity", f"must be finite and >= 0, got {fidelity!r}")
     u = as_volume(volume, "volume", ndims=(2, 3), cap=max_voxels)
     return PdeArguments(u, k, dt_value, n_iter, mode, lam)
 
@@ -128,7 +128,7 @@ def denoise_pde(
     if threads is not None and (
         isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1
     ):
-        raise ValueError(f"argument 'threads': must be None or an integer >= 1, got {threads!r}")
+        raise InvalidInput("threads", f"must be None or an integer >= 1, got {threads!r}")
     args = validate_pde_arguments(volume, k, dt, iterations, mode, fidelity, max_voxels)
     return _preprocess.pde_denoise(
         args.volume,

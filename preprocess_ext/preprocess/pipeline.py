@@ -7,13 +7,17 @@ intensities in HU.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from dmfn.contract import schema as S
+from dmfn.contract.errors import InvalidInput
+from dmfn.contract.limits import InputLimits
 from dmfn.contract.params import PreprocessParams
 from dmfn.contract.schema import AGE_RANGE_YEARS, CLINICAL_FIELDS
+from dmfn.contract.wire import batch_size, decode_item, where_in_batch
 
 from ._validate import as_mask, as_spacing, as_volume, check_voxel_cap
 from .pde import denoise_pde
@@ -28,6 +32,14 @@ from .spatial import (
 
 #: A resampled mask voxel belongs to the lesion when its linear interpolation is >= this.
 MASK_THRESHOLD = 0.5
+#: preprocess_study's argument -> the request tensor that carries it (to name it in errors).
+ARGUMENT_TO_TENSOR: dict[str, str] = {
+    "hu": S.CT_HU,
+    "spacing_mm": S.SPACING_MM,
+    "mask": S.ROI_MASK,
+    "ctc": S.CTC,
+    "clinical": S.CLINICAL,
+}
 #: The location one-hot occupies CLINICAL[2:5].
 _LOCATION_SLICE = slice(2, 2 + 3)
 
@@ -50,18 +62,16 @@ class PreprocessedStudy:
 def _as_vector(value: object, argument: str, length: int | None = None) -> np.ndarray:
     """A finite 1D float32 vector (of ``length`` values when given)."""
     if not isinstance(value, np.ndarray | Sequence) or isinstance(value, str | bytes):
-        raise ValueError(f"argument '{argument}': must be a 1D array, got {type(value).__name__}")
+        raise InvalidInput(argument, f"must be a 1D array, got {type(value).__name__}")
     arr = np.asarray(value)
     if arr.dtype.kind not in "iuf":
-        raise ValueError(
-            f"argument '{argument}': dtype must be a real integer or float type, got {arr.dtype}"
-        )
+        raise InvalidInput(argument, f"dtype must be a real integer or float type, got {arr.dtype}")
     if arr.ndim != 1 or arr.size == 0 or (length is not None and arr.size != length):
         want = f"{length} values" if length is not None else "a non-empty 1D vector"
-        raise ValueError(f"argument '{argument}': must be {want}, got shape {arr.shape}")
+        raise InvalidInput(argument, f"must be {want}, got shape {arr.shape}")
     out = arr.astype(np.float32)
     if not np.isfinite(out).all():
-        raise ValueError(f"argument '{argument}': must contain only finite values (found NaN/Inf)")
+        raise InvalidInput(argument, "must contain only finite values (found NaN/Inf)")
     return out
 
 
@@ -71,17 +81,17 @@ def validate_clinical(clinical: object) -> np.ndarray:
     vec = _as_vector(clinical, "clinical", len(CLINICAL_FIELDS))
     age, sex = float(vec[0]), float(vec[1])
     if not AGE_RANGE_YEARS[0] <= age <= AGE_RANGE_YEARS[1]:
-        raise ValueError(
-            f"argument 'clinical': {CLINICAL_FIELDS[0]} must be within {AGE_RANGE_YEARS} years, "
-            f"got {age}"
+        raise InvalidInput(
+            "clinical", f"{CLINICAL_FIELDS[0]} must be within {AGE_RANGE_YEARS} years, got {age}"
         )
     if sex not in (0.0, 1.0):
-        raise ValueError(f"argument 'clinical': {CLINICAL_FIELDS[1]} must be 0 or 1, got {sex}")
+        raise InvalidInput("clinical", f"{CLINICAL_FIELDS[1]} must be 0 or 1, got {sex}")
     location = vec[_LOCATION_SLICE]
     if not (np.isin(location, (0.0, 1.0)).all() and location.sum() == 1.0):
-        raise ValueError(
-            f"argument 'clinical': {', '.join(CLINICAL_FIELDS[_LOCATION_SLICE])} must be a "
-            f"one-hot (0/1 values summing to 1), got {location.tolist()}"
+        raise InvalidInput(
+            "clinical",
+            f"{', '.join(CLINICAL_FIELDS[_LOCATION_SLICE])} must be a "
+            f"one-hot (0/1 values summing to 1), got {location.tolist()}",
         )
     return vec
 
@@ -138,9 +148,7 @@ def preprocess_study(
     """
     params = PreprocessParams() if params is None else params
     if not isinstance(params, PreprocessParams):
-        raise ValueError(
-            f"argument 'params': must be a PreprocessParams, got {type(params).__name__}"
-        )
+        raise InvalidInput("params", f"must be a PreprocessParams, got {type(params).__name__}")
     cap = params.max_voxels
     volume = as_volume(hu, "hu", ndims=(3,), cap=cap)
     spacing = as_spacing(spacing_mm, 3)
@@ -175,3 +183,46 @@ def preprocess_study(
         max_voxels=cap,
     )
     return PreprocessedStudy(views=views, tabular=tabular, measurements=measurements)
+
+
+def preprocess_request(
+    arrays: Mapping[str, np.ndarray],
+    params: PreprocessParams,
+    limits: InputLimits | None = None,
+    ctc_names: Sequence[str] | None = None,
+) -> list[PreprocessedStudy]:
+    """The server's preprocessing of one request (the wire tensors of :mod:`dmfn.contract.wire`,
+    batch axis first): each study decoded, checked against ``limits`` when given (the served
+    model's input limits; training and the export check pass none), then
+    :func:`preprocess_study`. The one path from request bytes to model inputs, used by the Triton
+    ``preprocess`` model, training, the export check and the demo.
+
+    Raises:
+        InvalidInput: naming the request tensor (``kind="input"``) and, in a request of several
+            studies, which study.
+    """
+    batch = batch_size(arrays)
+    out = []
+    for i in range(batch):
+        try:
+            study = decode_item(arrays, i, limits, params.max_voxels)
+            if limits is not None:
+                limits.check_values(
+                    study.spacing_mm, study.ctc, study.clinical, study.mask, ctc_names
+                )
+            out.append(
+                preprocess_study(
+                    study.hu,
+                    study.spacing_mm,
+                    study.mask,
+                    study.ctc,
+                    study.clinical,
+                    params=params,
+                )
+            )
+        except InvalidInput as err:
+            tensor = err.name if err.kind == "input" else ARGUMENT_TO_TENSOR.get(err.name)
+            if tensor is None:
+                raise
+            raise InvalidInput(tensor, where_in_batch(i, batch) + err.rule, "input") from None
+    return out

@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from dmfn.contract.errors import InvalidInput
 from dmfn.contract.roi import check_bbox, mask_bbox, roi_box
 from dmfn.contract.schema import MEASUREMENT_FIELDS
 from dmfn.preprocess import _core as _preprocess
@@ -81,7 +82,7 @@ def resample_isotropic(
     spacing = as_spacing(spacing_mm, vol.ndim)
     target = as_positive(target_mm, "target_mm")
     if order not in _KERNELS:
-        raise ValueError(f"argument 'order': must be 'linear' or 'cubic', got {order!r}")
+        raise InvalidInput("order", f"must be 'linear' or 'cubic', got {order!r}")
     out_shape = isotropic_shape(vol.shape, spacing, target)
     check_voxel_cap(out_shape, "target_mm", max_voxels)
     shape3 = (1,) * (3 - vol.ndim) + out_shape
@@ -99,7 +100,7 @@ def window(volume_hu: np.ndarray, level: float = 50.0, width: float = 350.0) -> 
     vol = as_volume(volume_hu, "volume_hu")
     lvl = float(level)
     if not math.isfinite(lvl):
-        raise ValueError(f"argument 'level': must be finite HU, got {level!r}")
+        raise InvalidInput("level", f"must be finite HU, got {level!r}")
     wid = as_positive(width, "width")
     out = np.subtract(vol, np.float32(lvl - wid / 2.0), dtype=np.float32)
     out *= np.float32(1.0 / wid)
@@ -159,7 +160,7 @@ def crop_roi(
     """
     if not isinstance(volume, np.ndarray) or volume.ndim not in (2, 3):
         got = f"ndim={volume.ndim}" if isinstance(volume, np.ndarray) else type(volume).__name__
-        raise ValueError(f"argument 'volume': must be a 2D (y, x) or 3D (z, y, x) array, got {got}")
+        raise InvalidInput("volume", f"must be a 2D (y, x) or 3D (z, y, x) array, got {got}")
     if (mask is None) == (bbox is None):
         raise ValueError("arguments 'mask', 'bbox': give exactly one of them")
     spacing = as_spacing(spacing_mm, volume.ndim)
@@ -253,7 +254,7 @@ def measure_lesion(mask: np.ndarray, spacing_mm: Sequence[float]) -> LesionMeasu
     """
     if not isinstance(mask, np.ndarray) or mask.ndim != 3:
         got = f"ndim={mask.ndim}" if isinstance(mask, np.ndarray) else type(mask).__name__
-        raise ValueError(f"argument 'mask': must be a 3D (z, y, x) array, got {got}")
+        raise InvalidInput("mask", f"must be a 3D (z, y, x) array, got {got}")
     m = as_mask(mask, mask.shape)
     sz, sy, sx = as_spacing(spacing_mm, 3)
     per_slice = np.count_nonzero(m, axis=(1, 2))
@@ -289,14 +290,15 @@ def _centre_and_box(
     try:
         centre = np.asarray(mask_or_centroid, dtype=np.float64).ravel()
     except (TypeError, ValueError) as err:
-        raise ValueError(
-            "argument 'mask_or_centroid': must be a 3D mask or a (z, y, x) centroid in voxels"
+        raise InvalidInput(
+            "mask_or_centroid", "must be a 3D mask or a (z, y, x) centroid in voxels"
         ) from err
     n = np.array(shape, float)
     if centre.shape != (3,) or not (np.all(centre >= -0.5) and np.all(centre <= n - 0.5)):
-        raise ValueError(
-            "argument 'mask_or_centroid': a centroid must be 3 finite (z, y, x) voxel positions "
-            f"inside the volume's extent [-0.5, n - 0.5] for shape {shape}, got {mask_or_centroid!r}"
+        raise InvalidInput(
+            "mask_or_centroid",
+            "a centroid must be 3 finite (z, y, x) voxel positions "
+            f"inside the volume's extent [-0.5, n - 0.5] for shape {shape}, got {mask_or_centroid!r}",
         )
     return centre, np.zeros(3), n - 1.0
 
@@ -332,13 +334,13 @@ def orthogonal_views(
     """
     vol = as_volume(volume, "volume", ndims=(3,), cap=max_voxels)
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 2:
-        raise ValueError(f"argument 'size': must be an integer >= 2 pixels, got {size!r}")
+        raise InvalidInput("size", f"must be an integer >= 2 pixels, got {size!r}")
     check_voxel_cap((3, size, size), "size", max_voxels)
     margin = float(margin_vox)
     if not (math.isfinite(margin) and margin >= 0):
-        raise ValueError(f"argument 'margin_vox': must be finite and >= 0, got {margin_vox!r}")
+        raise InvalidInput("margin_vox", f"must be finite and >= 0, got {margin_vox!r}")
     if not math.isfinite(float(fill)):
-        raise ValueError(f"argument 'fill': must be finite, got {fill!r}")
+        raise InvalidInput("fill", f"must be finite, got {fill!r}")
     centre, lo, hi = _centre_and_box(mask_or_centroid, vol.shape)
     # Half-side per axis covering the box's voxel edges from the centre.
     reach = np.maximum(centre - (lo - 0.5), (hi + 0.5) - centre) + margin
