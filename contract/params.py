@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 PARAMS_VERSION = 1
+#: Side of each of the three orthogonal views, pixels (the model's input size).
+DEFAULT_VIEW_SIZE = 128
 
 #: Explicit-Euler stability bounds on dt of the fourth-order PDE: 2 / (largest eigenvalue of
 #: Lap^2) = 2 / (4 dim)^2. Measured (DESIGN.md): unstable modes appear at 0.0315 in 2D and 0.014 in 3D.
@@ -54,7 +56,7 @@ class PreprocessParams:
     #: Margin around the lesion box in mm (client crop and server ROI).
     roi_margin_mm: float = 10.0
     #: Side S of each of the three orthogonal views, pixels.
-    view_size: int = 128
+    view_size: int = DEFAULT_VIEW_SIZE
     #: Upper bound on voxels of any intermediate volume (guards memory on the server).
     max_voxels: int = 2**26
     version: int = PARAMS_VERSION

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dmfn.contract.params import DEFAULT_VIEW_SIZE
+
 #: Triton dtype name -> numpy dtype.
 TRITON_TO_NUMPY: dict[str, type | np.dtype] = {
     "INT16": np.int16,
@@ -30,6 +32,9 @@ CLINICAL_FIELDS: tuple[str, ...] = (
     "location_posterior",
 )
 LOCATIONS: tuple[str, ...] = ("anterior", "middle", "posterior")
+#: Where the location one-hot sits in CLINICAL.
+LOCATION_SLICE = slice(2, 2 + len(LOCATIONS))
+SEXES: tuple[str, ...] = ("M", "F")
 #: Accepted ages in years, inclusive (CLINICAL[0]). The one range used by the clinical record
 #: (``dmfn.contract.study.Clinical``), the manifest reader and the preprocessing's check of CLINICAL.
 AGE_RANGE_YEARS: tuple[float, float] = (0.0, 120.0)
@@ -83,6 +88,17 @@ POSTPROCESS_MODEL = "postprocess"
 TOP_K = 3
 
 
+def clinical_vector(age_years: float, sex: str, location: str) -> np.ndarray:
+    """The CLINICAL fp32[5] tensor (:data:`CLINICAL_FIELDS`): age in years, 1 for a man (sex
+    ``"M"``), the one-hot of ``location``. The one place this layout is built; the values are
+    checked by :class:`dmfn.contract.study.Clinical` and at the server."""
+    out = np.zeros(len(CLINICAL_FIELDS), np.float32)
+    out[0] = age_years
+    out[1] = 1.0 if sex == "M" else 0.0
+    out[LOCATION_SLICE.start + LOCATIONS.index(location)] = 1.0
+    return out
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One tensor: its name, Triton dtype and dims without the batch axis (-1 = variable)."""
@@ -103,7 +119,7 @@ class Schema:
 
     n_ctc: int = len(DEFAULT_CTC_FEATURES)
     n_classes: int = 20
-    view_size: int = 128
+    view_size: int = DEFAULT_VIEW_SIZE
 
     def __post_init__(self) -> None:
         for name in ("n_ctc", "n_classes"):

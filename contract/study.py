@@ -37,12 +37,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dmfn.contract.roi import check_bbox
-from dmfn.contract.schema import AGE_RANGE_YEARS, CLINICAL_FIELDS, DEFAULT_CTC_FEATURES, LOCATIONS
+from dmfn.contract.schema import (
+    AGE_RANGE_YEARS,
+    DEFAULT_CTC_FEATURES,
+    LOCATIONS,
+    SEXES,
+    clinical_vector,
+)
 
 #: Largest deviation from orthonormality accepted in a direction matrix (|D^T D - I|, max entry).
 #: DICOM stores direction cosines as decimal strings, NIfTI as float32: both stay far below this.
 DIRECTION_TOLERANCE = 1e-4
-SEXES = ("M", "F")
 HU_DTYPES = (np.dtype(np.int16), np.dtype(np.float32))
 #: Direction of a plain axial scan: k -> +z (superior), j -> +y (posterior), i -> +x (left).
 AXIAL_DIRECTION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
@@ -234,12 +239,7 @@ class Clinical:
 
     def as_array(self) -> np.ndarray:
         """fp32[5] in ``dmfn.contract.schema.CLINICAL_FIELDS`` order (age, sex_male, one-hot x3)."""
-        values = [self.age_years, 1.0 if self.sex == "M" else 0.0]
-        values += [1.0 if self.location == loc else 0.0 for loc in LOCATIONS]
-        out = np.asarray(values, dtype=np.float32)
-        if out.shape != (len(CLINICAL_FIELDS),):  # pragma: no cover - schema/layout drift guard
-            raise RuntimeError("CLINICAL_FIELDS and Clinical.as_array disagree")
-        return out
+        return clinical_vector(self.age_years, self.sex, self.location)
 
 
 # --------------------------------------------------------------------------- the study

@@ -50,6 +50,7 @@ import numpy as np
 from dmfn.client.sdk import infer_inputs
 from dmfn.contract import schema as S
 from dmfn.contract.limits import InputLimits
+from dmfn.contract.schema import clinical_vector as schema_clinical
 from dmfn.contract.server import ServerContract
 from dmfn.contract.wire import encode_study
 
@@ -150,7 +151,8 @@ def canary_arrays(contract: ServerContract) -> dict[str, np.ndarray]:
         ctc = [(lo + hi) / 2 for lo, hi in contract.limits.ctc_ranges]
     else:
         ctc = [10.0] * len(contract.ctc_features)
-    return encode_study(hu, mask, (1.0, 1.0, 1.0), ctc, [50.0, 1.0, 1.0, 0.0, 0.0])
+    clinical = schema_clinical(50.0, "M", "anterior")
+    return encode_study(hu, mask, (1.0, 1.0, 1.0), ctc, clinical)
 
 
 class DmfnService:

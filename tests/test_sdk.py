@@ -476,3 +476,40 @@ def test_predict_cli_on_nifti_files_and_a_manifest(
         np.testing.assert_allclose(
             list(entry["probs"].values()), reference["probs"][i], atol=1e-4, rtol=0
         )
+
+
+@pytest.mark.slow
+def test_float_nifti_trains_on_the_bytes_it_is_served_with(
+    triton_server, tiny_checkpoint, tmp_path
+):
+    """A NIfTI with non-integer HU: the training path (manifest row -> the client's request ->
+    the server's preprocessing, in-process) and the served prediction agree within 1e-5."""
+    import torch
+    from serving_utils import make_studies
+
+    from dmfn.client.io import write_nifti_mask, write_nifti_volume
+    from dmfn.client.manifest import load_row_study, read_manifest
+    from dmfn.training.checkpoint import load_checkpoint
+    from dmfn.training.dataset import preprocess_row
+
+    crop = _embedded(make_studies(1, seed=44)[0], np.random.default_rng(9), "float")
+    hu = crop.hu.astype(np.float32) + np.random.default_rng(1).uniform(-0.49, 0.49, crop.hu.shape)
+    write_nifti_volume(hu.astype(np.float32), crop.spacing_mm, tmp_path / "ct.nii.gz")
+    write_nifti_mask(crop.mask, crop.spacing_mm, tmp_path / "mask.nii.gz")
+    c = crop.clinical
+    (tmp_path / "m.csv").write_text(
+        "patient_id,image_id,image_path,mask_path,ctc_level_pg_ml,age_years,sex,location,label,"
+        f"group,split\np1,i1,ct.nii.gz,mask.nii.gz,{crop.ctc['ctc_level_pg_ml']!r},"
+        f"{c.age_years!r},{c.sex},{c.location},cyst,benign,train\n"
+    )
+    ckpt = load_checkpoint(tiny_checkpoint)
+    (row,) = read_manifest(tmp_path / "m.csv", ckpt.taxonomy, ckpt.ctc_features).rows
+    arrays = preprocess_row(row, ckpt.preprocess_params, ckpt.ctc_features)
+    with torch.no_grad():
+        logits = ckpt.build_model()(
+            torch.from_numpy(arrays["views"][None]), torch.from_numpy(arrays["tabular"][None])
+        )
+    trained_on = torch.softmax(logits.double(), dim=1)[0].numpy()
+    with DmfnClient(triton_server.http_url) as client:
+        served = client.predict(load_row_study(row, ckpt.ctc_features))
+    np.testing.assert_allclose(list(served.probs.values()), trained_on, atol=1e-5, rtol=0)

@@ -48,6 +48,7 @@ from .augment import AugmentParams, augment_views
 from .checkpoint import Checkpoint, current_versions, load_checkpoint, observed_range
 from .dataset import CohortTensors, build_cache, load_split, patient_mean
 from .models import (
+    DEFAULT_BACKBONE,
     DEFAULT_FUSION,
     FUSION_KINDS,
     MODEL_KINDS,
@@ -59,7 +60,6 @@ from .models import (
 log = logging.getLogger("dmfn.train")
 
 #: Default CT backbone: small enough for a demo-cohort run well under 15 minutes on 2 CPU cores.
-DEFAULT_BACKBONE = "regnetx_tiny"
 LOSS_KINDS: tuple[str, ...] = ("ce", "neutral-ce")
 #: Metrics reported per split in summary.json and the printed table (patient level).
 SUMMARY_METRICS: tuple[str, ...] = (

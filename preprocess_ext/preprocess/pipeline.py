@@ -16,7 +16,7 @@ from dmfn.contract import schema as S
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.limits import InputLimits
 from dmfn.contract.params import PreprocessParams
-from dmfn.contract.schema import AGE_RANGE_YEARS, CLINICAL_FIELDS
+from dmfn.contract.schema import AGE_RANGE_YEARS, CLINICAL_FIELDS, LOCATION_SLICE
 from dmfn.contract.wire import batch_size, decode_item, where_in_batch
 
 from ._validate import as_mask, as_spacing, as_volume, check_voxel_cap
@@ -40,8 +40,6 @@ ARGUMENT_TO_TENSOR: dict[str, str] = {
     "ctc": S.CTC,
     "clinical": S.CLINICAL,
 }
-#: The location one-hot occupies CLINICAL[2:5].
-_LOCATION_SLICE = slice(2, 2 + 3)
 
 
 @dataclass(frozen=True)
@@ -86,11 +84,11 @@ def validate_clinical(clinical: object) -> np.ndarray:
         )
     if sex not in (0.0, 1.0):
         raise InvalidInput("clinical", f"{CLINICAL_FIELDS[1]} must be 0 or 1, got {sex}")
-    location = vec[_LOCATION_SLICE]
+    location = vec[LOCATION_SLICE]
     if not (np.isin(location, (0.0, 1.0)).all() and location.sum() == 1.0):
         raise InvalidInput(
             "clinical",
-            f"{', '.join(CLINICAL_FIELDS[_LOCATION_SLICE])} must be a "
+            f"{', '.join(CLINICAL_FIELDS[LOCATION_SLICE])} must be a "
             f"one-hot (0/1 values summing to 1), got {location.tolist()}",
         )
     return vec

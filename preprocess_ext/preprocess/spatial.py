@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from dmfn.contract.errors import InvalidInput
+from dmfn.contract.params import DEFAULT_VIEW_SIZE
 from dmfn.contract.roi import check_bbox, mask_bbox, roi_box
 from dmfn.contract.schema import MEASUREMENT_FIELDS
 from dmfn.preprocess import _core as _preprocess
@@ -306,7 +307,7 @@ def _centre_and_box(
 def orthogonal_views(
     volume: np.ndarray,
     mask_or_centroid: np.ndarray | Sequence[float],
-    size: int = 128,
+    size: int = DEFAULT_VIEW_SIZE,
     *,
     margin_vox: float = 0.0,
     fill: float = 0.0,

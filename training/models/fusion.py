@@ -35,11 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .registry import create_backbone, get_backbone_info
+from .registry import DEFAULT_BACKBONE, create_backbone, get_backbone_info
 from .tabular import TabularEncoder
 
 MODEL_KINDS = ("dmfn", "cnn", "tabular")
-DEFAULT_BACKBONE = "regnety_400mf"
 DEFAULT_EMBED_DIM = 128
 DEFAULT_DROPOUT = 0.2
 VIEW_CHANNELS = 3

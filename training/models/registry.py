@@ -35,6 +35,9 @@ class BackboneInfo:
 
 
 _REGISTRY: dict[str, BackboneInfo] = {}
+#: The backbone of `dmfn train` and create_model when none is named: the small RegNetX that every
+#: reported result used (the paper-scale choice is compared in the README's results).
+DEFAULT_BACKBONE = "regnetx_tiny"
 
 
 def register_backbone(
