@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             else {"image_path": str(src.image_path), **r.to_dict()}
             for src, r in results
         ]
-        print(json.dumps(document if args.manifest else document[0], indent=2))
+        print(json.dumps(document, indent=2))  # always a list, one entry per study
     else:
         for _, result in results:
             if not isinstance(result, Exception):

@@ -228,8 +228,8 @@ class Clinical:
         low, high = AGE_RANGE_YEARS
         if not (math.isfinite(age) and low <= age <= high):
             raise ValueError(
-                f"field 'age_years': must be finite and in [{low:g}, {high:g}] years "
-                f"(schema.AGE_RANGE_YEARS), got {self.age_years!r}"
+                f"field 'age_years': must be finite and in [{low:g}, {high:g}] years, "
+                f"got {self.age_years!r}"
             )
         object.__setattr__(self, "age_years", age)
         if self.sex not in SEXES:

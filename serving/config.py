@@ -15,12 +15,14 @@ Layout of the rendered repository (see :mod:`dmfn.serving.repository`)::
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dmfn.contract import schema as S
+from dmfn.contract.errors import InvalidInput
 from dmfn.contract.schema import Schema, TensorSpec
 from dmfn.contract.server import ServerContract
 
@@ -86,7 +88,7 @@ class ServingSettings:
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
-            raise ValueError(f"argument 'target': must be one of {TARGETS}, got {self.target!r}")
+            raise InvalidInput("target", f"must be one of {TARGETS}, got {self.target!r}")
         for name in (
             "pipeline_max_batch_size",
             "net_max_batch_size",
@@ -99,7 +101,7 @@ class ServingSettings:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"argument '{name}': must be an integer >= 1, got {value!r}")
+                raise InvalidInput(name, f"must be an integer >= 1, got {value!r}")
         for name in (
             "max_queue_delay_us",
             "preprocess_max_queue_delay_us",
@@ -107,31 +109,118 @@ class ServingSettings:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
-                raise ValueError(f"argument '{name}': must be an integer >= 0, got {value!r}")
+                raise InvalidInput(name, f"must be an integer >= 0, got {value!r}")
         if self.net_max_batch_size < self.pipeline_max_batch_size:
-            raise ValueError(
-                "argument 'net_max_batch_size': must be >= pipeline_max_batch_size "
-                f"({self.pipeline_max_batch_size}), got {self.net_max_batch_size}"
+            raise InvalidInput(
+                "net_max_batch_size",
+                f"must be >= pipeline_max_batch_size ({self.pipeline_max_batch_size}), "
+                f"got {self.net_max_batch_size}",
             )
         sizes = self.preferred_batch_sizes
         if not sizes or any(b < 1 or b > self.net_max_batch_size for b in sizes):
-            raise ValueError(
-                "argument 'preferred_batch_sizes': must be non-empty, each in "
-                f"[1, net_max_batch_size={self.net_max_batch_size}], got {sizes}"
+            raise InvalidInput(
+                "preferred_batch_sizes",
+                f"must be non-empty, each in [1, net_max_batch_size={self.net_max_batch_size}], "
+                f"got {sizes}",
             )
         if self.net_instance_kind not in (None, *INSTANCE_KINDS):
-            raise ValueError(
-                f"argument 'net_instance_kind': must be one of {INSTANCE_KINDS} or None, "
-                f"got {self.net_instance_kind!r}"
+            raise InvalidInput(
+                "net_instance_kind",
+                f"must be one of {INSTANCE_KINDS} or None, got {self.net_instance_kind!r}",
             )
         if self.target == "tensorrt" and self.net_instance_kind == "KIND_CPU":
-            raise ValueError("argument 'net_instance_kind': the tensorrt target needs KIND_GPU")
+            raise InvalidInput("net_instance_kind", "the tensorrt target needs KIND_GPU")
+
+    @classmethod
+    def add_arguments(cls, parser: argparse._ActionsContainer) -> None:
+        """One option per setting (:data:`SETTING_FLAGS`), defaults from the dataclass."""
+        defaults = cls()
+        for name, (flag, text) in SETTING_FLAGS.items():
+            default = getattr(defaults, name)
+            kwargs: dict[str, Any] = {"dest": name, "default": default}
+            if name == "target":
+                kwargs["choices"] = TARGETS
+            elif name == "net_instance_kind":
+                kwargs["choices"] = INSTANCE_KINDS
+            elif name == "preferred_batch_sizes":
+                kwargs["type"] = _int_list
+            else:
+                kwargs["type"] = int
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            parser.add_argument(flag, help=f"{text} ({shown})", **kwargs)
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> ServingSettings:
+        """The settings given by :meth:`add_arguments`' options."""
+        return cls(**{name: getattr(args, name) for name in SETTING_FLAGS})
 
     @property
     def resolved_net_instance_kind(self) -> str:
         if self.net_instance_kind is not None:
             return self.net_instance_kind
         return "KIND_CPU" if self.target == "cpu" else "KIND_GPU"
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated integers, got {text!r}"
+        ) from None
+
+
+#: Each setting's command-line flag and help: the one map from these names to flags, for the
+#: options (:meth:`ServingSettings.add_arguments`) and for naming a flag in an error.
+SETTING_FLAGS: dict[str, tuple[str, str]] = {
+    "target": (
+        "--target",
+        "runtime of the `dmfn` net model: cpu = python backend running ONNX Runtime (works with "
+        "the bundled Triton); onnxruntime = Triton's onnxruntime_onnx platform; tensorrt = FP16 "
+        "tensorrt_plan engine (needs TensorRT and a GPU)",
+    ),
+    "net_max_batch_size": (
+        "--max-batch-size",
+        "largest batch the net runs (dynamic batching; TensorRT profile max)",
+    ),
+    "pipeline_max_batch_size": ("--request-max-batch-size", "largest batch in one client request"),
+    "preferred_batch_sizes": (
+        "--preferred-batch-sizes",
+        "dynamic batching preferred sizes, comma-separated",
+    ),
+    "max_queue_delay_us": (
+        "--max-queue-delay-us",
+        "the net's dynamic batching max queue delay in microseconds",
+    ),
+    "preprocess_instances": ("--preprocess-instances", "preprocess model instances (processes)"),
+    "preprocess_threads": (
+        "--preprocess-threads",
+        "worker threads per preprocess instance; a dynamic batch of requests is preprocessed in "
+        "parallel",
+    ),
+    "preprocess_openmp_threads": (
+        "--preprocess-openmp-threads",
+        "OpenMP threads of each preprocess worker",
+    ),
+    "preprocess_max_queue_delay_us": (
+        "--preprocess-queue-delay-us",
+        "preprocess dynamic batching max queue delay in microseconds",
+    ),
+    "postprocess_max_queue_delay_us": (
+        "--postprocess-queue-delay-us",
+        "postprocess dynamic batching max queue delay in microseconds",
+    ),
+    "net_instances": ("--net-instances", "net model instances"),
+    "postprocess_instances": ("--postprocess-instances", "postprocess model instances"),
+    "intra_op_threads": (
+        "--intra-op-threads",
+        "ONNX Runtime intra-op threads per net instance on CPU",
+    ),
+    "net_instance_kind": (
+        "--instance-kind",
+        "where the net runs (default: KIND_CPU for cpu, KIND_GPU for onnxruntime/tensorrt)",
+    ),
+}
 
 
 # --- a tiny protobuf text-format writer -------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 
 import dmfn
 from dmfn.contract import schema as S
+from dmfn.contract.errors import InvalidInput
 from dmfn.contract.limits import InputLimits
 from dmfn.contract.params import PreprocessParams
 from dmfn.contract.schema import Schema
@@ -200,6 +201,27 @@ def _fill(
     (root / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
+def check_output_folder(out: str | Path, overwrite: bool) -> Path:
+    """Where a repository may be written: ``out`` (through a symlink, its target), refused with
+    :class:`InvalidInput` if it exists and is neither empty nor (with ``overwrite``) a model
+    repository. Call it before any work, so a refusal costs nothing."""
+    out = Path(out)
+    if out.is_symlink():  # write where the link points, so the link stays valid and current
+        out = out.resolve()
+    if out.exists():
+        if not out.is_dir():
+            raise InvalidInput("out", f"{out} exists and is not a directory")
+        looks_like_repo = any((out / m).is_dir() for m in MODEL_NAMES)
+        if any(out.iterdir()) and not (overwrite and looks_like_repo):
+            rule = (
+                f"{out} is not empty and not a model repository; choose another folder"
+                if not looks_like_repo
+                else f"{out} holds a model repository; pass {{overwrite}} to replace it"
+            )
+            raise InvalidInput("out", rule, mentions={"overwrite": "overwrite=True"})
+    return out
+
+
 def write_repository(
     out: str | Path,
     *,
@@ -231,23 +253,14 @@ def write_repository(
     schema = Schema(
         n_ctc=len(info.ctc_features), n_classes=len(taxonomy), view_size=params.view_size
     )
-    if out.is_symlink():  # write where the link points, so the link stays valid and current
-        out = out.resolve()
+    out = check_output_folder(out, overwrite)
     template = template_dir()
     if out.resolve() == template.resolve():
-        raise ValueError(
-            f"argument 'out': {out} holds the committed repository templates; write the exported "
-            "repository elsewhere (default build/model_repository)"
+        raise InvalidInput(
+            "out",
+            f"{out} holds the committed repository templates; write the exported repository "
+            "elsewhere (default build/model_repository)",
         )
-    if out.exists():
-        if not out.is_dir():
-            raise ValueError(f"argument 'out': {out} exists and is not a directory")
-        looks_like_repo = any((out / m).is_dir() for m in MODEL_NAMES)
-        if any(out.iterdir()) and not (overwrite and looks_like_repo):
-            raise ValueError(
-                f"argument 'out': {out} exists and is not empty; pass overwrite=True "
-                "(--overwrite) to replace a model repository"
-            )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from dmfn.contract.errors import in_flags
 from dmfn.synth.cohort import (
     PRESETS,
     CohortGenerationError,
@@ -13,6 +14,16 @@ from dmfn.synth.cohort import (
     get_preset,
     plan_cohort,
 )
+
+#: API argument -> flag of `dmfn synth` (error messages speak in flags).
+FLAGS = {
+    "out_dir": "--out",
+    "overwrite": "--force",
+    "preset": "--preset",
+    "n_patients": "--patients",
+    "seed": "--seed",
+    "workers": "--workers",
+}
 
 log = logging.getLogger("dmfn.synth")
 
@@ -83,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress=bar.update,
             )
     except ValueError as err:
-        log.error("dmfn synth: %s", err)
+        log.error("dmfn synth: %s", in_flags(err, FLAGS))
         return 2
     except CohortGenerationError as err:
         log.error("dmfn synth: %s", err)

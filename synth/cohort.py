@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from dmfn.client.manifest import MANIFEST_COLUMNS, SPLITS
+from dmfn.contract.errors import InvalidInput
 from dmfn.contract.taxonomy import COMPARTMENTS, Taxonomy, load_taxonomy
 from dmfn.synth.anatomy import (
     LESION,
@@ -494,17 +495,18 @@ def generate_cohort(
     elif n_patients is not None:
         preset = replace(preset, n_patients=int(n_patients))
     if int(workers) < 1:
-        raise ValueError(f"argument 'workers': must be >= 1, got {workers}")
+        raise InvalidInput("workers", f"must be >= 1, got {workers}")
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"argument 'seed': must be a non-negative int, got {seed!r}")
+        raise InvalidInput("seed", f"must be a non-negative int, got {seed!r}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"argument 'out_dir': {out} exists and is not a directory")
+        raise InvalidInput("out_dir", f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise ValueError(
-                f"argument 'out_dir': {out} is not empty (pass overwrite=True / --force to replace "
-                "a previous cohort)"
+            raise InvalidInput(
+                "out_dir",
+                f"{out} is not empty (pass {{overwrite}} to replace a previous cohort)",
+                mentions={"overwrite": "overwrite=True"},
             )
         for name in ("images", "masks"):
             shutil.rmtree(out / name, ignore_errors=True)

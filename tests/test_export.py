@@ -3,6 +3,7 @@ studies (and that a failing check writes nothing), the TensorRT refusal and the 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -129,10 +130,10 @@ def test_cli_user_mistakes_are_messages_not_tracebacks(
 ) -> None:
     missing = tmp_path / "missing.pt"
     assert E.main(["--checkpoint", str(missing), "--out", str(tmp_path / "r")]) == 2
-    assert f"argument 'checkpoint': file {missing} does not exist" in capsys.readouterr().err
+    assert f"--checkpoint: file {missing} does not exist" in capsys.readouterr().err
     args = ["--checkpoint", str(missing), "--max-batch-size", "4", "--request-max-batch-size", "8"]
     assert E.main(args) == 2
-    assert "argument 'net_max_batch_size'" in capsys.readouterr().err
+    assert "--max-batch-size: must be >= pipeline_max_batch_size" in capsys.readouterr().err
 
 
 def test_synthetic_crop_is_a_valid_study() -> None:
@@ -143,3 +144,29 @@ def test_synthetic_crop_is_a_valid_study() -> None:
     assert study.mask.shape == study.hu.shape and study.mask.any()
     assert study.ctc_array(("a", "b")).shape == (2,)
     assert study.clinical_array().shape == (len(S.CLINICAL_FIELDS),)
+
+
+def test_cli_errors_speak_in_flags_and_come_before_any_work(
+    tiny_checkpoint: Path,
+    exported_repository: tuple[Path, dict],
+    tmp_path: Path,
+    capsys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = tmp_path / "run"
+    (run / "seed_0").mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, run / "seed_0" / "best.pt")
+    assert E.main(["--checkpoint", str(run), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"--checkpoint: {run} is a folder" in err and "seed_0/best.pt" in err
+    # an existing repository is refused at once (no ONNX export, no parity check first)
+    repo = exported_repository[0]
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the ONNX export ran before --out was checked")
+
+    monkeypatch.setattr(E, "export_onnx", no_export)
+    assert E.main(["--checkpoint", str(tiny_checkpoint), "--out", str(repo)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out: {repo} holds a model repository; pass --overwrite to replace it" in err
+    assert "overwrite=True" not in err

@@ -462,7 +462,7 @@ def test_predict_cli_on_nifti_files_and_a_manifest(
     assert "1. " + reference["labels"][top[0]] in text
     assert "malignant probability" in text and "volume_mm3" in text
     assert P.main([*url, "--protocol", "http", "--json", *single]) == P.EXIT_OK
-    document = json.loads(capsys.readouterr().out)
+    (document,) = json.loads(capsys.readouterr().out)  # a list for one study as for many
     np.testing.assert_allclose(
         list(document["probs"].values()), reference["probs"][0], atol=1e-4, rtol=0
     )

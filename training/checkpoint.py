@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from dmfn import __version__
+from dmfn.contract.errors import InvalidInput
 from dmfn.contract.params import PreprocessParams
 from dmfn.contract.server import ServerContract
 from dmfn.contract.taxonomy import Taxonomy, parse_taxonomy
@@ -103,8 +104,12 @@ def current_versions() -> dict[str, str]:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a checkpoint written by :meth:`Checkpoint.save`; ValueError if it is not one."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("seed_*/best.pt")) or sorted(path.glob("best.pt"))
+        hint = f"; e.g. {found[0]}" if found else " (dmfn train writes OUT/seed_0/best.pt)"
+        raise InvalidInput("checkpoint", f"{path} is a folder: give a checkpoint file{hint}")
     if not path.is_file():
-        raise ValueError(f"argument 'checkpoint': file {path} does not exist")
+        raise InvalidInput("checkpoint", f"file {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt / foreign files

@@ -30,12 +30,13 @@ import numpy as np
 import torch
 
 from dmfn.contract import schema as S
+from dmfn.contract.errors import in_flags
 from dmfn.contract.limits import DEFAULT_MAX_STUDY_VOXELS, InputLimits, widen_range
 from dmfn.contract.study import Study
 from dmfn.contract.wire import build_request
 from dmfn.preprocess import preprocess_request
-from dmfn.serving.config import TARGETS, ServingSettings
-from dmfn.serving.repository import ModelInfo, write_repository
+from dmfn.serving.config import SETTING_FLAGS, ServingSettings
+from dmfn.serving.repository import ModelInfo, check_output_folder, write_repository
 from dmfn.synth.crops import synthetic_crops
 
 from .checkpoint import Checkpoint, load_checkpoint
@@ -319,6 +320,7 @@ def export(
         reason = tensorrt_unavailable_reason()
         if reason is not None:
             raise ExportError(f"cannot build a TensorRT engine here: {reason}")
+    check_output_folder(out, overwrite)  # before any work: a refusal costs nothing
     ckpt = load_checkpoint(checkpoint)
     _schema_checks(ckpt)
     limits = input_limits(ckpt, ctc_range, max_study_voxels)
@@ -386,13 +388,18 @@ def export(
     return parity
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be comma-separated integers, got {text!r}"
-        ) from None
+#: API argument -> flag of `dmfn export` (error messages speak in flags).
+FLAGS: dict[str, str] = {
+    "out": "--out",
+    "overwrite": "--overwrite",
+    "checkpoint": "--checkpoint",
+    "ctc_range": "--ctc-range",
+    "max_study_voxels": "--max-study-voxels",
+    "parity_manifest": "--parity-manifest",
+    "parity_studies": "--parity-studies",
+    "manifest": "--parity-manifest",
+    **{name: flag for name, (flag, _) in SETTING_FLAGS.items()},
+}
 
 
 def _range(text: str) -> tuple[float, float]:
@@ -406,7 +413,6 @@ def _range(text: str) -> tuple[float, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = ServingSettings()
     p = argparse.ArgumentParser(
         prog="dmfn export",
         description=(
@@ -418,14 +424,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--checkpoint", required=True, type=Path, help="checkpoint .pt written by `dmfn train`"
-    )
-    p.add_argument(
-        "--target",
-        choices=TARGETS,
-        default="cpu",
-        help="runtime of the `dmfn` net model: cpu = python backend running ONNX Runtime (works with "
-        "the bundled Triton); onnxruntime = Triton's onnxruntime_onnx platform; tensorrt = FP16 "
-        "tensorrt_plan engine (needs TensorRT and a GPU). Default cpu",
     )
     p.add_argument(
         "--out",
@@ -474,69 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use the torch.export-based ONNX exporter (slower) instead of the TorchScript one",
     )
-    s = p.add_argument_group("serving settings (rendered into config.pbtxt)")
-    s.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=d.net_max_batch_size,
-        help=f"largest batch the net runs (dynamic batching; TensorRT profile max) ({d.net_max_batch_size})",
-    )
-    s.add_argument(
-        "--request-max-batch-size",
-        type=int,
-        default=d.pipeline_max_batch_size,
-        help=f"largest batch in one client request ({d.pipeline_max_batch_size})",
-    )
-    s.add_argument(
-        "--preferred-batch-sizes",
-        type=_int_list,
-        default=d.preferred_batch_sizes,
-        help="dynamic batching preferred sizes, comma-separated (4,8,16,32)",
-    )
-    s.add_argument(
-        "--max-queue-delay-us",
-        type=int,
-        default=d.max_queue_delay_us,
-        help=f"dynamic batching max queue delay in microseconds ({d.max_queue_delay_us})",
-    )
-    s.add_argument(
-        "--preprocess-instances",
-        type=int,
-        default=d.preprocess_instances,
-        help=f"preprocess model instances (CPU processes) ({d.preprocess_instances})",
-    )
-    s.add_argument(
-        "--preprocess-threads",
-        type=int,
-        default=d.preprocess_threads,
-        help="worker threads per preprocess instance; a dynamic batch of requests is "
-        f"preprocessed in parallel ({d.preprocess_threads})",
-    )
-    s.add_argument(
-        "--preprocess-queue-delay-us",
-        type=int,
-        default=d.preprocess_max_queue_delay_us,
-        help="preprocess dynamic batching max queue delay in microseconds "
-        f"({d.preprocess_max_queue_delay_us})",
-    )
-    s.add_argument(
-        "--net-instances",
-        type=int,
-        default=d.net_instances,
-        help=f"net model instances ({d.net_instances})",
-    )
-    s.add_argument(
-        "--intra-op-threads",
-        type=int,
-        default=d.intra_op_threads,
-        help=f"ONNX Runtime intra-op threads per net instance on CPU ({d.intra_op_threads})",
-    )
-    s.add_argument(
-        "--instance-kind",
-        choices=("KIND_CPU", "KIND_GPU"),
-        default=None,
-        help="where the net runs (default: KIND_CPU for cpu, KIND_GPU for onnxruntime/tensorrt)",
-    )
+    ServingSettings.add_arguments(p.add_argument_group("serving settings (config.pbtxt)"))
     lim = p.add_argument_group("accepted inputs (refused with HTTP 400 outside them)")
     lim.add_argument(
         "--ctc-range",
@@ -568,19 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        settings = ServingSettings(
-            target=args.target,
-            pipeline_max_batch_size=args.request_max_batch_size,
-            net_max_batch_size=args.max_batch_size,
-            preferred_batch_sizes=args.preferred_batch_sizes,
-            max_queue_delay_us=args.max_queue_delay_us,
-            preprocess_instances=args.preprocess_instances,
-            preprocess_threads=args.preprocess_threads,
-            preprocess_max_queue_delay_us=args.preprocess_queue_delay_us,
-            net_instances=args.net_instances,
-            intra_op_threads=args.intra_op_threads,
-            net_instance_kind=args.instance_kind,
-        )
+        settings = ServingSettings.from_arguments(args)
         parity = export(
             args.checkpoint,
             args.out,
@@ -598,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             max_study_voxels=args.max_study_voxels,
         )
     except (ValueError, ExportError) as err:
-        print(f"dmfn export: {err}", file=sys.stderr)
+        print(f"dmfn export: {in_flags(err, FLAGS)}", file=sys.stderr)
         return 2 if isinstance(err, ValueError) else 1
     checks = ", ".join(f"{k} = {v:.3g}" for k, v in parity.items())
     print(f"wrote {args.out} (target {args.target}); checks: {checks}")
