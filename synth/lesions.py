@@ -1,7 +1,7 @@
 """Class-specific mediastinal lesions: appearance table, per-patient sampling and rendering.
 
-Each of the 20 classes of the paper's Table 2 has an :class:`AppearanceSpec` (ranges taken from
-``reference/ct_appearance.md``): size, shape (round / lobulated / irregular / multi-nodal),
+Each of the 20 classes of the paper's Table 2 has an :class:`AppearanceSpec`, read from the data
+file ``synth/data/appearances.json`` (ranges from textbook CT appearances): size, shape (round / lobulated / irregular / multi-nodal),
 attenuation and heterogeneity at 60-65 s after contrast, and internal components (cystic foci,
 necrotic core, fat, calcifications, phleboliths, enhancing patches, a thin wall, a fat-fluid
 level). Ranges of related classes overlap on purpose (thymoma subtypes, the two teratomas, the
@@ -15,9 +15,12 @@ patient sees the same lesion whatever its pose, spacing or noise. Coordinates ar
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -87,233 +90,40 @@ class AppearanceSpec:
     satellite_nodes_prob: float = 0.0  # separate enlarged nodes near a primary tumour
 
 
-_THYMOMA = {"diameter_mm": (30.0, 80.0), "hu": (50.0, 85.0), "texture_mm": (3.0, 7.0)}
+#: The table of class appearances (a data file, not code): class name -> the fields of its
+#: AppearanceSpec that differ from the defaults.
+APPEARANCES_FILE = "appearances.json"
+
+
+def load_appearances(path: str | Path | None = None) -> dict[str, AppearanceSpec]:
+    """Class name -> :class:`AppearanceSpec`, read from ``path`` (default: the packaged
+    ``synth/data/appearances.json``). ValueError naming the class and field of a bad entry."""
+    if path is None:
+        text = resources.files("dmfn.synth").joinpath("data", APPEARANCES_FILE).read_text()
+        where = APPEARANCES_FILE
+    else:
+        text, where = Path(path).read_text(), str(path)
+    try:
+        classes = json.loads(text)["classes"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{where}: not an appearance table ({err})") from None
+    names = {f.name for f in fields(AppearanceSpec)}
+    out = {}
+    for label, values in classes.items():
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{where}: class {label!r} has unknown fields {unknown}")
+        try:
+            out[label] = AppearanceSpec(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+            )
+        except TypeError as err:
+            raise ValueError(f"{where}: class {label!r}: {err}") from None
+    return out
+
 
 #: The appearance of each class of the paper's taxonomy (class name -> spec).
-APPEARANCES: dict[str, AppearanceSpec] = {
-    "cyst": AppearanceSpec(
-        diameter_mm=(20.0, 80.0),
-        hu=FLUID_HU,
-        heterogeneity_hu=(1.0, 3.0),
-        texture_mm=(6.0, 10.0),
-        aspect=(0.65, 1.0),
-        wall_mm=(1.0, 2.0),
-        alt_hu_prob=0.12,
-        alt_hu=(20.0, 55.0),
-        rim_calc_prob=0.04,
-    ),
-    "granuloma": AppearanceSpec(
-        diameter_mm=(10.0, 30.0),
-        hu=(30.0, 50.0),
-        heterogeneity_hu=(3.0, 6.0),
-        aspect=(0.75, 1.0),
-        calc_prob=0.7,
-        calcs=(1, 3),
-        calc_radius_mm=(1.5, 4.0),
-    ),
-    "mature_teratoma": AppearanceSpec(
-        diameter_mm=(40.0, 100.0),
-        hu=FLUID_HU,
-        heterogeneity_hu=(2.0, 5.0),
-        aspect=(0.7, 1.0),
-        lobulation=(0.0, 0.08),
-        wall_mm=(1.5, 3.0),
-        fat_blobs=(1, 3),
-        fat_size=(0.3, 0.55),
-        fat_fluid_level_prob=0.3,
-        solid_nodule=(0, 2),
-        calc_prob=0.7,
-        calcs=(1, 3),
-        calc_radius_mm=(2.0, 5.0),
-        cysts=(0, 1),
-    ),
-    "schwannoma": AppearanceSpec(
-        diameter_mm=(20.0, 80.0),
-        hu=(25.0, 50.0),
-        heterogeneity_hu=(8.0, 16.0),
-        texture_mm=(4.0, 8.0),
-        aspect=(0.65, 0.95),
-        cysts=(0, 3),
-        cyst_size=(0.12, 0.3),
-        foraminal_prob=0.2,
-    ),
-    "fibroma": AppearanceSpec(
-        diameter_mm=(30.0, 120.0),
-        hu=(40.0, 75.0),
-        heterogeneity_hu=(10.0, 20.0),
-        texture_mm=(5.0, 10.0),
-        aspect=(0.6, 0.95),
-        lobulation=(0.03, 0.2),
-        cysts=(0, 2),
-        cyst_size=(0.1, 0.2),
-    ),
-    "hemangioma": AppearanceSpec(
-        diameter_mm=(20.0, 80.0),
-        hu=(40.0, 75.0),
-        heterogeneity_hu=(10.0, 18.0),
-        texture_mm=(4.0, 8.0),
-        aspect=(0.6, 0.95),
-        lobulation=(0.0, 0.2),
-        patches=(2, 6),
-        patch_hu=(110.0, 180.0),
-        calc_prob=0.6,
-        calcs=(1, 5),
-        calc_radius_mm=(1.5, 3.0),
-    ),
-    "lipoma": AppearanceSpec(
-        diameter_mm=(30.0, 100.0),
-        hu=(-120.0, -85.0),
-        heterogeneity_hu=(3.0, 6.0),
-        aspect=(0.45, 0.8),
-        lobulation=(0.0, 0.12),
-    ),
-    "thymoma_A": AppearanceSpec(
-        **_THYMOMA,
-        heterogeneity_hu=(3.0, 7.0),
-        aspect=(0.7, 1.0),
-        lobulation=(0.0, 0.08),
-        calc_prob=0.05,
-    ),
-    "thymoma_AB": AppearanceSpec(
-        **_THYMOMA,
-        heterogeneity_hu=(4.0, 9.0),
-        aspect=(0.65, 1.0),
-        lobulation=(0.0, 0.12),
-        cysts=(0, 1),
-        calc_prob=0.08,
-    ),
-    "thymoma_B1": AppearanceSpec(
-        **_THYMOMA,
-        heterogeneity_hu=(5.0, 10.0),
-        aspect=(0.65, 1.0),
-        lobulation=(0.03, 0.15),
-        cysts=(0, 1),
-        calc_prob=0.1,
-    ),
-    "thymoma_B2": AppearanceSpec(
-        diameter_mm=(40.0, 100.0),
-        hu=(45.0, 80.0),
-        texture_mm=(3.0, 7.0),
-        heterogeneity_hu=(7.0, 14.0),
-        aspect=(0.6, 0.95),
-        lobulation=(0.08, 0.25),
-        irregularity=(0.02, 0.06),
-        cysts=(1, 3),
-        calc_prob=0.2,
-    ),
-    "thymoma_B3": AppearanceSpec(
-        diameter_mm=(40.0, 100.0),
-        hu=(45.0, 80.0),
-        texture_mm=(3.0, 7.0),
-        heterogeneity_hu=(9.0, 16.0),
-        aspect=(0.6, 0.95),
-        lobulation=(0.12, 0.3),
-        irregularity=(0.03, 0.08),
-        cysts=(1, 4),
-        necrosis_prob=0.2,
-        calc_prob=0.25,
-    ),
-    "thymoma_mixed": AppearanceSpec(
-        diameter_mm=(40.0, 100.0),
-        hu=(48.0, 85.0),
-        texture_mm=(3.0, 7.0),
-        heterogeneity_hu=(5.0, 14.0),
-        aspect=(0.6, 1.0),
-        lobulation=(0.04, 0.22),
-        irregularity=(0.0, 0.05),
-        cysts=(0, 2),
-        calc_prob=0.15,
-    ),
-    "thymic_squamous_cell_carcinoma": AppearanceSpec(
-        diameter_mm=(40.0, 120.0),
-        hu=(40.0, 70.0),
-        texture_mm=(3.0, 6.0),
-        heterogeneity_hu=(10.0, 18.0),
-        aspect=(0.55, 0.9),
-        lobulation=(0.15, 0.35),
-        n_lobes=(5, 9),
-        irregularity=(0.06, 0.14),
-        necrosis_prob=0.8,
-        necrosis=(0.3, 0.6),
-        calc_prob=0.1,
-        satellite_nodes_prob=0.35,
-    ),
-    "immature_teratoma": AppearanceSpec(
-        diameter_mm=(60.0, 140.0),
-        hu=(35.0, 60.0),
-        heterogeneity_hu=(12.0, 20.0),
-        texture_mm=(4.0, 8.0),
-        aspect=(0.6, 0.95),
-        lobulation=(0.1, 0.25),
-        irregularity=(0.03, 0.08),
-        fat_blobs=(0, 2),
-        fat_size=(0.08, 0.18),
-        cysts=(1, 3),
-        calc_prob=0.6,
-        calcs=(1, 4),
-        calc_radius_mm=(1.5, 4.0),
-    ),
-    "malt_lymphoma": AppearanceSpec(
-        diameter_mm=(40.0, 100.0),
-        hu=(40.0, 60.0),
-        heterogeneity_hu=(4.0, 8.0),
-        aspect=(0.6, 0.95),
-        lobulation=(0.1, 0.25),
-        cysts=(3, 8),
-        cyst_size=(0.08, 0.18),
-    ),
-    "carcinoid": AppearanceSpec(
-        diameter_mm=(50.0, 120.0),
-        hu=(70.0, 110.0),
-        heterogeneity_hu=(14.0, 24.0),
-        texture_mm=(4.0, 8.0),
-        aspect=(0.6, 0.95),
-        lobulation=(0.1, 0.25),
-        irregularity=(0.02, 0.06),
-        cysts=(0, 2),
-        necrosis_prob=0.3,
-        calc_prob=0.4,
-    ),
-    "lymphoma": AppearanceSpec(
-        diameter_mm=(50.0, 140.0),
-        hu=(42.0, 65.0),
-        heterogeneity_hu=(3.0, 8.0),
-        aspect=(0.6, 0.95),
-        lobulation=(0.05, 0.2),
-        n_nodes=(3, 7),
-        node_size=(0.4, 0.65),
-        node_spread=0.55,
-        necrosis_prob=0.1,
-        necrosis=(0.2, 0.35),
-    ),
-    "metastatic_tumor": AppearanceSpec(
-        diameter_mm=(40.0, 90.0),
-        hu=(35.0, 60.0),
-        heterogeneity_hu=(5.0, 10.0),
-        aspect=(0.75, 1.0),
-        lobulation=(0.0, 0.1),
-        n_nodes=(2, 5),
-        node_size=(0.18, 0.35),
-        node_spread=0.8,
-        necrosis_prob=0.4,
-        necrosis=(0.3, 0.55),
-    ),
-    "other": AppearanceSpec(
-        diameter_mm=(20.0, 120.0),
-        hu=(20.0, 85.0),
-        heterogeneity_hu=(3.0, 20.0),
-        texture_mm=(3.0, 9.0),
-        aspect=(0.55, 1.0),
-        lobulation=(0.0, 0.3),
-        irregularity=(0.0, 0.08),
-        n_nodes=(1, 2),
-        node_size=(0.6, 1.0),
-        node_spread=0.3,
-        cysts=(0, 2),
-        necrosis_prob=0.2,
-        calc_prob=0.2,
-    ),
-}
+APPEARANCES: dict[str, AppearanceSpec] = load_appearances()
 
 
 def appearance_for(label: str) -> AppearanceSpec:

@@ -487,3 +487,18 @@ def test_render_each_class_to_png() -> None:
         fig.savefig(path, dpi=80)
         plt.close(fig)
         assert path.stat().st_size > 10_000
+
+
+def test_appearance_table_is_data_for_every_class_of_the_taxonomy(tmp_path) -> None:
+    import json
+
+    from dmfn.contract.taxonomy import load_taxonomy
+    from dmfn.synth.lesions import APPEARANCES, load_appearances
+
+    assert list(APPEARANCES) == load_taxonomy().names
+    for name, spec in APPEARANCES.items():
+        assert spec.diameter_mm[0] < spec.diameter_mm[1], name
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"classes": {"cyst": {"diameter": [1, 2]}}}))
+    with pytest.raises(ValueError, match="class 'cyst' has unknown fields \\['diameter'\\]"):
+        load_appearances(bad)
