@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,10 +22,13 @@ import torch
 
 from dmfn.client.manifest import read_manifest
 from dmfn.contract.taxonomy import load_taxonomy
-from dmfn.training import train
+from dmfn.training import config as train_config
+from dmfn.training import loop, train
 from dmfn.training.augment import AugmentParams, augment_views
 from dmfn.training.checkpoint import load_checkpoint
+from dmfn.training.data import prepare_data
 from dmfn.training.dataset import build_cache, cache_key, patient_mean
+from dmfn.training.evaluation import evaluate
 
 PARAMS = '{"view_size": 32, "pde_iterations": 2}'
 FAST = [
@@ -98,7 +102,7 @@ def trained(cohort, tmp_path_factory) -> tuple[Path, dict]:
     """One short fusion run (3 epochs); also keeps a copy of last.pt after epoch 1."""
     out = tmp_path_factory.mktemp("run")
     saved = out / "after_epoch_1.pt"
-    original = train._save_last
+    original = loop._save_last
 
     def save_and_keep(path, model, data, args, seed, optimiser, scheduler, state):
         original(path, model, data, args, seed, optimiser, scheduler, state)
@@ -108,11 +112,11 @@ def trained(cohort, tmp_path_factory) -> tuple[Path, dict]:
 
     argv = ["--manifest", str(cohort), "--out", str(out / "a"), "--epochs", "3", "--lr", "3e-3"]
     argv += ["--no-augment", "--patience", "0", *FAST]
-    train._save_last = save_and_keep
+    loop._save_last = save_and_keep
     try:
         summary = train.run(train.parse_args(argv))
     finally:
-        train._save_last = original
+        loop._save_last = original
     return out, {"summary": summary, "argv": argv}
 
 
@@ -124,14 +128,14 @@ def _log(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_cache_is_reused_and_keyed_by_inputs(cohort, tmp_path):
     manifest = read_manifest(cohort, load_taxonomy())
-    params = train._parse_params(PARAMS)
+    params = train_config.parse_params(PARAMS)
     rows = manifest.rows[:2]
     sub = type(manifest)(manifest.path, rows, manifest.taxonomy, manifest.ctc_features)
     first = build_cache(sub, params, tmp_path, workers=0, progress=False)
     stamps = [p.stat().st_mtime_ns for p in first]
     again = build_cache(sub, params, tmp_path, workers=0, progress=False)
     assert again == first and [p.stat().st_mtime_ns for p in again] == stamps
-    other = train._parse_params('{"view_size": 24, "pde_iterations": 2}')
+    other = train_config.parse_params('{"view_size": 24, "pde_iterations": 2}')
     assert cache_key(rows[0], other) != cache_key(rows[0], params)
     with np.load(first[0]) as entry:
         assert entry["views"].shape == (3, 32, 32) and entry["tabular"].shape == (6,)
@@ -155,7 +159,9 @@ def test_a_failing_image_names_manifest_line_and_image(cohort, tmp_path):
     manifest = read_manifest(broken, load_taxonomy())
     message = rf"wrong_mask.csv line 3 \(image '{second['image_id']}'\)"
     with pytest.raises(ValueError, match=message):
-        build_cache(manifest, train._parse_params(PARAMS), tmp_path, workers=0, progress=False)
+        build_cache(
+            manifest, train_config.parse_params(PARAMS), tmp_path, workers=0, progress=False
+        )
 
 
 @pytest.mark.slow
@@ -205,7 +211,7 @@ def test_predictions_are_patient_level_without_leaks(trained, cohort):
 def test_checkpoint_round_trip_gives_identical_outputs(trained, cohort):
     out, info = trained
     ckpt = load_checkpoint(out / "a" / "seed_0" / "best.pt")
-    assert ckpt.preprocess_params == train._parse_params(PARAMS)
+    assert ckpt.preprocess_params == train_config.parse_params(PARAMS)
     assert ckpt.taxonomy.names == load_taxonomy().names
     assert ckpt.ctc_features == ("ctc_level_pg_ml",)
     assert ckpt.training["seed"] == 0 and "val" in ckpt.metrics and "test" in ckpt.metrics
@@ -218,8 +224,8 @@ def test_checkpoint_round_trip_gives_identical_outputs(trained, cohort):
         assert torch.equal(model(views, tabular), again(views, tabular))
     # The stored metrics equal a fresh evaluation of the reloaded model on the cached tensors.
     args = train.parse_args(info["argv"])
-    data = train.prepare_data(args)
-    _, val = train.evaluate(model, data.val, data.taxonomy, torch.device("cpu"))
+    data = prepare_data(args)
+    _, val = evaluate(model, data.val, data.taxonomy, torch.device("cpu"))
     assert val["macro_auc"] == pytest.approx(ckpt.metrics["val"]["macro_auc"], abs=1e-12)
 
 
@@ -250,16 +256,16 @@ def test_fusion_options_reach_only_the_dmfn_model(tmp_path):
     base = ["--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path)]
     labels = torch.tensor([0, 0, 0, 2])  # class 1 absent from training: add-one smoothing
     fused = train.parse_args([*base, "--fusion", "hybrid", "--aux-weight", "0.25"])
-    options = train._model_options(fused, labels, 3)
+    options = loop._model_options(fused, labels, 3)
     assert options.pop("class_prior") == pytest.approx([4 / 7, 1 / 7, 2 / 7])
     assert options == {"fusion": "hybrid", "aux_heads": True}
     plain = train.parse_args([*base, "--fusion", "concat", "--aux-weight", "0"])
-    assert train._model_options(plain, labels, 3) == {"fusion": "concat", "aux_heads": False}
+    assert loop._model_options(plain, labels, 3) == {"fusion": "concat", "aux_heads": False}
     for model in ("cnn", "tabular"):  # the baselines ignore the options (also in the fingerprint)
         args = train.parse_args([*base, "--model", model, "--fusion", "sum", "--aux-weight", "1"])
-        assert train._model_options(args, labels, 3) == {}
-        assert not {"fusion", "aux_weight"} & set(train._fingerprint(args))
-    assert {"fusion", "aux_weight"} <= set(train._fingerprint(fused))
+        assert loop._model_options(args, labels, 3) == {}
+        assert not {"fusion", "aux_weight"} & set(loop._fingerprint(args))
+    assert {"fusion", "aux_weight"} <= set(loop._fingerprint(fused))
 
 
 @pytest.mark.slow
@@ -288,12 +294,12 @@ def test_resume_accepts_a_last_pt_from_before_the_fusion_options(trained, tmp_pa
         del ckpt.training["resume"]["fingerprint"][key]
     legacy = ckpt.save(tmp_path / "last.pt")
 
-    def restore(*extra: str) -> train.RunState:
+    def restore(*extra: str) -> loop.RunState:
         model = ckpt.build_model()
         optimiser = torch.optim.AdamW(model.parameters())
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=10)
         args = train.parse_args([*info["argv"], *extra])
-        return train._restore(legacy, args, model, optimiser, scheduler)
+        return loop._restore(legacy, args, model, optimiser, scheduler)
 
     assert restore("--fusion", "concat", "--aux-weight", "0").epoch == 1
     with pytest.raises(ValueError, match=r"different \['aux_weight', 'fusion'\]"):
@@ -302,22 +308,27 @@ def test_resume_accepts_a_last_pt_from_before_the_fusion_options(trained, tmp_pa
 
 # --------------------------------------------------------------------------- bad inputs
 def test_unknown_backbone_model_and_options(tmp_path):
+    """Bad options are refused with the flag and the rule (as `dmfn train` prints them)."""
+    from dmfn.contract.errors import in_flags
+    from dmfn.training.cli import FLAGS
+
     base = ["--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path)]
     cases = [
-        (["--backbone", "resnet9000"], "argument '--backbone': unknown backbone; known: .*regnetx"),
-        (["--model", "svm"], "argument '--model': must be one of"),
-        (["--loss", "focal"], "argument '--loss'"),
-        (["--epochs", "0"], "argument '--epochs'"),
-        (["--label-smoothing", "1"], "argument '--label-smoothing'"),
+        (["--backbone", "resnet9000"], "--backbone: unknown backbone; known: .*regnetx"),
+        (["--model", "svm"], "--model: must be one of"),
+        (["--loss", "focal"], "--loss: must be one of"),
+        (["--epochs", "0"], "--epochs: must be >= 1"),
+        (["--label-smoothing", "1"], "--label-smoothing: must be in"),
         (["--params", '{"view_size": 2}'], "argument 'view_size'"),
-        (["--params", "{nope"], "argument '--params'"),
-        (["--fusion", "product"], "argument '--fusion': must be one of"),
-        (["--aux-weight", "-1"], "argument '--aux-weight': must be finite and >= 0"),
-        (["--aux-weight", "nan"], "argument '--aux-weight'"),
+        (["--params", "{nope"], "--params: must be a JSON file"),
+        (["--fusion", "product"], "--fusion: must be one of"),
+        (["--aux-weight", "-1"], "--aux-weight: must be finite and >= 0"),
+        (["--aux-weight", "nan"], "--aux-weight: must be finite"),
     ]
     for extra, message in cases:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ValueError) as err:
             train.parse_args(base + extra)
+        assert re.search(message, in_flags(err.value, FLAGS)), (extra, str(err.value))
 
 
 @pytest.mark.slow

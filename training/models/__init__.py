@@ -6,8 +6,16 @@ ResNets).
 
 from . import regnet as regnet
 from . import selfreg as selfreg
-from .fusion import DEFAULT_BACKBONE, DEFAULT_FUSION, FUSION_KINDS, MODEL_KINDS, create_model
+from .fusion import (
+    DEFAULT_FUSION,
+    FUSION_KINDS,
+    MODEL_KINDS,
+    ModelConfig,
+    build_model,
+    create_model,
+)
 from .registry import (
+    DEFAULT_BACKBONE,
     BackboneInfo,
     create_backbone,
     get_backbone_info,
@@ -23,7 +31,9 @@ __all__ = [
     "FUSION_KINDS",
     "MODEL_KINDS",
     "BackboneInfo",
+    "ModelConfig",
     "TabularEncoder",
+    "build_model",
     "create_backbone",
     "create_model",
     "fit_standardisation",

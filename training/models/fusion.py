@@ -29,7 +29,10 @@ rebuilds the architecture before ``load_state_dict``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -223,28 +226,15 @@ def _floats(value: Sequence[float] | np.ndarray | torch.Tensor | None) -> list[f
     return np.asarray(torch.as_tensor(value).detach().cpu(), dtype=np.float64).ravel().tolist()
 
 
-def create_model(
-    kind: str,
-    *,
-    backbone: str | None = DEFAULT_BACKBONE,
-    n_classes: int,
-    n_tabular: int,
-    tabular_mean: Sequence[float] | np.ndarray | torch.Tensor | None = None,
-    tabular_std: Sequence[float] | np.ndarray | torch.Tensor | None = None,
-    embed_dim: int = DEFAULT_EMBED_DIM,
-    dropout: float = DEFAULT_DROPOUT,
-    fusion: str = DEFAULT_FUSION,
-    aux_heads: bool = False,
-    class_prior: Sequence[float] | np.ndarray | torch.Tensor | None = None,
-    **overrides: object,
-) -> nn.Module:
-    """Build a model of ``kind`` in {"dmfn", "cnn", "tabular"}.
+@dataclass(frozen=True)
+class ModelConfig:
+    """What defines a model: its kind, sizes, standardisation constants and fusion options.
 
-    Args:
+    Attributes:
         kind: "dmfn" (CT + tabular), "cnn" (CT only) or "tabular" (CTC + clinical only).
-        backbone: registered CT backbone name (ignored and stored as None for "tabular").
         n_classes: number of taxonomy classes (>= 2).
         n_tabular: width T of the tabular row (K CTC features + 5 clinical fields).
+        backbone: registered CT backbone name (ignored and stored as None for "tabular").
         tabular_mean, tabular_std: per-column standardisation constants from the training split
             (see :func:`~dmfn.training.models.tabular.fit_standardisation`); required for "dmfn"
             and "tabular", unused by "cnn".
@@ -255,95 +245,138 @@ def create_model(
             (:meth:`DMFN.forward_with_aux`); "sum" and "hybrid" always have them.
         class_prior: "dmfn" with fusion "sum"/"hybrid" only, optional: training-split class
             frequencies ``[n_classes]`` (> 0) that initialise ``fusion_bias`` to ``-log prior``
-            (centred). An initialisation only, like the seed: not stored in ``config`` (the
-            trained bias is in the state dict).
-        **overrides: backbone config fields (e.g. ``regulator="lstm"``), stored in ``config``.
+            (centred). An initialisation only, like the seed: not in :meth:`to_dict` (the trained
+            bias is in the state dict).
+        overrides: backbone config fields (e.g. ``regulator="lstm"``).
 
-    Returns:
-        the model (``forward(views, tabular) -> logits``), with a ``config`` dict such that
-        ``create_model(**model.config)`` rebuilds it.
-
-    Raises:
-        ValueError: unknown kind or backbone (message lists the known ones), bad sizes, missing or
-            wrong-length standardisation constants, non-positive std, unknown fusion, fusion
-            or aux heads for a kind other than "dmfn", class_prior without a sum/hybrid fusion
-            or not a vector of n_classes finite values > 0.
+    Raises ValueError (naming the field) on construction: unknown kind or backbone, bad sizes,
+    missing or wrong-length standardisation constants, unknown fusion, fusion options for a kind
+    other than "dmfn", a bad class prior.
     """
-    if kind not in MODEL_KINDS:
-        raise ValueError(
-            f"argument 'kind': unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}"
-        )
-    for name, value, low in (
-        ("n_classes", n_classes, 2),
-        ("n_tabular", n_tabular, 1),
-        ("embed_dim", embed_dim, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-            raise ValueError(f"argument '{name}': must be an integer >= {low}, got {value!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"argument 'dropout': must be in [0, 1), got {dropout!r}")
-    if fusion not in FUSION_KINDS:
-        raise ValueError(f"argument 'fusion': must be one of {FUSION_KINDS}, got {fusion!r}")
-    if not isinstance(aux_heads, bool):
-        raise ValueError(f"argument 'aux_heads': must be a bool, got {aux_heads!r}")
-    if kind != "dmfn" and (fusion != DEFAULT_FUSION or aux_heads):
-        raise ValueError(
-            f"arguments 'fusion', 'aux_heads': only for kind 'dmfn', got fusion={fusion!r}, "
-            f"aux_heads={aux_heads!r} for kind {kind!r}"
-        )
-    prior = None
-    if class_prior is not None:
-        if kind != "dmfn" or fusion == "concat":
+
+    kind: str
+    n_classes: int
+    n_tabular: int
+    backbone: str | None = DEFAULT_BACKBONE
+    tabular_mean: Sequence[float] | np.ndarray | torch.Tensor | None = None
+    tabular_std: Sequence[float] | np.ndarray | torch.Tensor | None = None
+    embed_dim: int = DEFAULT_EMBED_DIM
+    dropout: float = DEFAULT_DROPOUT
+    fusion: str = DEFAULT_FUSION
+    aux_heads: bool = False
+    class_prior: Sequence[float] | np.ndarray | torch.Tensor | None = None
+    overrides: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def uses_ct(self) -> bool:
+        return self.kind != "tabular"
+
+    @property
+    def uses_tabular(self) -> bool:
+        return self.kind != "cnn"
+
+    def __post_init__(self) -> None:
+        kind = self.kind
+        if kind not in MODEL_KINDS:
+            raise ValueError(
+                f"argument 'kind': unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}"
+            )
+        for name, low in (("n_classes", 2), ("n_tabular", 1), ("embed_dim", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+                raise ValueError(f"argument '{name}': must be an integer >= {low}, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"argument 'dropout': must be in [0, 1), got {self.dropout!r}")
+        if self.fusion not in FUSION_KINDS:
+            raise ValueError(
+                f"argument 'fusion': must be one of {FUSION_KINDS}, got {self.fusion!r}"
+            )
+        if not isinstance(self.aux_heads, bool):
+            raise ValueError(f"argument 'aux_heads': must be a bool, got {self.aux_heads!r}")
+        if kind != "dmfn" and (self.fusion != DEFAULT_FUSION or self.aux_heads):
+            raise ValueError(
+                f"arguments 'fusion', 'aux_heads': only for kind 'dmfn', got "
+                f"fusion={self.fusion!r}, aux_heads={self.aux_heads!r} for kind {kind!r}"
+            )
+        if self.class_prior is not None and (kind != "dmfn" or self.fusion == "concat"):
             raise ValueError(
                 "argument 'class_prior': only for kind 'dmfn' with fusion 'sum' or 'hybrid', got "
-                f"kind {kind!r}, fusion {fusion!r}"
+                f"kind {kind!r}, fusion {self.fusion!r}"
             )
-        prior = torch.as_tensor(np.asarray(class_prior, dtype=np.float64)).to(torch.float32)
-        if prior.shape != (n_classes,) or not bool(torch.isfinite(prior).all() & (prior > 0).all()):
+        self.prior()  # checks its values
+        if self.uses_tabular:
+            for name in ("tabular_mean", "tabular_std"):
+                if getattr(self, name) is None:
+                    raise ValueError(
+                        f"argument '{name}': required for kind {kind!r} (standardisation "
+                        "constants from the training split, see fit_standardisation)"
+                    )
+        if not self.uses_ct and self.overrides:
             raise ValueError(
-                f"argument 'class_prior': must be {n_classes} finite values > 0, got "
-                f"{prior.tolist()}"
+                f"argument 'overrides': backbone overrides {sorted(self.overrides)} make no "
+                "sense for kind 'tabular'"
             )
-    uses_ct = kind != "tabular"
-    uses_tabular = kind != "cnn"
-    if uses_tabular:
-        for name, value in (("tabular_mean", tabular_mean), ("tabular_std", tabular_std)):
-            if value is None:
-                raise ValueError(
-                    f"argument '{name}': required for kind {kind!r} (standardisation constants "
-                    "from the training split, see fit_standardisation)"
-                )
-    if not uses_ct and overrides:
-        raise ValueError(
-            f"argument 'overrides': backbone overrides {sorted(overrides)} make no sense for kind 'tabular'"
-        )
-    if uses_ct:
-        get_backbone_info(backbone)  # type: ignore[arg-type]  # raises with the known names
-    n_classes, n_tabular = int(n_classes), int(n_tabular)
-    hidden = embed_dim
-    model: _TwoInputModel
+        if self.uses_ct:
+            get_backbone_info(self.backbone)  # type: ignore[arg-type]  # raises with known names
+
+    def prior(self) -> torch.Tensor | None:
+        """The class prior as float32 ``[n_classes]``, or None."""
+        if self.class_prior is None:
+            return None
+        prior = torch.as_tensor(np.asarray(self.class_prior, dtype=np.float64)).to(torch.float32)
+        n = int(self.n_classes)
+        if prior.shape != (n,) or not bool(torch.isfinite(prior).all() & (prior > 0).all()):
+            raise ValueError(
+                f"argument 'class_prior': must be {n} finite values > 0, got {prior.tolist()}"
+            )
+        return prior
+
+    def to_dict(self) -> dict[str, Any]:
+        """The keywords such that ``create_model(**config.to_dict())`` rebuilds the model (the
+        ``config`` of every model and checkpoint)."""
+        return {
+            "kind": self.kind,
+            "backbone": self.backbone if self.uses_ct else None,
+            "n_classes": int(self.n_classes),
+            "n_tabular": int(self.n_tabular),
+            "tabular_mean": _floats(self.tabular_mean) if self.uses_tabular else None,
+            "tabular_std": _floats(self.tabular_std) if self.uses_tabular else None,
+            "embed_dim": int(self.embed_dim),
+            "dropout": float(self.dropout),
+            **({"fusion": self.fusion, "aux_heads": self.aux_heads} if self.kind == "dmfn" else {}),
+            **self.overrides,
+        }
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The model of ``config`` (``forward(views, tabular) -> logits``), with ``model.config`` =
+    :meth:`ModelConfig.to_dict`."""
+    c = config
+    n_classes, n_tabular, hidden = int(c.n_classes), int(c.n_tabular), c.embed_dim
     tab = (
-        TabularEncoder(n_tabular, tabular_mean, tabular_std, embed_dim=embed_dim, dropout=dropout)  # type: ignore[arg-type]
-        if uses_tabular
+        TabularEncoder(
+            n_tabular, c.tabular_mean, c.tabular_std, embed_dim=c.embed_dim, dropout=c.dropout
+        )  # type: ignore[arg-type]
+        if c.uses_tabular
         else None
     )
-    ct = CTEncoder(create_backbone(backbone, **overrides), embed_dim) if uses_ct else None  # type: ignore[arg-type]
-    if kind == "dmfn":
-        model = DMFN(ct, tab, n_classes, hidden, dropout, fusion, aux_heads, prior)  # type: ignore[arg-type]
-    elif kind == "cnn":
-        model = CNNBaseline(ct, n_tabular, n_classes, hidden, dropout)  # type: ignore[arg-type]
+    ct = CTEncoder(create_backbone(c.backbone, **c.overrides), c.embed_dim) if c.uses_ct else None  # type: ignore[arg-type]
+    model: _TwoInputModel
+    if c.kind == "dmfn":
+        model = DMFN(ct, tab, n_classes, hidden, c.dropout, c.fusion, c.aux_heads, c.prior())  # type: ignore[arg-type]
+    elif c.kind == "cnn":
+        model = CNNBaseline(ct, n_tabular, n_classes, hidden, c.dropout)  # type: ignore[arg-type]
     else:
-        model = TabularBaseline(tab, n_classes, hidden, dropout)  # type: ignore[arg-type]
-    model.config = {
-        "kind": kind,
-        "backbone": backbone if uses_ct else None,
-        "n_classes": n_classes,
-        "n_tabular": n_tabular,
-        "tabular_mean": _floats(tabular_mean) if uses_tabular else None,
-        "tabular_std": _floats(tabular_std) if uses_tabular else None,
-        "embed_dim": int(embed_dim),
-        "dropout": float(dropout),
-        **({"fusion": fusion, "aux_heads": aux_heads} if kind == "dmfn" else {}),
-        **overrides,
-    }
+        model = TabularBaseline(tab, n_classes, hidden, c.dropout)  # type: ignore[arg-type]
+    model.config = c.to_dict()
     return model
+
+
+def create_model(kind: str, **fields: object) -> nn.Module:
+    """:func:`build_model` of ``ModelConfig(kind, **fields)``; keywords that are not fields of
+    :class:`ModelConfig` are backbone overrides (so ``create_model(**model.config)`` rebuilds a
+    model)."""
+    names = {f.name for f in dataclasses.fields(ModelConfig)} - {"kind", "overrides"}
+    known = {k: v for k, v in fields.items() if k in names}
+    overrides = {k: v for k, v in fields.items() if k not in names}
+    return build_model(ModelConfig(kind, overrides=overrides, **known))  # type: ignore[arg-type]
