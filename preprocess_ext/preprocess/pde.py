@@ -130,12 +130,11 @@ def denoise_pde(
     ):
         raise InvalidInput("threads", f"must be None or an integer >= 1, got {threads!r}")
     args = validate_pde_arguments(volume, k, dt, iterations, mode, fidelity, max_voxels)
+    return _denoise(args, 0 if threads is None else int(threads))
+
+
+def _denoise(args: PdeArguments, threads: int = 0) -> np.ndarray:
+    """:func:`denoise_pde` on already valid arguments (``threads`` 0: the OpenMP default)."""
     return _preprocess.pde_denoise(
-        args.volume,
-        args.k,
-        args.dt,
-        args.iterations,
-        args.mode == "3d",
-        args.fidelity,
-        0 if threads is None else int(threads),
+        args.volume, args.k, args.dt, args.iterations, args.mode == "3d", args.fidelity, threads
     )

@@ -16,19 +16,13 @@ from dmfn.contract import schema as S
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.limits import InputLimits
 from dmfn.contract.params import PreprocessParams
+from dmfn.contract.roi import mask_bbox, roi_box
 from dmfn.contract.schema import AGE_RANGE_YEARS, CLINICAL_FIELDS, LOCATION_SLICE
 from dmfn.contract.wire import batch_size, decode_item, where_in_batch
 
 from ._validate import as_mask, as_spacing, as_volume, check_voxel_cap
-from .pde import denoise_pde
-from .spatial import (
-    crop_roi,
-    isotropic_shape,
-    measure_lesion,
-    orthogonal_views,
-    resample_isotropic,
-    window,
-)
+from .pde import PdeArguments, _denoise
+from .spatial import _lesion_box, _measure, _resample, _views, _window, isotropic_shape
 
 #: A resampled mask voxel belongs to the lesion when its linear interpolation is >= this.
 MASK_THRESHOLD = 0.5
@@ -104,7 +98,14 @@ def resample_mask(
     Returns uint8.
     """
     lesion = as_mask(mask, np.shape(mask))
-    prob = resample_isotropic(lesion, spacing_mm, target_mm, "linear", max_voxels=max_voxels)
+    return _resample_mask(lesion, as_spacing(spacing_mm, 3), float(target_mm), max_voxels)
+
+
+def _resample_mask(
+    lesion: np.ndarray, spacing_mm: tuple[float, ...], target_mm: float, max_voxels: int
+) -> np.ndarray:
+    """:func:`resample_mask` of a valid non-empty uint8 mask."""
+    prob = _resample(lesion.astype(np.float32), spacing_mm, target_mm, "linear", max_voxels)
     out = (prob >= MASK_THRESHOLD).astype(np.uint8)
     if not out.any():
         centroid = np.array([c.mean() for c in np.nonzero(lesion)])
@@ -153,33 +154,26 @@ def preprocess_study(
     lesion = as_mask(mask, volume.shape)
     tabular = np.concatenate([_as_vector(ctc, "ctc"), validate_clinical(clinical)])
 
-    roi = crop_roi(volume, mask=lesion, margin_mm=params.roi_margin_mm, spacing_mm=spacing)
+    # Everything is valid from here on (the parameters checked themselves when made): the
+    # steps below call the kernels' unchecked cores, once each.
+    box = roi_box(*mask_bbox(lesion), volume.shape, params.roi_margin_mm, spacing)
+    roi_volume, roi_mask = np.ascontiguousarray(volume[box]), np.ascontiguousarray(lesion[box])
     target = params.target_spacing_mm
     # Refuse before any heavy work if the resampled crop would exceed the cap.
-    check_voxel_cap(isotropic_shape(roi.volume.shape, spacing, target), "hu", cap)
-
-    denoised = roi.volume
+    check_voxel_cap(isotropic_shape(roi_volume.shape, spacing, target), "hu", cap)
+    denoised = roi_volume
     if params.pde_iterations > 0:
-        denoised = denoise_pde(
-            roi.volume,
-            k=params.pde_k_hu,
-            dt=params.pde_dt,
-            iterations=params.pde_iterations,
-            mode=params.pde_mode,
-            fidelity=params.pde_fidelity,
-            max_voxels=cap,
-        )
-    iso = resample_isotropic(denoised, spacing, target, params.interpolation, max_voxels=cap)
-    iso_mask = resample_mask(roi.mask, spacing, target, cap)
-    windowed = window(iso, params.window_level_hu, params.window_width_hu)
-    measurements = measure_lesion(iso_mask, (target,) * 3).as_array()
-    views = orthogonal_views(
-        windowed,
-        iso_mask,
-        params.view_size,
-        margin_vox=params.roi_margin_mm / target,
-        max_voxels=cap,
-    )
+        pde = PdeArguments(
+            roi_volume, params.pde_k_hu, params.pde_dt, params.pde_iterations,
+            params.pde_mode, params.pde_fidelity,
+        )  # fmt: skip
+        denoised = _denoise(pde)
+    iso = _resample(denoised, spacing, target, params.interpolation, cap)
+    iso_mask = _resample_mask(roi_mask, spacing, target, cap)
+    windowed = _window(iso, params.window_level_hu, params.window_width_hu)
+    measurements = _measure(iso_mask, (target,) * 3).as_array()
+    margin = params.roi_margin_mm / target
+    views = _views(windowed, *_lesion_box(iso_mask), params.view_size, margin, 0.0)
     return PreprocessedStudy(views=views, tabular=tabular, measurements=measurements)
 
 

@@ -84,6 +84,17 @@ def resample_isotropic(
     target = as_positive(target_mm, "target_mm")
     if order not in _KERNELS:
         raise InvalidInput("order", f"must be 'linear' or 'cubic', got {order!r}")
+    return _resample(vol, spacing, target, order, max_voxels)
+
+
+def _resample(
+    vol: np.ndarray,
+    spacing: tuple[float, ...],
+    target: float,
+    order: str,
+    max_voxels: int | None,
+) -> np.ndarray:
+    """:func:`resample_isotropic` on already valid arguments (float32 C-contiguous volume)."""
     out_shape = isotropic_shape(vol.shape, spacing, target)
     check_voxel_cap(out_shape, "target_mm", max_voxels)
     shape3 = (1,) * (3 - vol.ndim) + out_shape
@@ -102,7 +113,11 @@ def window(volume_hu: np.ndarray, level: float = 50.0, width: float = 350.0) -> 
     lvl = float(level)
     if not math.isfinite(lvl):
         raise InvalidInput("level", f"must be finite HU, got {level!r}")
-    wid = as_positive(width, "width")
+    return _window(vol, lvl, as_positive(width, "width"))
+
+
+def _window(vol: np.ndarray, lvl: float, wid: float) -> np.ndarray:
+    """:func:`window` on already valid arguments."""
     out = np.subtract(vol, np.float32(lvl - wid / 2.0), dtype=np.float32)
     out *= np.float32(1.0 / wid)
     np.clip(out, np.float32(0.0), np.float32(1.0), out=out)
@@ -256,8 +271,12 @@ def measure_lesion(mask: np.ndarray, spacing_mm: Sequence[float]) -> LesionMeasu
     if not isinstance(mask, np.ndarray) or mask.ndim != 3:
         got = f"ndim={mask.ndim}" if isinstance(mask, np.ndarray) else type(mask).__name__
         raise InvalidInput("mask", f"must be a 3D (z, y, x) array, got {got}")
-    m = as_mask(mask, mask.shape)
-    sz, sy, sx = as_spacing(spacing_mm, 3)
+    return _measure(as_mask(mask, mask.shape), as_spacing(spacing_mm, 3))
+
+
+def _measure(m: np.ndarray, spacing: tuple[float, ...]) -> LesionMeasurements:
+    """:func:`measure_lesion` of a valid non-empty uint8 mask and spacing."""
+    sz, sy, sx = spacing
     per_slice = np.count_nonzero(m, axis=(1, 2))
     k = int(np.argmax(per_slice))
     z_hits = np.flatnonzero(per_slice)
@@ -284,10 +303,7 @@ def _centre_and_box(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre (z, y, x) in voxels and the inclusive index box (lo, hi) the views must cover."""
     if isinstance(mask_or_centroid, np.ndarray) and mask_or_centroid.ndim == 3:
-        m = as_mask(mask_or_centroid, shape, "mask_or_centroid")
-        centre = np.array([c.mean() for c in np.nonzero(m)])
-        lo, hi = mask_bbox(m)
-        return centre, np.array(lo, float), np.array(hi, float) - 1.0
+        return _lesion_box(as_mask(mask_or_centroid, shape, "mask_or_centroid"))
     try:
         centre = np.asarray(mask_or_centroid, dtype=np.float64).ravel()
     except (TypeError, ValueError) as err:
@@ -343,6 +359,26 @@ def orthogonal_views(
     if not math.isfinite(float(fill)):
         raise InvalidInput("fill", f"must be finite, got {fill!r}")
     centre, lo, hi = _centre_and_box(mask_or_centroid, vol.shape)
+    return _views(vol, centre, lo, hi, int(size), margin, float(fill))
+
+
+def _lesion_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centre (z, y, x) and inclusive index box of a valid non-empty uint8 mask."""
+    centre = np.array([c.mean() for c in np.nonzero(mask)])
+    lo, hi = mask_bbox(mask)
+    return centre, np.array(lo, float), np.array(hi, float) - 1.0
+
+
+def _views(
+    vol: np.ndarray,
+    centre: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    size: int,
+    margin: float,
+    fill: float,
+) -> np.ndarray:
+    """:func:`orthogonal_views` on already valid arguments."""
     # Half-side per axis covering the box's voxel edges from the centre.
     reach = np.maximum(centre - (lo - 0.5), (hi + 0.5) - centre) + margin
     origin, row_step, col_step = np.zeros((3, 3)), np.zeros((3, 3)), np.zeros((3, 3))
@@ -354,4 +390,4 @@ def orthogonal_views(
         origin[p, [r_ax, c_ax]] = centre[[r_ax, c_ax]] - half + step / 2.0
         row_step[p, r_ax] = step
         col_step[p, c_ax] = step
-    return _preprocess.sample_planes(vol, origin, row_step, col_step, int(size), float(fill))
+    return _preprocess.sample_planes(vol, origin, row_step, col_step, size, fill)
