@@ -8,7 +8,7 @@ over HTTP or gRPC and returns :class:`Prediction` objects::
         prediction = client.predict(study)
         print(prediction.top3, prediction.malignant_prob, prediction.management)
 
-What leaves the client (DESIGN.md, data flow): only the voxels of the lesion box plus the ROI
+What leaves the client (docs/architecture.md, data flow): only the voxels of the lesion box plus the ROI
 margin the model was trained with (cropped here with :func:`dmfn.contract.roi.roi_box`, the box
 the server's crop uses too), as int16
 HU, the spacing, the cropped mask, the CTC features and the clinical vector. No DICOM header,

@@ -18,7 +18,7 @@ PARAMS_VERSION = 1
 DEFAULT_VIEW_SIZE = 128
 
 #: Explicit-Euler stability bounds on dt of the fourth-order PDE: 2 / (largest eigenvalue of
-#: Lap^2) = 2 / (4 dim)^2. Measured (DESIGN.md): unstable modes appear at 0.0315 in 2D and 0.014 in 3D.
+#: Lap^2) = 2 / (4 dim)^2. Measured: unstable modes appear at 0.0315 in 2D and 0.014 in 3D.
 STABILITY_BOUND = {"3d": 1.0 / 72.0, "2d": 1.0 / 32.0}
 _FLOAT_FIELDS = (
     "pde_k_hu",
@@ -36,7 +36,7 @@ _INT_FIELDS = ("pde_iterations", "view_size", "max_voxels", "version")
 class PreprocessParams:
     """All parameters of :func:`dmfn.preprocess.preprocess_study`, in the order they are applied.
 
-    Units: HU for intensities, mm for lengths. Defaults follow DESIGN.md and the paper
+    Units: HU for intensities, mm for lengths. Defaults follow docs/architecture.md and the paper
     (WL 50 / WW 350, 1 mm isotropic voxels).
     """
 

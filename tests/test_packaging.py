@@ -1,4 +1,6 @@
-"""A plain wheel install imports the same packages as the editable install of `make setup`."""
+"""A plain wheel (not the editable install of `make setup`) is the whole product: it imports the
+same packages, carries its package data (the demo model, the Triton templates, the taxonomy) and
+runs `dmfn demo` from a folder outside the checkout."""
 
 from __future__ import annotations
 
@@ -6,31 +8,41 @@ import os
 import subprocess
 import sys
 import sysconfig
+import venv
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # only to build the wheel from
 
 CHECK = """
 import dmfn, dmfn.preprocess._core, dmfn.preprocess, dmfn.client.sdk, dmfn.training.models, dmfn.serving
 from dmfn.contract.taxonomy import load_taxonomy
+from dmfn.resources import demo_checkpoint
 from dmfn.serving.repository import template_dir
 assert len(load_taxonomy()) == 20
 assert (template_dir() / "preprocess" / "1" / "model.py").is_file(), template_dir()
+assert demo_checkpoint().is_file(), demo_checkpoint()
 print(dmfn.__file__); print(dmfn.preprocess._core.__file__); print(template_dir())
+print(demo_checkpoint())
 """
 
 
-@pytest.mark.slow
-def test_wheel_imports_like_editable(tmp_path: Path) -> None:
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-build-isolation", "--no-deps",
-         "-q", "-w", str(wheels), f"--config-settings=build-dir={tmp_path / 'build'}"],
+         "-q", "-w", str(tmp / "wheels"), f"--config-settings=build-dir={tmp / 'build'}"],
         check=True, capture_output=True, timeout=600,
     )  # fmt: skip
-    (wheel,) = wheels.glob("dmfn-*.whl")
+    (built,) = (tmp / "wheels").glob("dmfn-*.whl")
+    return built
+
+
+@pytest.mark.slow
+def test_wheel_imports_like_editable(wheel: Path, tmp_path: Path) -> None:
+    target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
         check=True, capture_output=True, timeout=300,
@@ -46,3 +58,42 @@ def test_wheel_imports_like_editable(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     files = result.stdout.split()
     assert all(f.startswith(str(target)) for f in files), files
+
+
+@pytest.mark.slow
+def test_dmfn_demo_runs_from_a_wheel_in_a_fresh_venv(wheel: Path, tmp_path: Path) -> None:
+    """`pip install` of the wheel into a new virtual environment, then `dmfn demo` run from a
+    folder outside the checkout. The venv gets the wheel's `dmfn` and nothing else of the
+    project; its third-party dependencies (torch, numpy, Triton, ...) are the project venv's,
+    reached through a path file (its editable-install hook is a .pth file of that folder, which
+    Python does not run from an added path, so it stays inactive)."""
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    Path(purelib, "project_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+         "--target", purelib, str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    where = subprocess.run(
+        [str(python), "-c", "import dmfn; print(dmfn.__file__)"],
+        capture_output=True, text=True, cwd=outside, env=env, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert where.startswith(purelib), where
+    demo = subprocess.run(
+        [str(python), "-m", "dmfn.cli", "demo", "--workdir", str(outside / "demo"),
+         "--patients", "3"],
+        capture_output=True, text=True, cwd=outside, env=env, timeout=600, check=False,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    assert "malignant probability" in demo.stdout
+    assert f"model: {purelib}" in demo.stdout  # the wheel's own demo model, not the checkout's

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--loss",
         default="neutral-ce",
-        help="neutral-ce (the paper's loss, DESIGN.md's reading: two augmented views of each "
+        help="neutral-ce (the paper's loss, our reading, docs/architecture.md: two augmented views of each "
         "image, consistency-tempered target) or ce (cross-entropy)",
     )
     o.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing in [0, 1)")

@@ -1,6 +1,6 @@
 """The whole preprocessing chain of one study, shared by training and the Triton preprocess model.
 
-Order (DESIGN.md): validate -> crop ROI + margin -> PDE denoise -> isotropic resample (volume and
+Order (docs/architecture.md): validate -> crop ROI + margin -> PDE denoise -> isotropic resample (volume and
 mask) -> window -> lesion measurements -> three orthogonal views. Axes (z, y, x), spacing in mm,
 intensities in HU.
 """
@@ -122,7 +122,7 @@ def preprocess_study(
     clinical: np.ndarray | Sequence[float],
     params: PreprocessParams | None = None,
 ) -> PreprocessedStudy:
-    """Turn one study into the model inputs (the chain of DESIGN.md, in this order).
+    """Turn one study into the model inputs (the chain of docs/architecture.md, in this order).
 
     1. validate every argument (ValueError naming it);
     2. crop the lesion box + ``params.roi_margin_mm`` (idempotent on a client-side crop);

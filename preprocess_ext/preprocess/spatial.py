@@ -51,7 +51,7 @@ def resample_isotropic(
 ) -> np.ndarray:
     """Resample a (z, y, x) volume (or a (y, x) image) to isotropic voxels of ``target_mm`` mm.
 
-    Grid (DESIGN.md): the same origin (the first voxel centre); output size
+    Grid (docs/architecture.md): the same origin (the first voxel centre); output size
     ``round(n * s_in / target_mm)`` per axis (at least 1, see :func:`isotropic_shape`); output
     voxel ``i`` of an axis samples the input at index position ``i * target_mm / s_in``.
 

@@ -1,7 +1,7 @@
 // Separable resampling of a (z, y, x) volume onto a regular grid with the same origin.
 //
 // Output sample j of an axis sits at input index position p_j = j * ratio (ratio = s_out / s_in),
-// the convention of DESIGN.md (same origin = first voxel centre). Each axis is a 1D pass with a
+// the convention of docs/architecture.md (same origin = first voxel centre). Each axis is a 1D pass with a
 // precomputed table of tap indices and weights; tap indices are clamped to [0, n - 1], so samples
 // past the last voxel centre take the edge value. Kernels: linear (2 taps, the separable form of
 // trilinear interpolation) and Keys cubic convolution with a = -0.5 (4 taps, Catmull-Rom).

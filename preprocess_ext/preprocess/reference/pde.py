@@ -1,6 +1,6 @@
 """NumPy reference of the fourth-order (You-Kaveh) PDE denoising of :mod:`dmfn.preprocess.pde`.
 
-Written straight from the definition in DESIGN.md for parity tests: slow on purpose, obviously
+Written straight from the definition in docs/architecture.md for parity tests: slow on purpose, obviously
 correct. Axes (z, y, x); a 2D input is one (y, x) slice.
 
 Precision: every step is computed in float64, and the state u is then rounded to float32, because
