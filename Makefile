@@ -40,8 +40,8 @@ demo: setup  ## the main job on the embedded default
 test: setup  ## run the whole test suite (slow end-to-end tests included)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP_DEPS)  ## ruff check + format check
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+lint: $(STAMP_DEPS)  ## ruff check + format check + mypy (contract and client layers)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
 format:
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .

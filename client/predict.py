@@ -389,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         for _, result in results:
             if not isinstance(result, Exception):
                 print(format_prediction(result))
-    for src, err in failed:
-        print(f"dmfn predict: {src.image_path}: {err}", file=sys.stderr)
+    for src, problem in failed:
+        print(f"dmfn predict: {src.image_path}: {problem}", file=sys.stderr)
     if failed:
         usage = all(isinstance(e, ValueError) for _, e in failed) and len(results) == 1
         return EXIT_USAGE if usage else EXIT_FAILED

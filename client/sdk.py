@@ -218,6 +218,7 @@ class DmfnClient:
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)
         if client is None:
+            tls: dict[str, Any]
             if self.protocol == "http":
                 tls = {}
                 if self.tls:
@@ -338,7 +339,7 @@ class DmfnClient:
 
         def one(study: object) -> Prediction | Exception:
             try:
-                return self.predict(study)  # type: ignore[arg-type]
+                return self.predict(study)
             except (ValueError, DmfnServerError) as err:
                 return err
             except Exception as err:  # a bug or a transport failure: keep the worker alive

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -54,8 +54,10 @@ def widen_range(
 
 
 def _pair(value: object, name: str) -> tuple[float, float]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidInput(name, f"must be a (low, high) pair, got {value!r}")
     try:
-        lo, hi = (float(v) for v in value)  # type: ignore[union-attr]
+        lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
         raise InvalidInput(name, f"must be a (low, high) pair, got {value!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):

@@ -79,9 +79,9 @@ def grid_from_xyz_affine(affine_xyz_lps: np.ndarray, shape_xyz: Sequence[int]) -
             f"which dmfn does not resample: {err}"
         ) from err
     return VoxelGrid(
-        shape=tuple(int(s) for s in shape_xyz)[::-1],  # type: ignore[arg-type]
-        spacing_mm=tuple(spacing_xyz[::-1]),  # type: ignore[arg-type]
-        origin_lps_mm=tuple(affine[:3, 3]),  # type: ignore[arg-type]
+        shape=tuple(int(s) for s in shape_xyz)[::-1],
+        spacing_mm=tuple(spacing_xyz[::-1]),
+        origin_lps_mm=tuple(affine[:3, 3]),
         direction=direction,
     )
 
@@ -221,7 +221,7 @@ def axial_axis_map(
     flipped = cosines[np.arange(3), source_axis] < 0
     return (
         tuple(int(a) for a in source_axis),  # type: ignore[return-value]
-        tuple(bool(f) for f in flipped),  # type: ignore[return-value]
+        tuple(bool(f) for f in flipped),
         angle,
     )
 

@@ -33,6 +33,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -66,7 +67,7 @@ def check_triple(
         raise ValueError(f"{owner} '{name}': must be {rule}, got {value!r}") from err
     if len(values) != 3 or not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
         raise ValueError(f"{owner} '{name}': must be {rule}, got {value!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def check_direction(
@@ -197,7 +198,7 @@ class VoxelGrid:
         return pts @ np.linalg.inv(self.affine[:3, :3]).T
 
     def __repr__(self) -> str:
-        rounded = np.round(self.direction, 4).tolist()
+        rounded = np.round(np.asarray(self.direction), 4).tolist()
         return (
             f"VoxelGrid(shape={self.shape}, spacing_mm={_fmt(self.spacing_mm)}, "
             f"origin_lps_mm={_fmt(self.origin_lps_mm)}, direction={rounded})"
@@ -307,7 +308,7 @@ class Study:
     @property
     def grid(self) -> VoxelGrid:
         """The geometry of ``hu`` (shape, spacing, origin, direction)."""
-        return VoxelGrid(self.shape, self.spacing_mm, self.origin_lps_mm, self.direction)  # type: ignore[arg-type]
+        return VoxelGrid(self.shape, self.spacing_mm, self.origin_lps_mm, self.direction)
 
     def ctc_array(self, features: Sequence[str] = DEFAULT_CTC_FEATURES) -> np.ndarray:
         """fp32[K]: the CTC features named in ``features``, in that order.
@@ -339,11 +340,12 @@ class Study:
 
     def with_bbox(self, bbox: Sequence[int] | None) -> Study:
         """A copy with the half-open voxel box (z0, y0, x0, z1, y1, x1), or None."""
-        return dataclasses.replace(self, bbox=None if bbox is None else tuple(bbox))
+        box = None if bbox is None else cast(tuple[int, int, int, int, int, int], tuple(bbox))
+        return dataclasses.replace(self, bbox=box)
 
     def __repr__(self) -> str:
         mask = "None" if self.mask is None else f"<{int(self.mask.sum())} voxels>"
-        direction = "axial" if np.allclose(self.direction, AXIAL_DIRECTION) else "other"
+        direction = "axial" if np.allclose(np.asarray(self.direction), AXIAL_DIRECTION) else "other"
         return (
             f"Study(patient_id={self.patient_id!r}, image_id={self.image_id!r}, "
             f"hu=<{self.hu.dtype} {self.shape}>, spacing_mm={_fmt(self.spacing_mm)}, "

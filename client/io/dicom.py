@@ -119,7 +119,7 @@ def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Stud
         Study(
             hu=_stack_hu(slices),
             spacing_mm=(spacing_z, row_spacing, col_spacing),
-            origin_lps_mm=tuple(float(v) for v in first.ImagePositionPatient),  # type: ignore[arg-type]
+            origin_lps_mm=tuple(float(v) for v in first.ImagePositionPatient),
             direction=direction_from_iop(first.ImageOrientationPatient),
             patient_id=str(first.get("PatientID", "") or "ANON"),
             image_id=str(uid),

@@ -83,7 +83,7 @@ def write_dicom_series(
     """
     raw = _raw_pixels(hu, rescale_slope, rescale_intercept)
     grid = VoxelGrid(
-        shape=raw.shape,  # type: ignore[arg-type]
+        shape=raw.shape,
         spacing_mm=check_triple(spacing_mm, "spacing_mm", positive=True),
         origin_lps_mm=check_triple(origin_lps_mm, "origin_lps_mm"),
         direction=check_direction(direction),
@@ -92,11 +92,11 @@ def write_dicom_series(
         if not isinstance(value, str):
             raise ValueError(f"argument '{name}': must be a str, got {value!r}")
 
-    for name, value in (("study_uid", study_uid), ("series_uid", series_uid)):
-        if value is not None and not _valid_uid(value):
+    for name, uid in (("study_uid", study_uid), ("series_uid", series_uid)):
+        if uid is not None and not _valid_uid(uid):
             raise ValueError(
                 f"argument '{name}': must be a DICOM UID (digits and dots, <= 64 chars), "
-                f"got {value!r}"
+                f"got {uid!r}"
             )
 
     def make_uid(kind: str) -> str:

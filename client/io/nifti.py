@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import nrrd
@@ -72,7 +73,7 @@ def _existing(path: str | Path, argument: str) -> Path:
 def _read_nifti(path: Path) -> tuple[np.ndarray, VoxelGrid]:
     """(z, y, x) data (scaled by scl_slope/scl_inter) and grid of a 3D NIfTI file."""
     try:
-        img = nib.load(path)
+        img: Any = nib.load(path)  # a Nifti1Image or Nifti2Image (untyped in nibabel's stubs)
         data = np.asanyarray(img.dataobj)
     except Exception as err:  # nibabel raises many types for bad files
         raise ValueError(f"NIfTI file {path}: cannot be read ({err})") from err
@@ -376,13 +377,13 @@ def write_nrrd_mask(
 
 
 def _grid_for(
-    array: object, name: str, spacing_mm: object, origin_lps_mm: object, direction: object
+    array: np.ndarray, name: str, spacing_mm: object, origin_lps_mm: object, direction: object
 ) -> VoxelGrid:
     shape = np.shape(array)
     if len(shape) != 3:
         raise ValueError(f"argument '{name}': must be 3D (z, y, x), got shape {shape}")
     return VoxelGrid(
-        shape=shape,  # type: ignore[arg-type]
+        shape=shape,
         spacing_mm=check_triple(spacing_mm, "spacing_mm", positive=True),
         origin_lps_mm=check_triple(origin_lps_mm, "origin_lps_mm"),
         direction=check_direction(direction),
