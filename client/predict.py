@@ -30,13 +30,18 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from dmfn.client.io.errors import ArgumentError
 from dmfn.client.manifest import read_manifest
 from dmfn.contract import schema as S
+from dmfn.contract.predictions import PredictionRow, Provenance, write_predictions
 from dmfn.contract.study import Clinical, Study
 
-from .sdk import DEFAULT_TIMEOUT_S, PROTOCOLS, DmfnClient, DmfnServerError, Prediction
+from .progress import Progress
+from .sdk import DEFAULT_TIMEOUT_S, PROTOCOLS, DmfnServerError, Prediction
 
 log = logging.getLogger("dmfn.predict")
 
@@ -74,6 +79,9 @@ class StudySource:
     image_id: str = ""
     where: str = ""
     series_uid: str | None = None
+    patient_id: str = ""
+    split: str = ""
+    label: str = ""
 
     def explain(self, err: ValueError, step: str) -> ValueError:
         """``err``, raised while reading ``step`` ("image" or "mask"), in the user's terms.
@@ -178,6 +186,9 @@ def read_sources(path: Path, ctc_features: Sequence[str]) -> list[StudySource]:
             image_id=row.image_id,
             where=f"manifest {manifest.path} line {row.line}",
             series_uid=row.series_uid,
+            patient_id=row.patient_id,
+            split=row.split or "",
+            label=row.label or "",
         )
         for row in manifest.rows
     ]
@@ -208,9 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dmfn predict",
         description=(
-            "Classify mediastinal lesions with a running dmfn Triton server (`dmfn serve`). Only "
-            "the lesion box plus the model's ROI margin leaves this machine, as int16 HU, with the "
-            "CTC and clinical values; no DICOM header or identifier is sent."
+            "Classify mediastinal lesions with a running dmfn server (`dmfn serve`, --url), or "
+            "in this process from a checkpoint (--checkpoint; needs torch). Both compute the same "
+            "numbers from the same request. Only the lesion box plus the model's ROI margin "
+            "leaves this machine, as int16 HU, with the CTC and clinical values; no DICOM header "
+            "or identifier is sent. --out writes the predictions CSV that `dmfn evaluate` reads."
         ),
     )
     p.add_argument(
@@ -268,7 +281,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--concurrency", type=int, default=4, help="requests in flight for --manifest (4)"
     )
-    p.add_argument("--json", action="store_true", help="print one JSON document (machine output)")
+    p.add_argument("--json", action="store_true", help="print one JSON list (machine output)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="predict in this process with this checkpoint instead of a server (no --url)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the predictions CSV here: image and patient rows, one probability column "
+        "per class, malignant_prob, predicted, the model's provenance",
+    )
     return p
 
 
@@ -278,6 +304,13 @@ def check_arguments(args: argparse.Namespace) -> None:
     """
     if args.concurrency < 1:
         raise ValueError(f"--concurrency must be >= 1, got {args.concurrency}")
+    if args.checkpoint is not None:
+        if args.url is not None:
+            raise ValueError("give either --url (a server) or --checkpoint (in-process), not both")
+        if not args.checkpoint.is_file():
+            raise ValueError(f"--checkpoint: {args.checkpoint} is not a file")
+    if args.out is not None and args.out.is_dir():
+        raise ValueError(f"--out: {args.out} is a folder; give the CSV file to write")
     if args.manifest is not None:
         if args.image is not None:
             raise ValueError("give either IMAGE or --manifest, not both")
@@ -329,32 +362,18 @@ def _chunks(items: list[StudySource], size: int) -> Iterator[list[StudySource]]:
         yield items[start : start + size]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``dmfn predict``; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        check_arguments(args)
-    except ValueError as err:  # before any contact with the server
-        parser.print_usage(sys.stderr)
-        print(f"dmfn predict: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        client = DmfnClient(
-            args.url,
-            args.protocol,
-            args.model,
-            args.timeout,
-            tls=args.tls,
-            ca_cert=None if args.ca_cert is None else str(args.ca_cert),
-        )
-    except ValueError as err:
-        print(f"dmfn predict: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    with client:
+#: What predicts: a DmfnClient or an in-process predictor with its interface (contract,
+#: predict_many, a context manager).
+Predictor = Any
+
+
+def run(args: argparse.Namespace, predictor: Predictor) -> int:
+    """Predict the studies of ``args`` (checked by :func:`check_arguments`) with ``predictor``
+    (a :class:`~dmfn.client.sdk.DmfnClient`, or an in-process predictor with its interface);
+    print them, write ``--out``; returns the exit status."""
+    with predictor:
         try:
-            contract = client.contract
+            contract = predictor.contract
             sources = _sources(args, contract.ctc_features)
         except DmfnServerError as err:
             print(f"dmfn predict: {err}", file=sys.stderr)
@@ -363,20 +382,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dmfn predict: {err}", file=sys.stderr)
             return EXIT_USAGE
         results: list[tuple[StudySource, Prediction | Exception]] = []
-        for chunk in _chunks(sources, LOAD_AHEAD * args.concurrency):
-            studies: list[Study | Exception] = []
-            for source in chunk:
-                try:
-                    studies.append(load_study(source, contract.ctc_features))
-                except ValueError as err:  # already in the user's terms
-                    studies.append(err)
-            ok = [s for s in studies if isinstance(s, Study)]
-            answers = iter(client.predict_many(ok, args.concurrency, return_exceptions=True))
-            results += [
-                (src, s if isinstance(s, Exception) else next(answers))
-                for src, s in zip(chunk, studies, strict=True)
-            ]
+        with Progress(len(sources), "dmfn predict") as progress:
+            for chunk in _chunks(sources, LOAD_AHEAD * args.concurrency):
+                studies: list[Study | Exception] = []
+                for source in chunk:
+                    try:
+                        studies.append(load_study(source, contract.ctc_features))
+                    except ValueError as err:  # already in the user's terms
+                        studies.append(err)
+                ok = [s for s in studies if isinstance(s, Study)]
+                answers = iter(predictor.predict_many(ok, args.concurrency, return_exceptions=True))
+                chunk_results = [
+                    (src, s if isinstance(s, Exception) else next(answers))
+                    for src, s in zip(chunk, studies, strict=True)
+                ]
+                results += chunk_results
+                progress.update(len(chunk), sum(isinstance(r, Exception) for _, r in chunk_results))
     failed = [(src, r) for src, r in results if isinstance(r, Exception)]
+    if args.out is not None:
+        written = [(src, r) for src, r in results if isinstance(r, Prediction)]
+        write_csv(args.out, contract.class_names, written, contract.provenance)
+        print(f"dmfn predict: wrote {args.out}", file=sys.stderr)
     if args.json:
         document = [
             {"image_path": str(src.image_path), "error": str(r)}
@@ -385,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             for src, r in results
         ]
         print(json.dumps(document, indent=2))  # always a list, one entry per study
-    else:
+    elif args.out is None:
         for _, result in results:
             if not isinstance(result, Exception):
                 print(format_prediction(result))
@@ -395,3 +421,33 @@ def main(argv: list[str] | None = None) -> int:
         usage = all(isinstance(e, ValueError) for _, e in failed) and len(results) == 1
         return EXIT_USAGE if usage else EXIT_FAILED
     return EXIT_OK
+
+
+def write_csv(
+    path: Path,
+    class_names: Sequence[str],
+    results: Sequence[tuple[StudySource, Prediction]],
+    provenance: Provenance,
+) -> Path:
+    """The predictions CSV (:mod:`dmfn.contract.predictions`): one image row per study, then one
+    patient row per patient (the mean of its images' probabilities). A study without a patient
+    id is its own patient."""
+    images: list[PredictionRow] = []
+    by_patient: dict[str, list[PredictionRow]] = {}
+    for src, p in results:
+        patient = src.patient_id or p.image_id or str(src.image_path)
+        row = PredictionRow(
+            "image", patient, p.malignant_prob, tuple(p.probs[c] for c in class_names),
+            p.image_id, src.split, src.label,
+        )  # fmt: skip
+        images.append(row)
+        by_patient.setdefault(patient, []).append(row)
+    patients = [
+        PredictionRow(
+            "patient", pid, float(np.mean([r.malignant_prob for r in rows])),
+            tuple(float(v) for v in np.mean([r.probs for r in rows], axis=0)), "",
+            rows[0].split, rows[0].label,
+        )
+        for pid, rows in by_patient.items()
+    ]  # fmt: skip
+    return write_predictions(path, class_names, [*images, *patients], provenance)

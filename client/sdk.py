@@ -26,13 +26,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from dmfn.contract import schema as S
+from dmfn.contract.predictions import Provenance
 from dmfn.contract.server import ServerContract
 from dmfn.contract.study import Study
 from dmfn.contract.wire import build_request, crop_study
@@ -70,6 +71,8 @@ class Prediction:
             the server on the mask after isotropic resampling.
         model_version: ``"<model name>/<version>"`` that answered.
         image_id: the study's ``image_id`` (kept on the client, never sent).
+        provenance: the served checkpoint (sha256, training date, synthetic or not), as the
+            server publishes it.
     """
 
     probs: Mapping[str, float]
@@ -79,6 +82,7 @@ class Prediction:
     measurements: Mapping[str, float]
     model_version: str
     image_id: str = ""
+    provenance: Provenance = field(default_factory=Provenance)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -90,6 +94,7 @@ class Prediction:
             "management": self.management,
             "measurements": dict(self.measurements),
             "probs": dict(self.probs),
+            **self.provenance.columns(),
         }
 
 
@@ -115,6 +120,7 @@ def parse_response(
     class_names: Sequence[str],
     model_version: str = "",
     image_id: str = "",
+    provenance: Provenance | None = None,
 ) -> Prediction:
     """A :class:`Prediction` from the ensemble's output arrays of one study (batch row 0)."""
     probs = np.asarray(outputs[S.PROBS], np.float64).reshape(-1)
@@ -138,6 +144,7 @@ def parse_response(
         ),
         model_version=model_version,
         image_id=image_id,
+        provenance=provenance or Provenance(),
     )
 
 
@@ -316,7 +323,11 @@ class DmfnClient:
         if missing:
             raise DmfnServerError(f"the server's response lacks the outputs {missing}")
         return parse_response(
-            arrays_out, contract.class_names, _model_version(result), study.image_id
+            arrays_out,
+            contract.class_names,
+            _model_version(result),
+            study.image_id,
+            contract.provenance,
         )
 
     def predict_many(

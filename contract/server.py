@@ -13,15 +13,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dmfn.contract.limits import InputLimits
+from dmfn.contract.predictions import Provenance
 
 #: Parameter keys of the dmfn_pipeline config.
 ROI_MARGIN_KEY = "roi_margin_mm"
 CTC_FEATURES_KEY = "ctc_features"
 CLASS_NAMES_KEY = "class_names"
 INPUT_LIMITS_KEY = "input_limits"
+#: Provenance of the served model: the checkpoint's sha256, its training date, synthetic or not.
+PROVENANCE_KEYS = ("model_sha256", "model_trained", "model_synthetic")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class ServerContract:
     ctc_features: tuple[str, ...]
     class_names: tuple[str, ...]
     limits: InputLimits | None = None
+    provenance: Provenance = field(default_factory=Provenance)
 
     def __post_init__(self) -> None:
         margin = float(self.roi_margin_mm)
@@ -68,6 +72,7 @@ class ServerContract:
         }
         if self.limits is not None:
             out[INPUT_LIMITS_KEY] = self.limits.to_json()
+        out.update(self.provenance.columns())
         return out
 
     @classmethod
@@ -107,4 +112,13 @@ class ServerContract:
                 limits = InputLimits.from_json(text(INPUT_LIMITS_KEY))
             except ValueError as err:
                 raise ValueError(f"model config parameter '{INPUT_LIMITS_KEY}': {err}") from err
-        return cls(margin, tuple(names(CTC_FEATURES_KEY)), tuple(names(CLASS_NAMES_KEY)), limits)
+        provenance = Provenance.from_columns(
+            {k: text(k) for k in PROVENANCE_KEYS if k in parameters}
+        )
+        return cls(
+            margin,
+            tuple(names(CTC_FEATURES_KEY)),
+            tuple(names(CLASS_NAMES_KEY)),
+            limits,
+            provenance,
+        )

@@ -17,8 +17,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "dmfn.training.export",
         "export a checkpoint to ONNX / TensorRT + Triton repository",
     ),
+    "evaluate": (
+        "dmfn.evaluation.cli",
+        "statistics (equal to R pROC), reader study, cohort table, HTML report",
+    ),
     "serve": ("dmfn.serving.serve", "start Triton Inference Server on a model repository"),
-    "predict": ("dmfn.client.predict", "send studies to a running server and print predictions"),
+    "predict": (
+        "dmfn.predict",
+        "predictions from a running server or a checkpoint; CSV for evaluate",
+    ),
 }
 
 

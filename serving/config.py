@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -385,8 +386,11 @@ def render_net(schema: Schema, settings: ServingSettings) -> str:
     return to_pbtxt(message)
 
 
-def render_postprocess(schema: Schema, settings: ServingSettings) -> str:
-    """``postprocess``: logits -> PROBS, TOP3_*, MALIGNANT_PROB, MANAGEMENT; re-emits MEASUREMENTS."""
+def render_postprocess(schema: Schema, settings: ServingSettings, temperature: float = 1.0) -> str:
+    """``postprocess``: logits -> PROBS (``softmax(logits / temperature)``: the calibration
+    temperature fitted on validation), TOP3_*, MALIGNANT_PROB, MANAGEMENT; re-emits MEASUREMENTS."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise InvalidInput("temperature", f"must be finite and > 0, got {temperature!r}")
     message = [
         *_header(S.POSTPROCESS_MODEL, settings.pipeline_max_batch_size),
         ("backend", "python"),
@@ -397,7 +401,7 @@ def render_postprocess(schema: Schema, settings: ServingSettings) -> str:
             [("max_queue_delay_microseconds", settings.postprocess_max_queue_delay_us)],
         ),
         ("instance_group", _instances(settings.postprocess_instances, "KIND_CPU")),
-        *_parameters({"taxonomy_file": TAXONOMY_FILE}),
+        *_parameters({"taxonomy_file": TAXONOMY_FILE, "temperature": repr(float(temperature))}),
     ]
     return to_pbtxt(message)
 
@@ -455,6 +459,7 @@ def render_all(
     schema: Schema,
     settings: ServingSettings | None = None,
     contract: ServerContract | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, str]:
     """model name -> config.pbtxt text, for the four models of the repository.
 
@@ -464,6 +469,6 @@ def render_all(
     return {
         S.PREPROCESS_MODEL: render_preprocess(schema, settings, contract),
         S.NET_MODEL: render_net(schema, settings),
-        S.POSTPROCESS_MODEL: render_postprocess(schema, settings),
+        S.POSTPROCESS_MODEL: render_postprocess(schema, settings, temperature),
         S.PIPELINE_MODEL: render_pipeline(schema, settings, contract),
     }

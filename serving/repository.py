@@ -31,6 +31,7 @@ from dmfn.contract import schema as S
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.limits import InputLimits
 from dmfn.contract.params import PreprocessParams
+from dmfn.contract.predictions import Provenance
 from dmfn.contract.schema import Schema
 from dmfn.contract.server import ServerContract
 from dmfn.contract.taxonomy import Taxonomy
@@ -83,6 +84,10 @@ class ModelInfo:
     parity: Mapping[str, float] = field(default_factory=dict)
     #: The input limits the server enforces (CTC ranges from the training data).
     limits: InputLimits | None = None
+    #: Which checkpoint this is (sha256, training date, synthetic), published to clients.
+    provenance: Provenance = field(default_factory=Provenance)
+    #: Calibration temperature applied by postprocess (``softmax(logits / T)``).
+    temperature: float = 1.0
 
 
 def model_card_text(info: ModelInfo, taxonomy: Taxonomy, schema: Schema, target: str) -> str:
@@ -98,7 +103,9 @@ def model_card_text(info: ModelInfo, taxonomy: Taxonomy, schema: Schema, target:
         "Deep multimodal fusion network: chest CT lesion views + circulating-tumour-cell (CTC) "
         "level + clinical facts -> probabilities over mediastinal lesion classes.",
         "",
-        f"- checkpoint: `{info.checkpoint or 'n/a'}`",
+        f"- checkpoint: `{info.checkpoint or 'n/a'}` (sha256 {info.provenance.sha256 or 'n/a'}, "
+        f"trained {info.provenance.trained or 'n/a'})",
+        f"- calibration temperature (fitted on validation): {info.temperature:.3g}",
         f"- serving target: `{target}`",
         f"- architecture: `{json.dumps(dict(info.model_config), sort_keys=True, default=str)}`",
         f"- classes ({schema.n_classes}, logit order): {', '.join(taxonomy.names)}",
@@ -120,10 +127,7 @@ def model_card_text(info: ModelInfo, taxonomy: Taxonomy, schema: Schema, target:
         "## Metrics",
         "",
     ]
-    if info.metrics:
-        lines += [f"- {k}: {v}" for k, v in sorted(info.metrics.items())]
-    else:
-        lines.append("- none recorded in the checkpoint")
+    lines += metrics_table(info.metrics)
     if info.limits is not None:
         lines += [
             "",
@@ -152,6 +156,42 @@ def model_card_text(info: ModelInfo, taxonomy: Taxonomy, schema: Schema, target:
     return "\n".join(lines)
 
 
+#: Metrics of the model card table, in this order: key -> label.
+CARD_METRICS = {
+    "binary_auc": "binary AUC (benign vs malignant)",
+    "hand_till_auc": "multi-class AUC (Hand & Till)",
+    "macro_auc": "macro one-vs-rest AUC",
+    "accuracy": "top-1 accuracy",
+    "top3_accuracy": "top-3 accuracy",
+    "ece": "expected calibration error",
+}
+
+
+def metrics_table(metrics: Mapping[str, Any]) -> list[str]:
+    """Markdown table of the checkpoint's patient-level metrics per split, with the 95 % CI
+    (``ci``: DeLong for the binary AUC, bootstrap for Hand & Till, Wilson for accuracies) and n."""
+    splits = [s for s in ("test", "val") if isinstance(metrics.get(s), Mapping)]
+    if not splits:
+        return ["None recorded in the checkpoint."]
+    names = {"test": "test", "val": "validation (selected the checkpoint: optimistic)"}
+    head = "| metric | " + " | ".join(names[s] for s in splits) + " |"
+    lines = [head, "|---|" + "---|" * len(splits)]
+    for key, label in CARD_METRICS.items():
+        cells = []
+        for s in splits:
+            m = metrics[s]
+            value = m.get(key)
+            if not isinstance(value, int | float):
+                cells.append("-")
+                continue
+            ci = (m.get("ci") or {}).get(key)
+            cells.append(f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    counts = " | ".join(str(metrics[s].get("n_patients", "?")) for s in splits)
+    lines.append(f"| patients (n) | {counts} |")
+    return lines
+
+
 def _manifest(
     info: ModelInfo, schema: Schema, settings: ServingSettings, params: PreprocessParams, taxonomy
 ) -> dict[str, Any]:
@@ -167,6 +207,8 @@ def _manifest(
         "synthetic": info.synthetic,
         "parity": dict(info.parity),
         "input_limits": info.limits.to_dict() if info.limits is not None else None,
+        "provenance": info.provenance.columns(),
+        "temperature": info.temperature,
     }
 
 
@@ -181,9 +223,13 @@ def _fill(
     info: ModelInfo,
 ) -> None:
     contract = ServerContract(
-        params.roi_margin_mm, tuple(info.ctc_features), tuple(taxonomy.names), info.limits
+        params.roi_margin_mm,
+        tuple(info.ctc_features),
+        tuple(taxonomy.names),
+        info.limits,
+        info.provenance,
     )
-    configs = render_all(schema, settings, contract)
+    configs = render_all(schema, settings, contract, info.temperature)
     for name in MODEL_NAMES:
         (root / name / "1").mkdir(parents=True)
         (root / name / "config.pbtxt").write_text(configs[name])

@@ -41,9 +41,21 @@ LAYERS: dict[str, tuple[str, set[str], set[str]]] = {
         {"dmfn.contract", "dmfn.preprocess"},
         {"numpy", "onnxruntime", "triton_python_backend_utils"},
     ),
+    "evaluation": (
+        "dmfn.evaluation",
+        {"dmfn.contract", "dmfn.client"},
+        {"numpy", "scipy", "matplotlib", "tqdm"},
+    ),
     "training": (
         "dmfn.training",
-        {"dmfn.contract", "dmfn.client", "dmfn.preprocess", "dmfn.synth", "dmfn.serving"},
+        {
+            "dmfn.contract",
+            "dmfn.client",
+            "dmfn.preprocess",
+            "dmfn.synth",
+            "dmfn.serving",
+            "dmfn.evaluation",
+        },
         {"numpy", "scipy", "torch", "onnx", "onnxruntime", "tensorrt", "tqdm", "matplotlib"},
     ),
 }

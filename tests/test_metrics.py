@@ -1,4 +1,4 @@
-"""dmfn.training.metrics: exact AUCs against brute force and against R pROC."""
+"""dmfn.evaluation.metrics: exact AUCs against brute force and against R pROC."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dmfn.training import metrics
+from dmfn.evaluation import metrics
 
 
 def brute_auc(pos: np.ndarray, neg: np.ndarray) -> float:

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
+from dmfn import predict as predict_command
 from dmfn.client import predict as P
 from dmfn.client.io import write_dicom_series, write_nifti_mask, write_nifti_volume
 from dmfn.client.sdk import Prediction
 from dmfn.contract import schema as S
+from dmfn.predict import main as predict_main
 
 SPACING = (2.5, 0.7, 0.8)
 SHAPE = (5, 12, 14)
@@ -61,7 +63,7 @@ class FakeClient:
 
 @pytest.fixture
 def fake_server(monkeypatch: pytest.MonkeyPatch) -> type[FakeClient]:
-    monkeypatch.setattr(P, "DmfnClient", FakeClient)
+    monkeypatch.setattr(predict_command, "DmfnClient", FakeClient)
     return FakeClient
 
 
@@ -95,7 +97,7 @@ def test_series_uid_chooses_the_series(
     fake_server: type[FakeClient], two_series: tuple, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder, mask, uids = two_series
-    code = P.main([str(folder), "--mask", str(mask), "--series-uid", uids[1], *_clinical()])
+    code = predict_main([str(folder), "--mask", str(mask), "--series-uid", uids[1], *_clinical()])
     assert code == P.EXIT_OK, capsys.readouterr().err
     (study,) = fake_server.studies
     assert study.image_id == uids[1]
@@ -106,7 +108,7 @@ def test_several_series_error_speaks_in_flags(
     fake_server: type[FakeClient], two_series: tuple, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder, mask, uids = two_series
-    code = P.main([str(folder), "--mask", str(mask), *_clinical()])
+    code = predict_main([str(folder), "--mask", str(mask), *_clinical()])
     err = capsys.readouterr().err
     assert code == P.EXIT_USAGE
     assert "--series-uid: required" in err and all(uid in err for uid in uids)
@@ -117,7 +119,7 @@ def test_unknown_series_uid_is_named_as_the_flag(
     fake_server: type[FakeClient], two_series: tuple, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder, mask, _ = two_series
-    code = P.main([str(folder), "--mask", str(mask), "--series-uid", "1.2.3", *_clinical()])
+    code = predict_main([str(folder), "--mask", str(mask), "--series-uid", "1.2.3", *_clinical()])
     err = capsys.readouterr().err
     assert code == P.EXIT_USAGE and "--series-uid: 1.2.3 is not in" in err
 
@@ -132,7 +134,7 @@ def test_manifest_series_uid_column(
         f"patient,mask.nii.gz,{uids[0]},12.5,54,F,anterior\n"
         f"patient,mask.nii.gz,,12.5,54,F,anterior\n"
     )
-    code = P.main(["--manifest", str(manifest), "--json"])
+    code = predict_main(["--manifest", str(manifest), "--json"])
     captured = capsys.readouterr()
     assert code == P.EXIT_FAILED
     document = json.loads(captured.out)
@@ -162,14 +164,14 @@ def test_series_uid_misuse_is_a_usage_error(
     for name in ("ct.nii.gz", "m.nii.gz", "studies.csv"):
         (tmp_path / name).touch()
     args = extra if "--manifest" in extra else [*extra, *_clinical()]
-    assert P.main(args) == P.EXIT_USAGE
+    assert predict_main(args) == P.EXIT_USAGE
     err = capsys.readouterr().err
     assert "usage: dmfn predict" in err and message in err
 
 
 def test_help_lists_series_uid(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        P.main(["--help"])
+        predict_main(["--help"])
     assert "--series-uid" in capsys.readouterr().out
 
 
@@ -180,7 +182,7 @@ def test_file_content_errors_name_the_file_not_the_command_line(
     image = tmp_path / "broken.nii.gz"
     image.write_bytes(b"not a nifti file")
     mask = write_nifti_mask(_mask(), SPACING, tmp_path / "mask.nii.gz")
-    assert P.main([str(image), "--mask", str(mask), *_clinical()]) == P.EXIT_USAGE
+    assert predict_main([str(image), "--mask", str(mask), *_clinical()]) == P.EXIT_USAGE
     err = capsys.readouterr().err
     assert "command line" not in err
     assert f"NIfTI file {image}: cannot be read" in err
@@ -192,17 +194,17 @@ def test_mask_errors_name_the_mask_file_or_its_flag(
     folder, _, uids = two_series
     args = [str(folder), "--series-uid", uids[0], *_clinical()]
     short = write_nifti_mask(_mask()[:-1], SPACING, folder.parent / "short.nii.gz")
-    assert P.main([*args, "--mask", str(short)]) == P.EXIT_USAGE
+    assert predict_main([*args, "--mask", str(short)]) == P.EXIT_USAGE
     err = capsys.readouterr().err
     assert f"mask file {short}: its voxel grid is not the image's" in err
     assert "command line" not in err and "argument '" not in err
     labels = (_mask() * 3).astype(np.int16)
     labels[0, 0, 0] = 7
     several = write_nifti_volume(labels, SPACING, folder.parent / "labels.nii.gz")
-    assert P.main([*args, "--mask", str(several)]) == P.EXIT_USAGE
+    assert predict_main([*args, "--mask", str(several)]) == P.EXIT_USAGE
     err = capsys.readouterr().err
     assert "--segment: required: " in err and "several labels [3, 7]" in err
-    assert P.main([*args, "--mask", str(several), "--segment", "3"]) == P.EXIT_OK
+    assert predict_main([*args, "--mask", str(several), "--segment", "3"]) == P.EXIT_OK
 
 
 def test_manifest_rows_keep_their_line(
@@ -215,6 +217,6 @@ def test_manifest_rows_keep_their_line(
         f"image_path,mask_path,{CTC},age_years,sex,location\n"
         "broken.nii.gz,mask.nii.gz,12.5,54,F,anterior\n"
     )
-    assert P.main(["--manifest", str(manifest)]) == P.EXIT_USAGE
+    assert predict_main(["--manifest", str(manifest)]) == P.EXIT_USAGE
     err = capsys.readouterr().err
     assert f"manifest {manifest} line 2: NIfTI file {tmp_path / 'broken.nii.gz'}" in err

@@ -184,13 +184,18 @@ def test_write_repository_writes_every_file(tmp_path: Path) -> None:
 
 
 def test_model_card_of_real_data_has_no_synthetic_warning(tmp_path: Path) -> None:
+    metrics = {
+        "test": {"binary_auc": 0.91, "n_patients": 120, "ci": {"binary_auc": [0.85, 0.97]}},
+        "val": {"binary_auc": 0.93, "n_patients": 80},
+    }
     info = ModelInfo(
-        ctc_features=("ctc_level_pg_ml",), synthetic=False, metrics={"auc": 0.9}, limits=LIMITS
+        ctc_features=("ctc_level_pg_ml",), synthetic=False, metrics=metrics, limits=LIMITS
     )
     repo = _write(tmp_path, tmp_path / "repo", info=info)
     card = (repo / MODEL_CARD_FILE).read_text()
     assert "SYNTHETIC" not in card
-    assert "auc: 0.9" in card
+    assert "| binary AUC (benign vs malignant) | 0.910 [0.850, 0.970] | 0.930 |" in card
+    assert "| patients (n) | 120 | 80 |" in card
 
 
 def test_write_repository_for_tensorrt_has_no_python_net(tmp_path: Path) -> None:

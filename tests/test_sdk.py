@@ -24,6 +24,7 @@ from dmfn.contract.server import ServerContract
 from dmfn.contract.study import Clinical, Study
 from dmfn.contract.taxonomy import load_taxonomy
 from dmfn.contract.wire import decode_item
+from dmfn.predict import main as predict_main
 from dmfn.preprocess import crop_roi
 from dmfn.serving.triton import free_ports
 
@@ -260,7 +261,7 @@ def test_predict_cli_checks_its_arguments_before_the_server(
     for name in ("ct.nii.gz", "m.nii.gz", "studies.csv"):
         (tmp_path / name).touch()
     (port,) = free_ports(1)  # nothing listens there: any contact would fail differently
-    code = P.main(["--url", f"127.0.0.1:{port}", *arguments])
+    code = predict_main(["--url", f"127.0.0.1:{port}", *arguments])
     err = capsys.readouterr().err
     assert code == P.EXIT_USAGE, err
     assert "usage: dmfn predict" in err and message in err
@@ -275,14 +276,14 @@ def test_predict_cli_reports_an_unreachable_server(
     (port,) = free_ports(1)
     complete = [str(tmp_path / "ct.nii.gz"), "--mask", str(tmp_path / "m.nii.gz"), "--ctc", "1"]
     complete += ["--age", "50", "--sex", "F", "--location", "middle"]
-    code = P.main(["--url", f"127.0.0.1:{port}", "--timeout", "5", *complete])
+    code = predict_main(["--url", f"127.0.0.1:{port}", "--timeout", "5", *complete])
     assert code == P.EXIT_FAILED
     assert "cannot reach" in capsys.readouterr().err
 
 
 def test_predict_cli_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        P.main(["--help"])
+        predict_main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for option in ("--mask", "--segment", "--ctc", "--age", "--sex", "--location", "--manifest"):
@@ -456,19 +457,21 @@ def test_predict_cli_on_nifti_files_and_a_manifest(
         "--ctc", repr(studies[0].ctc["ctc_level_pg_ml"]),
         "--age", repr(c.age_years), "--sex", c.sex, "--location", c.location,
     ]  # fmt: skip
-    assert P.main([*url, *single]) == P.EXIT_OK
+    assert predict_main([*url, *single]) == P.EXIT_OK
     text = capsys.readouterr().out
     top = np.argsort(-reference["probs"][0], kind="stable")[:3]
     assert "1. " + reference["labels"][top[0]] in text
     assert "malignant probability" in text and "volume_mm3" in text
-    assert P.main([*url, "--protocol", "http", "--json", *single]) == P.EXIT_OK
+    assert predict_main([*url, "--protocol", "http", "--json", *single]) == P.EXIT_OK
     (document,) = json.loads(capsys.readouterr().out)  # a list for one study as for many
     np.testing.assert_allclose(
         list(document["probs"].values()), reference["probs"][0], atol=1e-4, rtol=0
     )
     assert document["top3"][0]["label"] == reference["labels"][top[0]]
     manifest = ["--manifest", str(tmp_path / "studies.csv"), "--concurrency", "2"]
-    code = P.main(["--url", triton_server.grpc_url, "--protocol", "grpc", "--json", *manifest])
+    code = predict_main(
+        ["--url", triton_server.grpc_url, "--protocol", "grpc", "--json", *manifest]
+    )
     assert code == P.EXIT_OK
     document = json.loads(capsys.readouterr().out)
     assert [d["image_id"] for d in document] == ["s0", "s1"]
@@ -513,3 +516,47 @@ def test_float_nifti_trains_on_the_bytes_it_is_served_with(
     with DmfnClient(triton_server.http_url) as client:
         served = client.predict(load_row_study(row, ckpt.ctc_features))
     np.testing.assert_allclose(list(served.probs.values()), trained_on, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_predict_in_process_and_through_the_server_write_the_same_csv(
+    triton_server, tiny_checkpoint, served_studies, tmp_path
+) -> None:
+    """`dmfn predict --checkpoint` (no server) and `--url` write the same predictions CSV, within
+    1e-5 on every number, for synthetic crops and a float NIfTI written by another tool."""
+    from dmfn.client.io import write_nifti_mask, write_nifti_volume
+    from dmfn.contract.predictions import read_predictions
+
+    _, studies, _ = served_studies
+    rows = ["patient_id,image_id,image_path,mask_path,ctc_level_pg_ml,age_years,sex,location,"
+            "label,split"]  # fmt: skip
+    rng = np.random.default_rng(4)
+    for i, study in enumerate(studies[:3]):
+        hu = study.hu.astype(np.float32)
+        if i == 2:  # non-integer HU, as another tool may write them
+            hu += rng.uniform(-0.49, 0.49, hu.shape).astype(np.float32)
+        write_nifti_volume(hu, study.spacing_mm, tmp_path / f"ct{i}.nii.gz")
+        write_nifti_mask(study.mask, study.spacing_mm, tmp_path / f"mask{i}.nii.gz")
+        facts = studies[0] if i == 1 else study  # images 0 and 1: one patient
+        c = facts.clinical
+        rows.append(
+            f"p{i // 2},s{i},ct{i}.nii.gz,mask{i}.nii.gz,{facts.ctc['ctc_level_pg_ml']!r},"
+            f"{c.age_years!r},{c.sex},{c.location},cyst,test"
+        )
+    (tmp_path / "studies.csv").write_text("\n".join(rows) + "\n")
+    manifest = ["--manifest", str(tmp_path / "studies.csv")]
+    local, served = tmp_path / "local.csv", tmp_path / "served.csv"
+    assert predict_main([*manifest, "--checkpoint", str(tiny_checkpoint), "--out", str(local)]) == 0
+    assert predict_main([*manifest, "--url", triton_server.http_url, "--out", str(served)]) == 0
+    a, b = read_predictions(local), read_predictions(served)
+    assert [r.level for r in a.rows] == ["image"] * 3 + ["patient"] * 2
+    assert [(r.patient_id, r.image_id, r.split, r.label) for r in a.rows] == [
+        (r.patient_id, r.image_id, r.split, r.label) for r in b.rows
+    ]
+    for ra, rb in zip(a.rows, b.rows, strict=True):
+        np.testing.assert_allclose(ra.probs, rb.probs, atol=1e-5, rtol=0)
+        assert ra.malignant_prob == pytest.approx(rb.malignant_prob, abs=1e-5)
+    assert a.provenance == b.provenance and a.provenance.sha256
+    text = local.read_text().splitlines()
+    assert text[0].startswith("level,patient_id,image_id,split,label,prob_cyst")
+    assert "predicted" in text[0] and "model_sha256" in text[0]

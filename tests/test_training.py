@@ -28,7 +28,7 @@ from dmfn.training.augment import AugmentParams, augment_views
 from dmfn.training.checkpoint import load_checkpoint
 from dmfn.training.data import prepare_data
 from dmfn.training.dataset import build_cache, cache_key, patient_mean
-from dmfn.training.evaluation import evaluate
+from dmfn.training.scoring import evaluate
 
 PARAMS = '{"view_size": 32, "pde_iterations": 2}'
 FAST = [

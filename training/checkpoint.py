@@ -11,11 +11,15 @@ untrusted source cannot run code):
 - ``ctc_features``: names of the CTC features, in TABULAR order
 - ``ctc_observed_range``: per CTC feature, the (min, max) seen in the training split; the served
   model accepts this range plus a margin (:class:`dmfn.contract.limits.InputLimits`)
-- ``metrics``, ``training`` (arguments, epoch, seed), ``versions`` (dmfn, torch, numpy)
+- ``temperature``: the calibration temperature fitted on the validation split (probabilities are
+  ``softmax(logits / T)``; 1 = uncalibrated), applied by the served model's postprocess
+- ``metrics``, ``training`` (arguments, epoch, seed, ``date`` of training, ``synthetic``),
+  ``versions`` (dmfn, torch, numpy)
 """
 
 from __future__ import annotations
 
+import hashlib
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,7 @@ import torch
 from dmfn import __version__
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.params import PreprocessParams
+from dmfn.contract.predictions import Provenance
 from dmfn.contract.server import ServerContract
 from dmfn.contract.taxonomy import Taxonomy, parse_taxonomy
 
@@ -45,6 +50,8 @@ class Checkpoint:
     #: Per CTC feature, (min, max) over the training split; None in checkpoints made before it
     #: was recorded (``dmfn export --ctc-range`` then supplies it).
     ctc_observed_range: tuple[tuple[float, float], ...] | None = None
+    #: Calibration temperature (fitted on validation; 1.0 = none).
+    temperature: float = 1.0
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -57,6 +64,12 @@ class Checkpoint:
             tuple(self.ctc_features),
             tuple(self.taxonomy.names),
         )
+
+    @property
+    def synthetic(self) -> bool:
+        """Trained on synthetic data (unknown provenance counts as synthetic: a model card then
+        warns rather than over-claims)."""
+        return bool(self.training.get("synthetic", True))
 
     def build_model(self) -> torch.nn.Module:
         """Rebuild the network from ``model_config`` and load the weights (eval mode)."""
@@ -82,6 +95,7 @@ class Checkpoint:
                 if self.ctc_observed_range is None
                 else [[float(lo), float(hi)] for lo, hi in self.ctc_observed_range]
             ),
+            "temperature": float(self.temperature),
             "metrics": self.metrics,
             "training": self.training,
             "versions": self.versions or current_versions(),
@@ -129,6 +143,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         ),
         ctc_features=tuple(payload["ctc_features"]),
         ctc_observed_range=_ranges(payload.get("ctc_observed_range")),
+        temperature=float(payload.get("temperature", 1.0)),
         metrics=dict(payload.get("metrics", {})),
         training=dict(payload.get("training", {})),
         versions=dict(payload.get("versions", {})),
@@ -147,3 +162,17 @@ def observed_range(columns: np.ndarray) -> tuple[tuple[float, float], ...]:
     return tuple(
         (float(lo), float(hi)) for lo, hi in zip(columns.min(0), columns.max(0), strict=True)
     )
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (the identity of a checkpoint in provenance records)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def provenance(ckpt: Checkpoint, path: str | Path) -> Provenance:
+    """Which model this is: the file's sha256, the training date, synthetic or not."""
+    return Provenance(file_sha256(path), str(ckpt.training.get("date", "")), ckpt.synthetic)

@@ -39,7 +39,7 @@ from dmfn.serving.config import SETTING_FLAGS, ServingSettings
 from dmfn.serving.repository import ModelInfo, check_output_folder, write_repository
 from dmfn.synth.crops import synthetic_crops
 
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, provenance
 
 log = logging.getLogger(__name__)
 
@@ -375,6 +375,8 @@ def export(
             checkpoint=str(checkpoint),
             parity=parity,
             limits=limits,
+            provenance=provenance(ckpt, checkpoint),
+            temperature=ckpt.temperature,
         )
         write_repository(
             out,

@@ -24,8 +24,8 @@ from .config import DMFN_RESUME_DEFAULTS, RESUME_KEYS, TrainConfig
 from .data import TrainingData
 from .dataset import CohortTensors
 from .distributed import SINGLE_PROCESS, Distributed, derived_seed
-from .evaluation import MONITOR, SUMMARY_METRICS, evaluate, final_evaluation
 from .models import create_model, fit_standardisation
+from .scoring import MONITOR, SUMMARY_METRICS, evaluate, final_evaluation
 
 log = logging.getLogger("dmfn.train")
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from .checkpoint import current_versions
 from .config import TrainConfig
-from .evaluation import MONITOR, SUMMARY_METRICS
+from .scoring import MONITOR, SUMMARY_METRICS
 
 
 def summarise(runs: list[dict[str, Any]], args: TrainConfig) -> dict[str, Any]:

@@ -32,8 +32,8 @@ from .cli import build_parser, main, parse_args
 from .config import TrainConfig
 from .data import prepare_data
 from .distributed import setup_distributed
-from .evaluation import MONITOR
 from .loop import train_seed
+from .scoring import MONITOR
 from .summary import format_table, summarise, to_json
 
 __all__ = ["MONITOR", "TrainConfig", "build_parser", "format_table", "main", "parse_args", "run"]

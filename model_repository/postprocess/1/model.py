@@ -1,13 +1,14 @@
 """Triton python-backend model ``postprocess``: logits -> what a clinician reads.
 
 Inputs LOGITS fp32[B, C] and MEASUREMENTS_PRE fp32[B, 5] (mm units). Outputs:
-PROBS fp32[B, C] (softmax), TOP3_INDEX int32[B, 3] and TOP3_LABEL bytes[B, 3] (most probable
+PROBS fp32[B, C] (``softmax(logits / T)``, T the calibration temperature of the config), TOP3_INDEX int32[B, 3] and TOP3_LABEL bytes[B, 3] (most probable
 first, ties to the lower index), MALIGNANT_PROB fp32[B, 1] (sum of the probabilities of the
 taxonomy's malignant classes), MANAGEMENT bytes[B, 1] (the management suggested for the most
 probable class) and MEASUREMENTS fp32[B, 5] (MEASUREMENTS_PRE re-emitted: Triton 2.51 deadlocks
 when an ensemble output is also an intermediate tensor).
 
-The taxonomy (class order = logit order) is read once from the repository file written by
+The computation is :class:`dmfn.contract.postprocess.Postprocessor` (shared with in-process
+prediction). The taxonomy (class order = logit order) is read once from the repository file written by
 ``dmfn export``. The model can be called directly, so it refuses non-finite inputs itself
 (INVALID_ARG on that request's own response) rather than turn NaN into a class.
 """
@@ -21,31 +22,24 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from dmfn.contract import schema as S
+from dmfn.contract.postprocess import Postprocessor
 from dmfn.contract.taxonomy import load_taxonomy
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (stable), returned as float32."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        taxonomy_file = config["parameters"]["taxonomy_file"]["string_value"]
+        parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
+        taxonomy_file = parameters["taxonomy_file"]
+        #: Calibration temperature fitted on validation (1.0 in repositories that predate it).
+        self.temperature = float(parameters.get("temperature", "1.0"))
         taxonomy = load_taxonomy(Path(args["model_repository"]) / taxonomy_file)
         n_classes = pb_utils.get_output_config_by_name(config, S.PROBS)["dims"][0]
         if len(taxonomy) != n_classes:
             raise pb_utils.TritonModelException(
                 f"postprocess: taxonomy has {len(taxonomy)} classes but PROBS has {n_classes}"
             )
-        self.labels = np.array([n.encode() for n in taxonomy.names], dtype=np.object_)
-        self.management = np.array(
-            [c.management.encode() for c in taxonomy.classes], dtype=np.object_
-        )
-        self.malignant = np.array(taxonomy.malignant_mask, dtype=bool)
+        self.postprocess = Postprocessor.of(taxonomy, self.temperature)
 
     def _one(self, request) -> pb_utils.InferenceResponse:
         logits = pb_utils.get_input_tensor_by_name(request, S.LOGITS).as_numpy()
@@ -61,17 +55,7 @@ class TritonPythonModel:
                         pb_utils.TritonError.INVALID_ARG,
                     )
                 )
-        probs = softmax(logits)
-        top = np.argsort(-probs, axis=1, kind="stable")[:, : S.TOP_K].astype(np.int32)
-        malignant = probs[:, self.malignant].sum(axis=1, keepdims=True, dtype=np.float64)
-        outputs = {
-            S.PROBS: probs,
-            S.TOP3_INDEX: top,
-            S.TOP3_LABEL: self.labels[top],
-            S.MALIGNANT_PROB: malignant.astype(np.float32),
-            S.MANAGEMENT: self.management[top[:, :1]],
-            S.MEASUREMENTS: measurements.astype(np.float32, copy=False),
-        }
+        outputs = self.postprocess(logits, measurements)
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor(name, value) for name, value in outputs.items()]
         )

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from dmfn.contract.taxonomy import Taxonomy
+from dmfn.evaluation import metrics
 
-from . import metrics
 from .checkpoint import load_checkpoint
 from .data import TrainingData
 from .dataset import CohortTensors, patient_mean

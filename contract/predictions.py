@@ -1,0 +1,192 @@
+"""The predictions CSV: one format for ``dmfn predict`` (through the server or in-process),
+``dmfn train`` (validation and test) and ``dmfn evaluate`` (which also reads other systems').
+
+Columns, in this order:
+
+- ``level``: ``patient`` (a patient's probabilities: the mean over its images) or ``image``;
+- ``patient_id``, ``image_id`` (empty on patient rows), ``split``, ``label`` (each empty when
+  unknown);
+- ``prob_<class>`` for every class of the model, in logit order;
+- ``malignant_prob``: the summed probability of the malignant classes;
+- ``predicted``: the most probable class;
+- provenance of the model: ``model_sha256`` (of the checkpoint file), ``model_trained`` (its
+  training date, ISO 8601) and ``model_synthetic`` (``true`` when trained on synthetic data).
+
+A file of another system may be **binary only**: ``patient_id``, ``label`` (``benign`` /
+``malignant``) and ``malignant_prob`` (any score, larger = more likely malignant).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dmfn.contract.errors import InvalidInput
+
+LEVELS: tuple[str, ...] = ("patient", "image")
+PROB_PREFIX = "prob_"
+PROVENANCE_COLUMNS: tuple[str, ...] = ("model_sha256", "model_trained", "model_synthetic")
+#: The columns a binary-only predictions file needs.
+BINARY_COLUMNS: tuple[str, ...] = ("patient_id", "label", "malignant_prob")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Which model made the predictions: the checkpoint's sha256, training date and whether it
+    was trained on synthetic data (empty / None when unknown)."""
+
+    sha256: str = ""
+    trained: str = ""
+    synthetic: bool | None = None
+
+    def columns(self) -> dict[str, str]:
+        synthetic = "" if self.synthetic is None else str(self.synthetic).lower()
+        return {"model_sha256": self.sha256, "model_trained": self.trained,
+                "model_synthetic": synthetic}  # fmt: skip
+
+    @classmethod
+    def from_columns(cls, row: dict[str, str]) -> Provenance:
+        synthetic = (row.get("model_synthetic") or "").strip().lower()
+        return cls(
+            (row.get("model_sha256") or "").strip(),
+            (row.get("model_trained") or "").strip(),
+            None if synthetic == "" else synthetic == "true",
+        )
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """One row: a patient's or an image's probabilities (``probs`` in class order; empty for a
+    binary-only file) and malignant probability."""
+
+    level: str
+    patient_id: str
+    malignant_prob: float
+    probs: tuple[float, ...] = ()
+    image_id: str = ""
+    split: str = ""
+    label: str = ""
+
+
+@dataclass
+class PredictionTable:
+    """The rows of one predictions file, its class names (empty: binary only) and provenance."""
+
+    classes: tuple[str, ...]
+    rows: list[PredictionRow] = field(default_factory=list)
+    provenance: Provenance = field(default_factory=Provenance)
+    path: Path | None = None
+
+    @property
+    def binary_only(self) -> bool:
+        return not self.classes
+
+    def patient_rows(self) -> list[PredictionRow]:
+        """One row per patient: the file's patient rows, or else its image rows averaged per
+        patient (probabilities and malignant probability), in first-appearance order."""
+        patients = [r for r in self.rows if r.level == "patient"]
+        if patients:
+            return patients
+        groups: dict[str, list[PredictionRow]] = {}
+        for r in self.rows:
+            groups.setdefault(r.patient_id, []).append(r)
+        out = []
+        for pid, rows in groups.items():
+            probs = tuple(np.mean([r.probs for r in rows], axis=0)) if self.classes else ()
+            out.append(
+                PredictionRow(
+                    "patient", pid, float(np.mean([r.malignant_prob for r in rows])),
+                    tuple(float(p) for p in probs), "", rows[0].split, rows[0].label,
+                )
+            )  # fmt: skip
+        return out
+
+    @property
+    def averaged_images(self) -> bool:
+        """True when :meth:`patient_rows` averaged image rows (the file had no patient rows)."""
+        return not any(r.level == "patient" for r in self.rows)
+
+
+def header(classes: Sequence[str]) -> list[str]:
+    return [
+        "level", "patient_id", "image_id", "split", "label",
+        *(PROB_PREFIX + c for c in classes), "malignant_prob", "predicted", *PROVENANCE_COLUMNS,
+    ]  # fmt: skip
+
+
+def write_predictions(
+    path: str | Path,
+    classes: Sequence[str],
+    rows: Iterable[PredictionRow],
+    provenance: Provenance = Provenance(),
+) -> Path:
+    """Write ``rows`` (probabilities rounded to 9 significant digits) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prov = provenance.columns()
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header(classes))
+        for r in rows:
+            predicted = classes[int(np.argmax(r.probs))] if r.probs else ""
+            writer.writerow(
+                [r.level, r.patient_id, r.image_id, r.split, r.label,
+                 *(f"{p:.9g}" for p in r.probs), f"{r.malignant_prob:.9g}", predicted,
+                 *prov.values()]
+            )  # fmt: skip
+    return path
+
+
+def _number(text: str, where: str, column: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidInput(column, f"{where}: must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise InvalidInput(column, f"{where}: must be finite, got {text!r}")
+    return value
+
+
+def read_predictions(path: str | Path) -> PredictionTable:
+    """Read a predictions CSV (full or binary only); InvalidInput naming the file, line and
+    column of the first problem (NaN scores, missing columns, unknown levels, empty file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput("predictions", f"{path} is not a file")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        reader.fieldnames = columns
+        missing = [c for c in BINARY_COLUMNS if c not in columns]
+        if missing:
+            raise InvalidInput(
+                "predictions", f"{path}: missing column(s) {missing} (columns: {columns})"
+            )
+        classes = tuple(c[len(PROB_PREFIX) :] for c in columns if c.startswith(PROB_PREFIX))
+        table = PredictionTable(classes, path=path)
+        for line, raw in enumerate(reader, start=2):
+            where = f"{path} line {line}"
+            level = (raw.get("level") or "patient").strip()
+            if level not in LEVELS:
+                raise InvalidInput("level", f"{where}: must be one of {LEVELS}, got {level!r}")
+            pid = (raw.get("patient_id") or "").strip()
+            if not pid:
+                raise InvalidInput("patient_id", f"{where}: must not be empty")
+            probs = tuple(_number(raw[PROB_PREFIX + c], where, PROB_PREFIX + c) for c in classes)
+            table.rows.append(
+                PredictionRow(
+                    level, pid, _number(raw["malignant_prob"], where, "malignant_prob"), probs,
+                    (raw.get("image_id") or "").strip(), (raw.get("split") or "").strip(),
+                    (raw.get("label") or "").strip(),
+                )
+            )  # fmt: skip
+            if line == 2:
+                table.provenance = Provenance.from_columns(raw)
+    if not table.rows:
+        raise InvalidInput("predictions", f"{path}: has no rows")
+    return table
