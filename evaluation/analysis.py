@@ -131,7 +131,7 @@ def align(systems: Sequence[SystemScores], files: Sequence[str]) -> list[SystemS
     return out
 
 
-def _bootstrap_hand_till(
+def bootstrap_hand_till(
     labels: np.ndarray, probs: np.ndarray, n_boot: int, seed: int
 ) -> tuple[float, float]:
     """Percentile interval of the Hand & Till AUC, resampling within each class."""
@@ -188,7 +188,7 @@ def analyse(
         n = labels.size
         confusion = np.zeros((len(s.class_names),) * 2, dtype=np.int64)
         np.add.at(confusion, (labels, top[:, 0]), 1)
-        ht_low, ht_high = _bootstrap_hand_till(labels, probs, max(200, n_boot // 5), seed)
+        ht_low, ht_high = bootstrap_hand_till(labels, probs, max(200, n_boot // 5), seed)
         out["multiclass"] = {
             "classes_present": int(np.unique(labels).size),
             "hand_till_auc": {

@@ -125,6 +125,15 @@ def banner(service: DmfnService) -> str:
         f"  gRPC    {service.grpc_url}{' (TLS)' if c.tls_cert else ''}",
         f"  metrics {service.metrics_url}",
     ]
+    model = service.provenance
+    if model is not None:
+        trained = model.get("model_trained") or "date unknown"
+        synthetic = {"true": ", SYNTHETIC training data", "false": ""}.get(
+            model.get("model_synthetic", ""), ", training data unknown"
+        )
+        lines.append(
+            f"  model   sha256 {model.get('model_sha256') or 'unknown'}, trained {trained}{synthetic}"
+        )
     if c.front_door and service.limits is not None:
         lines.append(
             f"  front door: request bodies up to {service.limits.max_body_bytes() / 2**20:.1f} "

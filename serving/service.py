@@ -140,6 +140,16 @@ def repository_limits(repository: Path) -> InputLimits:
         ) from None
 
 
+def repository_provenance(repository: Path) -> dict[str, str] | None:
+    """The served checkpoint's provenance recorded by ``dmfn export`` (sha256, training date,
+    synthetic), or None for a repository written before it was recorded."""
+    try:
+        value = json.loads((Path(repository) / MANIFEST_FILE).read_text()).get("provenance")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def canary_arrays(contract: ServerContract) -> dict[str, np.ndarray]:
     """A small valid study for health checks: 12 x 24 x 24 voxels of 1 mm, soft tissue with a
     cubic lesion, CTC in the middle of the accepted range, a 50-year-old man, anterior."""
@@ -166,6 +176,8 @@ class DmfnService:
         self.triton: TritonServer | None = None
         self.front: FrontDoor | None = None
         self.limits: InputLimits | None = None
+        #: The served checkpoint's provenance from the repository manifest (None: unrecorded).
+        self.provenance: dict[str, str] | None = None
         self.ready_seconds: float | None = None
         self._admin_key = secrets.token_urlsafe(24)
         self._shm_prefix = f"dmfn_{secrets.token_hex(5)}_"
@@ -300,6 +312,7 @@ class DmfnService:
                 "repository: " + "; ".join(problems)
             )
         self.limits = repository_limits(Path(c.repository))
+        self.provenance = repository_provenance(Path(c.repository))
         self._check_public_ports()
         self._run_dir = Path(tempfile.mkdtemp(prefix="dmfn-serve-"))
         t0 = time.monotonic()

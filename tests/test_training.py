@@ -21,14 +21,15 @@ import pytest
 import torch
 
 from dmfn.client.manifest import read_manifest
+from dmfn.contract.predictions import header
 from dmfn.contract.taxonomy import load_taxonomy
+from dmfn.evaluation import metrics
 from dmfn.training import config as train_config
-from dmfn.training import loop, train
+from dmfn.training import loop, scoring, train
 from dmfn.training.augment import AugmentParams, augment_views
 from dmfn.training.checkpoint import load_checkpoint
 from dmfn.training.data import prepare_data
 from dmfn.training.dataset import build_cache, cache_key, patient_mean
-from dmfn.training.scoring import evaluate
 
 PARAMS = '{"view_size": 32, "pde_iterations": 2}'
 FAST = [
@@ -178,7 +179,9 @@ def test_tiny_run_lowers_the_loss_and_writes_outputs(trained, cohort):
     assert summary["seeds"] == [0] and summary["level"] == "patient"
     for key in ("val_binary_auc", "val_hand_till_auc", "test_macro_auc"):
         assert 0.0 <= summary["mean"][key] <= 1.0
-    assert "val_binary_auc" in train.format_table(info["summary"])
+    table = train.format_table(info["summary"])
+    assert "binary_auc" in table and "95 % CI" in table
+    assert "± 0.0000" not in table  # one seed: intervals over patients, not an SD over seeds
 
 
 @pytest.mark.slow
@@ -189,13 +192,13 @@ def test_predictions_are_patient_level_without_leaks(trained, cohort):
     seen: dict[str, set[str]] = {}
     for split in ("val", "test"):
         with (out / "a" / "seed_0" / f"predictions_{split}.csv").open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        assert list(rows[0]) == [
-            "patient_id",
-            *(f"prob_{n}" for n in taxonomy.names),
-            "malignant_prob",
-            "label",
-        ]
+            every = list(csv.DictReader(handle))
+        assert list(every[0]) == header(taxonomy.names)  # the one predictions format
+        rows = [r for r in every if r["level"] == "patient"]
+        images = [r for r in every if r["level"] == "image"]
+        assert {r["image_id"] for r in images} == {r.image_id for r in manifest.split(split)}
+        assert {r["split"] for r in every} == {split}
+        assert every[0]["model_sha256"] and every[0]["model_synthetic"] == "true"
         seen[split] = {r["patient_id"] for r in rows}
         assert seen[split] == set(manifest.patients(split))
         for r in rows:
@@ -223,10 +226,16 @@ def test_checkpoint_round_trip_gives_identical_outputs(trained, cohort):
     with torch.no_grad():
         assert torch.equal(model(views, tabular), again(views, tabular))
     # The stored metrics equal a fresh evaluation of the reloaded model on the cached tensors.
+    # (with the calibration temperature fitted on validation, as the served model applies it)
     args = train.parse_args(info["argv"])
     data = prepare_data(args)
-    _, val = evaluate(model, data.val, data.taxonomy, torch.device("cpu"))
+    logits = scoring.predict_images(model, data.val, torch.device("cpu")).double().numpy()
+    probs = scoring._patient_probs(scoring.softmax(logits, ckpt.temperature), data.val)
+    val = metrics.classification_summary(
+        data.val.patient_labels.numpy(), probs, data.taxonomy.malignant_mask
+    )
     assert val["macro_auc"] == pytest.approx(ckpt.metrics["val"]["macro_auc"], abs=1e-12)
+    assert ckpt.temperature > 0 and "ci" in ckpt.metrics["val"]
 
 
 @pytest.mark.slow
@@ -349,7 +358,8 @@ def test_main_reports_bad_manifests_clearly(tmp_path, cohort, capsys):
     taxonomy.write_text(
         "class,group,management\nx,benign,surgery\ny,malignant,surgery\nz,benign,follow-up\n"
     )
-    argv = ["--manifest", str(cohort), "--out", str(tmp_path), "--taxonomy", str(taxonomy), *FAST]
+    out = tmp_path / "run"
+    argv = ["--manifest", str(cohort), "--out", str(out), "--taxonomy", str(taxonomy), *FAST]
     with pytest.raises(
         ValueError, match=r"line 2, column 'label': label .* is not in the taxonomy"
     ):
@@ -402,3 +412,12 @@ def test_torchrun_two_processes_gloo(cohort, tmp_path, options):
     assert ckpt.model_config["fusion"] == ("sum" if options else "concat")
     assert "DDP" not in json.dumps(ckpt.model_config)
     assert not any(k.startswith("module.") for k in ckpt.state_dict)
+
+
+@pytest.mark.slow
+def test_a_non_empty_out_is_refused_unless_resumed_or_forced(trained, cohort, capsys):
+    out, info = trained
+    argv = [a if a != str(out / "a") else str(out / "a") for a in info["argv"]]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--out:" in err and "pass --resume to continue the run there or --force" in err

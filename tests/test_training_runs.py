@@ -46,7 +46,7 @@ def test_best_pt_is_the_best_validation_epoch_of_the_log(cohort, tmp_path):
     assert ckpt.training["epoch"] == best_epoch
     summary = json.loads((out / "summary.json").read_text())
     assert summary["runs"][0]["best_epoch"] == best_epoch
-    assert ckpt.metrics["val"][train.MONITOR] == pytest.approx(max(scores), abs=1e-6)  # log: 6 d.p.
+    assert ckpt.training["monitor_value"] == pytest.approx(max(scores), abs=1e-6)  # log: 6 d.p.
 
 
 @pytest.mark.slow

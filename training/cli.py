@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue each seed from OUT/seed_K/last.pt where it exists (finished seeds are "
         "only re-evaluated); the training options must be the same as before",
     )
+    r.add_argument(
+        "--force",
+        action="store_true",
+        help="train into a non-empty --out, replacing its seed_*/ folders and summary.json "
+        "(without it, a non-empty --out is refused unless --resume continues the run there)",
+    )
     r.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:N]")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
     return p

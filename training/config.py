@@ -76,6 +76,7 @@ class TrainConfig:
     seeds: int = 1
     seed: int = 0
     resume: bool = False
+    force: bool = False
     device: str = "cpu"
     progress: bool = True
 

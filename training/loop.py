@@ -9,6 +9,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,7 @@ def _checkpoint(
             "seed": seed,
             "args": args.record(),
             "synthetic": _is_synthetic_cohort(Path(args.manifest)),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
             **training,
         },
         versions=current_versions(),
@@ -288,7 +290,8 @@ def _validate_epoch(run: _SeedRun, epoch: int) -> dict[str, float]:
     state.epoch = epoch
     if val[MONITOR] > state.best_metric:
         state.best_metric, state.best_epoch, state.bad_epochs = val[MONITOR], epoch, 0
-        training = {"epoch": epoch, "monitor": MONITOR}
+        # the value that selected this epoch (before calibration; best.pt's metrics are final)
+        training = {"epoch": epoch, "monitor": MONITOR, "monitor_value": val[MONITOR]}
         _checkpoint(run.model, run.data, args, run.seed, {"val": val}, training).save(run.best_path)
     else:
         state.bad_epochs += 1
@@ -346,6 +349,11 @@ def train_seed(
                 run.last_path, run.model, data, args, seed, run.optimiser, run.scheduler, state
             )
             bar.set_postfix(loss=f"{train_loss:.3f}", val_auc=f"{val[MONITOR]:.3f}")
+            log.info(
+                "seed %d epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f%s (%.1f s)",
+                seed, epoch, args.epochs, train_loss, val["loss"], MONITOR, val[MONITOR],
+                " (best)" if state.best_epoch == epoch else "", row["seconds"],
+            )  # fmt: skip
             stop[0] = float(state.finished)
         if dist.enabled:
             torch_dist.broadcast(stop, src=0)
@@ -356,6 +364,16 @@ def train_seed(
         writer.close()
     result: dict[str, Any] = {}
     if dist.is_main:
+        how = (
+            f"stopped early at {state.epoch}/{args.epochs} ({args.patience} epochs without "
+            "improvement)"
+            if state.epoch < args.epochs
+            else f"ran all {args.epochs} epochs"
+        )
+        log.info(
+            "seed %d: %s; best epoch %d (val %s %.4f)",
+            seed, how, state.best_epoch, MONITOR, state.best_metric,
+        )  # fmt: skip
         result = final_evaluation(run.best_path, data, out_dir, run.device)
         result.update(seed=seed, best_epoch=state.best_epoch, epochs_run=state.epoch)
     dist.barrier()

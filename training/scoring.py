@@ -3,7 +3,7 @@ its images'), and the predictions CSVs."""
 
 from __future__ import annotations
 
-import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +11,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from dmfn.contract.predictions import PredictionRow, Provenance, write_predictions
 from dmfn.contract.taxonomy import Taxonomy
-from dmfn.evaluation import metrics
+from dmfn.evaluation import calibration, metrics
+from dmfn.evaluation.analysis import bootstrap_hand_till
+from dmfn.evaluation.proportions import proportion_ci
+from dmfn.evaluation.roc import auc_delong
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, provenance
 from .data import TrainingData
 from .dataset import CohortTensors, patient_mean
 
@@ -59,36 +63,116 @@ def evaluate(
     return probs_np, result
 
 
-def write_predictions(
-    path: Path, tensors: CohortTensors, probs: np.ndarray, taxonomy: Taxonomy
-) -> None:
-    """Patient-level predictions CSV: patient_id, prob_<class>..., malignant_prob, label."""
-    malignant = np.asarray(taxonomy.malignant_mask, dtype=bool)
-    labels = tensors.patient_labels.numpy()
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            ["patient_id", *(f"prob_{n}" for n in taxonomy.names), "malignant_prob", "label"]
-        )
-        for i, patient in enumerate(tensors.patient_ids):
-            row = [f"{p:.6g}" for p in probs[i]]
-            writer.writerow(
-                [patient, *row, f"{probs[i, malignant].sum():.6g}", taxonomy.names[labels[i]]]
-            )
+def _patient_probs(probs: np.ndarray, tensors: CohortTensors) -> np.ndarray:
+    return patient_mean(torch.from_numpy(probs), tensors.patient_index, tensors.n_patients).numpy()
+
+
+def with_intervals(
+    labels: np.ndarray, probs: np.ndarray, malignant_mask: Sequence[bool], seed: int = 0
+) -> dict[str, Any]:
+    """Patient-level metrics of ``probs`` with their 95 % intervals (``ci``: DeLong for the
+    binary AUC, a stratified bootstrap for Hand & Till, Wilson for the accuracies), the case
+    count and the calibration error."""
+    out: dict[str, Any] = metrics.classification_summary(labels, probs, malignant_mask)
+    mask = np.asarray(malignant_mask, dtype=bool)
+    ci: dict[str, list[float]] = {}
+    malignant = mask[labels].astype(np.int64)
+    if 0 < malignant.sum() < malignant.size:
+        a = auc_delong(malignant, probs[:, mask].sum(axis=1))
+        ci["binary_auc"] = [a.low, a.high]
+    if np.unique(labels).size >= 2:
+        ci["hand_till_auc"] = list(bootstrap_hand_till(labels, probs, 200, seed))
+    top = np.argsort(-probs, axis=1, kind="stable")
+    for key, right in (
+        ("accuracy", top[:, 0] == labels),
+        ("top3_accuracy", (top[:, :3] == labels[:, None]).any(axis=1)),
+    ):
+        p = proportion_ci(int(right.sum()), labels.size, "wilson")
+        ci[key] = [p.low, p.high]
+    out["ci"] = ci
+    out["n_patients"] = int(labels.size)
+    out["ece"] = calibration.expected_calibration_error(labels, probs)
+    return out
 
 
 def final_evaluation(
     best_path: Path, data: TrainingData, out_dir: Path, device: torch.device
 ) -> dict[str, Any]:
-    """Evaluate best.pt on val and test, write the predictions CSVs, store the metrics in it."""
+    """best.pt on validation and test: the calibration temperature fitted on the validation
+    images (stored in best.pt, applied by the served model), patient-level metrics with
+    intervals (stored in best.pt), and the predictions CSVs (image and patient rows, with the
+    temperature applied, in the format of :mod:`dmfn.contract.predictions`)."""
     ckpt = load_checkpoint(best_path)
     model = ckpt.build_model().to(device)
+    logits = {
+        name: predict_images(model, tensors, device).double().numpy()
+        for name, tensors in (("val", data.val), ("test", data.test))
+        if tensors is not None
+    }
+    raw_val = softmax(logits["val"])
+    ckpt.temperature = calibration.fit_temperature(data.val.labels.numpy(), raw_val)
     result: dict[str, Any] = {}
-    for name, tensors in (("val", data.val), ("test", data.test)):
-        if tensors is None:
-            continue
-        probs, result[name] = evaluate(model, tensors, data.taxonomy, device)
-        write_predictions(out_dir / f"predictions_{name}.csv", tensors, probs, data.taxonomy)
+    image_probs = {}
+    for name, split_logits in logits.items():
+        tensors = data.val if name == "val" else data.test
+        assert tensors is not None
+        labels = tensors.patient_labels.numpy()
+        image_probs[name] = softmax(split_logits, ckpt.temperature)
+        patient = _patient_probs(image_probs[name], tensors)
+        result[name] = with_intervals(labels, patient, data.taxonomy.malignant_mask)
+        result[name]["ece_uncalibrated"] = calibration.expected_calibration_error(
+            labels, _patient_probs(softmax(split_logits), tensors)
+        )
+        result[name]["loss"] = float(
+            nn.functional.cross_entropy(torch.from_numpy(split_logits), tensors.labels)
+        )
     ckpt.metrics = {**ckpt.metrics, **result}
     ckpt.save(best_path)
+    source = provenance(ckpt, best_path)
+    for name, probs in image_probs.items():
+        tensors = data.val if name == "val" else data.test
+        assert tensors is not None
+        write_split_predictions(
+            out_dir / f"predictions_{name}.csv", name, tensors, probs, data.taxonomy, source
+        )
     return result
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise ``softmax(logits / temperature)`` in float64."""
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def write_split_predictions(
+    path: Path,
+    split: str,
+    tensors: CohortTensors,
+    image_probs: np.ndarray,
+    taxonomy: Taxonomy,
+    source: Provenance,
+) -> Path:
+    """The predictions CSV of one split: image rows, then patient rows (image means)."""
+    mask = np.asarray(taxonomy.malignant_mask, dtype=bool)
+    names = taxonomy.names
+    labels = tensors.labels.numpy()
+    rows = [
+        PredictionRow(
+            "image", tensors.patient_ids[int(tensors.patient_index[i])],
+            float(image_probs[i, mask].sum()), tuple(float(v) for v in image_probs[i]),
+            tensors.image_ids[i], split, names[labels[i]],
+        )
+        for i in range(len(tensors))
+    ]  # fmt: skip
+    patient = _patient_probs(image_probs, tensors)
+    patient_labels = tensors.patient_labels.numpy()
+    rows += [
+        PredictionRow(
+            "patient", pid, float(patient[i, mask].sum()), tuple(float(v) for v in patient[i]),
+            "", split, names[patient_labels[i]],
+        )
+        for i, pid in enumerate(tensors.patient_ids)
+    ]  # fmt: skip
+    return write_predictions(path, names, rows, source)

@@ -43,13 +43,10 @@ def summarise(runs: list[dict[str, Any]], args: TrainConfig) -> dict[str, Any]:
 def format_table(summary: dict[str, Any]) -> str:
     """The summary as a text table: one row per metric, mean ± SD and the per-seed values."""
     seeds = summary["seeds"]
+    if len(seeds) == 1:  # one run: its values, with their 95 % intervals; an SD needs seeds
+        return _single_run_table(summary)
     head = f"{'metric':<22}{'mean ± SD':>18}  " + "  ".join(f"{'seed ' + str(s):>8}" for s in seeds)
-    fusion = (
-        f", fusion {summary['fusion']}, aux weight {summary['aux_weight']:g}"
-        if "fusion" in summary
-        else ""
-    )
-    lines = [f"{summary['model']} (backbone {summary['backbone']}{fusion}), patient level", head]
+    lines = [f"{_model_line(summary)}, patient level", head]
     for key, mean in summary["mean"].items():
         split, metric = key.split("_", 1)
         values = [r.get(split, {}).get(metric, float("nan")) for r in summary["runs"]]
@@ -66,3 +63,35 @@ def to_json(value: Any) -> Any:
     if isinstance(value, list):
         return [to_json(v) for v in value]
     return value
+
+
+def _single_run_table(summary: dict[str, Any]) -> str:
+    run = summary["runs"][0]
+    lines = [
+        f"{_model_line(summary)}, seed {summary['seeds'][0]}, patient level, 95 % CI in "
+        "brackets; validation selected the checkpoint (optimistic)",
+        f"{'metric':<22}{'test':>26}{'validation':>26}",
+    ]
+    for metric in SUMMARY_METRICS:
+        cells = []
+        for split in ("test", "val"):
+            m = run.get(split, {})
+            value = m.get(metric)
+            ci = (m.get("ci") or {}).get(metric)
+            text = "-" if value is None else f"{value:.4f}"
+            if ci:
+                text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+            cells.append(f"{text:>26}")
+        lines.append(f"{metric:<22}" + "".join(cells))
+    counts = [str(run.get(s, {}).get("n_patients", "-")) for s in ("test", "val")]
+    lines.append(f"{'patients':<22}{counts[0]:>26}{counts[1]:>26}")
+    return "\n".join(lines)
+
+
+def _model_line(summary: dict[str, Any]) -> str:
+    fusion = (
+        f", fusion {summary['fusion']}, aux weight {summary['aux_weight']:g}"
+        if "fusion" in summary
+        else ""
+    )
+    return f"{summary['model']} (backbone {summary['backbone']}{fusion})"

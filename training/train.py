@@ -20,6 +20,8 @@ run continues exactly as an uninterrupted one would.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import sys
 import time
 from typing import Any
@@ -30,11 +32,13 @@ from dmfn.contract.errors import InvalidInput
 
 from .cli import build_parser, main, parse_args
 from .config import TrainConfig
-from .data import prepare_data
+from .data import TrainingData, prepare_data
 from .distributed import setup_distributed
 from .loop import train_seed
 from .scoring import MONITOR
 from .summary import format_table, summarise, to_json
+
+log = logging.getLogger("dmfn.train")
 
 __all__ = ["MONITOR", "TrainConfig", "build_parser", "format_table", "main", "parse_args", "run"]
 
@@ -47,7 +51,18 @@ def run(args: TrainConfig) -> dict[str, Any]:
             "batch_size",
             f"must be divisible by the {dist.world_size} processes, got {args.batch_size}",
         )
+    if dist.is_main:
+        _claim_output(args)
     data = prepare_data(args, dist)
+    if dist.is_main:
+        _report_cohort(data)
+        if args.loss == "neutral-ce":
+            log.info(
+                "train loss: neutral cross-entropy of two augmented views of each image against "
+                "a target mixed with the model's own prediction (a = %g): on another scale than "
+                "the validation loss, a plain cross-entropy per image",
+                args.nce_alpha,
+            )
     runs = []
     for k in range(args.seeds):
         seed = args.seed + k
@@ -63,6 +78,32 @@ def run(args: TrainConfig) -> dict[str, Any]:
     if dist.enabled:
         torch_dist.destroy_process_group()
     return summary
+
+
+def _claim_output(args: TrainConfig) -> None:
+    """Refuse a non-empty ``--out`` (two runs would mix) unless ``--resume`` continues the run
+    there or ``--force`` replaces it (its seed folders and summary are removed)."""
+    out = args.out
+    if not out.is_dir() or not any(out.iterdir()) or args.resume:
+        return
+    if not args.force:
+        raise InvalidInput(
+            "out",
+            f"{out} is not empty (another run?); pass {{resume}} to continue the run there or "
+            "{force} to replace it",
+            mentions={"resume": "resume=True", "force": "force=True"},
+        )
+    for path in out.glob("seed_*"):
+        if path.is_dir():
+            shutil.rmtree(path)
+    (out / "summary.json").unlink(missing_ok=True)
+
+
+def _report_cohort(data: TrainingData) -> None:
+    for name in ("train", "val", "test"):
+        tensors = getattr(data, name)
+        if tensors is not None:
+            log.info("%s: %d images of %d patients", name, len(tensors), tensors.n_patients)
 
 
 if __name__ == "__main__":
