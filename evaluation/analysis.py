@@ -66,7 +66,8 @@ def scores_of(
             rows = [r for r in rows if r.split == split]
             if not rows:
                 raise InvalidInput("split", f"{table.path}: no patient of split {split!r}")
-    malignant, classes = [], []
+    malignant: list[bool] = []
+    classes: list[int | None] = []
     for r in rows:
         if not r.label:
             raise InvalidInput("label", f"{table.path}: patient {r.patient_id!r} has no label")
@@ -197,7 +198,7 @@ def analyse(
                 "ci_high": ht_high,
                 "ci_method": "stratified bootstrap",
             },
-            "macro_ovr_auc": float(np.mean([v["auc"] for v in per_class.values()])),
+            "macro_ovr_auc": float(np.mean([float(v["auc"]) for v in per_class.values()])),
             "per_class_auc": per_class,
             "top1": proportion_ci(top1, n, ci_method).to_dict(),
             "top3": proportion_ci(top3, n, ci_method).to_dict(),

@@ -120,5 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         d = c["delong_paired"]
         print(f"{c['system_1']} vs {c['system_2']}: AUC difference {d['difference']:+.3f}, "
               f"paired DeLong z {d['z']:.2f}, p {d['p']:.3g}")  # fmt: skip
+    readers = result.get("readers") or {}
+    for session, data in readers.get("sessions", {}).items():
+        tag = " (SIMULATED)" if readers["simulated"] else ""
+        for who, d in [("model", data["model"]), *data["groups"].items()]:
+            line = f"readers{tag} {session}: {who}: accuracy {d['accuracy']['value']:.3f}, "
+            line += f"sensitivity {d['sensitivity']['value']:.3f}, "
+            line += f"specificity {d['specificity']['value']:.3f}"
+            if who != "model":
+                line += f", McNemar vs model p {d['model_vs_group_mcnemar']['p_chi2']:.3g}"
+            print(line)
     print(f"report: {args.out / 'report.html'}  metrics: {args.out / 'metrics.json'}")
     return 0

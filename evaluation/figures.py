@@ -44,9 +44,11 @@ def binary_roc(
     n_boot: int = 200,
     seed: int = 0,
     title: str = "",
+    operating: Mapping[str, tuple[float, float, float]] | None = None,
 ) -> Path:
     """ROC curves of ``systems`` (the first with its bootstrap 95 % band); ``readers`` as points
-    (label, sensitivity, specificity)."""
+    (label, sensitivity, specificity); ``operating``: system name -> (threshold, sensitivity,
+    specificity) of its decision threshold, drawn as a cross on its curve."""
     fig, ax = plt.subplots(figsize=(6.2, 6.0))
     for i, s in enumerate(systems):
         y, score = s.binary(positive)
@@ -58,6 +60,10 @@ def binary_roc(
             low, high = _sensitivity_band(y, score, n_boot, seed)
             ax.fill_between(BAND_GRID, low, high, color=line.get_color(), alpha=0.15,
                             label=f"{s.name}: 95 % bootstrap band")  # fmt: skip
+        if operating and s.name in operating:
+            t, sens, spec = operating[s.name]
+            ax.plot(1 - spec, sens, "X", ms=10, color=line.get_color(), mec="k",
+                    label=f"{s.name} at threshold {t:.2f}")  # fmt: skip
     markers = "osD^v<>"
     for k, (name, sens, spec) in enumerate(readers):
         ax.plot(1 - spec, sens, markers[k % len(markers)], ms=8, mec="k", label=name)
@@ -119,7 +125,7 @@ def confusion(
     for i in range(len(names)):
         for j in range(len(names)):
             if m[i, j]:
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
+                ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
                         color="white" if rows[i, j] > 0.6 else "black")  # fmt: skip
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
     ax.set_title(title)
@@ -151,11 +157,13 @@ def reliability(path: Path, curves: Mapping[str, Sequence[Mapping[str, float]]])
 
 
 def ctc_by_class(path: Path, values: Mapping[str, Sequence[float]], unit: str = "pg/ml") -> Path:
-    """Box plots of the CTC level per class (classes with at least one patient)."""
+    """Box plots of the CTC level per class (classes with at least one patient; n per class in
+    the tick labels)."""
     names = [n for n, v in values.items() if len(v)]
     fig, ax = plt.subplots(figsize=(max(7.0, 0.5 * len(names) + 2), 5.5))
     ax.boxplot([values[n] for n in names], showfliers=True)
-    ax.set_xticks(range(1, len(names) + 1), names, rotation=60, ha="right", fontsize=8)
+    ticks = [f"{n} (n={len(values[n])})" for n in names]
+    ax.set_xticks(range(1, len(names) + 1), ticks, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel(f"CTC level ({unit})")
     ax.set_title("CTC level per class")
     fig.tight_layout()

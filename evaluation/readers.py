@@ -117,7 +117,8 @@ def analyse_readers(
         raise InvalidInput(
             "readers",
             f"{path}: {len(unknown)} patient(s) missing from the predictions (e.g. {unknown[:3]}); "
-            "the reader study needs the model's prediction for every patient the readers saw",
+            "the reader study needs the model's prediction for every patient the readers saw "
+            "(pass --predictions of the split the readers read)",
         )
     y_model, score_model = model.binary(positive)
     model_called = score_model >= model_threshold
@@ -170,26 +171,39 @@ def analyse_readers(
             entry["model_vs_group_mcnemar"] = mcnemar(
                 model_right[pi], group_called == truth
             ).to_dict()
-            scores = {p: [c.score for c in per_patient[p]] for p in pids}
-            if all(s is not None for v in scores.values() for s in v):
-                group_score = np.array([np.mean(scores[p]) for p in pids])  # type: ignore[arg-type]
+            patient_scores = {p: [c.score for c in per_patient[p]] for p in pids}
+            if all(s is not None for v in patient_scores.values() for s in v):
+                group_score = np.array(
+                    [np.mean([float(s) for s in patient_scores[p] if s is not None]) for p in pids]
+                )
                 if positive == "benign":
                     group_score = -group_score
                 entry["model_vs_group_delong"] = delong_paired(
                     y_model[pi], score_model[pi], group_score
                 ).to_dict()
-            classed = [c for c in mine if c.called_class is not None]
+            classed = [(c, c.called_class) for c in mine if c.called_class is not None]
             if classed and model.classes is not None and model.probs is not None:
-                truth_mgmt = [management[model.classes[index[c.patient_id]]] for c in classed]
                 right = sum(
-                    management[c.called_class] == t
-                    for c, t in zip(classed, truth_mgmt, strict=True)
-                )  # type: ignore[index]
+                    management[k] == management[model.classes[index[c.patient_id]]]
+                    for c, k in classed
+                )
                 entry["management_accuracy"] = proportion_ci(
                     right, len(classed), ci_method
                 ).to_dict()
             groups[group] = entry
-        session_out: dict[str, object] = {"readers": readers, "groups": groups}
+        read = np.array(sorted({index[c.patient_id] for c in subset}))
+        model_malignant = model_called if positive == "malignant" else ~model_called
+        session_out: dict[str, object] = {
+            "model": {
+                "threshold": model_threshold,
+                "n": int(read.size),
+                **_diag(
+                    model.malignant[read], model_malignant[read], positive, ci_method
+                ).to_dict(),
+            },
+            "readers": readers,
+            "groups": groups,
+        }
         if model.classes is not None and model.probs is not None:
             top = model.probs.argmax(axis=1)
             right = sum(

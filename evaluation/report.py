@@ -8,7 +8,7 @@ import html
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +65,22 @@ def _threshold(
     return youden_threshold(y, score), where
 
 
+def _default_split(inputs: EvaluationInputs) -> tuple[EvaluationInputs, str]:
+    """Without --split, a file holding several splits is evaluated on its held-out ``test``
+    split (numbers on training or validation patients are optimistic)."""
+    present = sorted({r.split for r in inputs.predictions.patient_rows() if r.split})
+    if inputs.split is not None:
+        return inputs, f"{inputs.split} (--split)"
+    if len(present) > 1 and "test" in present:
+        return replace(inputs, split="test"), (
+            f"test (the held-out split of a file holding {', '.join(present)}; --split chooses)"
+        )
+    return inputs, ", ".join(present) if present else "not given in the file"
+
+
 def evaluate(inputs: EvaluationInputs) -> tuple[dict[str, Any], list[SystemScores]]:
     """Every number of the report, and the aligned systems (for the figures)."""
+    inputs, split_note = _default_split(inputs)
     tables = [inputs.predictions, *inputs.compare]
     names = [_name(t) for t in tables]
     if len(set(names)) != len(names):
@@ -79,6 +93,7 @@ def evaluate(inputs: EvaluationInputs) -> tuple[dict[str, Any], list[SystemScore
         "level": "patient",
         "image_rows_averaged": [t.averaged_images for t in tables],
         "split": inputs.split,
+        "split_note": split_note,
         "positive": inputs.positive,
         "ci_method": inputs.ci_method,
         "synthetic": inputs.predictions.provenance.synthetic,
@@ -150,8 +165,17 @@ def make_figures(
                 if readers["simulated"]:
                     label += ", simulated"
                 points.append((label, g["sensitivity"]["value"], g["specificity"]["value"]))
+    operating = {}
+    for s in systems:
+        b = result["systems"][s.name]["binary"]
+        at = b["at_threshold"]
+        operating[s.name] = (
+            b["threshold"]["value"],
+            at["sensitivity"]["value"],
+            at["specificity"]["value"],
+        )
     pngs["roc"] = figures.binary_roc(
-        out / "roc.png", systems, positive, aucs, points, seed=inputs.seed
+        out / "roc.png", systems, positive, aucs, points, seed=inputs.seed, operating=operating
     )
     main = systems[0]
     multi = result["systems"][main.name].get("multiclass")
@@ -224,7 +248,7 @@ def write_html(path: Path, result: Mapping[str, Any], pngs: Mapping[str, Path]) 
     parts.append(
         f"<p>Patient level (a patient's probabilities are the mean of its images'"
         f"{'; this file gave image rows, averaged here' if any(result['image_rows_averaged']) else ''})."
-        f" Split: {_fmt(result['split'] or 'all')}. Positive class: <b>{positive}</b>. Intervals: "
+        f" Split: {_fmt(result['split_note'])}. Positive class: <b>{positive}</b>. Intervals: "
         f"95 %; AUC by DeLong, proportions by {result['ci_method']}.</p>"
     )
     rows = []
@@ -288,7 +312,12 @@ def write_html(path: Path, result: Mapping[str, Any], pngs: Mapping[str, Path]) 
             "<h2>Reader study" + (" (SIMULATED readers)" if readers["simulated"] else "") + "</h2>"
         )
         for session, data in readers["sessions"].items():
-            rows = []
+            m = data["model"]
+            rows = [[
+                f"model (threshold {_fmt(m['threshold'])})", "-", *_diag_cells(m), "-", "-",
+                _ci(data["model_management_accuracy"])
+                if "model_management_accuracy" in data else "-",
+            ]]  # fmt: skip
             for group, g in data["groups"].items():
                 mc = g["model_vs_group_mcnemar"]
                 dl = g.get("model_vs_group_delong")

@@ -144,7 +144,7 @@ class DelongTest:
     def difference(self) -> float:
         return self.auc_1 - self.auc_2
 
-    def to_dict(self) -> dict[str, float | bool | int]:
+    def to_dict(self) -> dict[str, float | bool | int | None]:
         return {
             "auc_1": self.auc_1,
             "auc_2": self.auc_2,

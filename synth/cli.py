@@ -23,6 +23,7 @@ FLAGS = {
     "n_patients": "--patients",
     "seed": "--seed",
     "workers": "--workers",
+    "readers_per_group": "--readers",
 }
 
 log = logging.getLogger("dmfn.synth")
@@ -68,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
         help="number of patients instead of the preset's (at least 3)",
     )
     parser.add_argument(
+        "--readers",
+        type=int,
+        default=2,
+        help="SIMULATED readers per group (resident, attending, chief) calling the held-out "
+        "test patients from the paper's Table 3 sensitivity and specificity, written to "
+        "readers_simulated.csv for `dmfn evaluate --readers`; 0 = none (2)",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="allow a non-empty --out: a previous cohort there is removed first",
@@ -91,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 workers=args.workers,
                 overwrite=args.force,
+                readers_per_group=args.readers,
                 progress=bar.update,
             )
     except ValueError as err:

@@ -477,6 +477,7 @@ def generate_cohort(
     workers: int = 1,
     n_patients: int | None = None,
     overwrite: bool = False,
+    readers_per_group: int = 2,
     progress: ProgressCallback | None = None,
 ) -> Path:
     """Generate a cohort into ``out_dir``; return the manifest path.
@@ -494,6 +495,10 @@ def generate_cohort(
         preset = get_preset(preset, n_patients)
     elif n_patients is not None:
         preset = replace(preset, n_patients=int(n_patients))
+    if not isinstance(readers_per_group, int) or readers_per_group < 0:
+        raise InvalidInput(
+            "readers_per_group", f"must be an integer >= 0, got {readers_per_group!r}"
+        )
     if int(workers) < 1:
         raise InvalidInput("workers", f"must be >= 1, got {workers}")
     if not isinstance(seed, int) or seed < 0:
@@ -510,7 +515,7 @@ def generate_cohort(
             )
         for name in ("images", "masks"):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in (MANIFEST_NAME, INFO_NAME):
+        for name in (MANIFEST_NAME, INFO_NAME, "readers_simulated.csv"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -556,6 +561,16 @@ def generate_cohort(
         "taxonomy_sha256": load_taxonomy().digest(),
         "note": "synthetic data for pipeline checks; not patients, no clinical meaning",
     }
+    if readers_per_group:
+        from dmfn.synth.readers import READERS_FILE, simulate_readers
+
+        simulate_readers(plans, seed, out, readers_per_group)
+        info["readers"] = {
+            "file": READERS_FILE,
+            "per_group": readers_per_group,
+            "note": "SIMULATED readers: calls drawn from the paper's Table 3 sensitivity and "
+            "specificity per group",
+        }
     (out / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
     log.info("wrote %d images of %d patients to %s", len(rows), len(plans), out)
     return manifest

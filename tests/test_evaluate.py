@@ -1,0 +1,204 @@
+"""dmfn evaluate end to end on predictions of a planned synthetic cohort (no images needed): the
+files it writes, the numbers against the statistics functions, and one-line errors for bad
+inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmfn.client.manifest import MANIFEST_COLUMNS
+from dmfn.contract.predictions import PredictionRow, Provenance, write_predictions
+from dmfn.contract.taxonomy import load_taxonomy
+from dmfn.evaluation import metrics
+from dmfn.evaluation.cli import main
+from dmfn.evaluation.roc import auc_delong, delong_paired
+from dmfn.synth.cohort import plan_cohort
+from dmfn.synth.readers import simulate_readers
+
+TAXONOMY = load_taxonomy()
+MALIGNANT = np.array(TAXONOMY.malignant_mask)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> dict:
+    """A planned cohort of 120 patients: its manifest, two systems' predictions (one better
+    than the other), validation predictions and simulated readers."""
+    folder = tmp_path_factory.mktemp("evaluate")
+    plans = plan_cohort(120, seed=3)
+    with (folder / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        for p in plans:
+            writer.writerow({
+                "patient_id": p.patient_id, "image_id": f"{p.patient_id}_1",
+                "image_path": f"images/{p.patient_id}", "mask_path": f"masks/{p.patient_id}.nii.gz",
+                "ctc_level_pg_ml": p.ctc_level_pg_ml, "age_years": p.age_years, "sex": p.sex,
+                "location": p.location, "label": p.label, "group": p.group, "split": p.split,
+            })  # fmt: skip
+    rng = np.random.default_rng(0)
+
+    def predictions(split: str, strength: float, name: str) -> Path:
+        rows = []
+        for p in plans:
+            if p.split != split:
+                continue
+            logits = rng.normal(0, 1, len(TAXONOMY))
+            logits[TAXONOMY.index(p.label)] += strength
+            probs = np.exp(logits) / np.exp(logits).sum()
+            rows.append(
+                PredictionRow("patient", p.patient_id, float(probs[MALIGNANT].sum()),
+                              tuple(float(v) for v in probs), "", split, p.label)
+            )  # fmt: skip
+        prov = Provenance("ab" * 32, "2026-12-01T00:00:00+00:00", True)
+        return write_predictions(folder / f"{name}.csv", TAXONOMY.names, rows, prov)
+
+    readers = simulate_readers(plans, seed=1, out=folder)
+    return {
+        "folder": folder,
+        "plans": plans,
+        "dmfn": predictions("test", 2.5, "dmfn"),
+        "cnn": predictions("test", 1.0, "cnn"),
+        "val": predictions("val", 2.5, "dmfn_val"),
+        "readers": readers,
+    }
+
+
+def _table(path: Path):
+    from dmfn.contract.predictions import read_predictions
+
+    rows = read_predictions(path).patient_rows()
+    labels = np.array([TAXONOMY.index(r.label) for r in rows])
+    probs = np.array([r.probs for r in rows])
+    return labels, probs, np.array([r.malignant_prob for r in rows])
+
+
+def test_evaluate_writes_metrics_figures_and_a_self_contained_report(cohort, tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = [
+        "--predictions", str(cohort["dmfn"]), "--compare", str(cohort["cnn"]),
+        "--validation", str(cohort["val"]), "--readers", str(cohort["readers"]),
+        "--manifest", str(cohort["folder"] / "manifest.csv"), "--bootstrap", "200",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "paired DeLong" in printed and "report:" in printed
+    result = json.loads((out / "metrics.json").read_text())
+    for png in (
+        "roc.png",
+        "roc_per_class.png",
+        "confusion.png",
+        "calibration.png",
+        "ctc_by_class.png",
+    ):
+        assert (out / png).is_file() and (out / png).stat().st_size > 10_000, png
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5 and "<img" in html
+    assert 'src="http' not in html  # self-contained: nothing to fetch
+    assert "Synthetic" in html and "SIMULATED readers" in html
+
+    # the numbers are those of the statistics functions on the same patients
+    labels, probs, malignant = _table(cohort["dmfn"])
+    _, _, malignant_cnn = _table(cohort["cnn"])
+    y = MALIGNANT[labels].astype(int)
+    dmfn = result["systems"]["dmfn"]
+    assert dmfn["binary"]["auc"]["auc"] == pytest.approx(auc_delong(y, malignant).auc, abs=1e-12)
+    assert dmfn["binary"]["auc"]["ci_low"] == pytest.approx(auc_delong(y, malignant).low, abs=1e-12)
+    assert dmfn["multiclass"]["hand_till_auc"]["auc"] == pytest.approx(
+        metrics.hand_till_auc(labels, probs), abs=1e-12
+    )
+    (comparison,) = result["comparisons"]
+    paired = delong_paired(y, malignant, malignant_cnn)
+    assert comparison["delong_paired"]["p"] == pytest.approx(paired.p, abs=1e-12)
+    assert dmfn["binary"]["threshold"]["chosen"].startswith("youden on")
+    assert "temperature_fitted_on_validation" in dmfn["calibration"]
+    assert set(result["cohort"]["splits"]) == {"train", "val", "test"}
+    assert set(result["subgroups"]) == {"sex", "age", "location"}
+    groups = result["readers"]["sessions"]["ct_plus_ctc"]["groups"]
+    assert set(groups) == {"resident", "attending", "chief"}
+    assert result["readers"]["simulated"] is True
+
+
+def test_binary_only_files_and_benign_as_positive(cohort, tmp_path) -> None:
+    labels, _, malignant = _table(cohort["dmfn"])
+    binary = tmp_path / "reader_scores.csv"
+    with binary.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["patient_id", "label", "malignant_prob"])
+        with cohort["dmfn"].open(newline="") as source:
+            rows = [r for r in csv.DictReader(source) if r["level"] == "patient"]
+        for r, m in zip(rows, malignant, strict=True):
+            writer.writerow([r["patient_id"], r["label"] if r["label"] else "", round(m, 1)])
+    out = tmp_path / "report"
+    assert main(["--predictions", str(binary), "--positive", "benign", "--out", str(out)]) == 0
+    result = json.loads((out / "metrics.json").read_text())
+    system = result["systems"]["reader_scores"]
+    assert "multiclass" not in system and system["binary"]["positive"] == "benign"
+    y = MALIGNANT[labels].astype(int)
+    assert system["binary"]["auc"]["auc"] == pytest.approx(
+        auc_delong(y, np.round(malignant, 1)).auc, abs=1e-12
+    )
+
+
+def _write(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize("case", ["one class", "NaN score", "patients differ", "unknown class",
+                                  "readers' patients missing"])  # fmt: skip
+def test_bad_inputs_are_one_line_errors_naming_the_file(case, cohort, tmp_path, capsys) -> None:
+    head = ["patient_id", "label", "malignant_prob"]
+    good = _write(tmp_path / "good.csv", head, [["a", "benign", 0.1], ["b", "malignant", 0.9]])
+    argv = ["--out", str(tmp_path / "out")]
+    if case == "one class":
+        bad = _write(tmp_path / "bad.csv", head, [["a", "benign", 0.1], ["b", "benign", 0.3]])
+        argv += ["--predictions", str(bad)]
+        expected = "an AUC needs both classes"
+    elif case == "NaN score":
+        bad = _write(tmp_path / "bad.csv", head, [["a", "benign", "nan"], ["b", "malignant", 1]])
+        argv += ["--predictions", str(bad)]
+        expected = f"{bad} line 2: must be finite"
+    elif case == "patients differ":
+        bad = _write(tmp_path / "bad.csv", head, [["a", "benign", 0.1], ["c", "malignant", 0.9]])
+        argv += ["--predictions", str(good), "--compare", str(bad)]
+        expected = f"the patients of {good} and {bad} differ"
+    elif case == "unknown class":
+        bad = _write(tmp_path / "bad.csv", head, [["a", "cystt", 0.1], ["b", "malignant", 0.9]])
+        argv += ["--predictions", str(bad)]
+        expected = f"{bad}: unknown class 'cystt'"
+    else:
+        readers = _write(tmp_path / "readers.csv", ["reader_id", "group", "patient_id", "call"],
+                         [["r1", "chief", "a", "benign"], ["r1", "chief", "zz", "benign"]])  # fmt: skip
+        argv += ["--predictions", str(good), "--readers", str(readers)]
+        expected = f"{readers}: 1 patient(s) missing from the predictions"
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("dmfn evaluate: ") and expected in err, err
+
+
+def test_a_file_of_several_splits_is_evaluated_on_its_test_split(cohort, tmp_path) -> None:
+    from dmfn.contract.predictions import read_predictions
+
+    test, val = read_predictions(cohort["dmfn"]), read_predictions(cohort["val"])
+    both = write_predictions(
+        tmp_path / "both.csv", TAXONOMY.names, [*val.rows, *test.rows], test.provenance
+    )
+    out = tmp_path / "report"
+    assert main(["--predictions", str(both), "--bootstrap", "100", "--out", str(out)]) == 0
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["split"] == "test" and "held-out" in result["split_note"]
+    system = result["systems"]["both"]
+    assert system["n_patients"] == len(test.patient_rows())
+    assert (
+        system["binary"]["threshold"]["chosen"] == "youden on the validation split of the same file"
+    )
