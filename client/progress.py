@@ -12,6 +12,13 @@ from typing import IO
 LINE_EVERY_S = 10.0
 
 
+def plural(unit: str, n: int) -> str:
+    """``unit`` for a count of ``n`` (study -> studies, image -> images)."""
+    if n == 1:
+        return unit
+    return unit[:-1] + "ies" if unit.endswith("y") else unit + "s"
+
+
 class Progress:
     """Counts done and failed items of ``total``; use as a context manager, call :meth:`update`."""
 
@@ -43,13 +50,15 @@ class Progress:
         if now - self._last_line >= LINE_EVERY_S or self.done == self.total:
             self._last_line = now
             print(
-                f"{self.desc}: {self.done}/{self.total} {self.unit}", file=self.stream, flush=True
+                f"{self.desc}: {self.done}/{self.total} {plural(self.unit, self.total)}",
+                file=self.stream,
+                flush=True,
             )
 
     def summary(self) -> str:
         seconds = max(time.monotonic() - self._started, 1e-9)
         return (
-            f"{self.desc}: {self.done} {self.unit}{'' if self.done == 1 else 's'}, "
+            f"{self.desc}: {self.done} {plural(self.unit, self.done)}, "
             f"{self.failed} failed, {seconds:.1f} s ({self.done / seconds:.1f} {self.unit}/s)"
         )
 

@@ -132,18 +132,23 @@ def align(systems: Sequence[SystemScores], files: Sequence[str]) -> list[SystemS
     return out
 
 
-def bootstrap_hand_till(
+def bootstrap_multiclass(
     labels: np.ndarray, probs: np.ndarray, n_boot: int, seed: int
-) -> tuple[float, float]:
-    """Percentile interval of the Hand & Till AUC, resampling within each class."""
+) -> dict[str, tuple[float, float]]:
+    """Percentile 95 % intervals of the Hand & Till and the macro one-vs-rest AUCs from the same
+    stratified bootstrap (resampling within each class, so every class stays present)."""
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    values = []
+    hand_till, macro = [], []
     for _ in range(n_boot):
         idx = np.concatenate([g[rng.integers(0, g.size, g.size)] for g in groups])
-        values.append(metrics.hand_till_auc(labels[idx], probs[idx]))
-    low, high = np.quantile(values, [0.025, 0.975])
-    return float(low), float(high)
+        hand_till.append(metrics.hand_till_auc(labels[idx], probs[idx]))
+        macro.append(metrics.macro_ovr_auc(labels[idx], probs[idx]))
+    out = {}
+    for name, values in (("hand_till", hand_till), ("macro_ovr", macro)):
+        low, high = np.quantile(values, [0.025, 0.975])
+        out[name] = (float(low), float(high))
+    return out
 
 
 def analyse(
@@ -189,16 +194,21 @@ def analyse(
         n = labels.size
         confusion = np.zeros((len(s.class_names),) * 2, dtype=np.int64)
         np.add.at(confusion, (labels, top[:, 0]), 1)
-        ht_low, ht_high = bootstrap_hand_till(labels, probs, max(200, n_boot // 5), seed)
+        boot = bootstrap_multiclass(labels, probs, max(200, n_boot // 5), seed)
         out["multiclass"] = {
             "classes_present": int(np.unique(labels).size),
             "hand_till_auc": {
                 "auc": metrics.hand_till_auc(labels, probs),
-                "ci_low": ht_low,
-                "ci_high": ht_high,
+                "ci_low": boot["hand_till"][0],
+                "ci_high": boot["hand_till"][1],
                 "ci_method": "stratified bootstrap",
             },
-            "macro_ovr_auc": float(np.mean([float(v["auc"]) for v in per_class.values()])),
+            "macro_ovr_auc": {
+                "auc": float(np.mean([float(v["auc"]) for v in per_class.values()])),
+                "ci_low": boot["macro_ovr"][0],
+                "ci_high": boot["macro_ovr"][1],
+                "ci_method": "stratified bootstrap",
+            },
             "per_class_auc": per_class,
             "top1": proportion_ci(top1, n, ci_method).to_dict(),
             "top3": proportion_ci(top3, n, ci_method).to_dict(),

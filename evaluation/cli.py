@@ -9,8 +9,9 @@ import logging
 import sys
 from pathlib import Path
 
-from dmfn.contract.errors import in_flags
-from dmfn.contract.predictions import read_predictions
+from dmfn.contract.errors import InvalidInput, in_flags
+from dmfn.contract.predictions import PredictionTable, read_predictions
+from dmfn.contract.taxonomy import Taxonomy
 
 from .analysis import POSITIVES
 from .proportions import CI_METHODS
@@ -29,6 +30,8 @@ FLAGS = {
     "ci_method": "--ci",
     "n_boot": "--bootstrap",
     "validation": "--validation",
+    "runs": "--runs",
+    "names": "--names",
 }
 
 
@@ -42,21 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
             "Hand & Till and per-class AUCs, top-1/top-3 accuracy, the confusion matrix, "
             "calibration; paired DeLong and McNemar tests against --compare files; the reader "
             "study (--readers); the cohort table and subgroup AUCs (--manifest). The statistics "
-            "equal R pROC's. Writes OUT/metrics.json, OUT/report.html and PNG figures."
+            "equal R pROC's. With --runs instead: several training runs (seeds) per system, "
+            "each run's AUC with its DeLong CI, mean and SD over seeds, the seed ensemble and "
+            "paired DeLong tests seed by seed. Writes OUT/metrics.json, OUT/report.html, "
+            "OUT/report.md and PNG figures."
         ),
     )
-    p.add_argument("--predictions", type=Path, required=True,
+    p.add_argument("--predictions", type=Path, default=None,
                    help="predictions CSV (dmfn predict / dmfn train), or a binary-only file: "
                    "patient_id, label (benign/malignant), malignant_prob")  # fmt: skip
+    p.add_argument("--runs", nargs="+", action="append", default=[], metavar="NAME FILE",
+                   help="a system's name and its runs' predictions files (one per seed), e.g. "
+                   "--runs dmfn d/seed_0/predictions_test.csv d/seed_1/predictions_test.csv; "
+                   "repeat per system; the first is compared with the others")  # fmt: skip
     p.add_argument("--compare", type=Path, nargs="*", default=[],
                    help="other systems' predictions on the same patients (paired tests)")  # fmt: skip
+    p.add_argument("--names", nargs="+", default=[],
+                   help="names of the systems in the order --predictions, --compare ... "
+                   "(default: the file names, or the folders where their paths differ)")  # fmt: skip
     p.add_argument("--readers", type=Path, default=None,
                    help="readers.csv: reader_id, group, patient_id, call, [score], [session]")  # fmt: skip
     p.add_argument("--manifest", type=Path, default=None,
                    help="the cohort's manifest: cohort table (Table 1), subgroup AUCs, CTC plot")  # fmt: skip
-    p.add_argument("--validation", type=Path, default=None,
-                   help="validation predictions: the Youden threshold and the calibration "
-                   "temperature are fitted there and applied to --predictions")  # fmt: skip
+    p.add_argument("--validation", type=Path, nargs="+", default=[],
+                   help="validation predictions, one per system in the order --predictions, "
+                   "--compare ...: each system's Youden threshold is chosen there, and the first "
+                   "one's calibration temperature is fitted there")  # fmt: skip
     p.add_argument(
         "--split", default=None, help="evaluate only this split of the files (e.g. test)"
     )
@@ -84,10 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     from .readers import read_readers
     from .report import EvaluationInputs, write_report
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.predictions is None) == (not args.runs):
+        parser.error("give either --predictions (one run per system) or --runs (several)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         taxonomy = load_taxonomy(args.taxonomy)
+        if args.runs:
+            return _over_seeds(args, taxonomy)
         inputs = EvaluationInputs(
             predictions=read_predictions(args.predictions),
             taxonomy=taxonomy,
@@ -97,13 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             manifest=read_manifest(args.manifest, taxonomy, check_files=False)
             if args.manifest
             else None,
-            validation=read_predictions(args.validation) if args.validation else None,
+            validation=[read_predictions(v) for v in args.validation],
             split=args.split,
             positive=args.positive,
             threshold=args.threshold,
             ci_method=args.ci_method,
             n_boot=args.n_boot,
             seed=args.seed,
+            names=args.names,
         )
         result = write_report(args.out, inputs)
     except ValueError as err:
@@ -130,5 +150,38 @@ def main(argv: list[str] | None = None) -> int:
             if who != "model":
                 line += f", McNemar vs model p {d['model_vs_group_mcnemar']['p_chi2']:.3g}"
             print(line)
+    print(f"report: {args.out / 'report.html'}  metrics: {args.out / 'metrics.json'}")
+    return 0
+
+
+def _over_seeds(args: argparse.Namespace, taxonomy: Taxonomy) -> int:
+    """``--runs``: the summary over seeds (see dmfn.evaluation.seeds)."""
+    import json
+
+    from .report import clean_json, write_documents
+    from .seeds import seed_figure, summarise_runs
+
+    runs: dict[str, list[PredictionTable]] = {}
+    for name, *files in args.runs:
+        if not files:
+            raise InvalidInput("runs", f"{name!r} has no predictions file after it")
+        if name in runs:
+            raise InvalidInput("runs", f"system {name!r} given twice")
+        runs[name] = [read_predictions(f) for f in files]
+    result = summarise_runs(runs, taxonomy, args.split, args.positive)
+    args.out.mkdir(parents=True, exist_ok=True)
+    pngs = {"seeds": seed_figure(args.out, result)}
+    result["figures"] = {k: v.name for k, v in pngs.items()}
+    (args.out / "metrics.json").write_text(json.dumps(clean_json(result), indent=2) + "\n")
+    write_documents(args.out, result, pngs)
+    for name, s in result["over_seeds"]["systems"].items():
+        b = s["binary_auc"]
+        sd = "" if b["sd_over_seeds"] is None else f" ± {b['sd_over_seeds']:.3f} (SD over seeds)"
+        e = s["ensemble"]["binary_auc"]
+        print(f"{name}: {b['n_runs']} runs, binary AUC {b['mean']:.3f}{sd}; seed ensemble "
+              f"{e['auc']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]")  # fmt: skip
+    for c in result["over_seeds"]["comparisons"]:
+        print(f"{c['system_1']} vs {c['system_2']}: p < 0.05 in {c['seeds_with_p_below_0.05']} "
+              f"of {len(c['per_seed'])} seeds; ensembles p {c['ensemble']['p']:.3g}")  # fmt: skip
     print(f"report: {args.out / 'report.html'}  metrics: {args.out / 'metrics.json'}")
     return 0

@@ -170,3 +170,20 @@ def ctc_by_class(path: Path, values: Mapping[str, Sequence[float]], unit: str = 
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def forest(path: Path, rows: Sequence[tuple[str, float, float, float, bool]], title: str) -> Path:
+    """Forest plot: one line per (label, estimate, low, high, emphasised), top to bottom."""
+    fig, ax = plt.subplots(figsize=(7.0, 0.32 * len(rows) + 1.4))
+    ys = np.arange(len(rows))[::-1]
+    for y, (_label, value, low, high, bold) in zip(ys, rows, strict=True):
+        ax.plot([low, high], [y, y], color="k", lw=1.2)
+        ax.plot(value, y, "D" if bold else "s", color="C3" if bold else "C0", ms=7 if bold else 5)
+    ax.set_yticks(ys, [r[0] for r in rows], fontsize=8)
+    ax.set_xlabel("AUC")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path

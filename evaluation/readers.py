@@ -195,11 +195,11 @@ def analyse_readers(
         model_malignant = model_called if positive == "malignant" else ~model_called
         session_out: dict[str, object] = {
             "model": {
-                "threshold": model_threshold,
-                "n": int(read.size),
                 **_diag(
                     model.malignant[read], model_malignant[read], positive, ci_method
                 ).to_dict(),
+                "threshold": model_threshold,
+                "n": int(read.size),
             },
             "readers": readers,
             "groups": groups,

@@ -1,10 +1,8 @@
-"""``dmfn evaluate``'s output: ``metrics.json`` (every number), PNG figures and a self-contained
-``report.html`` (figures embedded; it opens offline)."""
+"""``dmfn evaluate``'s output: ``metrics.json`` (every number), PNG figures, a self-contained
+``report.html`` (figures embedded; it opens offline) and ``report.md`` (the same tables)."""
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -13,12 +11,24 @@ from pathlib import Path
 from typing import Any
 
 from dmfn.client.manifest import Manifest
+from dmfn.contract.errors import InvalidInput
 from dmfn.contract.predictions import PredictionTable
 from dmfn.contract.taxonomy import Taxonomy
 
 from . import calibration, figures
 from .analysis import SystemScores, align, analyse, compare, scores_of
 from .cohort import cohort_table, subgroup_aucs
+from .document import (
+    DIAGNOSTIC_HEAD,
+    Section,
+    Table,
+    ci,
+    diagnostic_cells,
+    fmt,
+    p_value,
+    to_html,
+    to_markdown,
+)
 from .proportions import youden_threshold
 from .readers import ReaderCall, analyse_readers
 
@@ -33,29 +43,52 @@ class EvaluationInputs:
     readers: list[ReaderCall] | None = None
     readers_path: str = ""
     manifest: Manifest | None = None
-    validation: PredictionTable | None = None
+    #: Validation predictions of the systems, in the order --predictions, --compare...
+    validation: list[PredictionTable] = field(default_factory=list)
     split: str | None = None
     positive: str = "malignant"
     threshold: float | None = None
     ci_method: str = "wilson"
     n_boot: int = 1000
     seed: int = 0
+    #: Names of the systems (--names); default: see system_names.
+    names: list[str] = field(default_factory=list)
 
 
-def _name(table: PredictionTable) -> str:
-    return Path(str(table.path)).stem if table.path is not None else "system"
+def system_names(tables: Sequence[PredictionTable], given: Sequence[str] = ()) -> list[str]:
+    """Names of the systems: ``given`` (--names), else the files' stems, else (when the stems
+    collide, as runs/dmfn/seed_0/predictions_test.csv and runs/cnn/seed_0/... do) the first
+    folder, from the file upwards, where their paths differ; numbered as a last resort."""
+    if given:
+        if len(given) != len(tables) or len(set(given)) != len(given):
+            raise InvalidInput(
+                "names", f"give {len(tables)} different names, one per system; got {list(given)}"
+            )
+        return list(given)
+    paths = [Path(str(t.path)) if t.path is not None else Path("system") for t in tables]
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    parts = [p.resolve().parts[::-1] for p in paths]
+    for depth in range(1, min(len(x) for x in parts)):
+        names = [x[depth] for x in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [f"{s} ({i + 1})" for i, s in enumerate(stems)]
 
 
 def _threshold(
-    inputs: EvaluationInputs, table: PredictionTable, name: str
+    inputs: EvaluationInputs, position: int, table: PredictionTable, name: str
 ) -> tuple[float | None, str]:
-    """The decision threshold: given, or Youden's on validation (a file, or the table's own
-    validation rows), else None (Youden's on the evaluated cases, said so in the report)."""
+    """The decision threshold of system ``position``: given, or Youden's on its validation
+    predictions (a file, or the table's own validation rows), else None (Youden's on the
+    evaluated cases, said so in the report)."""
     if inputs.threshold is not None:
         return inputs.threshold, "given (--threshold)"
     source = None
-    if inputs.validation is not None and table is inputs.predictions:
-        source, where = inputs.validation, f"youden on {inputs.validation.path}"
+    if position < len(inputs.validation):
+        source = inputs.validation[position]
+        where = f"youden on {Path(str(source.path)).name}"
     elif any(r.split == "val" for r in table.rows) and inputs.split not in (None, "val"):
         source, where = table, "youden on the validation split of the same file"
     if source is None:
@@ -82,9 +115,7 @@ def evaluate(inputs: EvaluationInputs) -> tuple[dict[str, Any], list[SystemScore
     """Every number of the report, and the aligned systems (for the figures)."""
     inputs, split_note = _default_split(inputs)
     tables = [inputs.predictions, *inputs.compare]
-    names = [_name(t) for t in tables]
-    if len(set(names)) != len(names):
-        names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
+    names = system_names(tables, inputs.names)
     systems = [
         scores_of(t, inputs.taxonomy, n, inputs.split) for t, n in zip(tables, names, strict=True)
     ]
@@ -102,8 +133,14 @@ def evaluate(inputs: EvaluationInputs) -> tuple[dict[str, Any], list[SystemScore
         "comparisons": [],
     }
     thresholds = {}
-    for table, s in zip(tables, systems, strict=True):
-        value, source = _threshold(inputs, table, s.name)
+    if len(inputs.validation) > len(tables):
+        raise InvalidInput(
+            "validation",
+            f"{len(inputs.validation)} file(s) for {len(tables)} system(s): give at most one "
+            "validation file per system, in the order --predictions, --compare ...",
+        )
+    for position, (table, s) in enumerate(zip(tables, systems, strict=True)):
+        value, source = _threshold(inputs, position, table, s.name)
         analysis = analyse(
             s, inputs.positive, value, source or "given", inputs.ci_method, inputs.n_boot,
             inputs.seed,
@@ -116,8 +153,8 @@ def evaluate(inputs: EvaluationInputs) -> tuple[dict[str, Any], list[SystemScore
                     thresholds[other.name])
         )  # fmt: skip
     main = systems[0]
-    if inputs.validation is not None and main.probs is not None and main.classes is not None:
-        val = scores_of(inputs.validation, inputs.taxonomy, "validation")
+    if inputs.validation and main.probs is not None and main.classes is not None:
+        val = scores_of(inputs.validation[0], inputs.taxonomy, "validation")
         if val.probs is not None and val.classes is not None:
             t = calibration.fit_temperature(val.classes, val.probs)
             scaled = calibration.apply_temperature(main.probs, t)
@@ -138,14 +175,14 @@ def evaluate(inputs: EvaluationInputs) -> tuple[dict[str, Any], list[SystemScore
     return result, systems
 
 
-def _clean(value: Any) -> Any:
+def clean_json(value: Any) -> Any:
     """JSON: NaN and infinities become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): clean_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [clean_json(v) for v in value]
     return value
 
 
@@ -206,133 +243,127 @@ def make_figures(
     return pngs
 
 
-# --------------------------------------------------------------------------- HTML
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}" if math.isfinite(v) else "-"
-    return html.escape(str(v))
+# --------------------------------------------------------------------------- document
+SYNTHETIC_WARNING = (
+    "Synthetic or unverified data. These numbers check the pipeline; they are not clinical "
+    "performance."
+)
 
 
-def _ci(d: Mapping[str, Any], key: str = "auc") -> str:
-    value = d.get(key, d.get("value"))
-    return f"{_fmt(value)} [{_fmt(d.get('ci_low'))}, {_fmt(d.get('ci_high'))}]"
-
-
-def _p(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return "&lt;0.001" if value < 0.001 else f"{value:.3f}"
-
-
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    th = "".join(f"<th>{h}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
-
-
-def _diag_cells(d: Mapping[str, Any]) -> list[str]:
-    return [_ci(d[k]) + f" ({d[k]['successes']}/{d[k]['n']})"
-            for k in ("sensitivity", "specificity", "ppv", "npv", "accuracy")]  # fmt: skip
-
-
-def write_html(path: Path, result: Mapping[str, Any], pngs: Mapping[str, Path]) -> Path:
+def binary_sections(result: Mapping[str, Any]) -> list[Section]:
     positive = result["positive"]
-    parts = ["<h1>dmfn evaluate</h1>"]
-    if result.get("synthetic") is not False:
-        parts.append(
-            '<p class="warn"><b>Synthetic or unverified data.</b> These numbers check the '
-            "pipeline; they are not clinical performance.</p>"
-        )
-    parts.append(
-        f"<p>Patient level (a patient's probabilities are the mean of its images'"
-        f"{'; this file gave image rows, averaged here' if any(result['image_rows_averaged']) else ''})."
-        f" Split: {_fmt(result['split_note'])}. Positive class: <b>{positive}</b>. Intervals: "
-        f"95 %; AUC by DeLong, proportions by {result['ci_method']}.</p>"
+    averaged = any(result["image_rows_averaged"])
+    intro = (
+        "Patient level (a patient's probabilities are the mean of its images'"
+        f"{'; this file gave image rows, averaged here' if averaged else ''}). "
+        f"Split: {result['split_note']}. Positive class: {positive}. Intervals: 95 %; AUC by "
+        f"DeLong (and a stratified bootstrap), proportions by {result['ci_method']}."
     )
     rows = []
     for name, s in result["systems"].items():
         b = s["binary"]
         rows.append([
-            html.escape(name), str(s["n_patients"]), _ci(b["auc"]), _ci(b["auc_bootstrap"]),
-            f"{_fmt(b['threshold']['value'])} ({html.escape(b['threshold']['chosen'])})",
-            *_diag_cells(b["at_threshold"]),
+            name, str(s["n_patients"]), ci(b["auc"]), ci(b["auc_bootstrap"]),
+            f"{fmt(b['threshold']['value'])} ({b['threshold']['chosen']})",
+            *diagnostic_cells(b["at_threshold"]),
         ])  # fmt: skip
-    parts.append("<h2>Binary: benign vs malignant</h2>")
-    parts.append(_table(
+    binary = Section(f"Binary: benign vs malignant ({positive} positive)", body=[intro, Table(
         ["system", "patients", "AUC [DeLong CI]", "AUC [bootstrap CI]", "threshold",
-         "sensitivity", "specificity", "PPV", "NPV", "accuracy"], rows,
-    ))  # fmt: skip
+         *DIAGNOSTIC_HEAD], rows,
+    )])  # fmt: skip
+    out = [binary]
     if result["comparisons"]:
         rows = [[
-            html.escape(c["system_1"]), html.escape(c["system_2"]),
-            _fmt(c["delong_paired"]["difference"]), _fmt(c["delong_paired"]["z"]),
-            _p(c["delong_paired"]["p"]), f"{c['mcnemar_calls']['b']} / {c['mcnemar_calls']['c']}",
-            _p(c["mcnemar_calls"]["p_chi2"]), _p(c["mcnemar_calls"]["p_exact"]),
+            c["system_1"], c["system_2"], fmt(c["delong_paired"]["difference"]),
+            fmt(c["delong_paired"]["z"]), p_value(c["delong_paired"]["p"]),
+            f"{c['mcnemar_calls']['b']} / {c['mcnemar_calls']['c']}",
+            p_value(c["mcnemar_calls"]["p_chi2"]), p_value(c["mcnemar_calls"]["p_exact"]),
         ] for c in result["comparisons"]]  # fmt: skip
-        parts.append("<h3>Comparisons (same patients)</h3>")
-        parts.append(_table(
+        out.append(Section("Comparisons (same patients)", 3, [Table(
             ["system 1", "system 2", "AUC difference", "DeLong z", "DeLong p (paired)",
              "McNemar b / c", "McNemar p (chi-square)", "McNemar p (exact)"], rows,
-        ))  # fmt: skip
-    multi_rows = []
+        ), "McNemar compares the calls at each system's threshold; b: right by system 1 only, "
+           "c: right by system 2 only."]))  # fmt: skip
+    return out
+
+
+def multiclass_sections(result: Mapping[str, Any]) -> list[Section]:
+    rows = []
     for name, s in result["systems"].items():
         m = s.get("multiclass")
         if m:
-            multi_rows.append([
-                html.escape(name), _ci(m["hand_till_auc"]), _fmt(m["macro_ovr_auc"]),
-                _ci(m["top1"]), _ci(m["top3"]), str(m["classes_present"]),
+            rows.append([
+                name, ci(m["hand_till_auc"]), ci(m["macro_ovr_auc"]), ci(m["top1"]), ci(m["top3"]),
+                str(m["classes_present"]),
             ])  # fmt: skip
-    if multi_rows:
-        parts.append("<h2>Multi-class</h2>")
-        parts.append(_table(
-            ["system", "Hand &amp; Till AUC [bootstrap CI]", "macro one-vs-rest AUC",
-             "top-1 [CI]", "top-3 [CI]", "classes present"], multi_rows,
-        ))  # fmt: skip
-        main = next(iter(result["systems"].values()))
-        if main.get("multiclass"):
-            rows = [[html.escape(c), _ci(a), f"{a['n_positive']}"]
-                    for c, a in main["multiclass"]["per_class_auc"].items()]  # fmt: skip
-            parts.append("<h3>One-vs-rest AUC per class (first system)</h3>")
-            parts.append(_table(["class", "AUC [DeLong CI]", "patients of the class"], rows))
-        cal = main.get("calibration")
-        if cal:
-            text = f"ECE {_fmt(cal['ece'])}, Brier {_fmt(cal['brier'])}"
-            fitted = cal.get("temperature_fitted_on_validation")
-            if fitted:
-                text += (
-                    f"; with a temperature of {_fmt(fitted['temperature'], 2)} fitted on "
-                    f"validation: ECE {_fmt(fitted['ece_after'])}, Brier {_fmt(fitted['brier_after'])}"
-                )
-            parts.append(f"<h3>Calibration (first system)</h3><p>{text}</p>")
+    if not rows:
+        return []
+    out = [Section("Multi-class", body=[Table(
+        ["system", "Hand & Till AUC [bootstrap CI]", "macro one-vs-rest AUC [bootstrap CI]",
+         "top-1 [CI]", "top-3 [CI]", "classes present"], rows,
+    )])]  # fmt: skip
+    main = next(iter(result["systems"].values()))
+    if main.get("multiclass"):
+        rows = [[c, ci(a), str(a["n_positive"])]
+                for c, a in main["multiclass"]["per_class_auc"].items()]  # fmt: skip
+        out.append(Section("One-vs-rest AUC per class (first system)", 3,
+                           [Table(["class", "AUC [DeLong CI]", "patients of the class"], rows)]))  # fmt: skip
+    cal = main.get("calibration")
+    if cal:
+        text = f"ECE {fmt(cal['ece'])}, Brier {fmt(cal['brier'])}"
+        fitted = cal.get("temperature_fitted_on_validation")
+        if fitted:
+            text += (
+                f"; with a temperature of {fmt(fitted['temperature'], 2)} fitted on validation: "
+                f"ECE {fmt(fitted['ece_after'])}, Brier {fmt(fitted['brier_after'])}"
+            )
+        out.append(Section("Calibration (first system)", 3, [text + "."]))
+    return out
+
+
+def reader_sections(result: Mapping[str, Any]) -> list[Section]:
     readers = result.get("readers")
-    if readers:
-        parts.append(
-            "<h2>Reader study" + (" (SIMULATED readers)" if readers["simulated"] else "") + "</h2>"
-        )
-        for session, data in readers["sessions"].items():
-            m = data["model"]
-            rows = [[
-                f"model (threshold {_fmt(m['threshold'])})", "-", *_diag_cells(m), "-", "-",
-                _ci(data["model_management_accuracy"])
-                if "model_management_accuracy" in data else "-",
-            ]]  # fmt: skip
-            for group, g in data["groups"].items():
-                mc = g["model_vs_group_mcnemar"]
-                dl = g.get("model_vs_group_delong")
-                rows.append([
-                    html.escape(group), str(len(g["readers"])), *_diag_cells(g),
-                    f"{_p(mc['p_chi2'])} / {_p(mc['p_exact'])}",
-                    _p(dl["p"]) if dl else "no scores",
-                    _ci(g["management_accuracy"]) if "management_accuracy" in g else "-",
-                ])  # fmt: skip
-            parts.append(f"<h3>Session {html.escape(session)}</h3>")
-            parts.append(_table(
-                ["group", "readers", "sensitivity", "specificity", "PPV", "NPV", "accuracy",
-                 "model vs group: McNemar p (chi2 / exact)", "model vs group: DeLong p",
-                 "management accuracy"], rows,
-            ))  # fmt: skip
+    if not readers:
+        return []
+    tag = " (SIMULATED readers)" if readers["simulated"] else ""
+    out = [Section("Reader study" + tag, body=[
+        "Groups pool their readers' calls; the model is compared with each group by McNemar's "
+        "test on the calls paired by patient (the group's majority call) and, where readers gave "
+        "scores, by the paired DeLong test."
+        + (" The readers are simulated from the paper's Table 3 sensitivity and specificity."
+           if readers["simulated"] else "")
+    ])]  # fmt: skip
+    for session, data in readers["sessions"].items():
+        m = data["model"]
+        mgmt = data.get("model_management_accuracy")
+        rows = [[f"model (threshold {fmt(m['threshold'])})", "-", *diagnostic_cells(m), "-", "-",
+                 ci(mgmt) if mgmt else "-"]]  # fmt: skip
+        for group, g in data["groups"].items():
+            mc = g["model_vs_group_mcnemar"]
+            dl = g.get("model_vs_group_delong")
+            rows.append([
+                group, str(len(g["readers"])), *diagnostic_cells(g),
+                f"{p_value(mc['p_chi2'])} / {p_value(mc['p_exact'])}",
+                p_value(dl["p"]) if dl else "no scores",
+                ci(g["management_accuracy"]) if "management_accuracy" in g else "-",
+            ])  # fmt: skip
+        per_reader = [
+            [reader, r["group"], str(r["n"]), *diagnostic_cells(r),
+             ci(r["auc"]) if "auc" in r else "no scores"]
+            for reader, r in data["readers"].items()
+        ]  # fmt: skip
+        out.append(Section(f"Session {session}: groups", 3, [Table(
+            ["group", "readers", *DIAGNOSTIC_HEAD, "model vs group: McNemar p (chi2 / exact)",
+             "model vs group: DeLong p", "management accuracy"], rows,
+        )]))  # fmt: skip
+        out.append(Section(f"Session {session}: readers", 3, [Table(
+            ["reader", "group", "calls", *DIAGNOSTIC_HEAD, "AUC [DeLong CI]"], per_reader,
+        )]))  # fmt: skip
+    return out
+
+
+def cohort_sections(result: Mapping[str, Any]) -> list[Section]:
+    out = []
     cohort = result.get("cohort")
     if cohort:
         rows = []
@@ -344,40 +375,37 @@ def write_html(path: Path, result: Mapping[str, Any], pngs: Mapping[str, Path]) 
                 f"{c['male']} ({100 * c['male'] / c['patients']:.0f} %)",
                 ", ".join(f"{k} {v}" for k, v in c["location"].items()),
                 f"{c['ctc']['mean']:.2f} ± {c['ctc']['sd']:.2f}", str(c["malignant"]),
-                "; ".join(f"{k.replace('_', ' ')} {_p(v)}" for k, v in tests.items()) or "-",
+                "; ".join(f"{k.replace('_', ' ')} {p_value(v)}" for k, v in tests.items()) or "-",
             ])  # fmt: skip
-        parts.append("<h2>Cohort (Table 1)</h2>")
-        parts.append(_table(
+        out.append(Section("Cohort (Table 1)", body=[Table(
             ["split", "patients", "images", "age (years)", "men", "compartment",
              "CTC (pg/ml)", "malignant", "tests against training"], rows,
-        ))  # fmt: skip
+        )]))  # fmt: skip
     groups = result.get("subgroups")
     if groups:
-        rows = []
-        for kind, levels in groups.items():
-            for level, a in levels.items():
-                rows.append([kind, html.escape(str(level)),
-                             _ci(a) if a.get("auc") is not None else "one class only",
-                             f"{a['n_positive']} / {a['n_negative']}"])  # fmt: skip
-        parts.append("<h2>Subgroups (first system, binary AUC)</h2>")
-        parts.append(_table(["by", "subgroup", "AUC [DeLong CI]", "positive / negative"], rows))
-    parts.append("<h2>Figures</h2>")
-    for name, png in pngs.items():
-        data = base64.b64encode(Path(png).read_bytes()).decode()
-        parts.append(f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
-                     f"<figcaption>{name}</figcaption></figure>")  # fmt: skip
-    style = (
-        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f0f0f0}"
-        ".warn{background:#fff3cd;padding:0.6em;border:1px solid #e0c060}img{max-width:100%}"
-    )
-    document = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>dmfn evaluate</title>"
-        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
-    )
-    path.write_text(document)
-    return path
+        rows = [
+            [kind, str(level), ci(a) if a.get("auc") is not None else "one class only",
+             f"{a['n_positive']} / {a['n_negative']}"]
+            for kind, levels in groups.items() for level, a in levels.items()
+        ]  # fmt: skip
+        out.append(Section("Subgroups (first system, binary AUC)", body=[
+            Table(["by", "subgroup", "AUC [DeLong CI]", "positive / negative"], rows)
+        ]))  # fmt: skip
+    return out
+
+
+def build_sections(result: Mapping[str, Any]) -> list[Section]:
+    """The report's sections, in reading order."""
+    if "over_seeds" in result:
+        from .seeds import seed_sections
+
+        return seed_sections(result)
+    return [
+        *binary_sections(result),
+        *multiclass_sections(result),
+        *reader_sections(result),
+        *cohort_sections(result),
+    ]
 
 
 def write_report(out: Path, inputs: EvaluationInputs) -> dict[str, Any]:
@@ -386,6 +414,14 @@ def write_report(out: Path, inputs: EvaluationInputs) -> dict[str, Any]:
     result, systems = evaluate(inputs)
     pngs = make_figures(out, result, systems, inputs)
     result["figures"] = {k: str(v.name) for k, v in pngs.items()}
-    (out / "metrics.json").write_text(json.dumps(_clean(result), indent=2) + "\n")
-    write_html(out / "report.html", result, pngs)
+    (out / "metrics.json").write_text(json.dumps(clean_json(result), indent=2) + "\n")
+    write_documents(out, result, pngs)
     return result
+
+
+def write_documents(out: Path, result: Mapping[str, Any], pngs: Mapping[str, Path]) -> None:
+    """``out/report.html`` (self-contained) and ``out/report.md`` from the same sections."""
+    sections = build_sections(result)
+    warning = SYNTHETIC_WARNING if result.get("synthetic") is not False else None
+    (out / "report.html").write_text(to_html("dmfn evaluate", warning, sections, pngs))
+    (out / "report.md").write_text(to_markdown("dmfn evaluate", warning, sections))

@@ -86,14 +86,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``dmfn synth``; returns the process exit code (0 ok, 1 a patient failed, 2 bad arguments)."""
-    from tqdm import tqdm
+    from dmfn.client.progress import Progress
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         preset = get_preset(args.preset, args.patients)
         total = sum(p.n_images for p in plan_cohort(preset.n_patients, args.seed))
-        with tqdm(total=total, unit="image", desc=f"synth {preset.name}", file=sys.stderr) as bar:
+        with Progress(total, f"synth {preset.name}", unit="image") as bar:
             manifest = generate_cohort(
                 args.out,
                 preset,

@@ -65,6 +65,8 @@ def cohort(tmp_path_factory) -> dict:
         "cnn": predictions("test", 1.0, "cnn"),
         "val": predictions("val", 2.5, "dmfn_val"),
         "readers": readers,
+        "dmfn_runs": [predictions("test", 2.5, f"dmfn_seed{k}") for k in range(3)],
+        "cnn_runs": [predictions("test", 1.5, f"cnn_seed{k}") for k in range(3)],
     }
 
 
@@ -154,7 +156,8 @@ def _write(path: Path, header: list[str], rows: list[list[object]]) -> Path:
 
 
 @pytest.mark.parametrize("case", ["one class", "NaN score", "patients differ", "unknown class",
-                                  "readers' patients missing"])  # fmt: skip
+                                  "readers' patients missing", "runs without files",
+                                  "too many validation files"])  # fmt: skip
 def test_bad_inputs_are_one_line_errors_naming_the_file(case, cohort, tmp_path, capsys) -> None:
     head = ["patient_id", "label", "malignant_prob"]
     good = _write(tmp_path / "good.csv", head, [["a", "benign", 0.1], ["b", "malignant", 0.9]])
@@ -175,6 +178,12 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(case, cohort, tmp_path, 
         bad = _write(tmp_path / "bad.csv", head, [["a", "cystt", 0.1], ["b", "malignant", 0.9]])
         argv += ["--predictions", str(bad)]
         expected = f"{bad}: unknown class 'cystt'"
+    elif case == "runs without files":
+        argv += ["--runs", "dmfn", str(good), "--runs", "cnn"]
+        expected = "--runs: 'cnn' has no predictions file after it"
+    elif case == "too many validation files":
+        argv += ["--predictions", str(good), "--validation", str(good), str(good)]
+        expected = "--validation: 2 file(s) for 1 system(s)"
     else:
         readers = _write(tmp_path / "readers.csv", ["reader_id", "group", "patient_id", "call"],
                          [["r1", "chief", "a", "benign"], ["r1", "chief", "zz", "benign"]])  # fmt: skip
@@ -202,3 +211,90 @@ def test_a_file_of_several_splits_is_evaluated_on_its_test_split(cohort, tmp_pat
     assert (
         system["binary"]["threshold"]["chosen"] == "youden on the validation split of the same file"
     )
+
+
+def test_runs_summarise_seeds_with_intervals_and_paired_tests(cohort, tmp_path, capsys) -> None:
+    out = tmp_path / "seeds"
+    argv = ["--runs", "dmfn", *map(str, cohort["dmfn_runs"]),
+            "--runs", "cnn", *map(str, cohort["cnn_runs"]), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "SD over seeds" in capsys.readouterr().out
+    result = json.loads((out / "metrics.json").read_text())["over_seeds"]
+    tables = {name: [_table(p) for p in cohort[f"{name}_runs"]] for name in ("dmfn", "cnn")}
+    labels = tables["dmfn"][0][0]
+    y = MALIGNANT[labels].astype(int)
+    aucs = [auc_delong(y, m).auc for _, _, m in tables["dmfn"]]
+    dmfn = result["systems"]["dmfn"]
+    assert [r["binary_auc"]["auc"] for r in dmfn["runs"]] == pytest.approx(aucs, abs=1e-12)
+    assert dmfn["binary_auc"]["mean"] == pytest.approx(np.mean(aucs), abs=1e-12)
+    assert dmfn["binary_auc"]["sd_over_seeds"] == pytest.approx(np.std(aucs, ddof=1), abs=1e-12)
+    mean_prob = np.mean([m for _, _, m in tables["dmfn"]], axis=0)
+    assert dmfn["ensemble"]["binary_auc"]["auc"] == pytest.approx(
+        auc_delong(y, mean_prob).auc, abs=1e-12
+    )
+    (comparison,) = result["comparisons"]
+    for k, d in enumerate(comparison["per_seed"]):
+        expected = delong_paired(y, tables["dmfn"][k][2], tables["cnn"][k][2])
+        assert d["p"] == pytest.approx(expected.p, abs=1e-12)
+    report = (out / "report.md").read_text()
+    assert "not a confidence interval" in report and "| dmfn | 3 |" in report
+    assert (out / "seeds.png").stat().st_size > 10_000
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_report_markdown_carries_the_same_tables(cohort, tmp_path) -> None:
+    out = tmp_path / "report"
+    argv = ["--predictions", str(cohort["dmfn"]), "--compare", str(cohort["cnn"]),
+            "--readers", str(cohort["readers"]), "--bootstrap", "100", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    md = (out / "report.md").read_text()
+    result = json.loads((out / "metrics.json").read_text())
+    auc = result["systems"]["dmfn"]["binary"]["auc"]
+    assert f"{auc['auc']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]" in md
+    assert "Reader study (SIMULATED readers)" in md and "resident_1" in md
+    assert md.startswith("# dmfn evaluate") and "Synthetic" in md
+
+
+def test_systems_are_named_by_where_their_paths_differ(cohort, tmp_path) -> None:
+    from dmfn.contract.predictions import read_predictions
+    from dmfn.evaluation.report import system_names
+
+    tables = []
+    for model in ("dmfn", "cnn"):
+        (tmp_path / model / "seed_0").mkdir(parents=True)
+        target = tmp_path / model / "seed_0" / "predictions_test.csv"
+        target.write_bytes(cohort[model].read_bytes())
+        tables.append(read_predictions(target))
+    assert system_names(tables) == ["dmfn", "cnn"]
+    assert system_names(tables, ["fusion", "ct"]) == ["fusion", "ct"]
+    with pytest.raises(ValueError, match="names"):
+        system_names(tables, ["same", "same"])
+
+
+def test_results_script_splices_the_evaluate_reports_into_a_readme(cohort, tmp_path) -> None:
+    """scripts/results_markdown.py (the last step of scripts/results.sh) on reports made here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "results_markdown", Path(__file__).parents[1] / "scripts" / "results_markdown.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "results"
+    (out / "cohort").mkdir(parents=True)
+    (out / "cohort" / "cohort.json").write_text('{"n_patients": 120}')
+    assert main(["--predictions", str(cohort["dmfn"]), "--compare", str(cohort["cnn"]),
+                 "--readers", str(cohort["readers"]), "--bootstrap", "100",
+                 "--out", str(out / "report_test")]) == 0  # fmt: skip
+    assert main(["--predictions", str(cohort["val"]), "--bootstrap", "100",
+                 "--out", str(out / "report_val")]) == 0  # fmt: skip
+    assert main(["--runs", "dmfn", *map(str, cohort["dmfn_runs"]), "--runs", "cnn",
+                 *map(str, cohort["cnn_runs"]), "--out", str(out / "report_seeds")]) == 0  # fmt: skip
+    text = module.build(out, "demo", "2026", "3", 600)
+    assert text.index("Test split (held out)") < text.index("Validation split")
+    assert "optimistic" in text and "10 min" in text and "not a confidence interval" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{module.BEGIN}\nSTALE TABLES\n{module.END}\n\ntail\n")
+    module.splice(readme, text)
+    spliced = readme.read_text()
+    assert "STALE TABLES" not in spliced and spliced.endswith("tail\n") and text in spliced

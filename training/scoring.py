@@ -14,7 +14,7 @@ from torch import nn
 from dmfn.contract.predictions import PredictionRow, Provenance, write_predictions
 from dmfn.contract.taxonomy import Taxonomy
 from dmfn.evaluation import calibration, metrics
-from dmfn.evaluation.analysis import bootstrap_hand_till
+from dmfn.evaluation.analysis import bootstrap_multiclass
 from dmfn.evaluation.proportions import proportion_ci
 from dmfn.evaluation.roc import auc_delong
 
@@ -71,7 +71,7 @@ def with_intervals(
     labels: np.ndarray, probs: np.ndarray, malignant_mask: Sequence[bool], seed: int = 0
 ) -> dict[str, Any]:
     """Patient-level metrics of ``probs`` with their 95 % intervals (``ci``: DeLong for the
-    binary AUC, a stratified bootstrap for Hand & Till, Wilson for the accuracies), the case
+    binary AUC, a stratified bootstrap for Hand & Till and macro one-vs-rest, Wilson for the accuracies), the case
     count and the calibration error."""
     out: dict[str, Any] = metrics.classification_summary(labels, probs, malignant_mask)
     mask = np.asarray(malignant_mask, dtype=bool)
@@ -81,7 +81,9 @@ def with_intervals(
         a = auc_delong(malignant, probs[:, mask].sum(axis=1))
         ci["binary_auc"] = [a.low, a.high]
     if np.unique(labels).size >= 2:
-        ci["hand_till_auc"] = list(bootstrap_hand_till(labels, probs, 200, seed))
+        boot = bootstrap_multiclass(labels, probs, 200, seed)
+        ci["hand_till_auc"] = list(boot["hand_till"])
+        ci["macro_ovr_auc"] = list(boot["macro_ovr"])
     top = np.argsort(-probs, axis=1, kind="stable")
     for key, right in (
         ("accuracy", top[:, 0] == labels),
