@@ -345,8 +345,9 @@ def test_dmfn_serve_runs_until_sigterm(exported_repository, tmp_path: Path) -> N
         if "dmfn serve: ready after" not in ready_line:
             process.kill()
             pytest.fail(ready_line + process.stderr.read())
-        endpoints = "".join(process.stdout.readline() for _ in range(4))
+        endpoints = "".join(process.stdout.readline() for _ in range(6))
         assert f"http://127.0.0.1:{http}" in endpoints and f"127.0.0.1:{grpc}" in endpoints
+        assert "  model   sha256 " in endpoints  # the served model's provenance
         assert "admin APIs closed" in endpoints
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
         assert client.is_model_ready(S.PIPELINE_MODEL)
