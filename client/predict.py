@@ -206,7 +206,10 @@ def format_prediction(prediction: Prediction, indent: str = "") -> str:
     for rank, (label, prob) in enumerate(prediction.top3, start=1):
         lines.append(f"  {rank}. {label:<{width}}  {prob:6.1%}")
     lines.append(f"  malignant probability: {prediction.malignant_prob:.1%}")
-    lines.append(f"  suggested management:  {prediction.management}")
+    lines.append(
+        f"  suggested management:  {prediction.management_detail or prediction.management}"
+        "  (a local policy, not from the paper)"
+    )
     lines.append("  measurements:")
     name_width = max(len(name) for name in prediction.measurements)
     for name, value in prediction.measurements.items():
@@ -289,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict in this process with this checkpoint instead of a server (no --url)",
     )
     p.add_argument(
+        "--management",
+        type=Path,
+        default=None,
+        help="with --checkpoint: the management policy JSON (default: dmfn's, "
+        "contract/data/management_default.json; a server applies the policy it was exported with)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -309,6 +319,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise ValueError("give either --url (a server) or --checkpoint (in-process), not both")
         if not args.checkpoint.is_file():
             raise ValueError(f"--checkpoint: {args.checkpoint} is not a file")
+    elif args.management is not None:
+        raise ValueError("--management: only with --checkpoint (a server applies its own policy)")
     if args.out is not None and args.out.is_dir():
         raise ValueError(f"--out: {args.out} is a folder; give the CSV file to write")
     if args.manifest is not None:

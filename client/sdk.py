@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from dmfn.contract import schema as S
+from dmfn.contract.management import ManagementPolicy
 from dmfn.contract.predictions import Provenance
 from dmfn.contract.server import ServerContract
 from dmfn.contract.study import Study
@@ -66,7 +67,12 @@ class Prediction:
         probs: class name -> probability (logit order, sums to 1).
         top3: the three most probable classes, ``(name, probability)``, most probable first.
         malignant_prob: sum of the probabilities of the taxonomy's malignant classes.
-        management: the management the taxonomy suggests for the most probable class.
+        management: the management policy's suggestion (an option whose classes' summed
+            probability reaches the policy's threshold, else ``uncertain``;
+            :mod:`dmfn.contract.management`). The policy is the hospital's, not the paper's.
+        management_detail: the same in words with the options' probabilities, e.g.
+            ``uncertain (surgery 0.55, follow-up 0.40; none reaches 0.60)``; where the server
+            does not publish its policy, equal to ``management``.
         measurements: ``schema.MEASUREMENT_FIELDS`` name -> value (mm, mm^2, mm^3), measured by
             the server on the mask after isotropic resampling.
         model_version: ``"<model name>/<version>"`` that answered.
@@ -83,6 +89,7 @@ class Prediction:
     model_version: str
     image_id: str = ""
     provenance: Provenance = field(default_factory=Provenance)
+    management_detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -92,6 +99,7 @@ class Prediction:
             "top3": [{"label": label, "prob": prob} for label, prob in self.top3],
             "malignant_prob": self.malignant_prob,
             "management": self.management,
+            "management_detail": self.management_detail or self.management,
             "measurements": dict(self.measurements),
             "probs": dict(self.probs),
             **self.provenance.columns(),
@@ -121,8 +129,10 @@ def parse_response(
     model_version: str = "",
     image_id: str = "",
     provenance: Provenance | None = None,
+    management: ManagementPolicy | None = None,
 ) -> Prediction:
-    """A :class:`Prediction` from the ensemble's output arrays of one study (batch row 0)."""
+    """A :class:`Prediction` from the ensemble's output arrays of one study (batch row 0);
+    ``management`` (the server's published policy) explains the suggestion."""
     probs = np.asarray(outputs[S.PROBS], np.float64).reshape(-1)
     if probs.size != len(class_names):
         raise DmfnServerError(
@@ -132,19 +142,24 @@ def parse_response(
     top = np.asarray(outputs[S.TOP3_INDEX]).reshape(-1)
     labels = [_text(v) for v in np.asarray(outputs[S.TOP3_LABEL]).reshape(-1)]
     measurements = np.asarray(outputs[S.MEASUREMENTS], np.float64).reshape(-1)
+    suggestion = _text(np.asarray(outputs[S.MANAGEMENT]).reshape(-1)[0])
+    detail = suggestion
+    if management is not None and set(class_names) <= set(management.by_class):
+        detail = management.describe(probs, class_names)
     return Prediction(
         probs=MappingProxyType(
             {name: float(p) for name, p in zip(class_names, probs, strict=True)}
         ),
         top3=tuple((label, float(probs[i])) for label, i in zip(labels, top, strict=True)),
         malignant_prob=float(np.asarray(outputs[S.MALIGNANT_PROB]).reshape(-1)[0]),
-        management=_text(np.asarray(outputs[S.MANAGEMENT]).reshape(-1)[0]),
+        management=suggestion,
         measurements=MappingProxyType(
             {n: float(v) for n, v in zip(S.MEASUREMENT_FIELDS, measurements, strict=True)}
         ),
         model_version=model_version,
         image_id=image_id,
         provenance=provenance or Provenance(),
+        management_detail=detail,
     )
 
 
@@ -328,6 +343,7 @@ class DmfnClient:
             _model_version(result),
             study.image_id,
             contract.provenance,
+            contract.management,
         )
 
     def predict_many(

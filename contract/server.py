@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dmfn.contract.limits import InputLimits
+from dmfn.contract.management import ManagementPolicy, parse_management
 from dmfn.contract.predictions import Provenance
 
 #: Parameter keys of the dmfn_pipeline config.
@@ -23,6 +24,8 @@ ROI_MARGIN_KEY = "roi_margin_mm"
 CTC_FEATURES_KEY = "ctc_features"
 CLASS_NAMES_KEY = "class_names"
 INPUT_LIMITS_KEY = "input_limits"
+#: The management policy the server applies (its JSON), so a client can explain the suggestion.
+MANAGEMENT_KEY = "management_policy"
 #: Provenance of the served model: the checkpoint's sha256, its training date, synthetic or not.
 PROVENANCE_KEYS = ("model_sha256", "model_trained", "model_synthetic")
 
@@ -37,6 +40,7 @@ class ServerContract:
     class_names: tuple[str, ...]
     limits: InputLimits | None = None
     provenance: Provenance = field(default_factory=Provenance)
+    management: ManagementPolicy | None = None
 
     def __post_init__(self) -> None:
         margin = float(self.roi_margin_mm)
@@ -72,6 +76,8 @@ class ServerContract:
         }
         if self.limits is not None:
             out[INPUT_LIMITS_KEY] = self.limits.to_json()
+        if self.management is not None:
+            out[MANAGEMENT_KEY] = self.management.to_json()
         out.update(self.provenance.columns())
         return out
 
@@ -115,10 +121,14 @@ class ServerContract:
         provenance = Provenance.from_columns(
             {k: text(k) for k in PROVENANCE_KEYS if k in parameters}
         )
+        management = None
+        if MANAGEMENT_KEY in parameters:
+            management = parse_management(text(MANAGEMENT_KEY), f"parameter '{MANAGEMENT_KEY}'")
         return cls(
             margin,
             tuple(names(CTC_FEATURES_KEY)),
             tuple(names(CLASS_NAMES_KEY)),
             limits,
             provenance,
+            management,
         )

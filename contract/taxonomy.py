@@ -1,22 +1,37 @@
-"""The lesion taxonomy: the one data file that names the classes, their benign/malignant group,
-the management suggested for each and the cohort statistics the synthetic generator samples from.
+"""The lesion taxonomy: the one data file that names the classes, their benign/malignant group
+and the paper's statistics the synthetic generator samples from (Table 2: patients per split,
+CTC mean and SD).
 
 The default is the 20 classes of the paper's Table 2 (``data/taxonomy_paper.csv``). Users may
-supply their own CSV with at least the columns ``class,group,management``; the count and CTC
-columns are only needed to generate a synthetic cohort.
+supply their own CSV with at least the columns ``class,group``; the count and CTC columns are only
+needed to generate a synthetic cohort. Management is not the taxonomy's business: it is a policy
+(:mod:`dmfn.contract.management`); a ``management`` column in older files is ignored.
+
+**Grouping.** Table 2 counts every thymoma as malignant, but the paper's text lists "benign
+thymoma" among the benign lesions without saying which types it means. ``grouping`` chooses:
+``table2`` (the default, every thymoma malignant) or ``thymoma_a_ab_benign`` (types A and AB, the
+types older classifications called benign, regrouped as benign: 157 of the paper's 1074
+patients). A grouping changes the binary task only; the classes and their order stay.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from dmfn.contract.errors import InvalidInput
+
 GROUPS = ("benign", "malignant")
-MANAGEMENTS = ("surgery", "follow-up", "biopsy-and-oncology")
 COMPARTMENTS = ("anterior", "middle", "posterior")
-REQUIRED_COLUMNS = ("class", "group", "management")
+REQUIRED_COLUMNS = ("class", "group")
+#: Regroupings of the default taxonomy: name -> {class: group}.
+GROUPINGS: dict[str, dict[str, str]] = {
+    "table2": {},
+    "thymoma_a_ab_benign": {"thymoma_A": "benign", "thymoma_AB": "benign"},
+}
+DEFAULT_GROUPING = "table2"
 
 
 @dataclass(frozen=True)
@@ -26,14 +41,11 @@ class LesionClass:
     name: str
     display_name: str
     group: str
-    management: str
     n_train: int = 0
     n_val: int = 0
     n_test: int = 0
     ctc_mean_pg_ml: float = float("nan")
     ctc_sd_pg_ml: float = float("nan")
-    #: compartment -> probability (sums to 1).
-    compartments: tuple[tuple[str, float], ...] = ()
 
     @property
     def malignant(self) -> bool:
@@ -84,35 +96,16 @@ class Taxonomy:
         return "".join(f"{n}\n" for n in self.names)
 
     def to_csv_text(self) -> str:
-        rows = [
-            "class,display_name,group,management,n_train,n_val,n_test,ctc_mean_pg_ml,ctc_sd_pg_ml,compartments"
-        ]
+        rows = ["class,display_name,group,n_train,n_val,n_test,ctc_mean_pg_ml,ctc_sd_pg_ml"]
         for c in self.classes:
-            comp = ";".join(f"{k}:{v:g}" for k, v in c.compartments)
             rows.append(
-                f"{c.name},{c.display_name},{c.group},{c.management},{c.n_train},{c.n_val},"
-                f"{c.n_test},{c.ctc_mean_pg_ml:g},{c.ctc_sd_pg_ml:g},{comp}"
+                f"{c.name},{c.display_name},{c.group},{c.n_train},{c.n_val},"
+                f"{c.n_test},{c.ctc_mean_pg_ml:g},{c.ctc_sd_pg_ml:g}"
             )
         return "\n".join(rows) + "\n"
 
     def digest(self) -> str:
         return hashlib.sha256(self.to_csv_text().encode()).hexdigest()
-
-
-def _parse_compartments(text: str, where: str) -> tuple[tuple[str, float], ...]:
-    if not text.strip():
-        return ()
-    out = []
-    for part in text.split(";"):
-        name, _, value = part.partition(":")
-        name = name.strip()
-        if name not in COMPARTMENTS:
-            raise ValueError(f"{where}: compartment {name!r} must be one of {COMPARTMENTS}")
-        out.append((name, float(value)))
-    total = sum(v for _, v in out)
-    if abs(total - 1.0) > 1e-6:
-        raise ValueError(f"{where}: compartment probabilities must sum to 1, got {total:g}")
-    return tuple(out)
 
 
 def parse_taxonomy(text: str, source: str = "<memory>") -> Taxonomy:
@@ -126,10 +119,6 @@ def parse_taxonomy(text: str, source: str = "<memory>") -> Taxonomy:
         where = f"taxonomy {source} line {i}"
         if row["group"] not in GROUPS:
             raise ValueError(f"{where}: group must be one of {GROUPS}, got {row['group']!r}")
-        if row["management"] not in MANAGEMENTS:
-            raise ValueError(
-                f"{where}: management must be one of {MANAGEMENTS}, got {row['management']!r}"
-            )
 
         def num(key: str, cast: type, default: float | int, row: dict = row, where: str = where):
             value = (row.get(key) or "").strip()
@@ -145,26 +134,43 @@ def parse_taxonomy(text: str, source: str = "<memory>") -> Taxonomy:
                 name=row["class"].strip(),
                 display_name=(row.get("display_name") or row["class"]).strip(),
                 group=row["group"],
-                management=row["management"],
                 n_train=num("n_train", int, 0),
                 n_val=num("n_val", int, 0),
                 n_test=num("n_test", int, 0),
                 ctc_mean_pg_ml=num("ctc_mean_pg_ml", float, float("nan")),
                 ctc_sd_pg_ml=num("ctc_sd_pg_ml", float, float("nan")),
-                compartments=_parse_compartments(row.get("compartments") or "", where),
             )
         )
     return Taxonomy(tuple(classes), source=source)
 
 
-def load_taxonomy(path: str | Path | None = None) -> Taxonomy:
-    """Load a taxonomy CSV; ``None`` loads the paper's 20-class default shipped with dmfn."""
+def regroup(taxonomy: Taxonomy, grouping: str) -> Taxonomy:
+    """``taxonomy`` with the groups of :data:`GROUPINGS` ``[grouping]``; ValueError naming the
+    argument for an unknown grouping or one whose classes the taxonomy lacks."""
+    if grouping not in GROUPINGS:
+        raise InvalidInput("grouping", f"must be one of {', '.join(GROUPINGS)}, got {grouping!r}")
+    change = GROUPINGS[grouping]
+    if not change:
+        return taxonomy
+    missing = sorted(set(change) - set(taxonomy.names))
+    if missing:
+        raise InvalidInput(
+            "grouping",
+            f"{grouping} regroups {missing}, which taxonomy {taxonomy.source} does not have",
+        )
+    classes = tuple(replace(c, group=change.get(c.name, c.group)) for c in taxonomy.classes)
+    return Taxonomy(classes, source=f"{taxonomy.source} (grouping {grouping})")
+
+
+def load_taxonomy(path: str | Path | None = None, grouping: str = DEFAULT_GROUPING) -> Taxonomy:
+    """Load a taxonomy CSV (``None``: the paper's 20-class default shipped with dmfn), regrouped
+    by ``grouping`` (see the module docstring)."""
     if path is None:
         from dmfn.resources import taxonomy_file
 
         default = taxonomy_file()
-        return parse_taxonomy(default.read_text(), source=default.name)
+        return regroup(parse_taxonomy(default.read_text(), source=default.name), grouping)
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"argument 'taxonomy': file {path} does not exist")
-    return parse_taxonomy(path.read_text(), source=str(path))
+    return regroup(parse_taxonomy(path.read_text(), source=str(path)), grouping)

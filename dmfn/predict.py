@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint is not None:
             from dmfn.training.inference import LocalPredictor
 
-            predictor = LocalPredictor(args.checkpoint)
+            predictor = LocalPredictor(args.checkpoint, args.management)
         else:
             predictor = DmfnClient(
                 args.url,

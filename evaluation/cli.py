@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from dmfn.contract.errors import InvalidInput, in_flags
+from dmfn.contract.management import load_management
 from dmfn.contract.predictions import PredictionTable, read_predictions
-from dmfn.contract.taxonomy import Taxonomy
+from dmfn.contract.taxonomy import DEFAULT_GROUPING, GROUPINGS, Taxonomy
 
 from .analysis import POSITIVES
 from .proportions import CI_METHODS
@@ -32,6 +33,8 @@ FLAGS = {
     "validation": "--validation",
     "runs": "--runs",
     "names": "--names",
+    "grouping": "--grouping",
+    "management": "--management",
 }
 
 
@@ -86,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
     p.add_argument("--taxonomy", type=Path, default=None,
                    help="taxonomy CSV (default: the paper's 20 classes)")  # fmt: skip
+    p.add_argument("--management", type=Path, default=None,
+                   help="management policy JSON for the reader study's management accuracy "
+                   "(default: dmfn's, not from the paper)")  # fmt: skip
+    p.add_argument("--grouping", choices=sorted(GROUPINGS), default=DEFAULT_GROUPING,
+                   help="benign/malignant grouping of the classes (table2: every thymoma "
+                   "malignant; thymoma_a_ab_benign: types A and AB benign); labels given as "
+                   "classes are grouped by it")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output folder")
     return p
 
@@ -104,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give either --predictions (one run per system) or --runs (several)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        taxonomy = load_taxonomy(args.taxonomy)
+        taxonomy = load_taxonomy(args.taxonomy, grouping=args.grouping)
         if args.runs:
             return _over_seeds(args, taxonomy)
         inputs = EvaluationInputs(
@@ -124,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             n_boot=args.n_boot,
             seed=args.seed,
             names=args.names,
+            management=load_management(args.management) if args.management else None,
         )
         result = write_report(args.out, inputs)
     except ValueError as err:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dmfn.contract.errors import InvalidInput
+from dmfn.contract.management import UNCERTAIN, ManagementPolicy, load_management
 from dmfn.contract.taxonomy import GROUPS, Taxonomy
 
 from .analysis import SystemScores
@@ -104,13 +105,17 @@ def analyse_readers(
     positive: str = "malignant",
     ci_method: str = "wilson",
     path: str = "readers.csv",
+    management: ManagementPolicy | None = None,
 ) -> dict[str, object]:
     """Per reader and per group (calls pooled over the group's readers): sensitivity,
     specificity, PPV, NPV, accuracy with intervals, the AUC where scores were given; the model
     against each group: paired DeLong (model score vs the group's mean score per patient, where
     every reader of the group gave scores), McNemar on the calls paired by patient (the group's
     majority call; a tie counts as the positive call) and the accuracy of the management decision
-    (where calls are classes). Split by session when there are several."""
+    (where calls are classes: the call's option under the ``management`` policy, dmfn's default
+    when None, against the true class's; the model's decision is the policy's suggestion from its
+    probabilities, an ``uncertain`` answer counting as not right). Split by session when there are
+    several."""
     index = {p: i for i, p in enumerate(model.patient_ids)}
     unknown = sorted({c.patient_id for c in calls} - set(index))
     if unknown:
@@ -123,7 +128,9 @@ def analyse_readers(
     y_model, score_model = model.binary(positive)
     model_called = score_model >= model_threshold
     model_right = model_called == (y_model == 1)
-    management = [c.management for c in taxonomy.classes]
+    policy = management or load_management()
+    policy.check_covers(taxonomy.names)
+    management = [policy.by_class[n] for n in taxonomy.names]
     sessions = sorted({c.session for c in calls})
     out: dict[str, object] = {
         "simulated": any(c.simulated for c in calls),
@@ -205,12 +212,12 @@ def analyse_readers(
             "groups": groups,
         }
         if model.classes is not None and model.probs is not None:
-            top = model.probs.argmax(axis=1)
-            right = sum(
-                management[t] == management[c] for t, c in zip(top, model.classes, strict=True)
-            )
+            suggested = policy.suggest(model.probs[read], taxonomy.names)
+            truth = [management[c] for c in model.classes[read]]
+            right = sum(a == b for a, b in zip(suggested, truth, strict=True))
             session_out["model_management_accuracy"] = proportion_ci(
-                int(right), top.size, ci_method
+                int(right), len(truth), ci_method
             ).to_dict()
+            session_out["model_management_uncertain"] = sum(a == UNCERTAIN for a in suggested)
         out["sessions"][session or "all"] = session_out  # type: ignore[index]
     return out

@@ -12,6 +12,7 @@ from typing import Any
 
 from dmfn.client.manifest import Manifest
 from dmfn.contract.errors import InvalidInput
+from dmfn.contract.management import ManagementPolicy
 from dmfn.contract.predictions import PredictionTable
 from dmfn.contract.taxonomy import Taxonomy
 
@@ -53,6 +54,8 @@ class EvaluationInputs:
     seed: int = 0
     #: Names of the systems (--names); default: see system_names.
     names: list[str] = field(default_factory=list)
+    #: The management policy for the reader study's management accuracy (None: dmfn's default).
+    management: ManagementPolicy | None = None
 
 
 def system_names(tables: Sequence[PredictionTable], given: Sequence[str] = ()) -> list[str]:
@@ -170,7 +173,7 @@ def evaluate(inputs: EvaluationInputs) -> tuple[dict[str, Any], list[SystemScore
     if inputs.readers is not None:
         result["readers"] = analyse_readers(
             inputs.readers, main, inputs.taxonomy, thresholds[main.name], inputs.positive,
-            inputs.ci_method, inputs.readers_path,
+            inputs.ci_method, inputs.readers_path, inputs.management,
         )  # fmt: skip
     return result, systems
 

@@ -39,6 +39,8 @@ MODEL_NAMES: tuple[str, ...] = (
 #: File names inside the model directories (relative to ``<repository>/<model>/``).
 PARAMS_FILE = "preprocess_params.json"
 TAXONOMY_FILE = "taxonomy.csv"
+#: The management policy postprocess applies (dmfn.contract.management), next to the taxonomy.
+MANAGEMENT_FILE = "management.json"
 LABELS_FILE = "labels.txt"
 #: Net weights inside ``<repository>/dmfn/1/``, by target.
 NET_MODEL_FILES: dict[str, str] = {
@@ -388,7 +390,8 @@ def render_net(schema: Schema, settings: ServingSettings) -> str:
 
 def render_postprocess(schema: Schema, settings: ServingSettings, temperature: float = 1.0) -> str:
     """``postprocess``: logits -> PROBS (``softmax(logits / temperature)``: the calibration
-    temperature fitted on validation), TOP3_*, MALIGNANT_PROB, MANAGEMENT; re-emits MEASUREMENTS."""
+    temperature fitted on validation), TOP3_*, MALIGNANT_PROB, MANAGEMENT (the policy in
+    ``management_file``); re-emits MEASUREMENTS."""
     if not (math.isfinite(temperature) and temperature > 0):
         raise InvalidInput("temperature", f"must be finite and > 0, got {temperature!r}")
     message = [
@@ -401,7 +404,13 @@ def render_postprocess(schema: Schema, settings: ServingSettings, temperature: f
             [("max_queue_delay_microseconds", settings.postprocess_max_queue_delay_us)],
         ),
         ("instance_group", _instances(settings.postprocess_instances, "KIND_CPU")),
-        *_parameters({"taxonomy_file": TAXONOMY_FILE, "temperature": repr(float(temperature))}),
+        *_parameters(
+            {
+                "taxonomy_file": TAXONOMY_FILE,
+                "management_file": MANAGEMENT_FILE,
+                "temperature": repr(float(temperature)),
+            }
+        ),
     ]
     return to_pbtxt(message)
 

@@ -30,6 +30,7 @@ import dmfn
 from dmfn.contract import schema as S
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.limits import InputLimits
+from dmfn.contract.management import ManagementPolicy, load_management
 from dmfn.contract.params import PreprocessParams
 from dmfn.contract.predictions import Provenance
 from dmfn.contract.schema import Schema
@@ -39,6 +40,7 @@ from dmfn.resources import TEMPLATE_ENV, model_repository_templates
 
 from .config import (
     LABELS_FILE,
+    MANAGEMENT_FILE,
     MODEL_NAMES,
     NET_MODEL_FILES,
     PARAMS_FILE,
@@ -88,6 +90,12 @@ class ModelInfo:
     provenance: Provenance = field(default_factory=Provenance)
     #: Calibration temperature applied by postprocess (``softmax(logits / T)``).
     temperature: float = 1.0
+    #: The management policy postprocess applies (None: dmfn's default).
+    management: ManagementPolicy | None = None
+
+    @property
+    def management_policy(self) -> ManagementPolicy:
+        return self.management or load_management()
 
 
 def model_card_text(info: ModelInfo, taxonomy: Taxonomy, schema: Schema, target: str) -> str:
@@ -138,6 +146,19 @@ def model_card_text(info: ModelInfo, taxonomy: Taxonomy, schema: Schema, target:
             "",
             *info.limits.describe(info.ctc_features),
         ]
+    policy = info.management_policy
+    options = {o: [c for c, m in policy.by_class.items() if m == o] for o in policy.options}
+    lines += [
+        "",
+        "## Management suggestion",
+        "",
+        f"Policy `{policy.source}` (sha256 {policy.digest()[:16]}). {policy.note}",
+        "",
+        f"MANAGEMENT is the option whose classes' summed probability reaches "
+        f"{policy.min_probability:.2f}, else `uncertain`. Not from the paper.",
+        "",
+        *[f"- {o}: {', '.join(classes)}" for o, classes in options.items()],
+    ]
     if info.parity:
         lines += ["", "## Export checks", ""]
         lines += [f"- {k}: {v:.3g}" for k, v in sorted(info.parity.items())]
@@ -150,7 +171,7 @@ def model_card_text(info: ModelInfo, taxonomy: Taxonomy, schema: Schema, target:
         "## Limitations",
         "",
         "Research software. Outputs are decision support for trained readers; the management "
-        "suggestion is the taxonomy's default for the most probable class.",
+        "suggestion follows the policy above, a local choice rather than evidence.",
         "",
     ]
     return "\n".join(lines)
@@ -209,6 +230,10 @@ def _manifest(
         "input_limits": info.limits.to_dict() if info.limits is not None else None,
         "provenance": info.provenance.columns(),
         "temperature": info.temperature,
+        "management": {
+            "source": info.management_policy.source,
+            "sha256": info.management_policy.digest(),
+        },
     }
 
 
@@ -222,12 +247,15 @@ def _fill(
     taxonomy: Taxonomy,
     info: ModelInfo,
 ) -> None:
+    policy = info.management_policy
+    policy.check_covers(taxonomy.names)
     contract = ServerContract(
         params.roi_margin_mm,
         tuple(info.ctc_features),
         tuple(taxonomy.names),
         info.limits,
         info.provenance,
+        policy,
     )
     configs = render_all(schema, settings, contract, info.temperature)
     for name in MODEL_NAMES:
@@ -240,6 +268,7 @@ def _fill(
     shutil.copy2(net_file, root / S.NET_MODEL / "1" / NET_MODEL_FILES[settings.target])
     (root / S.PREPROCESS_MODEL / PARAMS_FILE).write_text(params.to_json() + "\n")
     (root / S.POSTPROCESS_MODEL / TAXONOMY_FILE).write_text(taxonomy.to_csv_text())
+    (root / S.POSTPROCESS_MODEL / MANAGEMENT_FILE).write_text(policy.to_json() + "\n")
     for name in (S.NET_MODEL, S.POSTPROCESS_MODEL, S.PIPELINE_MODEL):
         (root / name / LABELS_FILE).write_text(taxonomy.labels_file_text())
     (root / MODEL_CARD_FILE).write_text(model_card_text(info, taxonomy, schema, settings.target))

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
 from dmfn.contract.errors import in_flags
+from dmfn.contract.taxonomy import DEFAULT_GROUPING, GROUPINGS
 from dmfn.synth.cohort import (
+    INFO_NAME,
     PRESETS,
     CohortGenerationError,
     generate_cohort,
     get_preset,
     plan_cohort,
 )
+from dmfn.synth.fidelity import format_report
 
 #: API argument -> flag of `dmfn synth` (error messages speak in flags).
 FLAGS = {
@@ -24,6 +28,8 @@ FLAGS = {
     "seed": "--seed",
     "workers": "--workers",
     "readers_per_group": "--readers",
+    "grouping": "--grouping",
+    "compartments": "--compartments",
 }
 
 log = logging.getLogger("dmfn.synth")
@@ -69,6 +75,26 @@ def _parser() -> argparse.ArgumentParser:
         help="number of patients instead of the preset's (at least 3)",
     )
     parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="plan the cohort and write manifest.csv, cohort.json and the readers without "
+        "rendering images (seconds): to check the counts, splits and tabular data",
+    )
+    parser.add_argument(
+        "--grouping",
+        choices=sorted(GROUPINGS),
+        default=DEFAULT_GROUPING,
+        help="benign/malignant grouping of the classes: table2 (the paper's Table 2, every "
+        "thymoma malignant) or thymoma_a_ab_benign (types A and AB benign, as the paper's text "
+        f"speaks of benign thymoma); default {DEFAULT_GROUPING}",
+    )
+    parser.add_argument(
+        "--compartments",
+        default=None,
+        help="CSV of compartment probabilities per class (class, anterior, middle, posterior): "
+        "replaces OUR assumption in synth/data/compartments.csv (the paper gives none per class)",
+    )
+    parser.add_argument(
         "--readers",
         type=int,
         default=2,
@@ -92,23 +118,28 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         preset = get_preset(args.preset, args.patients)
-        total = sum(p.n_images for p in plan_cohort(preset.n_patients, args.seed))
-        with Progress(total, f"synth {preset.name}", unit="image") as bar:
+        if args.dry_run:
             manifest = generate_cohort(
-                args.out,
-                preset,
-                seed=args.seed,
-                workers=args.workers,
-                overwrite=args.force,
-                readers_per_group=args.readers,
-                progress=bar.update,
-            )
+                args.out, preset, seed=args.seed, overwrite=args.force,
+                readers_per_group=args.readers, dry_run=True, grouping=args.grouping,
+                compartments=args.compartments,
+            )  # fmt: skip
+        else:
+            total = sum(p.n_images for p in plan_cohort(preset.n_patients, args.seed))
+            with Progress(total, f"synth {preset.name}", unit="image") as bar:
+                manifest = generate_cohort(
+                    args.out, preset, seed=args.seed, workers=args.workers,
+                    overwrite=args.force, readers_per_group=args.readers, progress=bar.update,
+                    grouping=args.grouping, compartments=args.compartments,
+                )  # fmt: skip
     except ValueError as err:
         log.error("dmfn synth: %s", in_flags(err, FLAGS))
         return 2
     except CohortGenerationError as err:
         log.error("dmfn synth: %s", err)
         return 1
+    info = json.loads((manifest.parent / INFO_NAME).read_text())
+    print(format_report(info["fidelity"]), flush=True)
     log.info("manifest: %s", manifest)
     return 0
 

@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from dmfn.client.manifest import MANIFEST_COLUMNS, SPLITS
 from dmfn.contract.errors import InvalidInput
-from dmfn.contract.taxonomy import COMPARTMENTS, Taxonomy, load_taxonomy
+from dmfn.contract.taxonomy import COMPARTMENTS, DEFAULT_GROUPING, Taxonomy, load_taxonomy
 from dmfn.synth.anatomy import (
     LESION,
     ChestAnatomy,
@@ -45,6 +45,7 @@ from dmfn.synth.anatomy import (
     render_chest,
     sample_anatomy,
 )
+from dmfn.synth.compartments import CompartmentTable, load_compartments
 from dmfn.synth.lesions import Lesion, mass_shift_mm, paint_lesion, sample_lesion
 
 log = logging.getLogger(__name__)
@@ -114,21 +115,27 @@ def get_preset(name: str, n_patients: int | None = None) -> Preset:
 
 @dataclass(frozen=True)
 class SplitStats:
-    """Table 1 column of one split."""
+    """Table 1 column of one split: patients, CT images, age mean and SD (years), the fraction
+    of men, and, not sampled but compared with what the generator gives, the CTC mean and SD
+    (pg/ml) and the patients per compartment (anterior, middle, posterior)."""
 
     n_patients: int
     n_images: int
     age_mean: float
     age_sd: float
     male_fraction: float
+    ctc_mean: float
+    ctc_sd: float
+    locations: tuple[int, int, int]
 
 
-#: The paper's Table 1 per split (reference/cohort_table1.csv): patients, CT images, age mean and
-#: SD (years), men. A test checks these numbers against the reference file.
+#: The paper's Table 1 per split (tests/data/paper_table1.csv holds the table; a test checks
+#: these numbers against it). Table 1's CTC means cannot come from Table 2's class means mixed by
+#: Table 2's own counts (docs/data.md); the generator follows Table 2, so it does not reproduce them.
 TABLE1: dict[str, SplitStats] = {
-    "train": SplitStats(434, 596, 53.81, 12.42, 197 / 434),
-    "val": SplitStats(288, 419, 52.41, 13.63, 127 / 288),
-    "test": SplitStats(352, 485, 53.76, 12.88, 162 / 352),
+    "train": SplitStats(434, 596, 53.81, 12.42, 197 / 434, 12.48, 5.23, (297, 94, 43)),
+    "val": SplitStats(288, 419, 52.41, 13.63, 127 / 288, 11.02, 4.62, (211, 50, 27)),
+    "test": SplitStats(352, 485, 53.76, 12.88, 162 / 352, 15.19, 6.58, (275, 54, 23)),
 }
 
 
@@ -156,45 +163,73 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
-def plan_cohort(n_patients: int, seed: int, taxonomy: Taxonomy | None = None) -> list[PatientPlan]:
-    """Draw class, split, CTC, age, sex, location and image count for ``n_patients`` patients."""
+def class_split_counts(n_patients: int, taxonomy: Taxonomy) -> np.ndarray:
+    """Patients per class and split [C, 3] (train, val, test): Table 2's counts
+    (``n_train``, ``n_val``, ``n_test``) exactly when ``n_patients`` is their total, otherwise
+    scaled to ``n_patients`` by largest remainders (every cell within one patient of its share,
+    ties to the earlier cell), then every split given at least one patient."""
+    table = np.array([[c.n_train, c.n_val, c.n_test] for c in taxonomy.classes], dtype=float)
+    n = int(n_patients)
+    share = table / table.sum() * n
+    counts = np.floor(share).astype(np.int64)
+    remainder = (share - counts).ravel()
+    order = np.argsort(-remainder, kind="stable")[: n - int(counts.sum())]
+    counts.ravel()[order] += 1
+    for split in range(3):
+        while counts[:, split].sum() == 0:
+            # take a patient from the fullest cell of the fullest split (small n only)
+            donor = int(np.argmax(counts.sum(axis=0)))
+            cls = int(np.argmax(counts[:, donor]))
+            counts[cls, donor] -= 1
+            counts[cls, split] += 1
+    return counts
+
+
+def plan_cohort(
+    n_patients: int,
+    seed: int,
+    taxonomy: Taxonomy | None = None,
+    compartments: CompartmentTable | None = None,
+) -> list[PatientPlan]:
+    """Draw class, split, CTC, age, sex, location and image count for ``n_patients`` patients.
+    Classes per split follow :func:`class_split_counts` (exactly Table 2 at the paper's size);
+    patient order is shuffled."""
     if int(n_patients) < 3:
         raise ValueError(
             f"argument 'n_patients': needs at least 3 (one per split), got {n_patients}"
         )
     tax = taxonomy or load_taxonomy()
+    table = compartments or load_compartments()
+    table.check_covers(tax)
     for c in tax.classes:
-        if c.n_total <= 0 or not c.ctc_sd_pg_ml > 0 or not c.compartments:
+        if c.n_total <= 0 or not c.ctc_sd_pg_ml > 0:
             raise ValueError(
-                f"argument 'taxonomy': class {c.name!r} needs patient counts, a CTC mean/SD and "
-                "compartment probabilities to be sampled"
+                f"argument 'taxonomy': class {c.name!r} needs patient counts and a CTC mean/SD "
+                "to be sampled"
             )
-    table1 = TABLE1
     rng = _rng(seed, 0)
     n = int(n_patients)
-    freq = np.array([c.n_total for c in tax.classes], float)
-    labels = rng.choice(len(tax), size=n, p=freq / freq.sum())
-    splits = _stratified_splits(
-        rng, labels, np.array([table1[s].n_patients for s in SPLITS], float)
-    )
+    counts = class_split_counts(n, tax)
+    cells = [(c, s) for c in range(len(tax)) for s in range(3) for _ in range(counts[c, s])]
+    order = rng.permutation(len(cells))
+    labels = np.array([cells[i][0] for i in order])
+    splits = np.array([cells[i][1] for i in order])
 
     n_images = np.ones(n, int)
     for k, split in enumerate(SPLITS):
         members = np.flatnonzero(splits == k)
-        st = table1[split]
+        st = TABLE1[split]
         extra = round(members.size * (st.n_images / st.n_patients - 1.0))
         n_images[rng.permutation(members)[:extra]] += 1
 
     plans = []
     for i in range(n):
         cls = tax.classes[labels[i]]
-        st = table1[SPLITS[splits[i]]]
+        st = TABLE1[SPLITS[splits[i]]]
         age = round(float(np.clip(rng.normal(st.age_mean, st.age_sd), *AGE_RANGE)))
         sex = "M" if rng.random() < st.male_fraction else "F"
         ctc = _truncated_normal(rng, cls.ctc_mean_pg_ml, cls.ctc_sd_pg_ml)
-        names = [name for name, _ in cls.compartments]
-        probs = np.array([p for _, p in cls.compartments])
-        location = names[int(rng.choice(len(names), p=probs / probs.sum()))]
+        location = COMPARTMENTS[int(rng.choice(len(COMPARTMENTS), p=table.of(cls.name)))]
         plans.append(
             PatientPlan(
                 index=i,
@@ -202,7 +237,7 @@ def plan_cohort(n_patients: int, seed: int, taxonomy: Taxonomy | None = None) ->
                 label=cls.name,
                 group=cls.group,
                 split=SPLITS[splits[i]],
-                ctc_level_pg_ml=round(ctc, 2),
+                ctc_level_pg_ml=max(round(ctc, 2), 0.01),  # > 0 after rounding too
                 age_years=age,
                 sex=sex,
                 location=location,
@@ -218,25 +253,6 @@ def _truncated_normal(rng: np.random.Generator, mean: float, sd: float) -> float
         x = float(rng.normal(mean, sd))
         if x > 0.0:
             return x
-
-
-def _stratified_splits(
-    rng: np.random.Generator, labels: np.ndarray, weights: np.ndarray
-) -> np.ndarray:
-    """Split index per patient: patients grouped by class (classes and members in random order)
-    are dealt to the split that is furthest below its target share, so each class and the whole
-    cohort follow ``weights`` to within one patient per class."""
-    target = weights / weights.sum()
-    order = []
-    for c in rng.permutation(np.unique(labels)):
-        order.extend(rng.permutation(np.flatnonzero(labels == c)).tolist())
-    counts = np.zeros(len(weights))
-    out = np.empty(len(labels), int)
-    for k, i in enumerate(order):
-        s = int(np.argmax(target * (k + 1) - counts))
-        out[i] = s
-        counts[s] += 1
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,13 +426,13 @@ def generate_patient(
         acq = sample_acquisition(rng, preset, subject.lesion, subject.table_z_mm, first)
         first = first or acq
         hu, mask = render_image(subject, acq, rng)
-        image_id = f"{plan.patient_id}_{k + 1}"
+        row = manifest_row(plan, k)
+        image_id = row["image_id"]
         if not mask.any():  # the placement rule (lesions.sample_lesion) should prevent this
             raise RuntimeError(
                 f"image {image_id}: the lesion mask is empty (the anatomy hides the lesion)"
             )
-        image_rel = Path("images") / plan.patient_id / image_id
-        mask_rel = Path("masks") / f"{image_id}.nii.gz"
+        image_rel, mask_rel = Path(row["image_path"]), Path(row["mask_path"])
         write_dicom_series(
             hu,
             acq.spacing_mm,
@@ -429,21 +445,26 @@ def generate_patient(
         )
         (out_dir / mask_rel).parent.mkdir(parents=True, exist_ok=True)
         write_nifti_mask(mask, acq.spacing_mm, out_dir / mask_rel, origin_lps_mm=acq.origin_lps_mm)
-        row = {
-            "patient_id": plan.patient_id,
-            "image_id": image_id,
-            "image_path": image_rel.as_posix(),
-            "mask_path": mask_rel.as_posix(),
-            "ctc_level_pg_ml": f"{plan.ctc_level_pg_ml:.2f}",
-            "age_years": str(plan.age_years),
-            "sex": plan.sex,
-            "location": plan.location,
-            "label": plan.label,
-            "group": plan.group,
-            "split": plan.split,
-        }
         records.append(ImageRecord(row, acq))
     return records
+
+
+def manifest_row(plan: PatientPlan, k: int) -> dict[str, str]:
+    """The manifest row of image ``k`` (0-based) of ``plan`` (paths relative to the cohort)."""
+    image_id = f"{plan.patient_id}_{k + 1}"
+    return {
+        "patient_id": plan.patient_id,
+        "image_id": image_id,
+        "image_path": (Path("images") / plan.patient_id / image_id).as_posix(),
+        "mask_path": (Path("masks") / f"{image_id}.nii.gz").as_posix(),
+        "ctc_level_pg_ml": f"{plan.ctc_level_pg_ml:.2f}",
+        "age_years": str(plan.age_years),
+        "sex": plan.sex,
+        "location": plan.location,
+        "label": plan.label,
+        "group": plan.group,
+        "split": plan.split,
+    }
 
 
 def _uid_entropy(seed: int, image_id: str) -> str:
@@ -479,8 +500,17 @@ def generate_cohort(
     overwrite: bool = False,
     readers_per_group: int = 2,
     progress: ProgressCallback | None = None,
+    dry_run: bool = False,
+    grouping: str = DEFAULT_GROUPING,
+    compartments: str | Path | CompartmentTable | None = None,
 ) -> Path:
     """Generate a cohort into ``out_dir``; return the manifest path.
+
+    ``dry_run`` plans the patients and writes ``manifest.csv``, ``cohort.json`` and the
+    simulated readers without rendering any image (seconds; the image and mask paths are those a
+    full run with the same seed would write). ``grouping`` regroups the taxonomy
+    (:data:`dmfn.contract.taxonomy.GROUPINGS`; the manifest's ``group`` column follows it);
+    ``compartments`` replaces the compartment table (:mod:`dmfn.synth.compartments`).
 
     Writes ``images/<patient>/<image>/`` (a DICOM CT series each), ``masks/<image>.nii.gz``,
     ``manifest.csv`` (columns :data:`MANIFEST_COLUMNS`, paths relative to it) and
@@ -519,9 +549,19 @@ def generate_cohort(
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    plans = plan_cohort(preset.n_patients, seed)
+    from dmfn.synth.fidelity import cohort_report
+
+    taxonomy = load_taxonomy(grouping=grouping)
+    table = (
+        compartments
+        if isinstance(compartments, CompartmentTable)
+        else load_compartments(compartments)
+    )
+    plans = plan_cohort(preset.n_patients, seed, taxonomy, table)
     results: dict[int, list[ImageRecord]] = {}
-    if workers == 1:
+    if dry_run:
+        rows = [manifest_row(p, k) for p in plans for k in range(p.n_images)]
+    elif workers == 1:
         for plan in plans:
             try:
                 results[plan.index] = generate_patient(plan, seed, preset, out)
@@ -544,7 +584,8 @@ def generate_cohort(
                 if progress:
                     progress(len(results[plan.index]))
 
-    rows = [rec.row for i in sorted(results) for rec in results[i]]
+    if not dry_run:
+        rows = [rec.row for i in sorted(results) for rec in results[i]]
     manifest = out / MANIFEST_NAME
     with manifest.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
@@ -558,8 +599,12 @@ def generate_cohort(
         "n_patients": len(plans),
         "n_images": len(rows),
         "patients_per_split": {s: sum(p.split == s for p in plans) for s in SPLITS},
-        "taxonomy_sha256": load_taxonomy().digest(),
-        "note": "synthetic data for pipeline checks; not patients, no clinical meaning",
+        "taxonomy_sha256": taxonomy.digest(),
+        "grouping": grouping,
+        "dry_run": dry_run,
+        "note": "synthetic data for pipeline checks; not patients, no clinical meaning"
+        + ("; DRY RUN: the manifest's images and masks were not rendered" if dry_run else ""),
+        "fidelity": cohort_report(plans, taxonomy, table),
     }
     if readers_per_group:
         from dmfn.synth.readers import READERS_FILE, simulate_readers
@@ -572,7 +617,10 @@ def generate_cohort(
             "specificity per group",
         }
     (out / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
-    log.info("wrote %d images of %d patients to %s", len(rows), len(plans), out)
+    if dry_run:
+        log.info("planned %d images of %d patients into %s (dry run)", len(rows), len(plans), out)
+    else:
+        log.info("wrote %d images of %d patients to %s", len(rows), len(plans), out)
     return manifest
 
 

@@ -2,8 +2,8 @@
 three seniorities, drawn from the sensitivity and specificity the paper's Table 3 gives each
 group (``synth/data/readers_table3.csv``; benign is the positive class there).
 
-Each simulated reader calls each test patient (the held-out split: the paper's readers read its
-held-out "validation cohort") benign or malignant independently:
+Each simulated reader calls each test patient (our held-out split; the paper's Table 3 reports
+its readers on its validation cohort, also unseen in training) benign or malignant independently:
 a benign patient is called benign with the group's sensitivity, a malignant one malignant with
 its specificity. No score is simulated (the paper gives none), so the model is compared with the
 groups by McNemar's test on the calls. Every row says ``simulated=true``.

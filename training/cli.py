@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dmfn.contract.errors import in_flags
 from dmfn.contract.schema import DEFAULT_CTC_FEATURES
+from dmfn.contract.taxonomy import DEFAULT_GROUPING, GROUPINGS
 
 from .config import CLI_AUX_WEIGHT, CLI_FUSION, TrainConfig, parse_params
 from .models import DEFAULT_BACKBONE, FUSION_KINDS, MODEL_KINDS
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     io.add_argument(
         "--taxonomy", type=Path, default=None, help="taxonomy CSV (default: the paper's 20 classes)"
+    )
+    io.add_argument(
+        "--grouping",
+        choices=sorted(GROUPINGS),
+        default=DEFAULT_GROUPING,
+        help="benign/malignant grouping of the taxonomy: table2 (every thymoma malignant, the "
+        "paper's Table 2) or thymoma_a_ab_benign (types A and AB benign); the manifest's group "
+        "column must agree (dmfn synth --grouping)",
     )
     io.add_argument(
         "--ctc-features",

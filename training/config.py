@@ -15,6 +15,7 @@ import torch
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.params import PreprocessParams
 from dmfn.contract.schema import DEFAULT_CTC_FEATURES
+from dmfn.contract.taxonomy import DEFAULT_GROUPING, GROUPINGS
 
 from .models import DEFAULT_BACKBONE, DEFAULT_FUSION, FUSION_KINDS, MODEL_KINDS, list_backbones
 
@@ -57,6 +58,7 @@ class TrainConfig:
     cache_dir: Path | None = None
     params: PreprocessParams = field(default_factory=PreprocessParams)
     taxonomy: Path | None = None
+    grouping: str = DEFAULT_GROUPING
     ctc_features: tuple[str, ...] = DEFAULT_CTC_FEATURES
     workers: int = 2
     model: str = "dmfn"
@@ -111,6 +113,7 @@ def _check(condition: bool, name: str, rule: str, value: object) -> None:
 
 
 def _validate(c: TrainConfig) -> None:
+    _check(c.grouping in GROUPINGS, "grouping", f"must be one of {tuple(GROUPINGS)}", c.grouping)
     _check(c.model in MODEL_KINDS, "model", f"must be one of {MODEL_KINDS}", c.model)
     if c.model != "tabular":
         known = list_backbones()

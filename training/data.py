@@ -30,7 +30,7 @@ class TrainingData:
 
 def prepare_data(args: TrainConfig, dist: Distributed = SINGLE_PROCESS) -> TrainingData:
     """Read the manifest, build the preprocessing cache (main process first) and load splits."""
-    taxonomy = load_taxonomy(args.taxonomy)
+    taxonomy = load_taxonomy(args.taxonomy, grouping=args.grouping)
     manifest = read_manifest(args.manifest, taxonomy, args.ctc_features)
     cache_dir = args.cache_dir or manifest.path.resolve().parent / ".dmfn_cache"
     files = None

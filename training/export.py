@@ -32,6 +32,7 @@ import torch
 from dmfn.contract import schema as S
 from dmfn.contract.errors import in_flags
 from dmfn.contract.limits import DEFAULT_MAX_STUDY_VOXELS, InputLimits, widen_range
+from dmfn.contract.management import load_management
 from dmfn.contract.study import Study
 from dmfn.contract.wire import build_request
 from dmfn.preprocess import preprocess_request
@@ -308,8 +309,10 @@ def export(
     seed: int = 0,
     ctc_range: Sequence[tuple[float, float]] | None = None,
     max_study_voxels: int = DEFAULT_MAX_STUDY_VOXELS,
+    management: str | Path | None = None,
 ) -> dict[str, float]:
     """Export ``checkpoint`` into a Triton repository at ``out``; returns the parity numbers.
+    ``management``: the management policy JSON the server applies (None: dmfn's default).
 
     Raises ValueError for bad arguments and :class:`ExportError` when a check fails (then
     nothing is written).
@@ -321,7 +324,9 @@ def export(
         if reason is not None:
             raise ExportError(f"cannot build a TensorRT engine here: {reason}")
     check_output_folder(out, overwrite)  # before any work: a refusal costs nothing
+    policy = load_management(management)
     ckpt = load_checkpoint(checkpoint)
+    policy.check_covers(ckpt.taxonomy.names)
     _schema_checks(ckpt)
     limits = input_limits(ckpt, ctc_range, max_study_voxels)
     model = ckpt.build_model()
@@ -377,6 +382,7 @@ def export(
             limits=limits,
             provenance=provenance(ckpt, checkpoint),
             temperature=ckpt.temperature,
+            management=policy,
         )
         write_repository(
             out,
@@ -398,6 +404,7 @@ FLAGS: dict[str, str] = {
     "ctc_range": "--ctc-range",
     "max_study_voxels": "--max-study-voxels",
     "parity_manifest": "--parity-manifest",
+    "management": "--management",
     "parity_studies": "--parity-studies",
     "manifest": "--parity-manifest",
     **{name: flag for name, (flag, _) in SETTING_FLAGS.items()},
@@ -493,6 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"body limit ({DEFAULT_MAX_STUDY_VOXELS})",
     )
     p.add_argument(
+        "--management",
+        type=Path,
+        default=None,
+        help="management policy JSON the server applies (class -> option, min_probability); "
+        "default: dmfn's, contract/data/management_default.json, which is not from the paper",
+    )
+    p.add_argument(
         "--training-data",
         choices=("auto", "synthetic", "real"),
         default="auto",
@@ -518,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             parity_studies=args.parity_studies,
             parity_manifest=args.parity_manifest,
             training_data=args.training_data,
+            management=args.management,
             overwrite=args.overwrite,
             seed=args.seed,
             ctc_range=args.ctc_range,

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from dmfn.client.sdk import Prediction, parse_response
+from dmfn.contract.management import load_management
 from dmfn.contract.postprocess import Postprocessor
 from dmfn.contract.server import ServerContract
 from dmfn.contract.study import Study
@@ -27,20 +28,26 @@ MODEL_VERSION = "checkpoint"
 
 
 class LocalPredictor:
-    """Predicts with the checkpoint at ``path`` in this process (CPU)."""
+    """Predicts with the checkpoint at ``path`` in this process (CPU); ``management`` is the
+    policy file (None: dmfn's default, as ``dmfn export`` uses)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, management: str | Path | None = None) -> None:
         self.path = Path(path)
         self.checkpoint = load_checkpoint(self.path)
         self.model = self.checkpoint.build_model()
+        policy = load_management(management)
+        policy.check_covers(self.checkpoint.taxonomy.names)
         self._contract = ServerContract(
             self.checkpoint.preprocess_params.roi_margin_mm,
             tuple(self.checkpoint.ctc_features),
             tuple(self.checkpoint.taxonomy.names),
             None,
             provenance(self.checkpoint, self.path),
+            policy,
         )
-        self._postprocess = Postprocessor.of(self.checkpoint.taxonomy, self.checkpoint.temperature)
+        self._postprocess = Postprocessor.of(
+            self.checkpoint.taxonomy, self.checkpoint.temperature, policy
+        )
 
     @property
     def contract(self) -> ServerContract:
@@ -59,7 +66,7 @@ class LocalPredictor:
         outputs = self._postprocess(logits.numpy(), pre.measurements[None])
         return parse_response(
             outputs, self._contract.class_names, MODEL_VERSION, study.image_id,
-            self._contract.provenance,
+            self._contract.provenance, self._contract.management,
         )  # fmt: skip
 
     def predict_many(

@@ -3,8 +3,9 @@
 Inputs LOGITS fp32[B, C] and MEASUREMENTS_PRE fp32[B, 5] (mm units). Outputs:
 PROBS fp32[B, C] (``softmax(logits / T)``, T the calibration temperature of the config), TOP3_INDEX int32[B, 3] and TOP3_LABEL bytes[B, 3] (most probable
 first, ties to the lower index), MALIGNANT_PROB fp32[B, 1] (sum of the probabilities of the
-taxonomy's malignant classes), MANAGEMENT bytes[B, 1] (the management suggested for the most
-probable class) and MEASUREMENTS fp32[B, 5] (MEASUREMENTS_PRE re-emitted: Triton 2.51 deadlocks
+taxonomy's malignant classes), MANAGEMENT bytes[B, 1] (the option of the management policy
+whose classes' summed probability reaches its threshold, else "uncertain"; the policy is the
+repository's management.json) and MEASUREMENTS fp32[B, 5] (MEASUREMENTS_PRE re-emitted: Triton 2.51 deadlocks
 when an ensemble output is also an intermediate tensor).
 
 The computation is :class:`dmfn.contract.postprocess.Postprocessor` (shared with in-process
@@ -22,6 +23,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from dmfn.contract import schema as S
+from dmfn.contract.management import load_management
 from dmfn.contract.postprocess import Postprocessor
 from dmfn.contract.taxonomy import load_taxonomy
 
@@ -39,7 +41,12 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"postprocess: taxonomy has {len(taxonomy)} classes but PROBS has {n_classes}"
             )
-        self.postprocess = Postprocessor.of(taxonomy, self.temperature)
+        # the management policy (dmfn's default in repositories that predate the file)
+        management_file = parameters.get("management_file")
+        policy = load_management(
+            Path(args["model_repository"]) / management_file if management_file else None
+        )
+        self.postprocess = Postprocessor.of(taxonomy, self.temperature, policy)
 
     def _one(self, request) -> pb_utils.InferenceResponse:
         logits = pb_utils.get_input_tensor_by_name(request, S.LOGITS).as_numpy()
