@@ -111,3 +111,44 @@ def test_packaged_taxonomy_equals_the_papers_table_2() -> None:
         ), cls.name
         assert math.isclose(cls.ctc_mean_pg_ml, float(row["ctc_mean_pg_ml"])), cls.name
         assert math.isclose(cls.ctc_sd_pg_ml, float(row["ctc_sd_pg_ml"])), cls.name
+
+
+@pytest.mark.slow
+def test_composed_experts_are_the_calibrated_product_at_epoch_0(cohort, tmp_path):
+    """Two-stage training: a cnn and a tabular run, then dmfn --fusion experts composed from
+    them. With 0 epochs the model is the post-hoc product of the two calibrated experts (the
+    prior counted once); --freeze-experts trains only the fusion weights and bias."""
+    import torch
+
+    base = ["--manifest", str(cohort), "--epochs", "2", "--lr", "3e-3", *FAST]
+    assert train.main([*base, "--model", "cnn", "--out", str(tmp_path / "cnn")]) == 0
+    assert train.main([*base, "--model", "tabular", "--out", str(tmp_path / "tab")]) == 0
+    composed = ["--manifest", str(cohort), *FAST, "--model", "dmfn", "--fusion", "experts",
+                "--init-ct", str(tmp_path / "cnn"), "--init-tabular", str(tmp_path / "tab")]  # fmt: skip
+    assert train.main([*composed, "--epochs", "0", "--out", str(tmp_path / "product")]) == 0
+    best = load_checkpoint(tmp_path / "product" / "seed_0" / "best.pt")
+    assert best.training["epoch"] == 0
+    cnn = load_checkpoint(tmp_path / "cnn" / "seed_0" / "best.pt")
+    tab = load_checkpoint(tmp_path / "tab" / "seed_0" / "best.pt")
+    torch.manual_seed(0)
+    views = torch.rand(4, 3, 32, 32)
+    tabular = torch.tensor([[12.0, 55.0, 1.0, 1.0, 0.0, 0.0]] * 4) + torch.rand(4, 6)
+    model, ct_model, tab_model = best.build_model(), cnn.build_model(), tab.build_model()
+    with torch.no_grad():
+        got = model(views, tabular)
+        want = (
+            ct_model(views, tabular) / cnn.temperature + tab_model(views, tabular) / tab.temperature
+        )
+        want = want + model.fusion_bias
+    assert torch.allclose(got, want, atol=1e-5)
+    prior = model.fusion_bias.detach()
+    assert float(prior.mean()) == pytest.approx(0.0, abs=1e-5)  # -log prior, centred
+
+    argv = [*composed, "--freeze-experts", "--epochs", "1", "--out", str(tmp_path / "frozen")]
+    assert train.main(argv) == 0
+    frozen = load_checkpoint(tmp_path / "frozen" / "seed_0" / "best.pt").build_model()
+    for mine, theirs in ((frozen.ct, ct_model.ct), (frozen.tabular, tab_model.tabular)):
+        for (name, a), b in zip(
+            mine.state_dict().items(), theirs.state_dict().values(), strict=True
+        ):
+            assert torch.equal(a, b), name  # weights and batch-norm statistics untouched

@@ -100,7 +100,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"dmfn only, one of {', '.join(FUSION_KINDS)}: concat = embeddings concatenated -> "
         "MLP (the paper's); sum = late fusion, CT-head logits + tabular-head logits + a bias "
         "that starts at -log(training class frequency) (a learned product of experts that "
-        "counts the prior once); hybrid = both summed",
+        "counts the prior once); hybrid = both summed; experts = w_ct * CT logits + w_tab * "
+        "tabular logits + bias, composed from trained experts with --init-ct / --init-tabular",
+    )
+    m.add_argument(
+        "--init-ct",
+        type=Path,
+        default=None,
+        help="two-stage training (dmfn --fusion experts): the trained CNN (a checkpoint, or a "
+        "`dmfn train --model cnn` folder whose seed_K/best.pt serves seed K) whose CT branch and "
+        "head become this model's; the weights start at the experts' inverse calibration "
+        "temperatures, the bias at -log prior: epoch 0 is the post-hoc product of the experts",
+    )
+    m.add_argument(
+        "--init-tabular",
+        type=Path,
+        default=None,
+        help="two-stage training: the trained tabular model (checkpoint or folder), as --init-ct",
+    )
+    m.add_argument(
+        "--freeze-experts",
+        action="store_true",
+        help="with --init-ct/--init-tabular: train only the fusion weights and bias",
     )
     m.add_argument(
         "--aux-weight",
@@ -111,7 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         "logits (against modality imbalance); 0 = off. Unimodal heads are unused at inference",
     )
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=30, help="maximum number of epochs")
+    o.add_argument(
+        "--epochs",
+        type=int,
+        default=30,
+        help="maximum number of epochs (0 with --init-ct/--init-tabular: validate the composed "
+        "experts only)",
+    )
     o.add_argument(
         "--batch-size", type=int, default=32, help="images per step (all processes together)"
     )

@@ -39,7 +39,13 @@ RESUME_KEYS: tuple[str, ...] = (
 )
 #: Resume keys of the dmfn model only, with the value every run before these options had (a
 #: last.pt written then lacks them and continues as that value).
-DMFN_RESUME_DEFAULTS: dict[str, Any] = {"fusion": DEFAULT_FUSION, "aux_weight": 0.0}
+DMFN_RESUME_DEFAULTS: dict[str, Any] = {
+    "fusion": DEFAULT_FUSION,
+    "aux_weight": 0.0,
+    "init_ct": None,
+    "init_tabular": None,
+    "freeze_experts": False,
+}
 #: ``dmfn train`` defaults of the fusion options (create_model's own default stays "concat").
 CLI_FUSION = DEFAULT_FUSION
 CLI_AUX_WEIGHT = 0.0
@@ -65,6 +71,9 @@ class TrainConfig:
     backbone: str = DEFAULT_BACKBONE
     fusion: str = CLI_FUSION
     aux_weight: float = CLI_AUX_WEIGHT
+    init_ct: Path | None = None
+    init_tabular: Path | None = None
+    freeze_experts: bool = False
     epochs: int = 30
     batch_size: int = 32
     lr: float = 1e-3
@@ -83,7 +92,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("manifest", "out", "cache_dir", "taxonomy"):
+        for name in ("manifest", "out", "cache_dir", "taxonomy", "init_ct", "init_tabular"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
@@ -131,7 +140,24 @@ def _validate(c: TrainConfig) -> None:
         c.aux_weight,
     )
     _check(c.loss in LOSS_KINDS, "loss", f"must be one of {LOSS_KINDS}", c.loss)
-    _check(c.epochs >= 1, "epochs", "must be >= 1", c.epochs)
+    composing = c.init_ct is not None or c.init_tabular is not None
+    if composing:
+        _check(c.model == "dmfn", "init_ct", "composes a dmfn model (--model dmfn)", c.model)
+        _check(
+            c.init_ct is not None and c.init_tabular is not None,
+            "init_ct",
+            "needs both --init-ct (a cnn run) and --init-tabular (a tabular run)",
+            (c.init_ct, c.init_tabular),
+        )
+        _check(c.fusion == "experts", "fusion", "must be experts to compose experts", c.fusion)
+    _check(
+        not c.freeze_experts or composing,
+        "freeze_experts",
+        "needs --init-ct and --init-tabular",
+        c.freeze_experts,
+    )
+    # 0 epochs: the composed experts are only validated (the post-hoc product, as a model)
+    _check(c.epochs >= (0 if composing else 1), "epochs", "must be >= 1", c.epochs)
     _check(c.batch_size >= 2, "batch_size", "must be >= 2 (batch norm)", c.batch_size)
     _check(math.isfinite(c.lr) and c.lr > 0, "lr", "must be > 0", c.lr)
     _check(c.weight_decay >= 0, "weight_decay", "must be >= 0", c.weight_decay)

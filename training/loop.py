@@ -25,6 +25,7 @@ from .config import DMFN_RESUME_DEFAULTS, RESUME_KEYS, TrainConfig
 from .data import TrainingData
 from .dataset import CohortTensors
 from .distributed import SINGLE_PROCESS, Distributed, derived_seed
+from .experts import EXPERT_MODULES, compose_experts, expert_checkpoint, freeze_experts
 from .models import create_model, fit_standardisation
 from .scoring import MONITOR, SUMMARY_METRICS, evaluate, final_evaluation
 
@@ -231,10 +232,24 @@ def _start(
         tabular_std=std,
         **_model_options(args, data.train.labels, n_classes),
     ).to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if args.init_ct is not None and args.init_tabular is not None:
+        composed = compose_experts(
+            model,
+            expert_checkpoint(args.init_ct, seed, "init_ct"),
+            expert_checkpoint(args.init_tabular, seed, "init_tabular"),
+            list(data.taxonomy.names),
+            args.params.digest(),
+        )
+        log.info(
+            "seed %d: composed from %s and %s", seed, composed["init_ct"], composed["init_tabular"]
+        )
+        if args.freeze_experts:
+            log.info("seed %d: experts frozen, %d parameters to train", seed, freeze_experts(model))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(_batches(len(data.train), args.batch_size, 0, dist))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimiser, T_max=args.epochs * steps_per_epoch
+        optimiser, T_max=max(args.epochs, 1) * steps_per_epoch
     )
     state = RunState()
     last_path = out_dir / "last.pt"
@@ -257,6 +272,9 @@ def _train_epoch(run: _SeedRun, epoch: int) -> float:
     """One pass over this rank's batches; returns the mean training loss per image."""
     args, data, dist = run.args, run.data, run.dist
     run.train_model.train()
+    if args.freeze_experts:  # frozen experts keep their batch-norm statistics and no dropout
+        for name in EXPERT_MODULES:
+            getattr(run.model, name).eval()
     torch.manual_seed(derived_seed(run.seed, epoch, dist.rank, 1))  # dropout etc.
     aug_gen = torch.Generator().manual_seed(derived_seed(run.seed, epoch, dist.rank, 2))
     augment = AugmentParams()
@@ -326,6 +344,18 @@ def train_seed(
         unit="epoch",
         disable=not (args.progress and dist.is_main) or state.finished,
     )
+    composed = args.init_ct is not None
+    if composed and dist.is_main and state.epoch == 0 and not state.finished:
+        # epoch 0: the composed experts before any training are a candidate like any epoch
+        val = _validate_epoch(run, 0)
+        log.info(
+            "seed %d epoch 0 (the composed experts, untrained): val %s %.4f",
+            seed, MONITOR, val[MONITOR],
+        )  # fmt: skip
+    if dist.enabled and composed:
+        stop0 = torch.tensor([float(state.finished)])
+        torch_dist.broadcast(stop0, src=0)
+        state.finished = bool(stop0[0])
     while not state.finished and state.epoch < args.epochs:
         epoch = state.epoch + 1
         started = time.perf_counter()

@@ -13,7 +13,12 @@
     posterior that includes the class prior, the product must count the prior once, not twice
     (``p(y | a, b) ~ p(y | a) p(y | b) / p(y)``): pass ``class_prior`` to start the bias at
     ``-log p(y)`` (it is too far from 0 for the optimiser to get there within a training run);
-  - ``"hybrid"``: the sum of both, ``ct_head + tab_head + fusion_bias + head(concat)``.
+  - ``"hybrid"``: the sum of both, ``ct_head + tab_head + fusion_bias + head(concat)``;
+  - ``"experts"``: a weighted product of experts, ``w_ct * ct_head + w_tab * tab_head +
+    fusion_bias`` with two learned scalar weights ``expert_weights``. Built to be composed from a
+    separately trained CNN and tabular model (``dmfn train --init-ct / --init-tabular``): the
+    weights start at the experts' inverse calibration temperatures and the bias at ``-log
+    prior``, so before any training it is the post-hoc product of the two calibrated models.
 
   With ``aux_heads=True`` a concat model also gets the two unimodal heads, used only by
   :meth:`DMFN.forward_with_aux` to train each branch on its own loss (a remedy for modality
@@ -46,7 +51,7 @@ DEFAULT_EMBED_DIM = 128
 DEFAULT_DROPOUT = 0.2
 VIEW_CHANNELS = 3
 #: How the dmfn model combines the CT and tabular embeddings (see the module docstring).
-FUSION_KINDS = ("concat", "sum", "hybrid")
+FUSION_KINDS = ("concat", "sum", "hybrid", "experts")
 #: create_model's default: the architecture of every checkpoint written before ``fusion`` existed.
 DEFAULT_FUSION = "concat"
 
@@ -120,7 +125,8 @@ class DMFN(_TwoInputModel):
 
     Submodules: ``ct``, ``tabular`` (the branches); ``head`` (MLP on the concatenation; "concat"
     and "hybrid"); ``ct_head``, ``tab_head`` (unimodal logits; "sum", "hybrid", or any fusion with
-    ``aux_heads``); parameter ``fusion_bias`` ``[C]`` ("sum" and "hybrid"). A concat model
+    ``aux_heads``); parameter ``fusion_bias`` ``[C]`` ("sum", "hybrid", "experts");
+    ``expert_weights`` ``[2]`` ("experts"). A concat model
     without aux heads has exactly the modules (and state-dict keys) of the original DMFN.
     """
 
@@ -152,6 +158,7 @@ class DMFN(_TwoInputModel):
             bias = -class_prior.log()
             bias = bias - bias.mean()
         self.fusion_bias = nn.Parameter(bias) if fusion != "concat" else None
+        self.expert_weights = nn.Parameter(torch.ones(2)) if fusion == "experts" else None
 
     @property
     def has_aux(self) -> bool:
@@ -162,7 +169,12 @@ class DMFN(_TwoInputModel):
         self, ct_emb: torch.Tensor, tab_emb: torch.Tensor, unimodal: tuple[torch.Tensor, ...]
     ) -> torch.Tensor:
         """Fused logits from the embeddings and (for "sum"/"hybrid") the unimodal logits."""
-        logits = unimodal[0] + unimodal[1] + self.fusion_bias if self.fusion != "concat" else None
+        logits = None
+        if self.expert_weights is not None:
+            w = self.expert_weights
+            logits = w[0] * unimodal[0] + w[1] * unimodal[1] + self.fusion_bias
+        elif self.fusion != "concat":
+            logits = unimodal[0] + unimodal[1] + self.fusion_bias
         if self.head is not None:
             joint = self.head(torch.cat((ct_emb, tab_emb), dim=1))
             logits = joint if logits is None else logits + joint
@@ -300,7 +312,8 @@ class ModelConfig:
             )
         if self.class_prior is not None and (kind != "dmfn" or self.fusion == "concat"):
             raise ValueError(
-                "argument 'class_prior': only for kind 'dmfn' with fusion 'sum' or 'hybrid', got "
+                "argument 'class_prior': only for kind 'dmfn' with fusion 'sum', 'hybrid' or "
+                "'experts', got "
                 f"kind {kind!r}, fusion {self.fusion!r}"
             )
         self.prior()  # checks its values
