@@ -86,7 +86,7 @@ def test_bad_policy_files_name_the_rule(text: str, rule: str) -> None:
 
 def test_a_policy_missing_classes_is_refused() -> None:
     partial = parse_management('{"by_class": {"cyst": "follow-up"}}', "partial.json")
-    with pytest.raises(ValueError, match="partial.json maps no management for class"):
+    with pytest.raises(ValueError, match=r"partial\.json maps no management for class"):
         partial.check_covers(TAX.names)
 
 
