@@ -168,6 +168,68 @@ def _text(value: object) -> str:
 
 
 # --------------------------------------------------------------------------- the client
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach the server: ``host:port``, protocol, timeout (s), TLS and the CA."""
+
+    url: str
+    protocol: str
+    timeout_s: float
+    tls: bool
+    ca_cert: str | None
+
+    @classmethod
+    def parse(
+        cls,
+        url: str | None,
+        protocol: str,
+        timeout_s: float,
+        tls: bool = False,
+        ca_cert: str | None = None,
+    ) -> Endpoint:
+        """Check the client's arguments (ValueError naming the argument); ``http(s)://host:port``
+        is accepted for HTTP (https turns TLS on), a CA certificate turns TLS on."""
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"argument 'protocol': must be one of {PROTOCOLS}, got {protocol!r}")
+        if not (isinstance(timeout_s, int | float) and timeout_s > 0):
+            raise ValueError(f"argument 'timeout_s': must be a number > 0, got {timeout_s!r}")
+        url = url or DEFAULT_URLS[protocol]
+        scheme, sep, rest = url.partition("://")
+        if sep:
+            if scheme not in ("http", "https") or protocol != "http" or not rest:
+                raise ValueError(
+                    f"argument 'url': must be host:port (or http(s)://host:port for "
+                    f"protocol http), got {url!r}"
+                )
+            url, tls = rest.rstrip("/"), tls or scheme == "https"
+        if ca_cert is not None:
+            from pathlib import Path
+
+            if not Path(ca_cert).is_file():
+                raise ValueError(f"argument 'ca_cert': {ca_cert} is not a file")
+            tls = True
+        return cls(
+            url, protocol, float(timeout_s), bool(tls), None if ca_cert is None else str(ca_cert)
+        )
+
+
+def response_arrays(result: Any) -> dict[str, np.ndarray]:
+    """The response tensors of a tritonclient result; DmfnServerError if one is missing."""
+    arrays = {t.name: result.as_numpy(t.name) for t in S.Schema().response_outputs}
+    missing = [name for name, value in arrays.items() if value is None]
+    if missing:
+        raise DmfnServerError(f"the server's response lacks the outputs {missing}")
+    return arrays
+
+
+def contract_of(config: Mapping[str, Any], model: str) -> ServerContract:
+    """The :class:`ServerContract` in a model config (JSON form); DmfnServerError if absent."""
+    try:
+        return ServerContract.from_parameters(config.get("parameters", {}))
+    except ValueError as err:
+        raise DmfnServerError(f"model '{model}': {err}") from err
+
+
 class DmfnClient:
     """A client of the ``dmfn_pipeline`` ensemble on a Triton server.
 
@@ -197,35 +259,15 @@ class DmfnClient:
         tls: bool = False,
         ca_cert: str | None = None,
     ) -> None:
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"argument 'protocol': must be one of {PROTOCOLS}, got {protocol!r}")
-        if not (isinstance(timeout_s, int | float) and timeout_s > 0):
-            raise ValueError(f"argument 'timeout_s': must be a number > 0, got {timeout_s!r}")
+        endpoint = Endpoint.parse(url, protocol, timeout_s, tls, ca_cert)
         if contract is not None and not isinstance(contract, ServerContract):
             raise ValueError(
                 f"argument 'contract': must be a ServerContract or None, got {type(contract).__name__}"
             )
-        url = url or DEFAULT_URLS[protocol]
-        scheme, sep, rest = url.partition("://")
-        if sep:
-            if scheme not in ("http", "https") or protocol != "http" or not rest:
-                raise ValueError(
-                    f"argument 'url': must be host:port (or http(s)://host:port for "
-                    f"protocol http), got {url!r}"
-                )
-            url, tls = rest.rstrip("/"), tls or scheme == "https"
-        self.url = url
-        if ca_cert is not None:
-            from pathlib import Path
-
-            if not Path(ca_cert).is_file():
-                raise ValueError(f"argument 'ca_cert': {ca_cert} is not a file")
-            tls = True
-        self.tls = bool(tls)
-        self.ca_cert = None if ca_cert is None else str(ca_cert)
+        self.url, self.tls, self.ca_cert = endpoint.url, endpoint.tls, endpoint.ca_cert
         self.protocol = protocol
         self.model = model
-        self.timeout_s = float(timeout_s)
+        self.timeout_s = endpoint.timeout_s
         self._contract = contract
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -293,10 +335,7 @@ class DmfnClient:
                     as_json=True,
                     **self._timeout_kwargs(),
                 )["config"]
-            try:
-                self._contract = ServerContract.from_parameters(config.get("parameters", {}))
-            except ValueError as err:
-                raise DmfnServerError(f"model '{self.model}': {err}") from err
+            self._contract = contract_of(config, self.model)
         return self._contract
 
     def is_ready(self) -> bool:
@@ -333,12 +372,8 @@ class DmfnClient:
             outputs=outputs,
             **self._timeout_kwargs(),
         )
-        arrays_out = {t.name: result.as_numpy(t.name) for t in S.Schema().response_outputs}
-        missing = [name for name, value in arrays_out.items() if value is None]
-        if missing:
-            raise DmfnServerError(f"the server's response lacks the outputs {missing}")
         return parse_response(
-            arrays_out,
+            response_arrays(result),
             contract.class_names,
             _model_version(result),
             study.image_id,

@@ -11,6 +11,7 @@ import torch
 
 from dmfn.client.sdk import infer_inputs  # noqa: F401  (re-exported for the tests)
 from dmfn.contract import schema as S
+from dmfn.contract.management import load_management
 from dmfn.contract.params import PreprocessParams
 from dmfn.contract.server import ServerContract
 from dmfn.contract.study import Study
@@ -104,8 +105,8 @@ def reference_outputs(checkpoint: Path, studies: list[Study]) -> dict[str, np.nd
     """The in-process PyTorch pipeline on ``studies``: request -> preprocess_request -> model ->
     softmax.
 
-    Returns probs [N, C], measurements [N, 5], the net's views / tabular / logits and, per
-    class, malignant, labels, management.
+    Returns probs [N, C], measurements [N, 5], the net's views / tabular / logits, per class
+    malignant and labels, and per study the management the default policy suggests.
     """
     ckpt = load_checkpoint(checkpoint)
     return reference_from_inputs(ckpt, *inputs_of(studies, ckpt.preprocess_params))
@@ -118,15 +119,16 @@ def reference_from_inputs(
     views, tabular = torch.from_numpy(views_np), torch.from_numpy(tabular_np)
     with torch.no_grad():
         logits = ckpt.build_model()(views, tabular)
+    probs = torch.softmax(logits.double(), dim=1).float().numpy()
     return {
         "views": views.numpy(),
         "tabular": tabular.numpy(),
         "logits": logits.numpy(),
-        "probs": torch.softmax(logits.double(), dim=1).float().numpy(),
+        "probs": probs,
         "measurements": measurements,
         "malignant": np.array(ckpt.taxonomy.malignant_mask),
         "labels": np.array(ckpt.taxonomy.names),
-        "management": np.array([c.management for c in ckpt.taxonomy.classes]),
+        "management": np.array(load_management().suggest(probs, ckpt.taxonomy.names)),
     }
 
 

@@ -371,7 +371,7 @@ def _assert_prediction(prediction: Prediction, reference: dict, i: int) -> None:
     np.testing.assert_allclose(probs, reference["probs"][i], atol=1e-4, rtol=0)
     top = np.argsort(-reference["probs"][i], kind="stable")[:3]
     assert [label for label, _ in prediction.top3] == list(reference["labels"][top])
-    assert prediction.management == reference["management"][top[0]]
+    assert prediction.management == reference["management"][i]
     malignant = float(reference["probs"][i][reference["malignant"]].sum())
     assert prediction.malignant_prob == pytest.approx(malignant, abs=1e-5)
     np.testing.assert_allclose(
@@ -560,3 +560,35 @@ def test_predict_in_process_and_through_the_server_write_the_same_csv(
     text = local.read_text().splitlines()
     assert text[0].startswith("level,patient_id,image_id,split,label,prob_cyst")
     assert "predicted" in text[0] and "model_sha256" in text[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_async_client_gives_the_same_predictions(triton_server, served_studies, protocol) -> None:
+    import asyncio
+
+    from dmfn.client.aio import AsyncDmfnClient
+
+    _, studies, reference = served_studies
+    url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
+
+    async def run() -> None:
+        async with AsyncDmfnClient(url, protocol, timeout_s=60) as client:
+            assert await client.is_ready()
+            contract = await client.contract()
+            assert contract.ctc_features == S.DEFAULT_CTC_FEATURES
+            for i, study in enumerate(studies):
+                _assert_prediction(await client.predict(study), reference, i)
+            batch = [*studies, *studies]
+            many = await client.predict_many(batch, concurrency=3)
+            for i, prediction in enumerate(many):
+                _assert_prediction(prediction, reference, i % len(studies))
+            no_mask = dataclasses.replace(studies[0], mask=None, bbox=None)
+            (refused,) = await client.predict_many([no_mask], return_exceptions=True)
+            assert isinstance(refused, ValueError)
+        async with AsyncDmfnClient("127.0.0.1:9", protocol, timeout_s=2) as nowhere:
+            assert not await nowhere.is_ready()
+            with pytest.raises(DmfnServerError):
+                await nowhere.predict(studies[0])
+
+    asyncio.run(run())

@@ -69,7 +69,7 @@ def assert_matches_reference(result, reference: dict, index: int) -> None:
     assert labels == list(reference["labels"][top])
     malignant = float(result.as_numpy(S.MALIGNANT_PROB)[0, 0])
     assert malignant == pytest.approx(float(probs[reference["malignant"]].sum()), abs=1e-6)
-    assert result.as_numpy(S.MANAGEMENT)[0, 0].decode() == reference["management"][top[0]]
+    assert result.as_numpy(S.MANAGEMENT)[0, 0].decode() == reference["management"][index]
     np.testing.assert_allclose(
         result.as_numpy(S.MEASUREMENTS)[0], reference["measurements"][index], rtol=1e-6
     )
