@@ -10,16 +10,59 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-PARAMS_VERSION = 1
+#: Version 2 added ``pde_spacing_aware`` and changed the PDE defaults (docs/preprocessing.md).
+PARAMS_VERSION = 2
+#: What a version-1 parameter set meant for the fields version 2 added or re-defaulted: a
+#: stored version-1 set that lacks one of them gets this value (the behaviour it was made with).
+_VERSION_1_DEFAULTS: dict[str, Any] = {
+    "pde_k_hu": 20.0,
+    "pde_dt": 0.0125,
+    "pde_iterations": 20,
+    "pde_mode": "3d",
+    "pde_spacing_aware": False,
+}
 #: Side of each of the three orthogonal views, pixels (the model's input size).
 DEFAULT_VIEW_SIZE = 128
 
-#: Explicit-Euler stability bounds on dt of the fourth-order PDE: 2 / (largest eigenvalue of
-#: Lap^2) = 2 / (4 dim)^2. Measured: unstable modes appear at 0.0315 in 2D and 0.014 in 3D.
-STABILITY_BOUND = {"3d": 1.0 / 72.0, "2d": 1.0 / 32.0}
+
+def pde_dt_bound(mode: str, spacing_mm: Sequence[float] | None = None) -> float:
+    """The explicit-Euler stability bound on the PDE step dt (in units of h_min^4).
+
+    The Laplacian is ``Lap u = sum_a w_a (u[a-1] - 2 u + u[a+1])`` with ``w_a = (h_min / h_a)^2``
+    over the stencil's axes a (z, y, x in ``"3d"``; y, x in ``"2d"``), h_a the spacing in mm and
+    h_min the smallest of them. Its largest eigenvalue (in magnitude) is ``4 sum_a w_a``, so
+    linearised at c = 1 the step ``u <- u - dt Lap^2 u`` is stable for::
+
+        dt <= 2 / (4 sum_a w_a)^2 = 1 / (8 (sum_a w_a)^2)
+
+    In physical units (``dt_mm4 = dt h_min^4``, ``Lap`` in HU/mm^2) this is
+    ``dt_mm4 <= 1 / (8 (sum_a 1 / h_a^2)^2)``: it scales with h_min^4. As every w_a <= 1 and the
+    finest axis has w = 1, the normalised bound lies between ``1 / (8 D^2)`` (isotropic voxels:
+    1/72 in 3D, 1/32 in 2D, D the number of stencil axes) and 1/8; so one dt at or below the
+    isotropic bound is stable for every spacing. ``spacing_mm`` (z, y, x) or (y, x) in mm; None
+    means isotropic voxels (the worst case). A 2D mode uses the last two spacings.
+    """
+    if mode not in ("3d", "2d"):
+        raise ValueError(f"argument 'mode': must be '3d' or '2d', got {mode!r}")
+    if spacing_mm is None:
+        spacing = (1.0,) * (3 if mode == "3d" else 2)
+    else:
+        spacing = tuple(float(h) for h in spacing_mm)
+        if mode == "2d":
+            spacing = spacing[-2:]
+    h_min = min(spacing)
+    weight_sum = sum((h_min / h) ** 2 for h in spacing)
+    return 1.0 / (8.0 * weight_sum**2)
+
+
+#: The bound of each mode on isotropic voxels: the smallest over all spacings, so a dt at or
+#: below it is stable for every spacing (:func:`pde_dt_bound`). Measured on the unit grid:
+#: unstable modes appear at dt = 0.0315 in 2D and 0.014 in 3D.
+STABILITY_BOUND = {"3d": pde_dt_bound("3d"), "2d": pde_dt_bound("2d")}
 _FLOAT_FIELDS = (
     "pde_k_hu",
     "pde_dt",
@@ -40,13 +83,20 @@ class PreprocessParams:
     (WL 50 / WW 350, 1 mm isotropic voxels).
     """
 
-    #: Fourth-order PDE (You-Kaveh) edge threshold k in HU; iterations; explicit-Euler step
-    #: (3D bound 1/72); "3d" (7-point) or "2d" (5-point per axial slice); fidelity lambda.
-    pde_k_hu: float = 20.0
-    pde_dt: float = 0.0125
+    #: Fourth-order PDE (You-Kaveh): edge threshold k in HU per h_min^2 (h_min the finest voxel
+    #: spacing of the stencil); iterations; explicit-Euler step in units of h_min^4 (at most
+    #: STABILITY_BOUND[mode], which is stable for every spacing; the default is 0.8 of the 2D
+    #: bound, above the 3D one, so "3d" needs a pde_dt <= 1/72 too); "2d" (5-point per axial
+    #: slice) or "3d" (7-point); fidelity lambda. The paper gives no values: these were chosen
+    #: by measurement on a CT-like phantom, benchmarks/pde_defaults.py (docs/preprocessing.md).
+    pde_k_hu: float = 30.0
+    pde_dt: float = 0.025
     pde_iterations: int = 20
-    pde_mode: Literal["3d", "2d"] = "3d"
+    pde_mode: Literal["3d", "2d"] = "2d"
     pde_fidelity: float = 0.0
+    #: True: the Laplacian weighs each axis by (h_min / h_a)^2 (physical units, the voxel
+    #: spacing of the study); False: the unit voxel grid (version 1's behaviour).
+    pde_spacing_aware: bool = True
     #: Isotropic output spacing in mm and the interpolation order.
     target_spacing_mm: float = 1.0
     interpolation: Literal["linear", "cubic"] = "linear"
@@ -64,6 +114,10 @@ class PreprocessParams:
     def __post_init__(self) -> None:
         if self.pde_mode not in ("3d", "2d"):
             raise ValueError(f"argument 'pde_mode': must be '3d' or '2d', got {self.pde_mode!r}")
+        if not isinstance(self.pde_spacing_aware, bool):
+            raise ValueError(
+                f"argument 'pde_spacing_aware': must be true or false, got {self.pde_spacing_aware!r}"
+            )
         if self.interpolation not in ("linear", "cubic"):
             raise ValueError(
                 f"argument 'interpolation': must be 'linear' or 'cubic', got {self.interpolation!r}"
@@ -88,7 +142,9 @@ class PreprocessParams:
         if self.pde_dt > bound:
             raise ValueError(
                 f"argument 'pde_dt': must be <= {bound:.6g} (explicit-scheme stability bound of "
-                f"mode {self.pde_mode!r}), got {self.pde_dt!r}"
+                f"mode {self.pde_mode!r} on isotropic voxels, the smallest over all spacings), "
+                f"got {self.pde_dt!r}"
+                + (" (the default pde_dt is for mode '2d')" if self.pde_dt == _DEFAULT_DT else "")
             )
         if self.view_size < 8:
             raise ValueError(f"argument 'view_size': must be >= 8 pixels, got {self.view_size}")
@@ -101,14 +157,22 @@ class PreprocessParams:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessParams:
+        """Parameters from a dict; missing fields take the defaults of the dict's ``version``
+        (the current one when absent). A version-1 dict (as stored with older checkpoints and
+        model repositories) is read with version 1's meaning: its missing fields take version
+        1's values (``pde_spacing_aware`` False: the unit voxel grid), and it is returned as the
+        equivalent current-version parameters."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"argument 'params': unknown preprocessing parameters {unknown}")
-        if data.get("version", PARAMS_VERSION) != PARAMS_VERSION:
+        version = data.get("version", PARAMS_VERSION)
+        if version == 1:
+            data = {**_VERSION_1_DEFAULTS, **data, "version": PARAMS_VERSION}
+        elif version != PARAMS_VERSION:
             raise ValueError(
-                f"argument 'params': version {data['version']} is not supported "
-                f"(this dmfn reads version {PARAMS_VERSION})"
+                f"argument 'params': version {version!r} is not supported "
+                f"(this dmfn reads versions 1 and {PARAMS_VERSION})"
             )
         return cls(**data)
 
@@ -119,3 +183,6 @@ class PreprocessParams:
     def digest(self) -> str:
         """A stable SHA-256 of the parameters (used as a cache key)."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+_DEFAULT_DT = PreprocessParams.pde_dt

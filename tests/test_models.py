@@ -325,7 +325,7 @@ def test_dmfn_fusion_forward_backward_and_config(fusion: str, aux_heads: bool) -
         module = getattr(model, child)
         assert (module is not None) is (
             child in ("ct", "tabular")
-            or (child == "head" and fusion != "sum")
+            or (child == "head" and fusion in ("concat", "hybrid"))
             or (child != "head" and has_aux)
         ), child
         if module is not None:
@@ -333,6 +333,7 @@ def test_dmfn_fusion_forward_backward_and_config(fusion: str, aux_heads: bool) -
     assert (model.fusion_bias is None) is (fusion == "concat")
     if model.fusion_bias is not None:
         assert float(model.fusion_bias.grad.abs().sum()) > 0
+    assert (model.expert_weights is None) is (fusion != "experts")
     model.eval()
     with torch.no_grad():
         expected = model(views, tabular)
@@ -421,7 +422,11 @@ def test_class_prior_initialises_the_fusion_bias_only() -> None:
         ("cnn", {"class_prior": [1.0] * N_CLASSES}, "'class_prior': only for kind 'dmfn'"),
         ("dmfn", {"fusion": "sum", "class_prior": [1.0] * 3}, "'class_prior': must be 20 finite"),
         ("dmfn", {"fusion": "sum", "class_prior": [0.0] * N_CLASSES}, "'class_prior'.*> 0"),
-        ("dmfn", {"fusion": "product"}, r"'fusion': must be one of \('concat', 'sum', 'hybrid'\)"),
+        (
+            "dmfn",
+            {"fusion": "product"},
+            r"'fusion': must be one of \('concat', 'sum', 'hybrid', 'experts'\)",
+        ),
         ("dmfn", {"aux_heads": 1}, "'aux_heads': must be a bool"),
         ("cnn", {"fusion": "sum"}, "only for kind 'dmfn'.*'cnn'"),
         ("tabular", {"aux_heads": True}, "only for kind 'dmfn'.*'tabular'"),

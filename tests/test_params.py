@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
 
-from dmfn.contract.params import PreprocessParams
+from dmfn.contract.params import PARAMS_VERSION, PreprocessParams
 from dmfn.preprocess import pde_stability_bound
 from dmfn.preprocess._validate import max_voxels
 
@@ -28,6 +30,9 @@ BAD = [
     ({"view_size": 4}, "view_size"),
     ({"max_voxels": 0}, "max_voxels"),
     ({"pde_k_hu": True}, "pde_k_hu"),
+    ({"pde_spacing_aware": 1}, "pde_spacing_aware"),
+    ({"pde_spacing_aware": "yes"}, "pde_spacing_aware"),
+    ({"pde_mode": "3d"}, "pde_dt"),  # the default step is above the 3D bound
 ]
 
 
@@ -47,6 +52,44 @@ def test_json_round_trip_and_digest() -> None:
     again = PreprocessParams.from_json(params.to_json())
     assert again == params
     assert again.digest() == params.digest() != PreprocessParams().digest()
+
+
+#: A version-1 parameter set as dmfn stored it with a checkpoint and a model repository.
+VERSION_1 = {
+    "interpolation": "linear",
+    "max_voxels": 67108864,
+    "pde_dt": 0.0125,
+    "pde_fidelity": 0.0,
+    "pde_iterations": 20,
+    "pde_k_hu": 20.0,
+    "pde_mode": "3d",
+    "roi_margin_mm": 10.0,
+    "target_spacing_mm": 1.0,
+    "version": 1,
+    "view_size": 128,
+    "window_level_hu": 50.0,
+    "window_width_hu": 350.0,
+}
+
+
+def test_version_1_params_keep_their_pde() -> None:
+    """A stored version-1 set (no pde_spacing_aware) loads as the unit-grid PDE it was trained
+    with; a partial version-1 set gets version 1's PDE values, not the current defaults."""
+    params = PreprocessParams.from_json(json.dumps(VERSION_1))
+    assert params.pde_spacing_aware is False
+    assert (params.pde_k_hu, params.pde_dt, params.pde_iterations, params.pde_mode) == (
+        20.0,
+        0.0125,
+        20,
+        "3d",
+    )
+    assert params.version == PARAMS_VERSION == 2
+    assert PreprocessParams.from_json(params.to_json()) == params
+    partial = PreprocessParams.from_dict({"version": 1, "view_size": 32})
+    assert partial == dataclasses.replace(params, view_size=32)
+    # without a version a dict is read as the current one
+    assert PreprocessParams.from_dict({"view_size": 32}) == PreprocessParams(view_size=32)
+    assert PreprocessParams().pde_spacing_aware is True
 
 
 def test_unknown_field_and_version_refused() -> None:

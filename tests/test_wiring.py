@@ -71,6 +71,7 @@ def explicit_chain(hu: np.ndarray, mask: np.ndarray, p: PreprocessParams):
         iterations=p.pde_iterations,
         mode=p.pde_mode,
         fidelity=p.pde_fidelity,
+        spacing_mm=SPACING if p.pde_spacing_aware else None,
     )
     iso = resample_isotropic(denoised, SPACING, p.target_spacing_mm, p.interpolation)
     iso_mask = resample_mask(roi.mask, SPACING, p.target_spacing_mm, p.max_voxels)
@@ -105,6 +106,7 @@ CHANGES = {
     "pde_iterations": 20,
     "pde_mode": "3d",
     "pde_fidelity": 0.0,
+    "pde_spacing_aware": False,
     "target_spacing_mm": 1.0,
     "interpolation": "linear",
     "window_level_hu": 40.0,
@@ -128,7 +130,8 @@ def test_the_pde_runs_before_the_resampling() -> None:
     roi = crop_roi(hu, mask=mask, margin_mm=p.roi_margin_mm, spacing_mm=SPACING)
     iso = resample_isotropic(roi.volume.astype(np.float32), SPACING, p.target_spacing_mm, "cubic")
     swapped = denoise_pde(iso, k=p.pde_k_hu, dt=p.pde_dt, iterations=p.pde_iterations,
-                          mode=p.pde_mode, fidelity=p.pde_fidelity)  # fmt: skip
+                          mode=p.pde_mode, fidelity=p.pde_fidelity,
+                          spacing_mm=(p.target_spacing_mm,) * 3)  # fmt: skip
     iso_mask = resample_mask(roi.mask, SPACING, p.target_spacing_mm, p.max_voxels)
     views = orthogonal_views(
         window(swapped, p.window_level_hu, p.window_width_hu),

@@ -16,6 +16,7 @@ def pde_denoise(
     iterations: int,
     three_d: bool,
     fidelity: float,
+    spacing_mm: tuple[float, float, float],
     threads: int,
 ) -> npt.NDArray[np.float32]: ...
 def resample(

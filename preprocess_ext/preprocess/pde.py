@@ -1,12 +1,23 @@
 """Fourth-order PDE denoising (You & Kaveh, IEEE TIP 2000) of CT volumes in HU.
 
 The PDE is ``u_t = -Lap(c(|Lap u|) Lap u)`` with ``c(s) = 1 / (1 + (s/k)^2)``, discretised with
-the 7-point (``mode="3d"``) or 5-point per axial slice (``mode="2d"``) Laplacian on the unit voxel
-grid, Neumann boundaries whose ghost voxel equals the boundary voxel (``numpy.pad(mode="edge")``)
+the 7-point (``mode="3d"``) or 5-point per axial slice (``mode="2d"``) Laplacian in physical
+units expressed on the finest spacing ``h_min`` of the stencil's axes::
+
+    Lap u = sum_a w_a (u[a-1] - 2 u + u[a+1]),   w_a = (h_min / h_a)^2   (= h_min^2 Lap_mm u)
+
+with Neumann boundaries whose ghost voxel equals the boundary voxel (``numpy.pad(mode="edge")``)
 for both Laplacians, and explicit Euler steps::
 
     g = c(|Lap u|) Lap u
     u <- u - dt * Lap(g) + dt * fidelity * (u0 - u)
+
+So ``k`` is in HU per h_min^2 and ``dt`` in units of h_min^4 (the physical step is
+``dt * h_min^4`` mm^4). This normalisation keeps the scheme's behaviour on isotropic voxels of
+any size equal to the unit-grid scheme (``spacing_mm=None``), keeps ``k`` at the same multiple of
+the per-voxel noise's Laplacian, and makes the stability bound
+``dt <= 1 / (8 (sum_a w_a)^2)`` (:func:`pde_stability_bound`) at least its isotropic value
+(1/72 in 3D, 1/32 in 2D) for every spacing, so one default dt is stable for all studies.
 
 Without fidelity the mean is conserved (to float32 rounding). The kernel runs in the C++
 extension (float32, OpenMP, GIL released); :mod:`dmfn.preprocess.reference.pde` is the NumPy
@@ -17,16 +28,17 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from dmfn.contract.errors import InvalidInput
-from dmfn.contract.params import STABILITY_BOUND
+from dmfn.contract.params import STABILITY_BOUND, pde_dt_bound
 from dmfn.preprocess import _core as _preprocess
 
-from ._validate import as_positive, as_volume
+from ._validate import as_positive, as_spacing, as_volume
 
 PdeMode = Literal["3d", "2d"]
 
@@ -37,9 +49,20 @@ def _check_mode(mode: object) -> PdeMode:
     return mode  # type: ignore[return-value]
 
 
-def pde_stability_bound(mode: PdeMode = "3d") -> float:
-    """The largest stable explicit-Euler step dt: 1/72 for ``"3d"``, 1/32 for ``"2d"``."""
-    return STABILITY_BOUND[_check_mode(mode)]
+def pde_stability_bound(mode: PdeMode = "3d", spacing_mm: Sequence[float] | None = None) -> float:
+    """The largest stable explicit-Euler step dt (units of h_min^4) for voxels of ``spacing_mm``.
+
+    ``dt <= 1 / (8 (sum_a w_a)^2)`` with ``w_a = (h_min / h_a)^2`` over the stencil's axes
+    (z, y, x for ``"3d"``; y, x for ``"2d"``): 2 over the largest eigenvalue of Lap^2. In mm^4
+    it is ``1 / (8 (sum_a h_a^-2)^2)``, proportional to h_min^4. ``spacing_mm`` (z, y, x) or
+    (y, x) in mm; None: isotropic voxels, where the bound is smallest (1/72 for ``"3d"``, 1/32
+    for ``"2d"``).
+    """
+    mode = _check_mode(mode)
+    if spacing_mm is None:
+        return STABILITY_BOUND[mode]
+    spacing = as_spacing(spacing_mm, 3 if np.size(spacing_mm) == 3 else 2)
+    return pde_dt_bound(mode, spacing)
 
 
 @dataclass(frozen=True)
@@ -47,11 +70,13 @@ class PdeArguments:
     """Validated arguments of :func:`denoise_pde` (shared with the NumPy reference)."""
 
     volume: np.ndarray  # C-contiguous float32, (y, x) or (z, y, x), HU
-    k: float  # edge threshold, HU
-    dt: float
+    k: float  # edge threshold, HU per h_min^2
+    dt: float  # units of h_min^4
     iterations: int
     mode: PdeMode
     fidelity: float
+    #: Voxel spacing in mm, one per axis of ``volume``; None: the unit voxel grid.
+    spacing_mm: tuple[float, ...] | None = None
 
 
 def validate_pde_arguments(
@@ -62,19 +87,23 @@ def validate_pde_arguments(
     mode: object = "3d",
     fidelity: float = 0.0,
     max_voxels: int | None = None,
+    spacing_mm: Sequence[float] | None = None,
 ) -> PdeArguments:
     """Check every argument of :func:`denoise_pde`; raise ValueError naming the bad one."""
     mode = _check_mode(mode)
     k = as_positive(k, "k")
     dt_value = float(dt)
-    bound = STABILITY_BOUND[mode]
     if not (math.isfinite(dt_value) and dt_value > 0):
         raise InvalidInput("dt", f"must be finite and > 0, got {dt!r}")
+    u = as_volume(volume, "volume", ndims=(2, 3), cap=max_voxels)
+    spacing = None if spacing_mm is None else as_spacing(spacing_mm, u.ndim)
+    bound = pde_dt_bound(mode, spacing)
     if dt_value > bound:
+        where = "isotropic voxels" if spacing is None else f"spacing {spacing} mm"
         raise InvalidInput(
             "dt",
             f"{dt_value} is above the explicit-scheme stability bound "
-            f"{bound} (1/{round(1 / bound)}) for mode {mode!r}",
+            f"{bound} (1/{1 / bound:.4g}) for mode {mode!r} on {where}",
         )
     if isinstance(iterations, bool | np.bool_):
         raise InvalidInput("iterations", f"must be an integer >= 0, got {iterations!r}")
@@ -87,8 +116,7 @@ def validate_pde_arguments(
     lam = float(fidelity)
     if not (math.isfinite(lam) and lam >= 0):
         raise InvalidInput("fidelity", f"must be finite and >= 0, got {fidelity!r}")
-    u = as_volume(volume, "volume", ndims=(2, 3), cap=max_voxels)
-    return PdeArguments(u, k, dt_value, n_iter, mode, lam)
+    return PdeArguments(u, k, dt_value, n_iter, mode, lam, spacing)
 
 
 def denoise_pde(
@@ -99,6 +127,7 @@ def denoise_pde(
     mode: PdeMode = "3d",
     fidelity: float = 0.0,
     *,
+    spacing_mm: Sequence[float] | None = None,
     threads: int | None = None,
     max_voxels: int | None = None,
 ) -> np.ndarray:
@@ -110,14 +139,20 @@ def denoise_pde(
             float32 C-contiguous input is used without copying); non-contiguous arrays are
             converted. bool, complex and object arrays, NaN/Inf, empty arrays and other ndims
             raise ValueError.
-        k: edge threshold of the diffusivity c(s) = 1 / (1 + (s/k)^2), in HU (> 0), compared
-            with |Lap u| (HU per voxel^2).
-        dt: explicit-Euler time step, 0 < dt <= :func:`pde_stability_bound` (1/72 for "3d",
-            1/32 for "2d").
+        k: edge threshold of the diffusivity c(s) = 1 / (1 + (s/k)^2), > 0, compared with
+            |Lap u| in HU per h_min^2 (h_min the finest spacing of the stencil's axes; HU per
+            voxel^2 on the unit grid).
+        dt: explicit-Euler time step in units of h_min^4, 0 < dt <=
+            ``pde_stability_bound(mode, spacing_mm)`` (1/72 for "3d", 1/32 for "2d" on
+            isotropic voxels; larger on anisotropic ones).
         iterations: number of Euler steps (integer >= 0; 0 returns a float32 copy).
         mode: "3d": 7-point Laplacian over (z, y, x); "2d": 5-point Laplacian in every axial
             (y, x) slice, the z slices independent.
         fidelity: lambda >= 0 of the data term dt * lambda * (u0 - u); 0 conserves the mean.
+        spacing_mm: voxel spacing in mm, one per axis of ``volume`` ((z, y, x) or (y, x));
+            each axis' second difference is weighted by (h_min / h_a)^2, i.e. the Laplacian
+            is in physical units. None: the unit voxel grid (every weight 1), which equals any
+            isotropic spacing.
         threads: OpenMP threads (>= 1); None uses the OpenMP default. The z axis is split into
             one slab per thread, so at most z-size threads do work.
         max_voxels: voxel cap for the input/output (default: DMFN_MAX_VOXELS or 2**28).
@@ -129,12 +164,17 @@ def denoise_pde(
         isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1
     ):
         raise InvalidInput("threads", f"must be None or an integer >= 1, got {threads!r}")
-    args = validate_pde_arguments(volume, k, dt, iterations, mode, fidelity, max_voxels)
+    args = validate_pde_arguments(volume, k, dt, iterations, mode, fidelity, max_voxels, spacing_mm)
     return _denoise(args, 0 if threads is None else int(threads))
 
 
 def _denoise(args: PdeArguments, threads: int = 0) -> np.ndarray:
     """:func:`denoise_pde` on already valid arguments (``threads`` 0: the OpenMP default)."""
+    spacing = (1.0,) * args.volume.ndim if args.spacing_mm is None else args.spacing_mm
+    # The kernel takes (z, y, x); a 2D (y, x) image has no z axis, so it runs the 2D stencil
+    # (the z term of a single plane vanishes anyway) and the z spacing is not used.
+    three_d = args.mode == "3d" and args.volume.ndim == 3
+    spacing_zyx = (spacing[0], *spacing) if args.volume.ndim == 2 else spacing
     return _preprocess.pde_denoise(
-        args.volume, args.k, args.dt, args.iterations, args.mode == "3d", args.fidelity, threads
+        args.volume, args.k, args.dt, args.iterations, three_d, args.fidelity, spacing_zyx, threads
     )

@@ -126,7 +126,8 @@ def preprocess_study(
 
     1. validate every argument (ValueError naming it);
     2. crop the lesion box + ``params.roi_margin_mm`` (idempotent on a client-side crop);
-    3. :func:`~dmfn.preprocess.denoise_pde` with ``params.pde_*`` (skipped at 0 iterations);
+    3. :func:`~dmfn.preprocess.denoise_pde` with ``params.pde_*`` on the study's voxel spacing
+       (the unit voxel grid if not ``params.pde_spacing_aware``; skipped at 0 iterations);
     4. :func:`resample_isotropic` to ``params.target_spacing_mm`` with ``params.interpolation``;
        the mask by :func:`resample_mask`;
     5. :func:`window` with ``params.window_level_hu`` / ``params.window_width_hu``;
@@ -166,6 +167,7 @@ def preprocess_study(
         pde = PdeArguments(
             roi_volume, params.pde_k_hu, params.pde_dt, params.pde_iterations,
             params.pde_mode, params.pde_fidelity,
+            spacing if params.pde_spacing_aware else None,
         )  # fmt: skip
         denoised = _denoise(pde)
     iso = _resample(denoised, spacing, target, params.interpolation, cap)

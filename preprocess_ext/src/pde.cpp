@@ -4,9 +4,16 @@
 //   g   = c(|Lap u|) Lap u            (= L k^2 / (k^2 + L^2) with L = Lap u)
 //   u  <- u - dt Lap g + dt lambda (u0 - u)
 //
-// Lap is the 7-point (3D) or 5-point (2D, per axial slice) stencil on the unit voxel grid with
-// Neumann boundaries whose ghost voxel equals the boundary voxel (numpy.pad mode="edge"), for both
-// Lap u and Lap g. Axes (z, y, x), x contiguous.
+// Lap is the 7-point (3D) or 5-point (2D, per axial slice) stencil in physical units, expressed
+// on the finest stencil spacing h_min (the smallest of the stencil axes' spacings):
+//
+//   Lap u = sum_a w_a (u[a-1] - 2 u + u[a+1]),   w_a = (h_min / h_a)^2   (= h_min^2 Lap_mm u)
+//
+// so Lap is in HU per h_min^2, k in the same unit, and dt in units of h_min^4 (physical step
+// dt_mm4 = dt h_min^4). On isotropic voxels every w_a is 1: the unit-grid stencil. The explicit
+// scheme is stable for dt <= 1 / (8 (sum_a w_a)^2), at least 1/72 (3D) and 1/32 (2D) for every
+// spacing; the Python layer checks it. Neumann boundaries whose ghost voxel equals the boundary
+// voxel (numpy.pad mode="edge"), for both Lap u and Lap g. Axes (z, y, x), x contiguous.
 //
 // One iteration is ONE streaming sweep over z (no separate full pass for g): g plane z+1 needs
 // u planes z..z+2; u plane z is then updated in place from g planes z-1..z+1, because no later g
@@ -15,11 +22,14 @@
 // of its first and last z (they read one old u plane of each neighbouring slab), so after the
 // barrier every slab sweeps independently. A second barrier ends the iteration.
 //
-// 2D mode is the same code with the z terms compiled out (template parameter kZ).
+// 2D mode is the same code with the z term compiled out (template parameter kZ).
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <vector>
+
+#include <pybind11/stl.h>
 
 #include "common.hpp"
 
@@ -48,34 +58,41 @@ inline Rows rows_at(const float* plane_zm, const float* plane_c, const float* pl
               plane_c + clamp_index(y + 1, s.ny) * s.nx, plane_zm + row, plane_zp + row};
 }
 
-// Laplacian at x with x neighbours xm, xp (clamped), as a sum of neighbour-minus-centre
+// Per-axis weights w_a = (h_min / h_a)^2 of the Laplacian (see the top of this file).
+struct AxisWeights {
+  float z, y, x;
+};
+
+// Laplacian at x with x neighbours xm, xp (clamped), as a weighted sum of neighbour-minus-centre
 // differences: exactly 0 on a constant image and on every ghost (clamped) neighbour.
 template <bool kZ>
-inline float laplacian_at(const Rows& r, index_t x, index_t xm, index_t xp) {
+inline float laplacian_at(const Rows& r, const AxisWeights& w, index_t x, index_t xm,
+                          index_t xp) {
   const float c = r.c[x];
-  float sum = (r.c[xm] - c) + (r.c[xp] - c) + (r.ym[x] - c) + (r.yp[x] - c);
-  if constexpr (kZ) sum += (r.zm[x] - c) + (r.zp[x] - c);
+  float sum = w.x * ((r.c[xm] - c) + (r.c[xp] - c)) + w.y * ((r.ym[x] - c) + (r.yp[x] - c));
+  if constexpr (kZ) sum += w.z * ((r.zm[x] - c) + (r.zp[x] - c));
   return sum;
 }
 
 // THE stencil: calls emit(x, Lap at x) along one row. The x boundaries are handled outside the
 // vectorised interior loop, which has no branch and no modulo.
 template <bool kZ, class Emit>
-inline void laplacian_row(const Rows& r, index_t nx, Emit&& emit) {
+inline void laplacian_row(const Rows& r, const AxisWeights& w, index_t nx, Emit&& emit) {
   if (nx == 1) {
-    emit(0, laplacian_at<kZ>(r, 0, 0, 0));
+    emit(0, laplacian_at<kZ>(r, w, 0, 0, 0));
     return;
   }
-  emit(0, laplacian_at<kZ>(r, 0, 0, 1));
+  emit(0, laplacian_at<kZ>(r, w, 0, 0, 1));
 #pragma omp simd
-  for (index_t x = 1; x < nx - 1; ++x) emit(x, laplacian_at<kZ>(r, x, x - 1, x + 1));
-  emit(nx - 1, laplacian_at<kZ>(r, nx - 1, nx - 2, nx - 1));
+  for (index_t x = 1; x < nx - 1; ++x) emit(x, laplacian_at<kZ>(r, w, x, x - 1, x + 1));
+  emit(nx - 1, laplacian_at<kZ>(r, w, nx - 1, nx - 2, nx - 1));
 }
 
 struct PdeStep {
-  float k2;        // k^2, HU^2
-  float dt;        // Euler step
-  float dt_lambda; // dt * fidelity lambda
+  float k2;         // k^2, (HU per h_min^2)^2
+  float dt;         // Euler step, units of h_min^4
+  float dt_lambda;  // dt * fidelity lambda
+  AxisWeights w;    // Laplacian weights (h_min / h_a)^2
 };
 
 // Row y of g plane z (g points at the plane) = c(|Lap u|) Lap u, from old u planes z-1..z+1.
@@ -87,7 +104,7 @@ inline void flux_row(const float* src, const Shape3& s, index_t z, index_t y, co
   const float* pp = src + s.at(clamp_index(z + 1, s.nz), 0, 0);
   const float k2 = p.k2;
   float* grow = g + y * s.nx;
-  laplacian_row<kZ>(rows_at(pm, pc, pp, s, y), s.nx,
+  laplacian_row<kZ>(rows_at(pm, pc, pp, s, y), p.w, s.nx,
                     [&](index_t x, float lap) { grow[x] = lap * k2 / (k2 + lap * lap); });
 }
 
@@ -109,10 +126,11 @@ inline void update_row(const float* gm, const float* gc, const float* gp, const 
   float* out = dst + off;
   const Rows rows = rows_at(gm, gc, gp, s, y);
   if (dt_lambda == 0.0f) {
-    laplacian_row<kZ>(rows, s.nx, [&](index_t x, float lap) { out[x] = urow[x] - dt * lap; });
+    laplacian_row<kZ>(rows, p.w, s.nx,
+                      [&](index_t x, float lap) { out[x] = urow[x] - dt * lap; });
   } else {
     const float* u0row = u0 + off;
-    laplacian_row<kZ>(rows, s.nx, [&](index_t x, float lap) {
+    laplacian_row<kZ>(rows, p.w, s.nx, [&](index_t x, float lap) {
       // One small increment, then one rounding at the scale of u.
       out[x] = urow[x] + (dt_lambda * (u0row[x] - urow[x]) - dt * lap);
     });
@@ -215,9 +233,25 @@ void denoise(const float* u0, float* out, const Shape3& s, index_t iterations, c
   }
 }
 
+// The Laplacian weights (h_min / h_a)^2 of voxels spacing_mm (z, y, x); h_min is over the
+// stencil's axes (y, x, and z when three_d).
+AxisWeights axis_weights(const std::array<double, 3>& spacing_mm, bool three_d) {
+  const char* names[3] = {"spacing_mm[0] (z)", "spacing_mm[1] (y)", "spacing_mm[2] (x)"};
+  for (int a = 0; a < 3; ++a) {
+    if (!(std::isfinite(spacing_mm[a]) && spacing_mm[a] > 0)) {
+      invalid(names[a], "must be finite and > 0 mm");
+    }
+  }
+  double h_min = std::min(spacing_mm[1], spacing_mm[2]);
+  if (three_d) h_min = std::min(h_min, spacing_mm[0]);
+  auto weight = [&](double h) { return static_cast<float>((h_min / h) * (h_min / h)); };
+  return AxisWeights{three_d ? weight(spacing_mm[0]) : 0.0f, weight(spacing_mm[1]),
+                     weight(spacing_mm[2])};
+}
+
 py::array_t<float> pde_denoise(const FloatArray& volume, double k, double dt,
                                std::int64_t iterations, bool three_d, double fidelity,
-                               int threads) {
+                               const std::array<double, 3>& spacing_mm, int threads) {
   const Shape3 s = shape_of(volume, "volume");
   require_nonempty(s, "volume");
   if (!(std::isfinite(k) && k > 0)) invalid("k", "must be finite and > 0 HU");
@@ -225,13 +259,14 @@ py::array_t<float> pde_denoise(const FloatArray& volume, double k, double dt,
   if (iterations < 0) invalid("iterations", "must be >= 0");
   if (!(std::isfinite(fidelity) && fidelity >= 0)) invalid("fidelity", "must be finite and >= 0");
   if (threads < 0) invalid("threads", "must be >= 1, or 0 for the OpenMP default");
+  const AxisWeights weights = axis_weights(spacing_mm, three_d);
 
   py::array_t<float> result(
       std::vector<py::ssize_t>(volume.shape(), volume.shape() + volume.ndim()));
   const float* u0 = volume.data();
   float* out = result.mutable_data();
   const PdeStep step{static_cast<float>(k * k), static_cast<float>(dt),
-                     static_cast<float>(dt * fidelity)};
+                     static_cast<float>(dt * fidelity), weights};
   {
     py::gil_scoped_release release;
     if (iterations == 0) {
@@ -249,10 +284,13 @@ py::array_t<float> pde_denoise(const FloatArray& volume, double k, double dt,
 
 void register_pde(py::module_& m) {
   m.def("pde_denoise", &pde_denoise, py::arg("volume"), py::arg("k"), py::arg("dt"),
-        py::arg("iterations"), py::arg("three_d"), py::arg("fidelity"), py::arg("threads"),
+        py::arg("iterations"), py::arg("three_d"), py::arg("fidelity"), py::arg("spacing_mm"),
+        py::arg("threads"),
         "Fourth-order (You-Kaveh) PDE denoising of a float32 (y, x) or (z, y, x) HU array; "
         "returns a new float32 array. Arguments are validated by dmfn.preprocess.denoise_pde; "
-        "three_d=False applies the 5-point stencil per axial slice. threads=0: OpenMP default.");
+        "three_d=False applies the 5-point stencil per axial slice. spacing_mm (z, y, x) weights "
+        "each axis by (h_min / h)^2, h_min the finest stencil spacing; k is in HU per h_min^2, "
+        "dt in units of h_min^4. threads=0: OpenMP default.");
 }
 
 }  // namespace dmfn
