@@ -110,10 +110,19 @@ class PreprocessParams:
     #: Upper bound on voxels of any intermediate volume (guards memory on the server).
     max_voxels: int = 2**26
     version: int = PARAMS_VERSION
+    #: Append the lesion-size features (schema.TABULAR_MEASUREMENT_FIELDS, from the mask after
+    #: resampling) to TABULAR, so the tabular branch sees the lesion's size. Written to JSON only
+    #: when true, so parameter sets (and cache keys) made before it existed stay the same.
+    tabular_measurements: bool = False
 
     def __post_init__(self) -> None:
         if self.pde_mode not in ("3d", "2d"):
             raise ValueError(f"argument 'pde_mode': must be '3d' or '2d', got {self.pde_mode!r}")
+        if not isinstance(self.tabular_measurements, bool):
+            raise ValueError(
+                "argument 'tabular_measurements': must be true or false, got "
+                f"{self.tabular_measurements!r}"
+            )
         if not isinstance(self.pde_spacing_aware, bool):
             raise ValueError(
                 f"argument 'pde_spacing_aware': must be true or false, got {self.pde_spacing_aware!r}"
@@ -150,7 +159,11 @@ class PreprocessParams:
             raise ValueError(f"argument 'view_size': must be >= 8 pixels, got {self.view_size}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        for name, default in _OMITTED_AT_DEFAULT.items():
+            if out[name] == default:
+                del out[name]
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)
@@ -186,3 +199,5 @@ class PreprocessParams:
 
 
 _DEFAULT_DT = PreprocessParams.pde_dt
+#: Fields added within a version, left out of to_dict at their default (stable digests).
+_OMITTED_AT_DEFAULT: dict[str, Any] = {"tabular_measurements": False}

@@ -56,6 +56,27 @@ MEASUREMENT_UNITS: dict[str, str] = {
     "craniocaudal_mm": "mm",
 }
 
+#: Lesion-size features appended to TABULAR when the preprocessing parameters ask for them
+#: (``tabular_measurements``), derived from MEASUREMENTS: the diameter of the sphere of the
+#: lesion's volume, and its long and short axis, all in mm.
+TABULAR_MEASUREMENT_FIELDS: tuple[str, ...] = (
+    "equivalent_diameter_mm",
+    "long_axis_mm",
+    "short_axis_mm",
+)
+
+
+def tabular_measurements(measurements: np.ndarray) -> np.ndarray:
+    """The TABULAR_MEASUREMENT_FIELDS of a MEASUREMENTS row (or rows [..., 5]), float32 mm."""
+    m = np.asarray(measurements, dtype=np.float64)
+    index = {name: i for i, name in enumerate(MEASUREMENT_FIELDS)}
+    diameter = np.cbrt(6.0 * m[..., index["volume_mm3"]] / np.pi)
+    out = np.stack(
+        [diameter, m[..., index["long_axis_mm"]], m[..., index["short_axis_mm"]]], axis=-1
+    )
+    return out.astype(np.float32)
+
+
 #: Default CTC feature names: the paper measures one, the CTC level in pg/ml.
 DEFAULT_CTC_FEATURES: tuple[str, ...] = ("ctc_level_pg_ml",)
 
@@ -120,6 +141,8 @@ class Schema:
     n_ctc: int = len(DEFAULT_CTC_FEATURES)
     n_classes: int = 20
     view_size: int = DEFAULT_VIEW_SIZE
+    #: TABULAR ends with TABULAR_MEASUREMENT_FIELDS (PreprocessParams.tabular_measurements).
+    measurement_features: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_ctc", "n_classes"):
@@ -130,7 +153,8 @@ class Schema:
 
     @property
     def n_tabular(self) -> int:
-        return self.n_ctc + len(CLINICAL_FIELDS)
+        extra = len(TABULAR_MEASUREMENT_FIELDS) if self.measurement_features else 0
+        return self.n_ctc + len(CLINICAL_FIELDS) + extra
 
     # --- what the client sends (ensemble and preprocess inputs) ---
     @property

@@ -326,7 +326,10 @@ def write_repository(
             "argument 'info': limits (the input ranges the server enforces) are required"
         )
     schema = Schema(
-        n_ctc=len(info.ctc_features), n_classes=len(taxonomy), view_size=params.view_size
+        n_ctc=len(info.ctc_features),
+        n_classes=len(taxonomy),
+        view_size=params.view_size,
+        measurement_features=params.tabular_measurements,
     )
     out = check_output_folder(out, overwrite)
     template = template_dir()

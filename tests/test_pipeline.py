@@ -202,3 +202,28 @@ def test_voxel_cap():
 
 def test_clinical_layout_is_the_schemas():
     assert CLINICAL_FIELDS[:2] == ("age_years", "sex_male") and len(CLINICAL_FIELDS) == 5
+
+
+def test_tabular_measurements_append_the_lesion_size_in_mm() -> None:
+    from dmfn.contract.schema import TABULAR_MEASUREMENT_FIELDS, Schema, tabular_measurements
+
+    rng = np.random.default_rng(3)
+    hu = rng.normal(40, 10, (20, 48, 48)).astype(np.float32)
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[6:14, 14:34, 16:30] = 1
+    base = PreprocessParams(view_size=32)
+    plain = preprocess_study(hu, (2.0, 0.8, 0.8), mask, [12.0], [50, 1, 1, 0, 0], params=base)
+    params = dataclasses.replace(base, tabular_measurements=True)
+    sized = preprocess_study(hu, (2.0, 0.8, 0.8), mask, [12.0], [50, 1, 1, 0, 0], params=params)
+    assert sized.tabular.shape == (plain.tabular.size + len(TABULAR_MEASUREMENT_FIELDS),)
+    np.testing.assert_array_equal(sized.tabular[: plain.tabular.size], plain.tabular)
+    np.testing.assert_allclose(
+        sized.tabular[plain.tabular.size :], tabular_measurements(sized.measurements)
+    )
+    np.testing.assert_array_equal(sized.views, plain.views)
+    diameter = sized.tabular[plain.tabular.size]
+    assert diameter == pytest.approx((6 * sized.measurements[0] / np.pi) ** (1 / 3), rel=1e-5)
+    assert Schema(n_ctc=1, measurement_features=True).n_tabular == plain.tabular.size + 3
+    # a parameter set made before the option has the same JSON (and cache key) as before
+    assert "tabular_measurements" not in base.to_dict()
+    assert PreprocessParams.from_json(params.to_json()) == params

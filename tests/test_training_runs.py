@@ -152,3 +152,27 @@ def test_composed_experts_are_the_calibrated_product_at_epoch_0(cohort, tmp_path
             mine.state_dict().items(), theirs.state_dict().values(), strict=True
         ):
             assert torch.equal(a, b), name  # weights and batch-norm statistics untouched
+
+
+@pytest.mark.slow
+def test_a_model_with_measurement_features_trains_exports_and_predicts(cohort, tmp_path):
+    """--tabular-measurements: the preprocessing appends the lesion size to TABULAR; the model,
+    the exported repository and in-process prediction all take the wider row."""
+    from dmfn.client.manifest import load_row_study, read_manifest
+    from dmfn.serving.config import ServingSettings
+    from dmfn.training.export import export
+    from dmfn.training.inference import LocalPredictor
+
+    out = tmp_path / "run"
+    argv = ["--manifest", str(cohort), "--out", str(out), "--epochs", "1", "--tabular-measurements"]
+    assert train.main([*argv, *FAST]) == 0
+    best = out / "seed_0" / "best.pt"
+    ckpt = load_checkpoint(best)
+    assert ckpt.preprocess_params.tabular_measurements
+    assert ckpt.model_config["n_tabular"] == 1 + 5 + 3
+    repo = tmp_path / "repo"
+    export(best, repo, ServingSettings(), parity_studies=2, parity_manifest=cohort)
+    assert "dims: [ 9 ]" in (repo / "preprocess" / "config.pbtxt").read_text()
+    row = read_manifest(cohort, ckpt.taxonomy, ckpt.ctc_features).rows[0]
+    prediction = LocalPredictor(best).predict(load_row_study(row, ckpt.ctc_features))
+    assert sum(prediction.probs.values()) == pytest.approx(1.0, abs=1e-5)

@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--taxonomy", type=Path, default=None, help="taxonomy CSV (default: the paper's 20 classes)"
     )
     io.add_argument(
+        "--tabular-measurements",
+        action="store_true",
+        help="give the tabular branch the lesion's size too (equivalent diameter, long and short "
+        "axis in mm, measured on the mask by the preprocessing; stored with the model's "
+        "preprocessing parameters, so the server computes them the same way)",
+    )
+    io.add_argument(
         "--grouping",
         choices=sorted(GROUPINGS),
         default=DEFAULT_GROUPING,
@@ -202,6 +209,8 @@ def parse_args(argv: Sequence[str]) -> TrainConfig:
     """The checked configuration of ``dmfn train`` ``argv``; InvalidInput naming the field."""
     values = vars(build_parser().parse_args(list(argv)))
     values["params"] = parse_params(values["params"])
+    if values.pop("tabular_measurements"):
+        values["params"] = dataclasses.replace(values["params"], tabular_measurements=True)
     return TrainConfig(**values)
 
 

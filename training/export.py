@@ -243,7 +243,8 @@ def tensorrt_logits(plan_path: Path, views: np.ndarray, tabular: np.ndarray) -> 
 
 def _schema_checks(ckpt: Checkpoint) -> None:
     config = ckpt.model_config
-    n_tabular = len(ckpt.ctc_features) + len(S.CLINICAL_FIELDS)
+    extra = len(S.TABULAR_MEASUREMENT_FIELDS) if ckpt.preprocess_params.tabular_measurements else 0
+    n_tabular = len(ckpt.ctc_features) + len(S.CLINICAL_FIELDS) + extra
     if config.get("n_classes") not in (None, len(ckpt.taxonomy)):
         raise ValueError(
             f"argument 'checkpoint': model has {config['n_classes']} classes but its taxonomy "
@@ -252,7 +253,8 @@ def _schema_checks(ckpt: Checkpoint) -> None:
     if config.get("n_tabular") not in (None, n_tabular):
         raise ValueError(
             f"argument 'checkpoint': model expects {config['n_tabular']} tabular columns but "
-            f"{len(ckpt.ctc_features)} CTC features + {len(S.CLINICAL_FIELDS)} clinical = {n_tabular}"
+            f"{len(ckpt.ctc_features)} CTC features + {len(S.CLINICAL_FIELDS)} clinical + {extra} "
+            f"measurement features = {n_tabular}"
         )
 
 

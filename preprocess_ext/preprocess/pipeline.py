@@ -17,7 +17,12 @@ from dmfn.contract.errors import InvalidInput
 from dmfn.contract.limits import InputLimits
 from dmfn.contract.params import PreprocessParams
 from dmfn.contract.roi import mask_bbox, roi_box
-from dmfn.contract.schema import AGE_RANGE_YEARS, CLINICAL_FIELDS, LOCATION_SLICE
+from dmfn.contract.schema import (
+    AGE_RANGE_YEARS,
+    CLINICAL_FIELDS,
+    LOCATION_SLICE,
+    tabular_measurements,
+)
 from dmfn.contract.wire import batch_size, decode_item, where_in_batch
 
 from ._validate import as_mask, as_spacing, as_volume, check_voxel_cap
@@ -42,7 +47,8 @@ class PreprocessedStudy:
 
     Attributes:
         views: float32 (3, S, S): axial, coronal, sagittal windowed views in [0, 1].
-        tabular: float32 (K + 5,): the CTC features, then the clinical fields.
+        tabular: float32 (K + 5,): the CTC features, then the clinical fields; (K + 8,) with
+            ``params.tabular_measurements``, then ``schema.TABULAR_MEASUREMENT_FIELDS`` (mm).
         measurements: float32 (5,) in ``MEASUREMENT_FIELDS`` order (mm, mm^2, mm^3).
     """
 
@@ -131,7 +137,8 @@ def preprocess_study(
     4. :func:`resample_isotropic` to ``params.target_spacing_mm`` with ``params.interpolation``;
        the mask by :func:`resample_mask`;
     5. :func:`window` with ``params.window_level_hu`` / ``params.window_width_hu``;
-    6. :func:`measure_lesion` on the resampled mask;
+    6. :func:`measure_lesion` on the resampled mask (appended to the tabular row as
+       ``schema.TABULAR_MEASUREMENT_FIELDS`` when ``params.tabular_measurements``);
     7. :func:`orthogonal_views` of ``params.view_size`` through the lesion centroid, covering
        the lesion box + margin, filled with 0 outside the crop.
 
@@ -176,6 +183,8 @@ def preprocess_study(
     measurements = _measure(iso_mask, (target,) * 3).as_array()
     margin = params.roi_margin_mm / target
     views = _views(windowed, *_lesion_box(iso_mask), params.view_size, margin, 0.0)
+    if params.tabular_measurements:
+        tabular = np.concatenate([tabular, tabular_measurements(measurements)])
     return PreprocessedStudy(views=views, tabular=tabular, measurements=measurements)
 
 
