@@ -15,14 +15,23 @@ SDK sends them: int16 HU, spacing, mask, CTC, clinical), driven by the same clos
     response with the same outputs (probabilities, top-3, malignant probability, measurements).
     Its process runs with OMP_NUM_THREADS=1 (``--fastapi-omp-threads``), its best setting here.
 
+(d) triton-before (``--before``): the same Triton repository with the serving settings dmfn used
+    before the latency work (5 ms net and 1 ms preprocess batching delays), so the gain is
+    measured side by side.
+
 Prints throughput (requests/s) and p50/p95/p99 latency (ms) per system and concurrency, failed
-requests, the net's average batch size inside Triton, and the ratios at the highest concurrency.
-Targets on the 2-core development machine: triton >= 2x fastapi and >= 0.7x floor at concurrency
-16, no failed request. Results on synthetic data; this measures speed only.
+requests, where the time goes inside Triton (per model: queue and compute per request, from
+Triton's statistics API), the net's mean batch, and the targets, for every backbone of
+``--backbones``:
 
-Run it on a quiet machine (``uptime``)::
+- Triton's p50 at concurrency 1 within 3 ms of the floor's;
+- Triton's best throughput at least the floor's best;
+- Triton at least FastAPI at every concurrency;
+- no failed request.
 
-    .venv/bin/python benchmarks/serving.py [--duration 10] [--backbone regnetx_tiny]
+Results on synthetic data; this measures speed only. Run it on a quiet machine (``uptime``)::
+
+    .venv/bin/python benchmarks/serving.py [--duration 10] [--backbones regnetx_tiny,regnety_400mf]
 """
 
 import argparse
@@ -357,120 +366,159 @@ def closed_loop(
 
 
 # --------------------------------------------------------------------------- main
-def _net_stats(url: str) -> tuple[int, int]:
+def _stats(url: str) -> dict[str, dict[str, int]]:
+    """Per model: inference and execution counts and the cumulative queue / compute ns."""
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url)
     try:
-        stats = client.get_inference_statistics(S.NET_MODEL)["model_stats"][0]
-        return int(stats["inference_count"]), int(stats["execution_count"])
+        out = {}
+        for stats in client.get_inference_statistics()["model_stats"]:
+            inference = stats["inference_stats"]
+            out[stats["name"]] = {
+                "inferences": int(stats["inference_count"]),
+                "executions": int(stats["execution_count"]),
+                "queue_ns": int(inference["queue"]["ns"]),
+                "compute_ns": sum(
+                    int(inference[k]["ns"])
+                    for k in ("compute_input", "compute_infer", "compute_output")
+                ),
+                "success": int(inference["success"]["count"]),
+                "success_ns": int(inference["success"]["ns"]),
+            }
+        return out
     finally:
         client.close()
 
 
+def stage_report(before: dict, after: dict) -> str:
+    """Per model between two statistics snapshots: requests, mean batch, queue and compute ms
+    per request; the ensemble's total is the server-side time of a request."""
+    parts = []
+    for name in (S.PREPROCESS_MODEL, S.NET_MODEL, S.POSTPROCESS_MODEL, S.PIPELINE_MODEL):
+        if name not in after:
+            continue
+        d = {k: after[name][k] - before.get(name, {}).get(k, 0) for k in after[name]}
+        n = max(d["success"], 1)
+        if name == S.PIPELINE_MODEL:
+            parts.append(f"server total {d['success_ns'] / n / 1e6:.2f}")
+            continue
+        parts.append(
+            f"{name} queue {d['queue_ns'] / n / 1e6:.2f} compute {d['compute_ns'] / n / 1e6:.2f}"
+            + (
+                f" batch {d['inferences'] / max(d['executions'], 1):.1f}"
+                if name == S.NET_MODEL
+                else ""
+            )
+        )
+    return "; ".join(parts) + " (ms per request)"
+
+
 def print_table(results: list[Result]) -> None:
-    header = f"{'system':<8} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'done':>6} {'failed':>6}"
+    header = f"{'system':<13} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'done':>6} {'failed':>6}"
     print(header)
     print("-" * len(header))
     for r in results:
         print(
-            f"{r.system:<8} {r.concurrency:>4} {r.throughput:>8.1f} {r.percentile(50):>8.1f} "
+            f"{r.system:<13} {r.concurrency:>4} {r.throughput:>8.1f} {r.percentile(50):>8.1f} "
             f"{r.percentile(95):>8.1f} {r.percentile(99):>8.1f} {r.completed:>6} {r.failed:>6}"
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per point")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
-    parser.add_argument("--concurrency", default="1,4,16", help="comma-separated (1,4,16)")
-    parser.add_argument("--backbone", default="regnetx_tiny", help="CT backbone (regnetx_tiny)")
-    parser.add_argument("--studies", type=int, default=32, help="distinct synthetic studies")
-    parser.add_argument(
-        "--shape", default="24,64,64", help="ROI crop shape z,y,x in voxels (24,64,64)"
-    )
-    parser.add_argument(
-        "--fastapi-omp-threads",
-        type=int,
-        default=1,
-        help="OMP_NUM_THREADS of the FastAPI process (torch and the C++ kernels; 0 = library "
-        "defaults). Default 1: with the defaults two OpenMP runtimes (torch's and the "
-        "kernels') spin against each other and the peer answers in ~700 ms at concurrency 1",
-    )
-    parser.add_argument(
-        "--protocol", choices=("http", "grpc"), default="http", help="Triton client protocol"
-    )
-    parser.add_argument("--systems", default="floor,triton,fastapi", help="which to run")
-    parser.add_argument(
-        "--serve-fastapi", nargs=2, metavar=("CHECKPOINT", "PORT"), help=argparse.SUPPRESS
-    )
-    args = parser.parse_args(argv)
-    if args.serve_fastapi:
-        serve_fastapi(Path(args.serve_fastapi[0]), int(args.serve_fastapi[1]))
-        return 0
+#: The serving settings dmfn used before the latency work (for --before).
+BEFORE = {"max_queue_delay_us": 5000, "preprocess_max_queue_delay_us": 1000}
 
-    from dmfn.serving.config import ServingSettings
+
+def run_triton(system, repo, requests, concurrencies, args, tmp) -> list[Result]:
+    """Serve the repository ``repo`` and drive it at each concurrency, printing where the time
+    goes inside Triton."""
     from dmfn.serving.service import DmfnService, ServiceConfig
     from dmfn.serving.triton import free_ports
+
+    http_port, grpc_port, metrics_port = free_ports(3)
+    config = ServiceConfig(
+        repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+        log_path=tmp / f"{system}.log", canary_interval_s=None,
+    )  # fmt: skip
+    out = []
+    with DmfnService(config) as server:
+        for c in concurrencies:
+            before = _stats(server.http_url)
+            url = server.http_url if args.protocol == "http" else server.grpc_url
+            out.append(
+                closed_loop(system, TritonCaller(url, args.protocol), requests, c, args.duration,
+                            args.warmup)
+            )  # fmt: skip
+            print(f"  {system} c={c}: {stage_report(before, _stats(server.http_url))}")
+    return out
+
+
+def check_targets(results: list[Result]) -> list[str]:
+    """The issue's targets, one line each, ``MEETS`` or ``MISSES`` with the numbers."""
+    by = {(r.system, r.concurrency): r for r in results}
+    lines = []
+    if ("triton", 1) in by and ("floor", 1) in by:
+        gap = by[("triton", 1)].percentile(50) - by[("floor", 1)].percentile(50)
+        lines.append(f"p50 at c=1: triton - floor = {gap:+.1f} ms (target <= 3 ms: "
+                     f"{'MEETS' if gap <= 3.0 else 'MISSES'})")  # fmt: skip
+    best = {
+        system: max(r.throughput for r in results if r.system == system)
+        for system in {r.system for r in results}
+    }
+    if "triton" in best and "floor" in best:
+        ratio = best["triton"] / best["floor"]
+        lines.append(f"best throughput: triton {best['triton']:.0f} / floor {best['floor']:.0f} "
+                     f"req/s = {ratio:.2f} (target >= 1: {'MEETS' if ratio >= 1 else 'MISSES'})")  # fmt: skip
+    ratios = [
+        (c, by[("triton", c)].throughput / by[("fastapi", c)].throughput)
+        for (system, c) in by if system == "triton" and ("fastapi", c) in by
+    ]  # fmt: skip
+    if ratios:
+        worst = min(r for _, r in ratios)
+        lines.append("triton / fastapi throughput: " + ", ".join(f"c={c} {r:.2f}" for c, r in ratios)
+                     + f" (target >= 1 everywhere: {'MEETS' if worst >= 1 else 'MISSES'})")  # fmt: skip
+    failed = sum(r.failed for r in results)
+    lines.append(f"failed requests: {failed} (target 0: {'MEETS' if failed == 0 else 'MISSES'})")
+    return lines
+
+
+def bench_backbone(backbone: str, args, concurrencies, systems) -> list[Result]:
+    from dmfn.serving.config import ServingSettings
+    from dmfn.serving.triton import free_ports
+    from dmfn.training.checkpoint import load_checkpoint
     from dmfn.training.export import export
 
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
-    systems = args.systems.split(",")
     shape = tuple(int(v) for v in args.shape.split(","))
     params = PreprocessParams()
     settings = ServingSettings()
     print(
-        f"machine: {CPUS} CPUs, load average {os.getloadavg()[0]:.2f}; backbone {args.backbone}, "
-        f"views {params.view_size} px, crops {shape}, {args.studies} studies, "
-        f"{args.duration:g} s per point"
+        f"\n=== backbone {backbone}: {CPUS} CPUs, load average {os.getloadavg()[0]:.2f}; views "
+        f"{params.view_size} px, crops {shape}, {args.studies} studies, {args.duration:g} s per point"
     )
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="dmfn-bench-") as tmp:
         tmp = Path(tmp)
-        checkpoint = make_checkpoint(tmp / "model.pt", args.backbone, params)
+        checkpoint = make_checkpoint(tmp / "model.pt", backbone, params)
         repo = tmp / "repo"
         export(checkpoint, repo, settings, parity_studies=2)
-        from dmfn.training.checkpoint import load_checkpoint
-
         requests = make_requests(
             args.studies, seed=1, shape=shape, contract=load_checkpoint(checkpoint).contract()
         )
-
         if "floor" in systems:
             floor = Floor(
-                repo / "dmfn" / "1" / "model.onnx",
-                params,
-                settings.intra_op_threads,
+                repo / "dmfn" / "1" / "model.onnx", params, settings.intra_op_threads,
                 settings.preprocess_openmp_threads,
-            )
+            )  # fmt: skip
             for c in concurrencies:
                 results.append(closed_loop("floor", floor, requests, c, args.duration, args.warmup))
-
         if "triton" in systems:
-            http_port, grpc_port, metrics_port = free_ports(3)
-            config = ServiceConfig(
-                repo,
-                http_port=http_port,
-                grpc_port=grpc_port,
-                metrics_port=metrics_port,
-                log_path=tmp / "triton.log",
-                canary_interval_s=None,
-            )
-            with DmfnService(config) as server:
-                for c in concurrencies:
-                    before = _net_stats(server.http_url)
-                    url = server.http_url if args.protocol == "http" else server.grpc_url
-                    caller = TritonCaller(url, args.protocol)
-                    results.append(
-                        closed_loop("triton", caller, requests, c, args.duration, args.warmup)
-                    )
-                    after = _net_stats(server.http_url)
-                    inferences, executions = after[0] - before[0], after[1] - before[1]
-                    print(
-                        f"  triton c={c}: net {inferences} inferences in {executions} executions "
-                        f"(mean batch {inferences / max(executions, 1):.2f})"
-                    )
+            results += run_triton("triton", repo, requests, concurrencies, args, tmp)
+        if args.before:
+            import dataclasses
 
+            old = tmp / "repo_before"
+            export(checkpoint, old, dataclasses.replace(settings, **BEFORE), parity_studies=2)
+            results += run_triton("triton-before", old, requests, concurrencies, args, tmp)
         if "fastapi" in systems:
             (port,) = free_ports(1)
             env = dict(os.environ)
@@ -490,24 +538,56 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 process.terminate()
                 process.wait(timeout=30)
-
     print()
     print_table(results)
-    top = max(concurrencies)
-    by = {(r.system, r.concurrency): r for r in results}
     print()
-    if ("triton", top) in by:
-        triton = by[("triton", top)].throughput
-        for peer, target in (("fastapi", 2.0), ("floor", 0.7)):
-            if (peer, top) in by:
-                ratio = triton / by[(peer, top)].throughput
-                verdict = "meets" if ratio >= target else "MISSES"
-                print(
-                    f"concurrency {top}: triton / {peer} throughput = {ratio:.2f} "
-                    f"(target >= {target}: {verdict})"
-                )
-    failed = sum(r.failed for r in results)
-    print(f"failed requests: {failed}")
+    for line in check_targets(results):
+        print(f"{backbone}: {line}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per point")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    parser.add_argument("--concurrency", default="1,4,16", help="comma-separated (1,4,16)")
+    parser.add_argument(
+        "--backbones", default="regnetx_tiny,regnety_400mf",
+        help="CT backbones, comma-separated (regnetx_tiny, the default model's, and "
+        "regnety_400mf, a paper-scale one)",
+    )  # fmt: skip
+    parser.add_argument("--studies", type=int, default=32, help="distinct synthetic studies")
+    parser.add_argument(
+        "--shape", default="24,64,64", help="ROI crop shape z,y,x in voxels (24,64,64)"
+    )
+    parser.add_argument(
+        "--fastapi-omp-threads",
+        type=int,
+        default=1,
+        help="OMP_NUM_THREADS of the FastAPI process (torch and the C++ kernels; 0 = library "
+        "defaults). Default 1: with the defaults two OpenMP runtimes (torch's and the "
+        "kernels') spin against each other and the peer answers in ~700 ms at concurrency 1",
+    )
+    parser.add_argument(
+        "--protocol", choices=("http", "grpc"), default="http", help="Triton client protocol"
+    )
+    parser.add_argument("--systems", default="floor,triton,fastapi", help="which to run")
+    parser.add_argument(
+        "--before", action="store_true",
+        help="also run Triton with the serving settings used before the latency work",
+    )  # fmt: skip
+    parser.add_argument(
+        "--serve-fastapi", nargs=2, metavar=("CHECKPOINT", "PORT"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    if args.serve_fastapi:
+        serve_fastapi(Path(args.serve_fastapi[0]), int(args.serve_fastapi[1]))
+        return 0
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    systems = args.systems.split(",")
+    failed = 0
+    for backbone in args.backbones.split(","):
+        failed += sum(r.failed for r in bench_backbone(backbone, args, concurrencies, systems))
     return 0 if failed == 0 else 1
 
 

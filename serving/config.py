@@ -78,8 +78,11 @@ class ServingSettings:
     pipeline_max_batch_size: int = 8
     net_max_batch_size: int = 32
     preferred_batch_sizes: tuple[int, ...] = (4, 8, 16, 32)
-    max_queue_delay_us: int = 5000
-    preprocess_max_queue_delay_us: int = 1000
+    #: No batching delay: a lone request is not kept waiting for company; under load the
+    #: dynamic batcher still batches what queued while the instance was busy
+    #: (benchmarks/serving.py --before measures both).
+    max_queue_delay_us: int = 0
+    preprocess_max_queue_delay_us: int = 0
     preprocess_instances: int = 2
     preprocess_threads: int = 1
     preprocess_openmp_threads: int = 1
