@@ -90,7 +90,7 @@ def test_rendered_configs_follow_the_schema(target: str) -> None:
     assert int(pre.parameters["worker_threads"].string_value) >= 1
     assert pre.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     assert list(net.dynamic_batching.preferred_batch_size) == [4, 8, 16, 32]
-    assert 0 < net.dynamic_batching.max_queue_delay_microseconds <= 100_000
+    assert net.dynamic_batching.max_queue_delay_microseconds == ServingSettings().max_queue_delay_us
     assert net.max_batch_size >= pipe.max_batch_size == pre.max_batch_size == post.max_batch_size
     expected = {
         "cpu": ("", "python"),
