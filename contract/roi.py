@@ -16,11 +16,15 @@ MARGIN_ROUNDING_SLACK = 1e-6
 
 
 def mask_bbox(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """First and one-past-last index per axis of the nonzero voxels of a non-empty mask."""
+    """First and one-past-last index per axis of the nonzero voxels of a non-empty mask.
+
+    A device (CuPy) mask is reduced on the device; only its per-axis projections come to the host.
+    """
     lo, hi = [], []
     for axis in range(mask.ndim):
         other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
+        projection = mask.any(axis=other)
+        hits = np.flatnonzero(projection.get() if hasattr(projection, "get") else projection)
         if hits.size == 0:
             raise ValueError("argument 'mask': is empty (no nonzero voxel)")
         lo.append(int(hits[0]))

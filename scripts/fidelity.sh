@@ -6,8 +6,8 @@
 #   fusion   (paper preset, seeds 0-2): cnn, tabular, dmfn (concat, the paper's), and dmfn
 #            composed from the trained cnn + tabular experts (two-stage): untrained (the
 #            calibrated product), fine-tuned, and with frozen experts
-#   backbone (demo preset, seeds 0-2): dmfn with regnetx_tiny, selfreg_tiny_gru,
-#            selfreg_resnet18_gru and regnety_400mf
+#   backbone (demo preset, seeds 0-2): dmfn with regnetx_tiny, selfreg_tiny_gru and
+#            regnety_400mf (add selfreg_resnet18_gru with BACKBONES=...; ~12 min per seed here)
 #   inputs   (demo preset, seeds 0-2): dmfn with the lesion measurements in the tabular branch,
 #            dmfn with the thymoma A/AB-benign grouping, dmfn with version-1 PDE settings
 #
@@ -72,7 +72,7 @@ fusion)
 backbone)
     cohort demo
     M=$OUT/demo/manifest.csv
-    for B in regnetx_tiny selfreg_tiny_gru selfreg_resnet18_gru regnety_400mf; do
+    for B in ${BACKBONES:-regnetx_tiny selfreg_tiny_gru regnety_400mf}; do
         timed "demo_$B" $DMFN train --manifest "$M" --model dmfn --backbone "$B"
     done
     ;;
@@ -101,7 +101,7 @@ report)
             $(runs "$SPLIT" paper_experts_tuned paper_cnn)
         # shellcheck disable=SC2046
         $DMFN evaluate --out "$OUT/report_backbone_$SPLIT" --split "$SPLIT" \
-            $(runs "$SPLIT" demo_regnetx_tiny demo_selfreg_tiny_gru demo_selfreg_resnet18_gru demo_regnety_400mf)
+            $(runs "$SPLIT" $(for B in ${BACKBONES:-regnetx_tiny selfreg_tiny_gru regnety_400mf}; do echo "demo_$B"; done))
         # shellcheck disable=SC2046
         $DMFN evaluate --out "$OUT/report_inputs_$SPLIT" --split "$SPLIT" \
             $(runs "$SPLIT" demo_regnetx_tiny demo_measurements demo_pde_v1)

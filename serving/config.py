@@ -28,6 +28,8 @@ from dmfn.contract.schema import Schema, TensorSpec
 from dmfn.contract.server import ServerContract
 
 TARGETS: tuple[str, ...] = ("cpu", "onnxruntime", "tensorrt")
+#: Where ``preprocess`` runs: the C++ kernels (KIND_CPU) or the CuPy CUDA kernels (KIND_GPU).
+DEVICES: tuple[str, ...] = ("cpu", "gpu")
 INSTANCE_KINDS: tuple[str, ...] = ("KIND_CPU", "KIND_GPU")
 MODEL_NAMES: tuple[str, ...] = (
     S.PREPROCESS_MODEL,
@@ -71,10 +73,12 @@ class ServingSettings:
     two threads (272 vs 251 req/s): ``preprocess_study`` still holds the GIL for part of its
     work, and each instance is its own process; on many-core hosts raise both.
     ``net_instance_kind`` ``None`` picks KIND_CPU for the cpu target and KIND_GPU for
-    onnxruntime/tensorrt.
+    onnxruntime/tensorrt. ``device`` "gpu" runs ``preprocess`` as KIND_GPU with the CuPy kernels
+    (dmfn.preprocess.gpu): VIEWS leave it as a GPU tensor through DLPack, with no host copy.
     """
 
     target: str = "cpu"
+    device: str = "cpu"
     pipeline_max_batch_size: int = 8
     net_max_batch_size: int = 32
     preferred_batch_sizes: tuple[int, ...] = (4, 8, 16, 32)
@@ -134,6 +138,8 @@ class ServingSettings:
                 "net_instance_kind",
                 f"must be one of {INSTANCE_KINDS} or None, got {self.net_instance_kind!r}",
             )
+        if self.device not in DEVICES:
+            raise InvalidInput("device", f"must be one of {DEVICES}, got {self.device!r}")
         if self.target == "tensorrt" and self.net_instance_kind == "KIND_CPU":
             raise InvalidInput("net_instance_kind", "the tensorrt target needs KIND_GPU")
 
@@ -146,6 +152,8 @@ class ServingSettings:
             kwargs: dict[str, Any] = {"dest": name, "default": default}
             if name == "target":
                 kwargs["choices"] = TARGETS
+            elif name == "device":
+                kwargs["choices"] = DEVICES
             elif name == "net_instance_kind":
                 kwargs["choices"] = INSTANCE_KINDS
             elif name == "preferred_batch_sizes":
@@ -184,6 +192,11 @@ SETTING_FLAGS: dict[str, tuple[str, str]] = {
         "runtime of the `dmfn` net model: cpu = python backend running ONNX Runtime (works with "
         "the bundled Triton); onnxruntime = Triton's onnxruntime_onnx platform; tensorrt = FP16 "
         "tensorrt_plan engine (needs TensorRT and a GPU)",
+    ),
+    "device": (
+        "--device",
+        "where preprocessing runs: cpu = the C++ kernels (KIND_CPU); gpu = the CuPy CUDA kernels "
+        "(KIND_GPU, needs CuPy and a GPU on the server; views reach the net through DLPack)",
     ),
     "net_max_batch_size": (
         "--max-batch-size",
@@ -345,10 +358,17 @@ def render_preprocess(
             "dynamic_batching",
             [("max_queue_delay_microseconds", settings.preprocess_max_queue_delay_us)],
         ),
-        ("instance_group", _instances(settings.preprocess_instances, "KIND_CPU")),
+        (
+            "instance_group",
+            _instances(
+                settings.preprocess_instances,
+                "KIND_GPU" if settings.device == "gpu" else "KIND_CPU",
+            ),
+        ),
         *_parameters(
             {
                 "preprocess_params_file": PARAMS_FILE,
+                "backend": "cupy" if settings.device == "gpu" else "cpu",
                 "worker_threads": str(settings.preprocess_threads),
                 "openmp_threads": str(settings.preprocess_openmp_threads),
                 **extra,

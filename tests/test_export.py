@@ -107,7 +107,10 @@ def test_tensorrt_target_refuses_without_tensorrt_or_gpu(
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(E.tensorrt_unavailable_reason() is not None, reason="needs TensorRT + GPU")
+@pytest.mark.skipif(
+    E.tensorrt_unavailable_reason() is not None,
+    reason=f"needs TensorRT + GPU: {E.tensorrt_unavailable_reason()}",
+)
 def test_tensorrt_engine_matches_onnxruntime(tiny_checkpoint: Path, tmp_path: Path) -> None:
     parity = E.export(tiny_checkpoint, tmp_path / "trt", ServingSettings(target="tensorrt"))
     assert parity["tensorrt_fp16_vs_onnxruntime_max_abs_logit"] <= E.DEFAULT_TRT_TOLERANCE

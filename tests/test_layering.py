@@ -29,7 +29,8 @@ LAYERS: dict[str, tuple[str, set[str], set[str]]] = {
         {"dmfn.contract"},
         {"numpy", "pydicom", "nibabel", "nrrd", "tritonclient", "tqdm"},
     ),
-    "preprocess_ext/preprocess": ("dmfn.preprocess", {"dmfn.contract"}, {"numpy"}),
+    # cupy: the optional GPU backend (imported lazily by dmfn.preprocess.gpu).
+    "preprocess_ext/preprocess": ("dmfn.preprocess", {"dmfn.contract"}, {"numpy", "cupy"}),
     "synth": ("dmfn.synth", {"dmfn.contract", "dmfn.client"}, {"numpy", "scipy", "tqdm"}),
     "serving": (
         "dmfn.serving",

@@ -20,11 +20,14 @@ import dmfn, dmfn.preprocess._core, dmfn.preprocess, dmfn.client.sdk, dmfn.train
 from dmfn.contract.taxonomy import load_taxonomy
 from dmfn.resources import demo_checkpoint
 from dmfn.serving.repository import template_dir
+from dmfn.preprocess.gpu import CUDA_KERNELS, cuda_source_dir
+sources, include = cuda_source_dir()  # the CuPy backend's CUDA sources travel in the wheel
+assert sources == include and all((sources / f).is_file() for f in CUDA_KERNELS), sources
 assert len(load_taxonomy()) == 20
 assert (template_dir() / "preprocess" / "1" / "model.py").is_file(), template_dir()
 assert demo_checkpoint().is_file(), demo_checkpoint()
 print(dmfn.__file__); print(dmfn.preprocess._core.__file__); print(template_dir())
-print(demo_checkpoint())
+print(demo_checkpoint()); print(sources)
 """
 
 

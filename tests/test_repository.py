@@ -140,6 +140,7 @@ def test_ensemble_graph_is_connected_and_exposes_no_intermediate() -> None:
         ({"preprocess_threads": 0}, "preprocess_threads"),
         ({"net_instance_kind": "KIND_TPU"}, "net_instance_kind"),
         ({"target": "tensorrt", "net_instance_kind": "KIND_CPU"}, "net_instance_kind"),
+        ({"device": "tpu"}, "device"),
     ],
 )
 def test_settings_refuse_bad_values(kwargs: dict, argument: str) -> None:
@@ -203,6 +204,28 @@ def test_write_repository_for_tensorrt_has_no_python_net(tmp_path: Path) -> None
     assert (repo / "dmfn" / "1" / "model.plan").is_file()
     assert not (repo / "dmfn" / "1" / "model.py").exists()
     assert parse((repo / "dmfn" / "config.pbtxt").read_text()).platform == "tensorrt_plan"
+
+
+@pytest.mark.parametrize("target", ["cpu", "onnxruntime", "tensorrt"])
+def test_gpu_repository_preprocesses_on_the_gpu(target: str) -> None:
+    """--device gpu: preprocess is KIND_GPU with the CuPy backend; the net keeps its target's
+    kind; the tensors' contracts do not change; the CPU repository stays the default."""
+    schema = Schema(n_ctc=1, n_classes=20, view_size=128)
+    gpu = {
+        k: parse(v) for k, v in render_all(schema, ServingSettings(target, device="gpu")).items()
+    }
+    cpu = {k: parse(v) for k, v in render_all(schema, ServingSettings(target)).items()}
+    pre = gpu[S.PREPROCESS_MODEL]
+    assert pre.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert pre.parameters["backend"].string_value == "cupy"
+    assert cpu[S.PREPROCESS_MODEL].instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert cpu[S.PREPROCESS_MODEL].parameters["backend"].string_value == "cpu"
+    assert ServingSettings().device == "cpu"
+    for name in MODEL_NAMES:
+        assert list(gpu[name].input) == list(cpu[name].input)
+        assert list(gpu[name].output) == list(cpu[name].output)
+        if name != S.PREPROCESS_MODEL:
+            assert gpu[name] == cpu[name], name
 
 
 def test_write_repository_refuses_to_overwrite_without_flag(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from dmfn.contract.management import load_management
 from dmfn.contract.study import Study
 from dmfn.contract.wire import build_request
 from dmfn.preprocess import preprocess_request
+from dmfn.preprocess.gpu import cupy_unavailable_reason, to_host
 from dmfn.serving.config import SETTING_FLAGS, ServingSettings
 from dmfn.serving.repository import ModelInfo, check_output_folder, write_repository
 from dmfn.synth.crops import synthetic_crops
@@ -58,15 +59,19 @@ class ExportError(RuntimeError):
 # --- studies for the parity check ------------------------------------------------------------
 
 
-def studies_batch(studies: Sequence[Study], ckpt: Checkpoint) -> tuple[np.ndarray, np.ndarray]:
+def studies_batch(
+    studies: Sequence[Study], ckpt: Checkpoint, backend: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """VIEWS fp32[N, 3, S, S] and TABULAR fp32[N, K+5] of ``studies`` exactly as the server
     computes them: the wire request of each (:func:`dmfn.contract.wire.build_request`) through
-    :func:`dmfn.preprocess.preprocess_request`."""
+    :func:`dmfn.preprocess.preprocess_request` (on the GPU for ``backend="cupy"``; host arrays
+    either way)."""
     contract = ckpt.contract()
     out = [
-        preprocess_request(build_request(s, contract), ckpt.preprocess_params)[0] for s in studies
+        preprocess_request(build_request(s, contract), ckpt.preprocess_params, backend=backend)[0]
+        for s in studies
     ]
-    views = np.stack([np.asarray(p.views, np.float32) for p in out])
+    views = np.stack([np.asarray(to_host(p.views), np.float32) for p in out])
     return views, np.stack([np.asarray(p.tabular, np.float32) for p in out])
 
 
@@ -288,6 +293,34 @@ def input_limits(
     return InputLimits(ctc_ranges=ranges, max_study_voxels=cap)  # type: ignore[arg-type]
 
 
+#: Largest VIEWS difference (window units, [0, 1]) allowed between the CuPy and C++ preprocessing.
+GPU_VIEWS_TOLERANCE = 1e-4
+
+
+def _check_gpu_preprocessing(
+    studies: Sequence[Study], ckpt: Checkpoint, views: np.ndarray
+) -> dict[str, float]:
+    """For ``--device gpu``: the parity studies' VIEWS from the CuPy kernels against the C++
+    kernels, where this machine has a GPU; elsewhere a warning that it is unchecked here."""
+    reason = cupy_unavailable_reason()
+    if reason is not None:
+        log.warning(
+            "--device gpu: preprocess will run the CuPy kernels on the server's GPU; "
+            "not checked on this machine (%s). scripts/gpu_check.sh checks it on a GPU host.",
+            reason,
+        )
+        return {}
+    gpu_views, _ = studies_batch(studies, ckpt, backend="cupy")
+    diff = float(np.abs(gpu_views - views).max())
+    if not np.isfinite(diff) or diff > GPU_VIEWS_TOLERANCE:
+        raise ExportError(
+            f"GPU preprocessing differs from the C++ kernels by {diff:.3g} (max abs view value), "
+            f"above {GPU_VIEWS_TOLERANCE:g}; no repository was written"
+        )
+    log.info("CuPy vs C++ preprocessing: max abs view difference %.3g", diff)
+    return {"preprocess_cupy_vs_cpp_max_abs_view": diff}
+
+
 def _is_synthetic(ckpt: Checkpoint, training_data: str) -> bool:
     if training_data != "auto":
         return training_data == "synthetic"
@@ -338,6 +371,7 @@ def export(
     else:
         studies = synthetic_crops(parity_studies, seed, ctc_features=ckpt.ctc_features)
     views, tabular = studies_batch(studies, ckpt)
+    gpu_parity = _check_gpu_preprocessing(studies, ckpt, views) if settings.device == "gpu" else {}
     with tempfile.TemporaryDirectory(prefix="dmfn-export-") as tmp:
         onnx_path = export_onnx(
             model, (views[:2], tabular[:2]), Path(tmp) / "model.onnx", opset, dynamo
@@ -345,7 +379,8 @@ def export(
         parity = {
             "onnxruntime_vs_torch_max_abs_logit": check_parity(
                 model, onnx_path, views, tabular, tolerance
-            )
+            ),
+            **gpu_parity,
         }
         log.info(
             "ONNX Runtime vs PyTorch: max abs logit difference %.3g",

@@ -11,10 +11,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from dmfn.contract.errors import InvalidInput
+
+from .gpu import is_device_array
 
 #: Largest number of voxels any kernel may allocate for one output (float32: 4 bytes each).
 #: 2**28 voxels = 1 GiB. Override with the environment variable DMFN_MAX_VOXELS or max_voxels=.
@@ -53,16 +56,29 @@ def check_voxel_cap(shape: Sequence[int], argument: str, cap: int | None = None)
         )
 
 
+def _array_module(value: object, argument: str, backend: str) -> Any:
+    """numpy for backend "cpu" (a numpy.ndarray required), cupy for "cupy" (numpy is uploaded)."""
+    if backend == "cupy":
+        from .gpu import cupy_module, to_device
+
+        return cupy_module(), to_device(value, argument)
+    if not isinstance(value, np.ndarray):
+        hint = " (a cupy array needs backend='cupy')" if is_device_array(value) else ""
+        raise InvalidInput(argument, f"must be a numpy.ndarray, got {type(value).__name__}{hint}")
+    return np, value
+
+
 def as_volume(
     volume: object,
     argument: str = "volume",
     ndims: tuple[int, ...] = (2, 3),
     finite: bool = True,
     cap: int | None = None,
-) -> np.ndarray:
-    """Return ``volume`` as a C-contiguous float32 array after checking dtype, ndim and values."""
-    if not isinstance(volume, np.ndarray):
-        raise InvalidInput(argument, f"must be a numpy.ndarray, got {type(volume).__name__}")
+    backend: str = "cpu",
+) -> Any:
+    """Return ``volume`` as a C-contiguous float32 array after checking dtype, ndim and values
+    (a numpy array for backend "cpu", a cupy array on the current device for "cupy")."""
+    xp, volume = _array_module(volume, argument, backend)
     if volume.dtype.kind not in "iuf":
         raise InvalidInput(
             argument, f"dtype must be a real integer or float type, got {volume.dtype}"
@@ -73,26 +89,28 @@ def as_volume(
     if volume.size == 0:
         raise InvalidInput(argument, f"must not be empty, got shape {volume.shape}")
     check_voxel_cap(volume.shape, argument, cap)
-    out = np.ascontiguousarray(volume, dtype=np.float32)
-    if finite and not np.isfinite(out).all():
+    out = xp.ascontiguousarray(volume, dtype=np.float32)
+    if finite and not bool(xp.isfinite(out).all()):
         raise InvalidInput(argument, "must contain only finite values (found NaN/Inf)")
     return out
 
 
-def as_mask(mask: object, shape: tuple[int, ...], argument: str = "mask") -> np.ndarray:
-    """Return a binary mask of ``shape`` as C-contiguous uint8 (nonzero = lesion)."""
-    if not isinstance(mask, np.ndarray):
-        raise InvalidInput(argument, f"must be a numpy.ndarray, got {type(mask).__name__}")
+def as_mask(
+    mask: object, shape: tuple[int, ...], argument: str = "mask", backend: str = "cpu"
+) -> Any:
+    """Return a binary mask of ``shape`` as C-contiguous uint8 (nonzero = lesion), a numpy array
+    for backend "cpu", a cupy array for "cupy"."""
+    xp, mask = _array_module(mask, argument, backend)
     if mask.dtype.kind not in "biuf":
         raise InvalidInput(argument, f"dtype must be bool or numeric, got {mask.dtype}")
     if mask.shape != tuple(shape):
         raise InvalidInput(
             argument, f"shape {mask.shape} must equal the volume's shape {tuple(shape)}"
         )
-    if mask.dtype.kind == "f" and not np.isfinite(mask).all():
+    if mask.dtype.kind == "f" and not bool(xp.isfinite(mask).all()):
         raise InvalidInput(argument, "must contain only finite values (found NaN/Inf)")
-    out = np.ascontiguousarray(mask != 0, dtype=np.uint8)
-    if not out.any():
+    out = xp.ascontiguousarray(mask != 0, dtype=np.uint8)
+    if not bool(out.any()):
         raise InvalidInput(argument, "is empty (no nonzero voxel)")
     return out
 

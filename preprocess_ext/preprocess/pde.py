@@ -38,7 +38,9 @@ from dmfn.contract.errors import InvalidInput
 from dmfn.contract.params import STABILITY_BOUND, pde_dt_bound
 from dmfn.preprocess import _core as _preprocess
 
+from . import gpu
 from ._validate import as_positive, as_spacing, as_volume
+from .gpu import check_backend, is_device_array
 
 PdeMode = Literal["3d", "2d"]
 
@@ -69,7 +71,7 @@ def pde_stability_bound(mode: PdeMode = "3d", spacing_mm: Sequence[float] | None
 class PdeArguments:
     """Validated arguments of :func:`denoise_pde` (shared with the NumPy reference)."""
 
-    volume: np.ndarray  # C-contiguous float32, (y, x) or (z, y, x), HU
+    volume: np.ndarray  # C-contiguous float32, (y, x) or (z, y, x), HU (a cupy array on the GPU)
     k: float  # edge threshold, HU per h_min^2
     dt: float  # units of h_min^4
     iterations: int
@@ -88,14 +90,16 @@ def validate_pde_arguments(
     fidelity: float = 0.0,
     max_voxels: int | None = None,
     spacing_mm: Sequence[float] | None = None,
+    backend: str = "cpu",
 ) -> PdeArguments:
     """Check every argument of :func:`denoise_pde`; raise ValueError naming the bad one."""
     mode = _check_mode(mode)
+    backend = check_backend(backend)
     k = as_positive(k, "k")
     dt_value = float(dt)
     if not (math.isfinite(dt_value) and dt_value > 0):
         raise InvalidInput("dt", f"must be finite and > 0, got {dt!r}")
-    u = as_volume(volume, "volume", ndims=(2, 3), cap=max_voxels)
+    u = as_volume(volume, "volume", ndims=(2, 3), cap=max_voxels, backend=backend)
     spacing = None if spacing_mm is None else as_spacing(spacing_mm, u.ndim)
     bound = pde_dt_bound(mode, spacing)
     if dt_value > bound:
@@ -130,6 +134,7 @@ def denoise_pde(
     spacing_mm: Sequence[float] | None = None,
     threads: int | None = None,
     max_voxels: int | None = None,
+    backend: str = "cpu",
 ) -> np.ndarray:
     """Denoise a CT image with the fourth-order You-Kaveh PDE.
 
@@ -156,6 +161,9 @@ def denoise_pde(
         threads: OpenMP threads (>= 1); None uses the OpenMP default. The z axis is split into
             one slab per thread, so at most z-size threads do work.
         max_voxels: voxel cap for the input/output (default: DMFN_MAX_VOXELS or 2**28).
+        backend: "cpu" (the C++ kernel, numpy arrays) or "cupy" (the CUDA kernel on the current
+            device: numpy or cupy in, cupy out; ``threads`` is ignored). Both run one scheme
+            whose per-voxel math is one header (kernel_math.hpp).
 
     Returns:
         The denoised image, float32, same shape and axis order as ``volume``, in HU.
@@ -164,7 +172,9 @@ def denoise_pde(
         isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1
     ):
         raise InvalidInput("threads", f"must be None or an integer >= 1, got {threads!r}")
-    args = validate_pde_arguments(volume, k, dt, iterations, mode, fidelity, max_voxels, spacing_mm)
+    args = validate_pde_arguments(
+        volume, k, dt, iterations, mode, fidelity, max_voxels, spacing_mm, backend
+    )
     return _denoise(args, 0 if threads is None else int(threads))
 
 
@@ -175,6 +185,10 @@ def _denoise(args: PdeArguments, threads: int = 0) -> np.ndarray:
     # (the z term of a single plane vanishes anyway) and the z spacing is not used.
     three_d = args.mode == "3d" and args.volume.ndim == 3
     spacing_zyx = (spacing[0], *spacing) if args.volume.ndim == 2 else spacing
+    if is_device_array(args.volume):
+        return gpu.pde_denoise(
+            args.volume, args.k, args.dt, args.iterations, three_d, args.fidelity, spacing_zyx
+        )
     return _preprocess.pde_denoise(
         args.volume, args.k, args.dt, args.iterations, three_d, args.fidelity, spacing_zyx, threads
     )

@@ -25,7 +25,9 @@ from dmfn.contract.schema import (
 )
 from dmfn.contract.wire import batch_size, decode_item, where_in_batch
 
+from . import gpu
 from ._validate import as_mask, as_spacing, as_volume, check_voxel_cap
+from .gpu import check_backend
 from .pde import PdeArguments, _denoise
 from .spatial import _lesion_box, _measure, _resample, _views, _window, isotropic_shape
 
@@ -113,8 +115,8 @@ def _resample_mask(
     """:func:`resample_mask` of a valid non-empty uint8 mask."""
     prob = _resample(lesion.astype(np.float32), spacing_mm, target_mm, "linear", max_voxels)
     out = (prob >= MASK_THRESHOLD).astype(np.uint8)
-    if not out.any():
-        centroid = np.array([c.mean() for c in np.nonzero(lesion)])
+    if not bool(out.any()):
+        centroid = np.array([float(c.mean()) for c in lesion.nonzero()])
         idx = np.floor(centroid * np.asarray(spacing_mm) / target_mm + 0.5).astype(np.int64)
         out[tuple(np.clip(idx, 0, np.array(out.shape) - 1))] = 1
     return out
@@ -127,6 +129,8 @@ def preprocess_study(
     ctc: np.ndarray | Sequence[float],
     clinical: np.ndarray | Sequence[float],
     params: PreprocessParams | None = None,
+    *,
+    backend: str = "cpu",
 ) -> PreprocessedStudy:
     """Turn one study into the model inputs (the chain of docs/architecture.md, in this order).
 
@@ -152,20 +156,27 @@ def preprocess_study(
         clinical: fp32[5] as ``schema.CLINICAL_FIELDS``.
         params: preprocessing parameters (default :class:`PreprocessParams()`); every
             intermediate volume is capped at ``params.max_voxels``.
+        backend: "cpu" (the C++ kernels) or "cupy": the whole chain on the current CUDA device
+            (``hu`` and ``mask`` numpy or cupy; ``views`` comes back as a cupy array, ready for
+            the net through DLPack). Only the lesion box, centroid, per-slice counts and largest
+            slice of the mask reach the host (for the crop, the view geometry and the RECIST
+            measurements); the CT voxels never do.
     """
     params = PreprocessParams() if params is None else params
     if not isinstance(params, PreprocessParams):
         raise InvalidInput("params", f"must be a PreprocessParams, got {type(params).__name__}")
     cap = params.max_voxels
-    volume = as_volume(hu, "hu", ndims=(3,), cap=cap)
+    backend = check_backend(backend)
+    volume = as_volume(hu, "hu", ndims=(3,), cap=cap, backend=backend)
     spacing = as_spacing(spacing_mm, 3)
-    lesion = as_mask(mask, volume.shape)
+    lesion = as_mask(mask, volume.shape, backend=backend)
     tabular = np.concatenate([_as_vector(ctc, "ctc"), validate_clinical(clinical)])
 
     # Everything is valid from here on (the parameters checked themselves when made): the
     # steps below call the kernels' unchecked cores, once each.
     box = roi_box(*mask_bbox(lesion), volume.shape, params.roi_margin_mm, spacing)
-    roi_volume, roi_mask = np.ascontiguousarray(volume[box]), np.ascontiguousarray(lesion[box])
+    xp = gpu.cupy_module() if backend == "cupy" else np
+    roi_volume, roi_mask = xp.ascontiguousarray(volume[box]), xp.ascontiguousarray(lesion[box])
     target = params.target_spacing_mm
     # Refuse before any heavy work if the resampled crop would exceed the cap.
     check_voxel_cap(isotropic_shape(roi_volume.shape, spacing, target), "hu", cap)
@@ -193,12 +204,15 @@ def preprocess_request(
     params: PreprocessParams,
     limits: InputLimits | None = None,
     ctc_names: Sequence[str] | None = None,
+    *,
+    backend: str = "cpu",
 ) -> list[PreprocessedStudy]:
     """The server's preprocessing of one request (the wire tensors of :mod:`dmfn.contract.wire`,
     batch axis first): each study decoded, checked against ``limits`` when given (the served
     model's input limits; training and the export check pass none), then
     :func:`preprocess_study`. The one path from request bytes to model inputs, used by the Triton
-    ``preprocess`` model, training, the export check and the demo.
+    ``preprocess`` model, training, the export check and the demo. ``backend="cupy"``: every
+    study runs on the current CUDA device (views come back as cupy arrays).
 
     Raises:
         InvalidInput: naming the request tensor (``kind="input"``) and, in a request of several
@@ -221,6 +235,7 @@ def preprocess_request(
                     study.ctc,
                     study.clinical,
                     params=params,
+                    backend=backend,
                 )
             )
         except InvalidInput as err:

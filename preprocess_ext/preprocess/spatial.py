@@ -20,7 +20,9 @@ from dmfn.contract.roi import check_bbox, mask_bbox, roi_box
 from dmfn.contract.schema import MEASUREMENT_FIELDS
 from dmfn.preprocess import _core as _preprocess
 
+from . import gpu
 from ._validate import as_mask, as_positive, as_spacing, as_volume, check_voxel_cap
+from .gpu import check_backend, is_device_array
 
 #: Interpolation order name -> kernel id of the C++ extension (1 = linear, 3 = Keys cubic).
 _KERNELS = {"linear": 1, "cubic": 3}
@@ -48,6 +50,7 @@ def resample_isotropic(
     order: Literal["linear", "cubic"] = "linear",
     *,
     max_voxels: int | None = None,
+    backend: str = "cpu",
 ) -> np.ndarray:
     """Resample a (z, y, x) volume (or a (y, x) image) to isotropic voxels of ``target_mm`` mm.
 
@@ -71,6 +74,8 @@ def resample_isotropic(
         target_mm: isotropic output spacing in mm.
         order: ``"linear"`` or ``"cubic"``.
         max_voxels: cap on input and output voxels (default: ``$DMFN_MAX_VOXELS`` or 2**28).
+        backend: "cpu" (C++ kernel, numpy) or "cupy" (CUDA kernel, numpy or cupy in, cupy out;
+            the same taps and weights from one header).
 
     Returns:
         float32 array of the output shape, same ndim as ``volume``.
@@ -79,7 +84,7 @@ def resample_isotropic(
         ValueError: a bad argument (named in the message), or an output above the voxel cap
             (named ``target_mm``).
     """
-    vol = as_volume(volume, "volume", cap=max_voxels)
+    vol = as_volume(volume, "volume", cap=max_voxels, backend=check_backend(backend))
     spacing = as_spacing(spacing_mm, vol.ndim)
     target = as_positive(target_mm, "target_mm")
     if order not in _KERNELS:
@@ -99,17 +104,21 @@ def _resample(
     check_voxel_cap(out_shape, "target_mm", max_voxels)
     shape3 = (1,) * (3 - vol.ndim) + out_shape
     ratio3 = (1.0,) * (3 - vol.ndim) + tuple(target / s for s in spacing)
+    if is_device_array(vol):
+        return gpu.resample(vol, shape3, ratio3, _KERNELS[order])
     return _preprocess.resample(vol, shape3, ratio3, _KERNELS[order])
 
 
-def window(volume_hu: np.ndarray, level: float = 50.0, width: float = 350.0) -> np.ndarray:
+def window(
+    volume_hu: np.ndarray, level: float = 50.0, width: float = 350.0, *, backend: str = "cpu"
+) -> np.ndarray:
     """Map HU in ``[level - width/2, level + width/2]`` linearly to [0, 1], clipping outside.
 
     Defaults are the paper's soft-tissue window (WL 50 HU, WW 350 HU). ``volume_hu`` is 2D (y, x)
     or 3D (z, y, x) of a real dtype (converted to float32); the input is never modified.
-    Returns a new float32 array of the same shape.
+    Returns a new float32 array of the same shape (a cupy array for ``backend="cupy"``).
     """
-    vol = as_volume(volume_hu, "volume_hu")
+    vol = as_volume(volume_hu, "volume_hu", backend=check_backend(backend))
     lvl = float(level)
     if not math.isfinite(lvl):
         raise InvalidInput("level", f"must be finite HU, got {level!r}")
@@ -117,11 +126,10 @@ def window(volume_hu: np.ndarray, level: float = 50.0, width: float = 350.0) -> 
 
 
 def _window(vol: np.ndarray, lvl: float, wid: float) -> np.ndarray:
-    """:func:`window` on already valid arguments."""
-    out = np.subtract(vol, np.float32(lvl - wid / 2.0), dtype=np.float32)
-    out *= np.float32(1.0 / wid)
-    np.clip(out, np.float32(0.0), np.float32(1.0), out=out)
-    return out
+    """:func:`window` on already valid arguments (float32 C-contiguous volume)."""
+    if is_device_array(vol):
+        return gpu.window(vol, lvl, wid)
+    return _preprocess.window(vol, lvl, wid)
 
 
 @dataclass(frozen=True)
@@ -275,12 +283,16 @@ def measure_lesion(mask: np.ndarray, spacing_mm: Sequence[float]) -> LesionMeasu
 
 
 def _measure(m: np.ndarray, spacing: tuple[float, ...]) -> LesionMeasurements:
-    """:func:`measure_lesion` of a valid non-empty uint8 mask and spacing."""
+    """:func:`measure_lesion` of a valid non-empty uint8 mask and spacing. A cupy mask is
+    counted on the device; only its per-slice counts and its largest slice reach the host."""
     sz, sy, sx = spacing
-    per_slice = np.count_nonzero(m, axis=(1, 2))
+    if is_device_array(m):
+        per_slice = gpu.to_host((m != 0).sum(axis=(1, 2)))
+    else:
+        per_slice = np.count_nonzero(m, axis=(1, 2))
     k = int(np.argmax(per_slice))
     z_hits = np.flatnonzero(per_slice)
-    long_mm, short_mm = _axes_in_slice(m[k], (sy, sx))
+    long_mm, short_mm = _axes_in_slice(gpu.to_host(m[k]), (sy, sx))
     return LesionMeasurements(
         volume_mm3=float(per_slice.sum()) * sz * sy * sx,
         max_axial_area_mm2=float(per_slice[k]) * sy * sx,
@@ -304,6 +316,8 @@ def _centre_and_box(
     """Centre (z, y, x) in voxels and the inclusive index box (lo, hi) the views must cover."""
     if isinstance(mask_or_centroid, np.ndarray) and mask_or_centroid.ndim == 3:
         return _lesion_box(as_mask(mask_or_centroid, shape, "mask_or_centroid"))
+    if is_device_array(mask_or_centroid):
+        return _lesion_box(as_mask(mask_or_centroid, shape, "mask_or_centroid", backend="cupy"))
     try:
         centre = np.asarray(mask_or_centroid, dtype=np.float64).ravel()
     except (TypeError, ValueError) as err:
@@ -328,6 +342,7 @@ def orthogonal_views(
     margin_vox: float = 0.0,
     fill: float = 0.0,
     max_voxels: int | None = None,
+    backend: str = "cpu",
 ) -> np.ndarray:
     """Axial, coronal and sagittal planes through the lesion centroid, each ``size x size``.
 
@@ -345,11 +360,13 @@ def orthogonal_views(
     Samples outside the volume's voxel extent get ``fill`` (default 0.0: the bottom of the
     window, as air after :func:`window`); within the outer half voxel the edge value is used.
     ``max_voxels`` caps the input and the output (default: ``$DMFN_MAX_VOXELS`` or 2**28).
+    ``backend="cupy"`` samples on the GPU (a mask is reduced there too; only its centroid and box
+    reach the host).
 
     Returns:
-        float32 array (3, size, size).
+        float32 array (3, size, size) (a cupy array for ``backend="cupy"``).
     """
-    vol = as_volume(volume, "volume", ndims=(3,), cap=max_voxels)
+    vol = as_volume(volume, "volume", ndims=(3,), cap=max_voxels, backend=check_backend(backend))
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 2:
         raise InvalidInput("size", f"must be an integer >= 2 pixels, got {size!r}")
     check_voxel_cap((3, size, size), "size", max_voxels)
@@ -363,8 +380,9 @@ def orthogonal_views(
 
 
 def _lesion_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre (z, y, x) and inclusive index box of a valid non-empty uint8 mask."""
-    centre = np.array([c.mean() for c in np.nonzero(mask)])
+    """Centre (z, y, x) and inclusive index box of a valid non-empty uint8 mask (numpy or cupy:
+    reduced where it lives)."""
+    centre = np.array([float(c.mean()) for c in mask.nonzero()])
     lo, hi = mask_bbox(mask)
     return centre, np.array(lo, float), np.array(hi, float) - 1.0
 
@@ -390,4 +408,6 @@ def _views(
         origin[p, [r_ax, c_ax]] = centre[[r_ax, c_ax]] - half + step / 2.0
         row_step[p, r_ax] = step
         col_step[p, c_ax] = step
+    if is_device_array(vol):
+        return gpu.sample_planes(vol, origin, row_step, col_step, size, fill)
     return _preprocess.sample_planes(vol, origin, row_step, col_step, size, fill)

@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernel_math.hpp"
+
 namespace dmfn {
 
 namespace py = pybind11;
@@ -28,8 +30,7 @@ struct Shape3 {
   index_t at(index_t z, index_t y, index_t x) const { return (z * ny + y) * nx + x; }
 };
 
-// Neumann boundary with the ghost voxel equal to the boundary voxel (numpy.pad mode="edge").
-inline index_t clamp_index(index_t i, index_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
+using math::clamp_index;  // the Neumann boundary of every kernel (kernel_math.hpp)
 
 [[noreturn]] inline void invalid(const std::string& argument, const std::string& rule) {
   throw std::invalid_argument("argument '" + argument + "': " + rule);

@@ -16,39 +16,6 @@ namespace {
 
 using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
-// Trilinear value at a position in voxel index units, or `fill` outside the voxel extent.
-float sample_trilinear(const float* v, const Shape3& s, const std::array<double, 3>& q,
-                       float fill) {
-  const std::array<index_t, 3> n{s.nz, s.ny, s.nx};
-  std::array<index_t, 3> i0{}, i1{};
-  std::array<float, 3> f{};
-  for (int a = 0; a < 3; ++a) {
-    const double lim = static_cast<double>(n[a]) - 0.5;
-    if (!(q[a] >= -0.5 && q[a] <= lim)) return fill;  // also catches NaN
-    const double p = std::fmin(std::fmax(q[a], 0.0), static_cast<double>(n[a] - 1));
-    const double base = std::floor(p);
-    i0[a] = static_cast<index_t>(base);
-    i1[a] = clamp_index(i0[a] + 1, n[a]);
-    f[a] = static_cast<float>(p - base);
-  }
-  float acc = 0.0f;
-  for (int dz = 0; dz < 2; ++dz) {
-    const float wz = dz ? f[0] : 1.0f - f[0];
-    const index_t z = dz ? i1[0] : i0[0];
-    for (int dy = 0; dy < 2; ++dy) {
-      const float wy = dy ? f[1] : 1.0f - f[1];
-      const index_t y = dy ? i1[1] : i0[1];
-      const float* row = v + s.at(z, y, 0);
-      acc += wz * wy * ((1.0f - f[2]) * row[i0[2]] + f[2] * row[i1[2]]);
-    }
-  }
-  return acc;
-}
-
-std::array<double, 3> row3(const double* p, index_t plane) {
-  return {p[plane * 3], p[plane * 3 + 1], p[plane * 3 + 2]};
-}
-
 FloatArray sample_planes(const FloatArray& volume, const DoubleArray& origin,
                          const DoubleArray& row_step, const DoubleArray& col_step, index_t size,
                          float fill) {
@@ -80,14 +47,11 @@ FloatArray sample_planes(const FloatArray& volume, const DoubleArray& origin,
 #pragma omp parallel for schedule(static)
     for (index_t pr_idx = 0; pr_idx < rows; ++pr_idx) {
       const index_t p = pr_idx / size, r = pr_idx % size;
-      const auto o = row3(po, p), dr = row3(pr, p), dc = row3(pc, p);
       float* dst = out + pr_idx * size;
       for (index_t c = 0; c < size; ++c) {
-        std::array<double, 3> q{};
-        for (int a = 0; a < 3; ++a) {
-          q[a] = o[a] + static_cast<double>(r) * dr[a] + static_cast<double>(c) * dc[a];
-        }
-        dst[c] = sample_trilinear(v, s, q, fill);
+        double q[3];
+        math::plane_point(po + 3 * p, pr + 3 * p, pc + 3 * p, r, c, q);
+        dst[c] = math::sample_trilinear(v, s.nz, s.ny, s.nx, q, fill);
       }
     }
   }

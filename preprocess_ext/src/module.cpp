@@ -5,6 +5,7 @@ namespace dmfn {
 void register_pde(py::module_& m);
 void register_resample(py::module_& m);
 void register_geometry(py::module_& m);
+void register_window(py::module_& m);
 }  // namespace dmfn
 
 PYBIND11_MODULE(_core, m) {
@@ -17,4 +18,5 @@ PYBIND11_MODULE(_core, m) {
   dmfn::register_pde(m);
   dmfn::register_resample(m);
   dmfn::register_geometry(m);
+  dmfn::register_window(m);
 }

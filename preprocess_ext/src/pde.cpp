@@ -59,19 +59,14 @@ inline Rows rows_at(const float* plane_zm, const float* plane_c, const float* pl
 }
 
 // Per-axis weights w_a = (h_min / h_a)^2 of the Laplacian (see the top of this file).
-struct AxisWeights {
-  float z, y, x;
-};
+using AxisWeights = math::StencilWeights;
 
 // Laplacian at x with x neighbours xm, xp (clamped), as a weighted sum of neighbour-minus-centre
 // differences: exactly 0 on a constant image and on every ghost (clamped) neighbour.
 template <bool kZ>
 inline float laplacian_at(const Rows& r, const AxisWeights& w, index_t x, index_t xm,
                           index_t xp) {
-  const float c = r.c[x];
-  float sum = w.x * ((r.c[xm] - c) + (r.c[xp] - c)) + w.y * ((r.ym[x] - c) + (r.yp[x] - c));
-  if constexpr (kZ) sum += w.z * ((r.zm[x] - c) + (r.zp[x] - c));
-  return sum;
+  return math::laplacian<kZ>(r.c[x], r.c[xm], r.c[xp], r.ym[x], r.yp[x], r.zm[x], r.zp[x], w);
 }
 
 // THE stencil: calls emit(x, Lap at x) along one row. The x boundaries are handled outside the
@@ -105,7 +100,7 @@ inline void flux_row(const float* src, const Shape3& s, index_t z, index_t y, co
   const float k2 = p.k2;
   float* grow = g + y * s.nx;
   laplacian_row<kZ>(rows_at(pm, pc, pp, s, y), p.w, s.nx,
-                    [&](index_t x, float lap) { grow[x] = lap * k2 / (k2 + lap * lap); });
+                    [&](index_t x, float lap) { grow[x] = math::pde_flux(lap, k2); });
 }
 
 template <bool kZ>
@@ -127,12 +122,11 @@ inline void update_row(const float* gm, const float* gc, const float* gp, const 
   const Rows rows = rows_at(gm, gc, gp, s, y);
   if (dt_lambda == 0.0f) {
     laplacian_row<kZ>(rows, p.w, s.nx,
-                      [&](index_t x, float lap) { out[x] = urow[x] - dt * lap; });
+                      [&](index_t x, float lap) { out[x] = math::pde_step(urow[x], lap, dt); });
   } else {
     const float* u0row = u0 + off;
     laplacian_row<kZ>(rows, p.w, s.nx, [&](index_t x, float lap) {
-      // One small increment, then one rounding at the scale of u.
-      out[x] = urow[x] + (dt_lambda * (u0row[x] - urow[x]) - dt * lap);
+      out[x] = math::pde_step_fidelity(urow[x], u0row[x], lap, dt, dt_lambda);
     });
   }
 }

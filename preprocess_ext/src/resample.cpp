@@ -44,20 +44,11 @@ index_t thread_index() {
 #endif
 }
 
-// Keys (1981) cubic convolution kernel with a = -0.5; reproduces quadratics, weights sum to 1.
-double keys_weight(double t) {
-  constexpr double a = -0.5;
-  t = std::fabs(t);
-  if (t <= 1.0) return ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0;
-  if (t < 2.0) return ((a * t - 5.0 * a) * t + 8.0 * a) * t - 4.0 * a;
-  return 0.0;
-}
-
 // Index/weight table of one axis: output j reads taps idx[j*T + k] with weights w[j*T + k].
 struct AxisTable {
   index_t n_in = 1, n_out = 1;
   int taps = 2;
-  std::vector<index_t> idx;
+  std::vector<math::idx_t> idx;
   std::vector<float> w;
 };
 
@@ -69,22 +60,12 @@ AxisTable make_table(index_t n_in, index_t n_out, double ratio, Kernel kernel) {
   t.idx.resize(static_cast<size_t>(n_out * t.taps));
   t.w.resize(static_cast<size_t>(n_out * t.taps));
   for (index_t j = 0; j < n_out; ++j) {
-    const double p = static_cast<double>(j) * ratio;
-    const double base = std::floor(p);
-    const double f = p - base;
-    const auto i0 = static_cast<index_t>(base);
-    index_t* ix = &t.idx[static_cast<size_t>(j * t.taps)];
+    math::idx_t* ix = &t.idx[static_cast<size_t>(j * t.taps)];
     float* wx = &t.w[static_cast<size_t>(j * t.taps)];
     if (kernel == Kernel::linear) {
-      ix[0] = clamp_index(i0, n_in);
-      ix[1] = clamp_index(i0 + 1, n_in);
-      wx[0] = static_cast<float>(1.0 - f);
-      wx[1] = static_cast<float>(f);
+      math::interpolation_taps<2>(j, ratio, n_in, ix, wx);
     } else {
-      for (int k = 0; k < 4; ++k) {
-        ix[k] = clamp_index(i0 - 1 + k, n_in);
-        wx[k] = static_cast<float>(keys_weight(f - (k - 1)));
-      }
+      math::interpolation_taps<4>(j, ratio, n_in, ix, wx);
     }
   }
   return t;
@@ -96,7 +77,7 @@ template <int T>
 void pass_axis(const float* in, float* out, index_t outer, index_t inner, const AxisTable& t,
                [[maybe_unused]] bool parallel) {
   const index_t n = t.n_in, m = t.n_out;
-  const index_t* idx = t.idx.data();
+  const math::idx_t* idx = t.idx.data();
   const float* w = t.w.data();
   if (inner == 1) {
     // Contiguous axis: gather along each row.

@@ -18,6 +18,11 @@ crops a team costs more in synchronisation than it gains, and workers x teams wo
 oversubscribe the CPU). All responses of the batch leave together, so the net's dynamic
 batcher sees them together. A bad request gets its own INVALID_ARG error naming the tensor, the
 rule and, in a request of several studies, which study; the other requests still succeed.
+
+GPU (``backend`` parameter ``cupy``, written by ``dmfn export --device gpu`` with KIND_GPU): every
+study runs through the CuPy CUDA kernels on this instance's GPU, and VIEWS leave as a GPU tensor
+through DLPack (no host copy; the net reads it where it runs). Without CuPy or a GPU the model
+refuses to load and says why, so the server never reports ready with a backend it cannot run.
 """
 
 from __future__ import annotations
@@ -34,10 +39,18 @@ from dmfn.contract.errors import InvalidInput
 from dmfn.contract.limits import InputLimits
 from dmfn.contract.params import PreprocessParams
 from dmfn.preprocess import preprocess_request
+from dmfn.preprocess.gpu import cupy_module, cupy_unavailable_reason, is_device_array
 from dmfn.preprocess.threads import has_openmp, set_openmp_threads
 
 INPUT_NAMES = tuple(t.name for t in S.Schema().request_inputs)
 OUTPUT_NAMES = (S.VIEWS, S.TABULAR, S.MEASUREMENTS_INTERNAL)
+
+
+def _stack(arrays: tuple) -> np.ndarray:
+    """Stack one output's per-study arrays where they live (numpy, or cupy on the GPU)."""
+    if is_device_array(arrays[0]):
+        return cupy_module().stack(arrays)
+    return np.stack(arrays)
 
 
 class TritonPythonModel:
@@ -62,6 +75,19 @@ class TritonPythonModel:
             spec["name"]: pb_utils.triton_string_to_numpy(spec["data_type"])
             for spec in config["output"]
         }
+        self.backend = parameters.get("backend", "cpu")
+        self.device_id = int(args.get("model_instance_device_id", "0"))
+        if self.backend == "cupy":
+            reason = cupy_unavailable_reason()
+            if reason is not None:
+                raise pb_utils.TritonModelException(
+                    f"preprocess: the repository asks for the GPU backend, which is unavailable: "
+                    f"{reason}; export with --device cpu for a CPU host"
+                )
+        elif self.backend != "cpu":
+            raise pb_utils.TritonModelException(
+                f"preprocess: unknown backend parameter {self.backend!r} (cpu or cupy)"
+            )
         self.workers = max(1, int(parameters.get("worker_threads", "1")))
         self.omp_threads = max(1, int(parameters.get("openmp_threads", "1")))
         self.pool = ThreadPoolExecutor(
@@ -69,13 +95,18 @@ class TritonPythonModel:
         )
         self.logger.log_info(
             f"preprocess: parameters {self.params.digest()[:12]} from {path}; "
-            f"{self.workers} worker threads x {self.omp_threads} OpenMP threads"
+            f"{self.workers} worker threads x {self.omp_threads} OpenMP threads, "
+            f"backend {self.backend}"
+            + (f" on GPU {self.device_id}" if self.backend == "cupy" else "")
             + ("" if has_openmp() else " (OpenMP runtime not found: its default)")
         )
 
     def _init_worker(self) -> None:
-        """Worker thread start: its own OpenMP thread count (the setting is per thread)."""
+        """Worker thread start: its own OpenMP thread count (the setting is per thread) and, on
+        the GPU backend, this instance's device (CuPy's current device is per thread too)."""
         set_openmp_threads(self.omp_threads)
+        if self.backend == "cupy":
+            cupy_module().cuda.Device(self.device_id).use()
 
     def _preprocess(self, request) -> list[np.ndarray] | pb_utils.TritonError:
         """Worker thread: read, decode, check and preprocess every study of one request.
@@ -89,9 +120,11 @@ class TritonPythonModel:
             arrays = {
                 n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in INPUT_NAMES
             }
-            studies = preprocess_request(arrays, self.params, self.limits, self.ctc_names)
+            studies = preprocess_request(
+                arrays, self.params, self.limits, self.ctc_names, backend=self.backend
+            )
             parts = [(p.views, p.tabular, p.measurements) for p in studies]
-            return [np.stack(column) for column in zip(*parts, strict=True)]
+            return [_stack(column) for column in zip(*parts, strict=True)]
         except InvalidInput as err:
             message, code = str(err), pb_utils.TritonError.INVALID_ARG
         except Exception as err:  # never raise out of execute: it would fail the whole batch
@@ -107,7 +140,9 @@ class TritonPythonModel:
             return pb_utils.InferenceResponse(error=outputs)
         return pb_utils.InferenceResponse(
             output_tensors=[
-                pb_utils.Tensor(name, arr.astype(self.out_dtypes[name], copy=False))
+                pb_utils.Tensor.from_dlpack(name, arr)  # a GPU tensor, no host copy
+                if is_device_array(arr)
+                else pb_utils.Tensor(name, arr.astype(self.out_dtypes[name], copy=False))
                 for name, arr in zip(OUTPUT_NAMES, outputs, strict=True)
             ]
         )
