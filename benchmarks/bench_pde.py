@@ -13,12 +13,19 @@ Everything is measured in one process run on the same machine:
   on a sub-volume (the first ``REFERENCE_PLANES`` axial planes) for ``REFERENCE_ITERATIONS``
   iterations and its time is scaled per voxel-iteration to the benchmark's volume and iterations.
 
+- temporal blocking: the 3D kernel with ``temporal_block`` T = 1 (plain), 2, 3, 4, 6 iterations per
+  pass over memory, on all threads, alone and with a competing CPU-bound process on core 0 (the
+  normal state inside Triton, where preprocess workers and the net share the cores).
+
 Each timing is the best of ``repeats`` runs. Usage: ``python benchmarks/bench_pde.py``.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from _common import best_time
@@ -44,6 +51,31 @@ def _phantom(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     r2 = sum(((g - (n - 1) / 2) / (0.45 * n)) ** 2 for g, n in zip(grids, shape, strict=True))
     hu = np.where(r2 <= 1.0, 40.0, -1000.0)
     return (hu + rng.normal(0.0, 25.0, shape)).astype(np.float32)
+
+
+#: Iterations per pass over memory compared (1 = the plain kernel).
+BLOCKS = (1, 2, 3, 4, 6)
+
+
+def _spin() -> None:
+    os.sched_setaffinity(0, {0})
+    while True:
+        pass
+
+
+@contextmanager
+def competing_process(active: bool) -> Iterator[None]:
+    """A CPU-bound process pinned to core 0 while the block runs (nothing when not active)."""
+    if not active:
+        yield
+        return
+    spinner = multiprocessing.get_context("fork").Process(target=_spin, daemon=True)
+    spinner.start()
+    try:
+        yield
+    finally:
+        spinner.terminate()
+        spinner.join()
 
 
 def _dt(mode: str) -> float:
@@ -118,6 +150,18 @@ def run(
                     "threads=None (OpenMP default)" if threads is None else "",
                 )
             )
+    for busy in (False, True):
+        with competing_process(busy):
+            for block in BLOCKS:
+                seconds, _ = best_time(
+                    lambda b=block: denoise_pde(
+                        volume, K_HU, _dt("3d"), iterations, "3d", spacing_mm=SPACING_MM,
+                        temporal_block=b,
+                    ),
+                    repeats,
+                )  # fmt: skip
+                note = "busy loop on core 0" if busy else ""
+                rows.append(row(f"C++ pde 3d, T={block}", default_threads, seconds, "3d", note))
     for mode in ("3d", "2d"):
         rows.append(
             row(

@@ -6,6 +6,8 @@
    per voxel per iteration) against this machine's copy bandwidth measured in the same run.
 2. Isotropic resampling of 120x512x512 at (2.5, 0.7, 0.7) mm to 1 mm: ours (linear, cubic) vs
    SimpleITK ResampleImageFilter (linear, B-spline), torch trilinear interpolate, scipy zoom.
+3. The cost budget of one study (bench_stages.py): every stage of preprocess_study timed alone,
+   for a realistic ROI and for a full 300x512x512 study.
 
 Targets on the 2-core development machine: PDE >= 30x the NumPy reference and >= 0.5x the copy
 bandwidth; linear resampling faster than torch's trilinear interpolate while giving SimpleITK's values.
@@ -21,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_pde
 import bench_resample
+import bench_stages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     print(bench_pde.format_table(bench_pde.run(shape=shape)))
     print("\n== Isotropic resampling, 120x512x512 at (2.5, 0.7, 0.7) mm -> 1 mm ==")
     print(bench_resample.format_table(bench_resample.run()))
+    print("\n== Cost per study, stage by stage (300x512x512 at (1.0, 0.7, 0.7) mm) ==")
+    print(bench_stages.format_table(bench_stages.run()))
     return 0
 
 

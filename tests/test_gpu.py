@@ -33,6 +33,7 @@ from dmfn.preprocess.gpu import (
     BackendUnavailable,
     cuda_source_dir,
     cupy_unavailable_reason,
+    nvrtc_options,
     to_host,
 )
 
@@ -105,7 +106,7 @@ def test_cuda_source_compiles_with_nvrtc(source: str) -> None:
     prog = ctypes.c_void_p()
     code = (SOURCES / source).read_bytes()
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), code, source.encode(), 0, None, None) == 0
-    options = [b"-std=c++17", f"-I{INCLUDE}".encode(), b"--gpu-architecture=compute_90"]
+    options = [o.encode() for o in (*nvrtc_options(), "--gpu-architecture=compute_90")]
     status = lib.nvrtcCompileProgram(prog, len(options), (ctypes.c_char_p * len(options))(*options))
     size = ctypes.c_size_t()
     lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
@@ -215,7 +216,8 @@ def test_preprocess_study_on_the_device_equals_cpu(shape: tuple[int, ...]) -> No
     mask = np.zeros(shape, np.uint8)
     mask[3:7, 10:25, 8:20] = 1
     params = PreprocessParams()
-    args = (hu, (2.5, 0.8, 0.8), mask, [12.0], [55, 1, 0, 1, 0])
+    # Spacings whose resampling weights are never exactly 0.5 (no ties at the mask threshold).
+    args = (hu, (2.3, 0.77, 0.83), mask, [12.0], [55, 1, 0, 1, 0])
     cpu = preprocess_study(*args, params=params)
     dev = preprocess_study(*args, params=params, backend="cupy")
     assert type(dev.views).__module__.startswith("cupy")

@@ -260,7 +260,7 @@ def test_stability_bound_is_sharp(spacing: tuple[float, ...], mode: str) -> None
     bound = pde_stability_bound(mode, spacing)
 
     def run(dt: float) -> float:
-        out = _core.pde_denoise(checkerboard, 1e6, dt, 300, mode == "3d", 0.0, spacing, 1)
+        out = _core.pde_denoise(checkerboard, 1e6, dt, 300, mode == "3d", 0.0, spacing, 1, 4)
         return float(np.abs(out).max())
 
     assert run(0.98 * bound) < 0.1
@@ -446,3 +446,42 @@ def test_the_chain_denoises_on_the_study_spacing(mode: str) -> None:
     anisotropic = (2.5, 0.6, 0.8)
     assert np.abs(views(aware, anisotropic) - views(unaware, anisotropic)).max() > 1e-4
     np.testing.assert_array_equal(views(aware, (1.5,) * 3), views(unaware, (1.5,) * 3))
+
+
+# --- temporal blocking: the same numbers as the plain kernel -----------------------------------
+
+BLOCKING_SHAPES = [(1, 1, 1), (1, 2, 7), (2, 1, 3), (2, 2, 2), (3, 5, 1), (7, 13, 11), (17, 41, 19)]
+
+
+@pytest.mark.parametrize("shape", BLOCKING_SHAPES, ids=str)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("block", [2, 3, 4, 7])
+def test_temporal_blocking_equals_the_plain_kernel(
+    shape: tuple[int, ...], mode: str, block: int
+) -> None:
+    """Every block size, on dimensions of size 1, 2 and primes, with anisotropic spacing and the
+    fidelity term, on 1 and 2 threads, with an iteration count that is not a multiple of the
+    block: within 1e-5 HU of the plain kernel."""
+    rng = np.random.default_rng(sum(shape) + block)
+    volume = (rng.normal(0, 40, shape) + 300 * (rng.random(shape) > 0.7)).astype(np.float32)
+    for fidelity, threads in ((0.0, 1), (0.2, 2)):
+        kwargs = dict(k=25.0, dt=0.01, iterations=9, mode=mode, fidelity=fidelity)
+        kwargs.update(spacing_mm=(2.0, 0.8, 0.7), threads=threads)
+        plain = denoise_pde(volume, temporal_block=1, **kwargs)
+        blocked = denoise_pde(volume, temporal_block=block, **kwargs)
+        np.testing.assert_allclose(blocked, plain, rtol=0, atol=1e-5)
+
+
+def test_temporal_blocking_with_many_tiles_equals_the_plain_kernel() -> None:
+    """A volume wide enough for several tiles per thread (overlapped halos between tiles)."""
+    rng = np.random.default_rng(5)
+    volume = rng.normal(0, 50, (9, 150, 700)).astype(np.float32)
+    plain = denoise_pde(volume, 30.0, 0.01, 10, "3d", threads=2, temporal_block=1)
+    for block in (2, 5):
+        blocked = denoise_pde(volume, 30.0, 0.01, 10, "3d", threads=2, temporal_block=block)
+        np.testing.assert_allclose(blocked, plain, rtol=0, atol=1e-5)
+
+
+def test_temporal_block_is_checked() -> None:
+    with pytest.raises(ValueError, match="argument 'temporal_block'"):
+        denoise_pde(np.zeros((3, 3, 3), np.float32), 30.0, 0.01, 2, temporal_block=0)

@@ -17,7 +17,15 @@ using dmfn::math::StencilWeights;
 
 namespace {
 
-constexpr int TX = 32, TY = 8;              // output tile per block (threads)
+// Output tile per block (threads): set by the launcher (dmfn.preprocess.gpu) so that the block
+// shape is defined once; these defaults let nvcc compile the file standalone.
+#ifndef DMFN_PDE_TX
+#define DMFN_PDE_TX 32
+#endif
+#ifndef DMFN_PDE_TY
+#define DMFN_PDE_TY 8
+#endif
+constexpr int TX = DMFN_PDE_TX, TY = DMFN_PDE_TY;
 constexpr int UX = TX + 4, UY = TY + 4;     // u tile with halo 2
 constexpr int GX = TX + 2, GY = TY + 2;     // g tile with halo 1
 

@@ -18,6 +18,7 @@ def pde_denoise(
     fidelity: float,
     spacing_mm: tuple[float, float, float],
     threads: int,
+    block: int,
 ) -> npt.NDArray[np.float32]: ...
 def resample(
     volume: npt.ArrayLike,

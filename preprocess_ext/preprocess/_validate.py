@@ -75,9 +75,14 @@ def as_volume(
     finite: bool = True,
     cap: int | None = None,
     backend: str = "cpu",
+    convert: bool = True,
 ) -> Any:
     """Return ``volume`` as a C-contiguous float32 array after checking dtype, ndim and values
-    (a numpy array for backend "cpu", a cupy array on the current device for "cupy")."""
+    (a numpy array for backend "cpu", a cupy array on the current device for "cupy").
+
+    ``convert=False`` checks the same things but returns the array as given, for a caller that
+    converts only the part it uses (the pipeline converts the ROI crop, not the whole study).
+    """
     xp, volume = _array_module(volume, argument, backend)
     if volume.dtype.kind not in "iuf":
         raise InvalidInput(
@@ -89,8 +94,9 @@ def as_volume(
     if volume.size == 0:
         raise InvalidInput(argument, f"must not be empty, got shape {volume.shape}")
     check_voxel_cap(volume.shape, argument, cap)
-    out = xp.ascontiguousarray(volume, dtype=np.float32)
-    if finite and not bool(xp.isfinite(out).all()):
+    out = xp.ascontiguousarray(volume, dtype=np.float32) if convert else volume
+    # Integer HU cannot hold NaN/Inf: only float arrays need the pass over every voxel.
+    if finite and out.dtype.kind == "f" and not bool(xp.isfinite(out).all()):
         raise InvalidInput(argument, "must contain only finite values (found NaN/Inf)")
     return out
 

@@ -16,6 +16,7 @@ Arrays: cupy in, cupy out, float32 C-contiguous, axes (z, y, x).
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -98,17 +99,35 @@ def cuda_source_dir() -> tuple[Path, Path]:
     )
 
 
-@functools.cache
 def _kernel(source: str, name: str) -> Any:
-    """A compiled kernel of one ``.cu`` file (NVRTC, cached per process and by CuPy on disk)."""
+    """A compiled kernel of one ``.cu`` file for the current device (NVRTC; cached per process
+    and device, and by CuPy on disk)."""
+    return _compiled(source, name, cupy_module().cuda.Device().id)
+
+
+@functools.cache
+def _compiled(source: str, name: str, device: int) -> Any:
     cp = cupy_module()
-    sources, include = cuda_source_dir()
-    module = cp.RawModule(
-        code=(sources / source).read_text(),
-        options=("-std=c++17", f"-I{include}"),
-        name_expressions=None,
+    sources, _ = cuda_source_dir()
+    with cp.cuda.Device(device):
+        module = cp.RawModule(code=(sources / source).read_text(), options=nvrtc_options())
+        return module.get_function(name)
+
+
+def nvrtc_options() -> tuple[str, ...]:
+    """The NVRTC options every kernel is compiled with (also by tests/test_gpu.py)."""
+    _, include = cuda_source_dir()
+    header = (include / KERNEL_MATH_HEADER).read_bytes()
+    return (
+        "-std=c++17",
+        f"-I{include}",
+        # CuPy's disk cache keys on the source text and the options, not on included files: the
+        # header's hash makes an edit of the shared math recompile every kernel.
+        f"-DDMFN_KERNEL_MATH_SHA={hashlib.sha256(header).hexdigest()[:16]}",
+        # One definition of the PDE tile, here and in pde.cu.
+        f"-DDMFN_PDE_TX={_PDE_TILE[0]}",
+        f"-DDMFN_PDE_TY={_PDE_TILE[1]}",
     )
-    return module.get_function(name)
 
 
 def _grid(n: int) -> tuple[int]:

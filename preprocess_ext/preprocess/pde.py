@@ -44,6 +44,11 @@ from .gpu import check_backend, is_device_array
 
 PdeMode = Literal["3d", "2d"]
 
+#: Iterations per pass over memory of the C++ kernel (temporal blocking, see
+#: preprocess_ext/src/pde.cpp); 1 is the plain kernel (one pass per iteration). Chosen by
+#: measurement (benchmarks/bench_pde.py prints the sweep; docs/preprocessing.md).
+DEFAULT_TEMPORAL_BLOCK = 1
+
 
 def _check_mode(mode: object) -> PdeMode:
     if mode not in STABILITY_BOUND:
@@ -135,6 +140,7 @@ def denoise_pde(
     threads: int | None = None,
     max_voxels: int | None = None,
     backend: str = "cpu",
+    temporal_block: int | None = None,
 ) -> np.ndarray:
     """Denoise a CT image with the fourth-order You-Kaveh PDE.
 
@@ -161,6 +167,9 @@ def denoise_pde(
         threads: OpenMP threads (>= 1); None uses the OpenMP default. The z axis is split into
             one slab per thread, so at most z-size threads do work.
         max_voxels: voxel cap for the input/output (default: DMFN_MAX_VOXELS or 2**28).
+        temporal_block: iterations the C++ kernel advances per pass over memory (>= 1; None:
+            :data:`DEFAULT_TEMPORAL_BLOCK`; 1: the plain kernel, one pass per iteration). The
+            result is the same to float32 rounding (tests: within 1e-5 HU).
         backend: "cpu" (the C++ kernel, numpy arrays) or "cupy" (the CUDA kernel on the current
             device: numpy or cupy in, cupy out; ``threads`` is ignored). Both run one scheme
             whose per-voxel math is one header (kernel_math.hpp).
@@ -168,18 +177,23 @@ def denoise_pde(
     Returns:
         The denoised image, float32, same shape and axis order as ``volume``, in HU.
     """
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1
-    ):
-        raise InvalidInput("threads", f"must be None or an integer >= 1, got {threads!r}")
+    for name, value in (("threads", threads), ("temporal_block", temporal_block)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1
+        ):
+            raise InvalidInput(name, f"must be None or an integer >= 1, got {value!r}")
     args = validate_pde_arguments(
         volume, k, dt, iterations, mode, fidelity, max_voxels, spacing_mm, backend
     )
-    return _denoise(args, 0 if threads is None else int(threads))
+    block = DEFAULT_TEMPORAL_BLOCK if temporal_block is None else int(temporal_block)
+    return _denoise(args, 0 if threads is None else int(threads), block)
 
 
-def _denoise(args: PdeArguments, threads: int = 0) -> np.ndarray:
-    """:func:`denoise_pde` on already valid arguments (``threads`` 0: the OpenMP default)."""
+def _denoise(
+    args: PdeArguments, threads: int = 0, block: int = DEFAULT_TEMPORAL_BLOCK
+) -> np.ndarray:
+    """:func:`denoise_pde` on already valid arguments (``threads`` 0: the OpenMP default;
+    ``block`` iterations per pass of the C++ kernel)."""
     spacing = (1.0,) * args.volume.ndim if args.spacing_mm is None else args.spacing_mm
     # The kernel takes (z, y, x); a 2D (y, x) image has no z axis, so it runs the 2D stencil
     # (the z term of a single plane vanishes anyway) and the z spacing is not used.
@@ -190,5 +204,6 @@ def _denoise(args: PdeArguments, threads: int = 0) -> np.ndarray:
             args.volume, args.k, args.dt, args.iterations, three_d, args.fidelity, spacing_zyx
         )
     return _preprocess.pde_denoise(
-        args.volume, args.k, args.dt, args.iterations, three_d, args.fidelity, spacing_zyx, threads
-    )
+        args.volume, args.k, args.dt, args.iterations, three_d, args.fidelity, spacing_zyx,
+        threads, block,
+    )  # fmt: skip

@@ -167,7 +167,8 @@ def preprocess_study(
         raise InvalidInput("params", f"must be a PreprocessParams, got {type(params).__name__}")
     cap = params.max_voxels
     backend = check_backend(backend)
-    volume = as_volume(hu, "hu", ndims=(3,), cap=cap, backend=backend)
+    # Checked whole, converted to float32 only where it is used: the ROI crop.
+    volume = as_volume(hu, "hu", ndims=(3,), cap=cap, backend=backend, convert=False)
     spacing = as_spacing(spacing_mm, 3)
     lesion = as_mask(mask, volume.shape, backend=backend)
     tabular = np.concatenate([_as_vector(ctc, "ctc"), validate_clinical(clinical)])
@@ -176,7 +177,8 @@ def preprocess_study(
     # steps below call the kernels' unchecked cores, once each.
     box = roi_box(*mask_bbox(lesion), volume.shape, params.roi_margin_mm, spacing)
     xp = gpu.cupy_module() if backend == "cupy" else np
-    roi_volume, roi_mask = xp.ascontiguousarray(volume[box]), xp.ascontiguousarray(lesion[box])
+    roi_volume = xp.ascontiguousarray(volume[box], dtype=np.float32)
+    roi_mask = xp.ascontiguousarray(lesion[box])
     target = params.target_spacing_mm
     # Refuse before any heavy work if the resampled crop would exceed the cap.
     check_voxel_cap(isotropic_shape(roi_volume.shape, spacing, target), "hu", cap)

@@ -227,6 +227,139 @@ void denoise(const float* u0, float* out, const Shape3& s, index_t iterations, c
   }
 }
 
+
+// ---- Temporal blocking ----------------------------------------------------------------------
+//
+// T iterations per pass over memory. The volume is cut into tiles of whole (z, x) rows along y;
+// a tile advances T iterations with a wavefront down z: stage t (1..T) updates plane z while
+// stage t-1 is two planes ahead (g of plane z+1 needs u planes up to z+2), so every stage works
+// on a window of a few planes that stays in cache, and the volume is read once and written once
+// per T iterations. Stage t's rows reach 2 (T - t) rows past the tile on each side (each
+// iteration needs u two rows out: g one row out, and g needs u one more), recomputed by the
+// neighbouring tile too (overlapped tiling), so tiles are independent: no barrier inside a pass,
+// and OpenMP hands tiles out dynamically, so a thread slowed by another process just takes fewer
+// tiles (the slab design above waits for the slowest thread twice per iteration). Passes
+// ping-pong between the output and one scratch volume; the fidelity term reads the input u0.
+// The per-voxel math is the plain kernel's (laplacian_row, math::pde_flux, math::pde_step*),
+// so the stencil stays one edit.
+
+// A plane of a stage: rows [row0, ...) of nx floats from `base` (a volume plane or a ring slot).
+struct PlaneRef {
+  const float* base;
+  index_t row0;
+  const float* row(index_t y, index_t nx) const { return base + (y - row0) * nx; }
+};
+
+struct TileBuffers {
+  std::vector<float> data;  // T g rings and T-1 u rings of three planes, ext_rows x nx each
+  index_t plane = 0;
+  float* g(index_t t, index_t z) { return data.data() + ((t - 1) * 3 + z % 3) * plane; }
+  float* u(index_t T, index_t t, index_t z) {
+    return data.data() + ((T + t - 1) * 3 + z % 3) * plane;
+  }
+};
+
+template <bool kZ>
+void blocked_pass(const float* src, float* dst, const float* u0, const Shape3& s, index_t T,
+                  index_t y0, index_t y1, const PdeStep& p, TileBuffers& buf) {
+  const index_t nx = s.nx, ny = s.ny, nz = s.nz;
+  const index_t ybase = std::max<index_t>(0, y0 - 2 * T - 1);
+  auto lo = [&](index_t t) { return std::max<index_t>(0, y0 - 2 * (T - t)); };
+  auto hi = [&](index_t t) { return std::min<index_t>(ny, y1 + 2 * (T - t)); };
+  auto u_in = [&](index_t t, index_t z) {  // u after t-1 iterations of this pass, plane z
+    z = clamp_index(z, nz);
+    return t == 1 ? PlaneRef{src + z * s.plane(), 0} : PlaneRef{buf.u(T, t - 1, z), ybase};
+  };
+  auto g_of = [&](index_t t, index_t z) { return PlaneRef{buf.g(t, clamp_index(z, nz)), ybase}; };
+  auto rows = [&](const PlaneRef& m, const PlaneRef& c, const PlaneRef& pl, index_t y) {
+    return Rows{c.row(y, nx), c.row(clamp_index(y - 1, ny), nx),
+                c.row(clamp_index(y + 1, ny), nx), m.row(y, nx), pl.row(y, nx)};
+  };
+  auto compute_g = [&](index_t t, index_t z) {
+    const PlaneRef m = u_in(t, z - 1), c = u_in(t, z), pl = u_in(t, z + 1);
+    float* g = buf.g(t, z);
+    const float k2 = p.k2;
+    for (index_t y = std::max<index_t>(0, lo(t) - 1); y < std::min(ny, hi(t) + 1); ++y) {
+      float* grow = g + (y - ybase) * nx;
+      laplacian_row<kZ>(rows(m, c, pl, y), p.w, nx,
+                        [&](index_t x, float lap) { grow[x] = math::pde_flux(lap, k2); });
+    }
+  };
+  auto update = [&](index_t t, index_t z) {
+    const PlaneRef gm = g_of(t, z - 1), gc = g_of(t, z), gp = g_of(t, z + 1), u = u_in(t, z);
+    for (index_t y = lo(t); y < hi(t); ++y) {
+      float* out = t == T ? dst + s.at(z, y, 0) : buf.u(T, t, z) + (y - ybase) * nx;
+      const float* urow = u.row(y, nx);
+      const float dt = p.dt, dt_lambda = p.dt_lambda;
+      if (dt_lambda == 0.0f) {
+        laplacian_row<kZ>(rows(gm, gc, gp, y), p.w, nx, [&](index_t x, float lap) {
+          out[x] = math::pde_step(urow[x], lap, dt);
+        });
+      } else {
+        const float* u0row = u0 + s.at(z, y, 0);
+        laplacian_row<kZ>(rows(gm, gc, gp, y), p.w, nx, [&](index_t x, float lap) {
+          out[x] = math::pde_step_fidelity(urow[x], u0row[x], lap, dt, dt_lambda);
+        });
+      }
+    }
+  };
+  for (index_t step = 0; step < nz + 2 * (T - 1); ++step) {
+    for (index_t t = 1; t <= T; ++t) {
+      const index_t z = step - 2 * (t - 1);
+      if (z < 0 || z >= nz) continue;
+      if (z == 0) compute_g(t, 0);
+      if (z + 1 < nz) compute_g(t, z + 1);
+      update(t, z);
+    }
+  }
+}
+
+// Rows per tile: the largest that keeps a thread's rings (6 T planes of the tile plus its halo)
+// within `cache_bytes`, and at least two tiles per thread when there are several threads.
+index_t tile_rows_for(const Shape3& s, index_t T, index_t team, std::size_t cache_bytes) {
+  const auto row_bytes = static_cast<std::size_t>(6 * T * s.nx) * sizeof(float);
+  auto rows = static_cast<index_t>(cache_bytes / std::max<std::size_t>(row_bytes, 1)) - 4 * T - 2;
+  if (team > 1) rows = std::min(rows, (s.ny + 2 * team - 1) / (2 * team));
+  return std::clamp<index_t>(rows, std::min<index_t>(8, s.ny), s.ny);
+}
+
+template <bool kZ>
+void denoise_blocked(const float* u0, float* out, const Shape3& s, index_t iterations,
+                     const PdeStep& p, int threads, index_t T) {
+  const index_t team = team_size(threads);
+  const index_t rows = tile_rows_for(s, T, team, index_t{1} << 20);
+  const index_t tiles = (s.ny + rows - 1) / rows;
+  const index_t passes = (iterations + T - 1) / T;
+  const index_t ext = std::min<index_t>(s.ny, rows + 4 * T + 2);
+  // Allocated here, outside the parallel region, so that a failure reaches Python as MemoryError.
+  std::vector<float> scratch(passes > 1 ? static_cast<std::size_t>(s.voxels()) : 0);
+  std::vector<TileBuffers> buffers(static_cast<std::size_t>(team));
+  for (auto& b : buffers) {
+    b.plane = ext * s.nx;
+    b.data.resize(static_cast<std::size_t>((2 * T - 1) * 3 * b.plane));
+  }
+#pragma omp parallel num_threads(static_cast<int>(team))
+  {
+#ifdef DMFN_HAVE_OPENMP
+    TileBuffers& buf = buffers[static_cast<std::size_t>(omp_get_thread_num())];
+#else
+    TileBuffers& buf = buffers[0];
+#endif
+    for (index_t pass = 0; pass < passes; ++pass) {
+      const index_t t_pass = std::min(T, iterations - pass * T);
+      // The last pass writes `out`; earlier ones alternate so that src != dst.
+      const bool to_out = (passes - 1 - pass) % 2 == 0;
+      const float* src = pass == 0 ? u0 : (to_out ? scratch.data() : out);
+      float* dst = to_out ? out : scratch.data();
+#pragma omp for schedule(dynamic, 1)
+      for (index_t tile = 0; tile < tiles; ++tile) {
+        const index_t y0 = tile * rows, y1 = std::min(s.ny, y0 + rows);
+        blocked_pass<kZ>(src, dst, u0, s, t_pass, y0, y1, p, buf);
+      }
+    }
+  }
+}
+
 // The Laplacian weights (h_min / h_a)^2 of voxels spacing_mm (z, y, x); h_min is over the
 // stencil's axes (y, x, and z when three_d).
 AxisWeights axis_weights(const std::array<double, 3>& spacing_mm, bool three_d) {
@@ -245,7 +378,8 @@ AxisWeights axis_weights(const std::array<double, 3>& spacing_mm, bool three_d) 
 
 py::array_t<float> pde_denoise(const FloatArray& volume, double k, double dt,
                                std::int64_t iterations, bool three_d, double fidelity,
-                               const std::array<double, 3>& spacing_mm, int threads) {
+                               const std::array<double, 3>& spacing_mm, int threads,
+                               std::int64_t block) {
   const Shape3 s = shape_of(volume, "volume");
   require_nonempty(s, "volume");
   if (!(std::isfinite(k) && k > 0)) invalid("k", "must be finite and > 0 HU");
@@ -253,6 +387,7 @@ py::array_t<float> pde_denoise(const FloatArray& volume, double k, double dt,
   if (iterations < 0) invalid("iterations", "must be >= 0");
   if (!(std::isfinite(fidelity) && fidelity >= 0)) invalid("fidelity", "must be finite and >= 0");
   if (threads < 0) invalid("threads", "must be >= 1, or 0 for the OpenMP default");
+  if (block < 1) invalid("block", "must be >= 1 iterations per pass (1: the plain kernel)");
   const AxisWeights weights = axis_weights(spacing_mm, three_d);
 
   py::array_t<float> result(
@@ -265,6 +400,10 @@ py::array_t<float> pde_denoise(const FloatArray& volume, double k, double dt,
     py::gil_scoped_release release;
     if (iterations == 0) {
       std::memcpy(out, u0, static_cast<std::size_t>(s.voxels()) * sizeof(float));
+    } else if (block > 1 && three_d) {
+      denoise_blocked<true>(u0, out, s, iterations, step, threads, std::min(block, iterations));
+    } else if (block > 1) {
+      denoise_blocked<false>(u0, out, s, iterations, step, threads, std::min(block, iterations));
     } else if (three_d) {
       denoise<true>(u0, out, s, iterations, step, threads);
     } else {
@@ -279,12 +418,13 @@ py::array_t<float> pde_denoise(const FloatArray& volume, double k, double dt,
 void register_pde(py::module_& m) {
   m.def("pde_denoise", &pde_denoise, py::arg("volume"), py::arg("k"), py::arg("dt"),
         py::arg("iterations"), py::arg("three_d"), py::arg("fidelity"), py::arg("spacing_mm"),
-        py::arg("threads"),
+        py::arg("threads"), py::arg("block"),
         "Fourth-order (You-Kaveh) PDE denoising of a float32 (y, x) or (z, y, x) HU array; "
         "returns a new float32 array. Arguments are validated by dmfn.preprocess.denoise_pde; "
         "three_d=False applies the 5-point stencil per axial slice. spacing_mm (z, y, x) weights "
         "each axis by (h_min / h)^2, h_min the finest stencil spacing; k is in HU per h_min^2, "
-        "dt in units of h_min^4. threads=0: OpenMP default.");
+        "dt in units of h_min^4. threads=0: OpenMP default. block: iterations per pass over "
+        "memory (temporal blocking; 1 = the plain kernel).");
 }
 
 }  // namespace dmfn

@@ -124,7 +124,10 @@ class TritonPythonModel:
                 arrays, self.params, self.limits, self.ctc_names, backend=self.backend
             )
             parts = [(p.views, p.tabular, p.measurements) for p in studies]
-            return [_stack(column) for column in zip(*parts, strict=True)]
+            outputs = [_stack(column) for column in zip(*parts, strict=True)]
+            if self.backend == "cupy":  # the kernels are asynchronous; DLPack hands no stream
+                cupy_module().cuda.get_current_stream().synchronize()
+            return outputs
         except InvalidInput as err:
             message, code = str(err), pb_utils.TritonError.INVALID_ARG
         except Exception as err:  # never raise out of execute: it would fail the whole batch
