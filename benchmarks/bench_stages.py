@@ -52,11 +52,12 @@ def budget(
     spacing, target, cap = SPACING_MM, params.target_spacing_mm, params.max_voxels
     times: dict[str, float] = {}
 
-    def crop() -> tuple[np.ndarray, np.ndarray]:
-        volume = as_volume(hu, "hu", ndims=(3,), cap=cap)
-        lesion = as_mask(mask, volume.shape)
+    def crop() -> tuple[np.ndarray, np.ndarray]:  # as preprocess_study: convert only the crop
+        volume = as_volume(hu, "hu", ndims=(3,), cap=cap, convert=False)
+        lesion = as_mask(mask, volume.shape, convert=False)
         box = roi_box(*mask_bbox(lesion), volume.shape, params.roi_margin_mm, spacing)
-        return np.ascontiguousarray(volume[box]), np.ascontiguousarray(lesion[box])
+        roi = np.ascontiguousarray(volume[box], dtype=np.float32)
+        return roi, np.ascontiguousarray(lesion[box] != 0, dtype=np.uint8)
 
     times["validate + crop"], (roi, roi_mask) = best_time(crop, repeats)
     pde = PdeArguments(

@@ -25,6 +25,12 @@ def mask_bbox(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
         other = tuple(a for a in range(mask.ndim) if a != axis)
         projection = mask.any(axis=other)
         hits = np.flatnonzero(projection.get() if hasattr(projection, "get") else projection)
+        if hits.size:
+            # Later axes only need the slab between the hits: one pass over the whole mask
+            # (the first axis), then passes over ever smaller slabs.
+            slab = [slice(None)] * mask.ndim
+            slab[axis] = slice(int(hits[0]), int(hits[-1]) + 1)
+            mask = mask[tuple(slab)]
         if hits.size == 0:
             raise ValueError("argument 'mask': is empty (no nonzero voxel)")
         lo.append(int(hits[0]))

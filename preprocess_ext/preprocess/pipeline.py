@@ -170,7 +170,7 @@ def preprocess_study(
     # Checked whole, converted to float32 only where it is used: the ROI crop.
     volume = as_volume(hu, "hu", ndims=(3,), cap=cap, backend=backend, convert=False)
     spacing = as_spacing(spacing_mm, 3)
-    lesion = as_mask(mask, volume.shape, backend=backend)
+    lesion = as_mask(mask, volume.shape, backend=backend, convert=False)
     tabular = np.concatenate([_as_vector(ctc, "ctc"), validate_clinical(clinical)])
 
     # Everything is valid from here on (the parameters checked themselves when made): the
@@ -178,7 +178,7 @@ def preprocess_study(
     box = roi_box(*mask_bbox(lesion), volume.shape, params.roi_margin_mm, spacing)
     xp = gpu.cupy_module() if backend == "cupy" else np
     roi_volume = xp.ascontiguousarray(volume[box], dtype=np.float32)
-    roi_mask = xp.ascontiguousarray(lesion[box])
+    roi_mask = xp.ascontiguousarray(lesion[box] != 0, dtype=np.uint8)
     target = params.target_spacing_mm
     # Refuse before any heavy work if the resampled crop would exceed the cap.
     check_voxel_cap(isotropic_shape(roi_volume.shape, spacing, target), "hu", cap)
