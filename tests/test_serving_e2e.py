@@ -138,16 +138,25 @@ def test_concurrent_pipeline_requests_succeed_and_are_batched(triton_server, stu
     """32 concurrent pipeline requests all succeed, and the net's dynamic batcher formed batches
     from them (preprocess batches too, so outputs of concurrent requests reach the net together)."""
     stats = httpclient.InferenceServerClient(triton_server.http_url)
+    # Clients and inputs are made before the start line, so that the requests really arrive
+    # together (32 connection set-ups after the barrier spread them out on a busy machine).
+    clients = [client_for(triton_server, "grpc") for _ in range(N_CONCURRENT)]
+    inputs = [
+        infer_inputs(module, study_arrays([studies[i % N_STUDIES]]))
+        for i, (module, _) in enumerate(clients)
+    ]
     try:
         before = {m: model_stats(stats, m) for m in (S.PREPROCESS_MODEL, S.NET_MODEL)}
         jobs = [
-            (lambda i=i: infer(triton_server, study_arrays([studies[i % N_STUDIES]]), "grpc"))
+            (lambda i=i: clients[i][1].infer(S.PIPELINE_MODEL, inputs[i]))
             for i in range(N_CONCURRENT)
         ]
         results = _concurrently(jobs)
         after = {m: model_stats(stats, m) for m in (S.PREPROCESS_MODEL, S.NET_MODEL)}
     finally:
         stats.close()
+        for _, client in clients:
+            client.close()
     for i, result in enumerate(results):
         assert not isinstance(result, Exception), result
         assert_matches_reference(result, reference, i % N_STUDIES)
