@@ -44,7 +44,10 @@ def _ellipsoid(shape, centre, semi_axes) -> np.ndarray:
 @pytest.mark.parametrize(
     ("shape", "spacing"),
     [
-        ((7, 9, 11), (2.5, 0.7, 1.3)),  # in-plane passes fused per slice, then z
+        ((7, 9, 11), (2.5, 0.7, 1.3)),  # z last: y, x and z fused through the plane ring
+        ((7, 9, 11), (2.5, 1.0, 0.7)),  # z last after one in-plane pass (x)
+        ((41, 9, 11), (2.5, 0.7, 0.8)),  # z last, many output planes over the threads
+        ((3, 9, 11), (0.9, 0.7, 1.0)),  # y, then z (z grows least), fused
         ((4, 9, 11), (1.0, 0.7, 1.3)),  # z unchanged: the fused passes write the output
         ((6, 9, 11), (0.6, 2.0, 0.7)),  # z, then x, then y (no fusion)
         ((5, 6, 4), (0.4, 1.0, 3.0)),

@@ -194,10 +194,11 @@ def pde_denoise(
 def resample_order(
     shape: tuple[int, int, int], out_shape: tuple[int, int, int], ratio: tuple[float, ...]
 ) -> list[int]:
-    """The axes resampled, in the C++ kernel's order: shrinking axes first, ties contiguous
-    axis first; an axis of the same size and ratio 1 is skipped."""
+    """The axes resampled, in the C++ kernel's order: shrinking axes first, ties in axis order
+    (z, y, x: the contiguous axis, a gather, last); an axis of the same size and ratio 1 is
+    skipped."""
     axes = [a for a in range(3) if not (out_shape[a] == shape[a] and ratio[a] == 1.0)]
-    return sorted(axes, key=lambda a: (out_shape[a] / shape[a], -a))
+    return sorted(axes, key=lambda a: (out_shape[a] / shape[a], a))
 
 
 def resample(

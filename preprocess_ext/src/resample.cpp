@@ -5,8 +5,11 @@
 // precomputed table of tap indices and weights; tap indices are clamped to [0, n - 1], so samples
 // past the last voxel centre take the edge value. Kernels: linear (2 taps, the separable form of
 // trilinear interpolation) and Keys cubic convolution with a = -0.5 (4 taps, Catmull-Rom).
-// Passes run shrinking axes first (two leading in-plane passes fused slice by slice); every pass
-// is OpenMP-parallel with its inner loop over a contiguous run of voxels; the GIL is released.
+// Passes run shrinking axes first. When z comes last (thick slices), the in-plane passes and the
+// z pass are fused through a per-thread ring of in-plane-resampled planes, so the input is read
+// once and the output written once; otherwise two leading in-plane passes are fused slice by
+// slice. Every pass is OpenMP-parallel with its inner loop over a contiguous run of voxels; the
+// GIL is released.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -148,11 +151,13 @@ FloatArray resample(const FloatArray& volume, const std::array<index_t, 3>& out_
   for (int a = 0; a < 3; ++a) {
     if (!(out_shape[a] == n_in[a] && ratio[a] == 1.0)) axes.push_back(a);
   }
-  // Shrinking axes first (fewest voxels carried into later passes); ties: contiguous axis first.
+  // Shrinking axes first (fewest voxels carried into later passes); ties in axis order, so the
+  // contiguous axis (a gather, the costliest pass per voxel) runs last of the tied ones, on the
+  // fewest rows (measured: the in-plane pair 48 -> 34 ms on 120x512x512 at 0.7 mm).
   std::stable_sort(axes.begin(), axes.end(), [&](int a, int b) {
     const double ga = static_cast<double>(out_shape[a]) / static_cast<double>(n_in[a]);
     const double gb = static_cast<double>(out_shape[b]) / static_cast<double>(n_in[b]);
-    return ga < gb || (ga == gb && a > b);
+    return ga < gb || (ga == gb && a < b);
   });
   std::vector<AxisTable> tables;
   for (int a : axes) tables.push_back(make_table(n_in[a], out_shape[a], ratio[a], kernel));
@@ -189,7 +194,65 @@ FloatArray resample(const FloatArray& volume, const std::array<index_t, 3>& out_
     const float* in = src;
     std::array<index_t, 3> cur = n_in;
     size_t p = 0;
-    if (axes.size() >= 2 && axes[0] != 0 && axes[1] != 0 && n_in[0] > 1) {
+    if (axes.size() >= 2 && axes.back() == 0 && n_in[0] > 1) {
+      // z is the last pass (thick slices): the in-plane passes of each input plane and the z
+      // pass are fused. Every output plane is a weighted sum of a few in-plane-resampled input
+      // planes kept in a per-thread ring (slot = input index mod taps; the indices only grow),
+      // so no intermediate volume is written and read back: the input is read once and the
+      // output written once. The same passes in the same order as the unfused path, with the
+      // same accumulation order, so the values are the same.
+      const AxisTable& tz = tables.back();
+      const int taps = tz.taps;
+      const std::array<index_t, 3> slice_in{1, n_in[1], n_in[2]};
+      std::array<index_t, 3> slice_mid = slice_in;
+      slice_mid[axes[0]] = out_shape[axes[0]];
+      const bool two_inplane = axes.size() == 3;
+      const index_t plane_in = n_in[1] * n_in[2];
+      const index_t plane_out = out_shape[1] * out_shape[2];
+      const index_t plane_mid = two_inplane ? slice_mid[1] * slice_mid[2] : 0;
+      const index_t per_thread = taps * plane_out + plane_mid;
+      const index_t team = std::max<index_t>(1, std::min<index_t>(max_threads(), out_shape[0]));
+      // Allocated here, outside the parallel region, so that a failure reaches Python as
+      // MemoryError instead of std::terminate.
+      std::vector<float> rings(static_cast<size_t>(team * per_thread));
+#pragma omp parallel num_threads(static_cast<int>(team))
+      {
+        float* ring = rings.data() + thread_index() * per_thread;
+        float* mid = ring + taps * plane_out;
+        std::array<math::idx_t, 4> held;
+        held.fill(-1);
+#pragma omp for schedule(static)
+        for (index_t k = 0; k < out_shape[0]; ++k) {
+          std::array<const float*, 4> planes{};
+          std::array<float, 4> wk{};
+          for (int q = 0; q < taps; ++q) {
+            const math::idx_t i = tz.idx[static_cast<size_t>(k * taps + q)];
+            const auto slot = static_cast<size_t>(i % taps);
+            float* plane = ring + static_cast<index_t>(slot) * plane_out;
+            if (held[slot] != i) {
+              const float* in_plane = src + i * plane_in;
+              if (two_inplane) {
+                pass(in_plane, mid, slice_in, 0, false);
+                pass(mid, plane, slice_mid, 1, false);
+              } else {
+                pass(in_plane, plane, slice_in, 0, false);
+              }
+              held[slot] = i;
+            }
+            planes[static_cast<size_t>(q)] = plane;
+            wk[static_cast<size_t>(q)] = tz.w[static_cast<size_t>(k * taps + q)];
+          }
+          float* dst = dst_final + k * plane_out;
+#pragma omp simd
+          for (index_t v = 0; v < plane_out; ++v) {
+            float acc = wk[0] * planes[0][v];
+            for (int q = 1; q < taps; ++q) acc += wk[static_cast<size_t>(q)] * planes[static_cast<size_t>(q)][v];
+            dst[v] = acc;
+          }
+        }
+      }
+      p = axes.size();
+    } else if (axes.size() >= 2 && axes[0] != 0 && axes[1] != 0 && n_in[0] > 1) {
       // Both in-plane passes first: run them slice by slice, parallel over z, so that the
       // slice between them stays in cache instead of becoming a whole intermediate volume.
       const std::array<index_t, 3> slice_in{1, n_in[1], n_in[2]};
