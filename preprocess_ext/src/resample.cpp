@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
 #include <memory>
 #include <numeric>
 #include <vector>
@@ -53,6 +54,11 @@ struct AxisTable {
   int taps = 2;
   std::vector<math::idx_t> idx;
   std::vector<float> w;
+  // The same taps tap-major ([k * n_out + j]) with 32-bit indices, for the contiguous-axis
+  // gather: consecutive outputs then load consecutive table entries and the loop vectorises
+  // into hardware gathers.
+  std::vector<std::int32_t> idx_by_tap;
+  std::vector<float> w_by_tap;
 };
 
 AxisTable make_table(index_t n_in, index_t n_out, double ratio, Kernel kernel) {
@@ -71,6 +77,16 @@ AxisTable make_table(index_t n_in, index_t n_out, double ratio, Kernel kernel) {
       math::interpolation_taps<4>(j, ratio, n_in, ix, wx);
     }
   }
+  t.idx_by_tap.resize(t.idx.size());
+  t.w_by_tap.resize(t.w.size());
+  for (index_t j = 0; j < n_out; ++j) {
+    for (int k = 0; k < t.taps; ++k) {
+      const auto from = static_cast<size_t>(j * t.taps + k);
+      const auto to = static_cast<size_t>(k * n_out + j);
+      t.idx_by_tap[to] = static_cast<std::int32_t>(t.idx[from]);
+      t.w_by_tap[to] = t.w[from];
+    }
+  }
   return t;
 }
 
@@ -83,14 +99,18 @@ void pass_axis(const float* in, float* out, index_t outer, index_t inner, const 
   const math::idx_t* idx = t.idx.data();
   const float* w = t.w.data();
   if (inner == 1) {
-    // Contiguous axis: gather along each row.
+    // Contiguous axis: gather along each row (tap-major tables, vectorised gathers; the same
+    // accumulation order as the other passes).
+    const std::int32_t* ix = t.idx_by_tap.data();
+    const float* wt = t.w_by_tap.data();
 #pragma omp parallel for schedule(static) if (parallel)
     for (index_t o = 0; o < outer; ++o) {
       const float* row = in + o * n;
       float* dst = out + o * m;
+#pragma omp simd
       for (index_t j = 0; j < m; ++j) {
-        float acc = 0.0f;
-        for (int k = 0; k < T; ++k) acc += w[j * T + k] * row[idx[j * T + k]];
+        float acc = wt[j] * row[ix[j]];
+        for (int k = 1; k < T; ++k) acc += wt[k * m + j] * row[ix[k * m + j]];
         dst[j] = acc;
       }
     }
