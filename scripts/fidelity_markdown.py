@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 import sys
 from pathlib import Path
+
+from results_markdown import git_commit, splice  # the sibling script (scripts/ is on sys.path)
 
 from dmfn.evaluation.document import Section, Table, fmt, p_value, to_markdown
 
@@ -90,8 +90,7 @@ def _ht(over: dict, name: str) -> float:
 
 
 def build(out: Path) -> str:
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"  # fmt: skip
+    commit = git_commit()
     sections = []
     fusion_t, fusion_v = _over(out, "report_fusion_test"), _over(out, "report_fusion_val")
     vs_cnn = _over(out, "report_experts_vs_cnn_test")
@@ -173,14 +172,6 @@ def build(out: Path) -> str:
     return to_markdown(None, None, sections)
 
 
-def splice(readme: Path, text: str) -> None:
-    content = readme.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(content):
-        sys.exit(f"fidelity_markdown: {readme} has no fidelity markers")
-    readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n\n{text}\n{END}", content))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
@@ -189,7 +180,7 @@ def main() -> None:
     text = build(args.out)
     (args.out / "fidelity.md").write_text(text)
     if args.readme:
-        splice(args.readme, text)
+        splice(args.readme, text, BEGIN, END, "fidelity")
     print(
         f"fidelity: {args.out / 'fidelity.md'}"
         + (f", spliced into {args.readme}" if args.readme else "")
