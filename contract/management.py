@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmfn.contract.datafile import read_data_file
 from dmfn.contract.errors import InvalidInput
 
 #: The answer when no option reaches the policy's min_probability.
@@ -137,12 +138,4 @@ def parse_management(text: str, source: str = "<memory>") -> ManagementPolicy:
 
 def load_management(path: str | Path | None = None) -> ManagementPolicy:
     """The policy at ``path``, or dmfn's default (``contract/data/management_default.json``)."""
-    if path is None:
-        from importlib import resources
-
-        text = resources.files("dmfn.contract").joinpath("data", DEFAULT_FILE).read_text()
-        return parse_management(text, f"contract/data/{DEFAULT_FILE}")
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInput("management", f"file {path} does not exist")
-    return parse_management(path.read_text(), str(path))
+    return parse_management(*read_data_file(path, "management", "dmfn.contract", DEFAULT_FILE))

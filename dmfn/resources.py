@@ -31,9 +31,14 @@ def model_repository_templates() -> Path:
     return Path(override) if override else _package_dir("dmfn.model_repository")
 
 
+def data_file(package: str, name: str) -> Path:
+    """A data file shipped in the ``data/`` folder of a dmfn package (e.g. ``dmfn.contract``)."""
+    return _package_dir(package) / "data" / name
+
+
 def taxonomy_file(name: str = "taxonomy_paper.csv") -> Path:
     """A taxonomy data file of the contract layer (``contract/data/``)."""
-    return _package_dir("dmfn.contract") / "data" / name
+    return data_file("dmfn.contract", name)
 
 
 def cache_dir() -> Path:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
+from dmfn.contract.datafile import read_data_file
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.taxonomy import COMPARTMENTS, Taxonomy
 
@@ -72,10 +72,4 @@ def parse_compartments(text: str, source: str) -> CompartmentTable:
 
 def load_compartments(path: str | Path | None = None) -> CompartmentTable:
     """The table at ``path``, or the default shipped with dmfn (``synth/data/compartments.csv``)."""
-    if path is None:
-        text = resources.files("dmfn.synth").joinpath("data", DEFAULT_FILE).read_text()
-        return parse_compartments(text, f"synth/data/{DEFAULT_FILE}")
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInput("compartments", f"file {path} does not exist")
-    return parse_compartments(path.read_text(), str(path))
+    return parse_compartments(*read_data_file(path, "compartments", "dmfn.synth", DEFAULT_FILE))
