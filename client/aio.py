@@ -30,6 +30,7 @@ from .sdk import (
     Prediction,
     _model_version,
     _status,
+    check_contract,
     contract_of,
     infer_inputs,
     parse_response,
@@ -51,10 +52,7 @@ class AsyncDmfnClient:
         ca_cert: str | None = None,
     ) -> None:
         self.endpoint = Endpoint.parse(url, protocol, timeout_s, tls, ca_cert)
-        if contract is not None and not isinstance(contract, ServerContract):
-            raise ValueError(
-                f"argument 'contract': must be a ServerContract or None, got {type(contract).__name__}"
-            )
+        check_contract(contract)
         self.model = model
         self._contract = contract
         self._client: Any = None

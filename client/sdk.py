@@ -230,6 +230,14 @@ def contract_of(config: Mapping[str, Any], model: str) -> ServerContract:
         raise DmfnServerError(f"model '{model}': {err}") from err
 
 
+def check_contract(contract: object) -> None:
+    """The ``contract`` argument of the clients: a ServerContract or None."""
+    if contract is not None and not isinstance(contract, ServerContract):
+        raise ValueError(
+            f"argument 'contract': must be a ServerContract or None, got {type(contract).__name__}"
+        )
+
+
 class DmfnClient:
     """A client of the ``dmfn_pipeline`` ensemble on a Triton server.
 
@@ -260,10 +268,7 @@ class DmfnClient:
         ca_cert: str | None = None,
     ) -> None:
         endpoint = Endpoint.parse(url, protocol, timeout_s, tls, ca_cert)
-        if contract is not None and not isinstance(contract, ServerContract):
-            raise ValueError(
-                f"argument 'contract': must be a ServerContract or None, got {type(contract).__name__}"
-            )
+        check_contract(contract)
         self.url, self.tls, self.ca_cert = endpoint.url, endpoint.tls, endpoint.ca_cert
         self.protocol = protocol
         self.model = model
