@@ -10,7 +10,7 @@
    device upload of the int16 HU included) against the C++ kernels on all this machine's CPU
    cores. Target: >= 20x.
 
-Needs CuPy and a CUDA GPU; elsewhere it says why and exits 2. Timings: the median of repeats
+Needs CuPy and a CUDA GPU; elsewhere it says why and exits 2. Timings: the best of repeats
 after a warm-up (NVRTC compiles at the first call), GPU work timed with the device synchronised.
 """
 
@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import best_time
 
 from dmfn.contract.params import PreprocessParams
 from dmfn.preprocess import denoise_pde, preprocess_study
@@ -36,23 +35,19 @@ PDE_TARGET = 0.5
 E2E_TARGET = 20.0
 
 
-def _median_s(run: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
+def _seconds(run: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
+    """Best wall time of ``repeats`` runs after one warm-up, the device synchronised each time."""
     run()
     sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    seconds, _ = best_time(lambda: (run(), sync()), repeats)
+    return seconds
 
 
 def copy_bandwidth_gbs(cp: Any, n_bytes: int, sync: Callable[[], None]) -> float:
     """Device-to-device copy, bytes read + written per second, in GB/s."""
     a = cp.ones(n_bytes // 4, dtype=cp.float32)
     b = cp.empty_like(a)
-    seconds = _median_s(lambda: cp.copyto(b, a), 20, sync)
+    seconds = _seconds(lambda: cp.copyto(b, a), 20, sync)
     return 2 * a.nbytes / seconds / 1e9
 
 
@@ -60,7 +55,7 @@ def pde_bandwidth(cp: Any, shape: tuple[int, int, int], iterations: int, sync) -
     rng = np.random.default_rng(0)
     volume = cp.asarray(rng.normal(40, 30, shape).astype(np.float32))
     kwargs = dict(k=30.0, dt=0.01, iterations=iterations, mode="3d", spacing_mm=(1.0, 0.8, 0.8))
-    seconds = _median_s(lambda: denoise_pde(volume, backend="cupy", **kwargs), 5, sync)
+    seconds = _seconds(lambda: denoise_pde(volume, backend="cupy", **kwargs), 5, sync)
     voxels = int(np.prod(shape))
     return {
         "seconds": seconds,
@@ -86,8 +81,8 @@ def end_to_end(cp: Any, shape: tuple[int, int, int], sync) -> dict[str, float]:
     spacing = (1.0, 0.7, 0.7)
     params = PreprocessParams(max_voxels=2**30)
     args = (hu, spacing, mask, [12.0], [60, 1, 0, 1, 0])
-    gpu_s = _median_s(lambda: preprocess_study(*args, params=params, backend="cupy"), 5, sync)
-    cpu_s = _median_s(lambda: preprocess_study(*args, params=params), 2, lambda: None)
+    gpu_s = _seconds(lambda: preprocess_study(*args, params=params, backend="cupy"), 5, sync)
+    cpu_s = _seconds(lambda: preprocess_study(*args, params=params), 2, lambda: None)
     gpu = preprocess_study(*args, params=params, backend="cupy")
     cpu = preprocess_study(*args, params=params)
     diff = float(np.abs(to_host(gpu.views) - cpu.views).max())

@@ -28,6 +28,7 @@ refuses to load and says why, so the server never reports ready with a backend i
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -90,9 +91,14 @@ class TritonPythonModel:
             )
         self.workers = max(1, int(parameters.get("worker_threads", "1")))
         self.omp_threads = max(1, int(parameters.get("openmp_threads", "1")))
-        self._main_ready = False  # the execute thread's OpenMP / device settings are made
-        self.pool = ThreadPoolExecutor(
-            self.workers, thread_name_prefix="preprocess", initializer=self._init_worker
+        # Which threads have their OpenMP / device settings (execute's own thread included).
+        self._configured = threading.local()
+        self.pool = (
+            ThreadPoolExecutor(
+                self.workers, thread_name_prefix="preprocess", initializer=self._init_worker
+            )
+            if self.workers > 1
+            else None
         )
         self.logger.log_info(
             f"preprocess: parameters {self.params.digest()[:12]} from {path}; "
@@ -108,6 +114,7 @@ class TritonPythonModel:
         set_openmp_threads(self.omp_threads)
         if self.backend == "cupy":
             cupy_module().cuda.Device(self.device_id).use()
+        self._configured.done = True
 
     def _preprocess(self, request) -> list[np.ndarray] | pb_utils.TritonError:
         """Worker thread: read, decode, check and preprocess every study of one request.
@@ -152,16 +159,16 @@ class TritonPythonModel:
         )
 
     def execute(self, requests: list) -> list:
-        if len(requests) == 1 or self.workers == 1:
+        if len(requests) == 1 or self.pool is None:
             # Nothing to run in parallel: skip the hand-off to a worker thread and back (its
             # wake-ups cost a lone request measurable time on a busy host).
-            if not self._main_ready:
+            if not getattr(self._configured, "done", False):
                 self._init_worker()
-                self._main_ready = True
             results = [self._preprocess(r) for r in requests]
         else:
             results = list(self.pool.map(self._preprocess, requests))
         return [self._response(r) for r in results]
 
     def finalize(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
