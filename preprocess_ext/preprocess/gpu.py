@@ -57,8 +57,11 @@ def is_device_array(value: object) -> bool:
     return type(value).__module__.split(".")[0] == "cupy"
 
 
+@functools.cache
 def cupy_unavailable_reason() -> str | None:
-    """None when CuPy is importable and sees a CUDA device, else why the backend is unavailable."""
+    """None when CuPy is importable and sees a CUDA device, else why the backend is unavailable.
+
+    Asked once per process: every cupy-backend call goes through :func:`cupy_module`."""
     try:
         import cupy
     except ImportError as err:
