@@ -485,3 +485,29 @@ def test_temporal_blocking_with_many_tiles_equals_the_plain_kernel() -> None:
 def test_temporal_block_is_checked() -> None:
     with pytest.raises(ValueError, match="argument 'temporal_block'"):
         denoise_pde(np.zeros((3, 3, 3), np.float32), 30.0, 0.01, 2, temporal_block=0)
+
+
+# --- the finite check (C++ dmfn.preprocess._core.all_finite) ------------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 123_457, -1])
+def test_a_non_finite_voxel_anywhere_in_a_large_volume_is_refused(bad: float, where: int) -> None:
+    """Large enough (> 2^18 voxels) for the parallel check; first, middle and last voxel."""
+    volume = np.zeros((5, 256, 256), np.float32)
+    volume.reshape(-1)[where] = bad
+    with pytest.raises(ValueError, match=r"argument 'volume'.*finite"):
+        denoise_pde(volume, 30.0, 0.01, 0)
+
+
+def test_extreme_finite_values_pass_the_finite_check() -> None:
+    volume = np.zeros((5, 256, 256), np.float32)
+    flat = volume.reshape(-1)
+    flat[:4] = [np.finfo(np.float32).max, -np.finfo(np.float32).max, 1e-45, -0.0]
+    assert _core.all_finite(volume)
+    assert denoise_pde(volume, 30.0, 0.01, 0).shape == volume.shape
+    # Non-contiguous and float64 input take numpy's check and are still refused when bad.
+    wide = np.zeros((4, 8, 8), np.float64)
+    wide[3, 6, 7] = np.nan
+    with pytest.raises(ValueError, match="argument 'volume'"):
+        denoise_pde(wide[:, ::2], 30.0, 0.01, 0)

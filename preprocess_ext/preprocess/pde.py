@@ -47,7 +47,7 @@ PdeMode = Literal["3d", "2d"]
 #: Iterations per pass over memory of the C++ kernel (temporal blocking, see
 #: preprocess_ext/src/pde.cpp); 1 is the plain kernel (one pass per iteration). Chosen by
 #: measurement (benchmarks/bench_pde.py prints the sweep; docs/preprocessing.md).
-DEFAULT_TEMPORAL_BLOCK = 1
+DEFAULT_TEMPORAL_BLOCK = 2
 
 
 def _check_mode(mode: object) -> PdeMode:

@@ -6,6 +6,7 @@ void register_pde(py::module_& m);
 void register_resample(py::module_& m);
 void register_geometry(py::module_& m);
 void register_window(py::module_& m);
+void register_finite(py::module_& m);
 }  // namespace dmfn
 
 PYBIND11_MODULE(_core, m) {
@@ -19,4 +20,5 @@ PYBIND11_MODULE(_core, m) {
   dmfn::register_resample(m);
   dmfn::register_geometry(m);
   dmfn::register_window(m);
+  dmfn::register_finite(m);
 }
