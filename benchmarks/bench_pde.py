@@ -9,7 +9,7 @@ Everything is measured in one process run on the same machine:
   the spacing's values). Effective bandwidth counts 8 bytes per voxel per iteration (one read +
   one write of the volume); "of copy" is that bandwidth over the copy's, the targets being >= 1.0
   alone and >= 0.5 with a competing process (docs/preprocessing.md). The default kernel is the
-  temporally blocked one with ``DEFAULT_TEMPORAL_BLOCK`` iterations per pass.
+  temporally blocked one (``default_temporal_block`` of the shape) on planes this large.
 - NumPy reference (``dmfn.preprocess.reference.pde``): too slow for the full volume, so it runs
   on a sub-volume (the first ``REFERENCE_PLANES`` axial planes) for ``REFERENCE_ITERATIONS``
   iterations and its time is scaled per voxel-iteration to the benchmark's volume and iterations.
@@ -35,7 +35,7 @@ from _common import best_time
 from dmfn.contract.params import PreprocessParams
 from dmfn.preprocess import _core as _preprocess
 from dmfn.preprocess import denoise_pde, pde_stability_bound
-from dmfn.preprocess.pde import DEFAULT_TEMPORAL_BLOCK
+from dmfn.preprocess.pde import default_temporal_block
 from dmfn.preprocess.reference import pde as reference
 
 #: Axial planes and iterations of the NumPy reference run (scaled per voxel-iteration).
@@ -135,7 +135,7 @@ def run(
     configs = []
     for mode in ("3d", "2d"):
         for threads in (None, 1):
-            note = f"default T={DEFAULT_TEMPORAL_BLOCK}" + (
+            note = f"default T={default_temporal_block(shape)}" + (
                 ", threads=None (OpenMP default)" if threads is None else ""
             )
             name, nthreads = f"C++ pde {mode}", default_threads if threads is None else threads

@@ -511,3 +511,12 @@ def test_extreme_finite_values_pass_the_finite_check() -> None:
     wide[3, 6, 7] = np.nan
     with pytest.raises(ValueError, match="argument 'volume'"):
         denoise_pde(wide[:, ::2], 30.0, 0.01, 0)
+
+
+def test_the_default_temporal_block_follows_the_plane_size() -> None:
+    """Blocking by default only where the plain kernel's six planes leave the cache."""
+    from dmfn.preprocess.pde import DEFAULT_TEMPORAL_BLOCK, default_temporal_block
+
+    assert default_temporal_block((48, 160, 160)) == 1
+    assert default_temporal_block((120, 512, 512)) == DEFAULT_TEMPORAL_BLOCK
+    assert default_temporal_block((512, 512)) == DEFAULT_TEMPORAL_BLOCK

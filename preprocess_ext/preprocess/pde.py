@@ -45,9 +45,21 @@ from .gpu import check_backend, is_device_array
 PdeMode = Literal["3d", "2d"]
 
 #: Iterations per pass over memory of the C++ kernel (temporal blocking, see
-#: preprocess_ext/src/pde.cpp); 1 is the plain kernel (one pass per iteration). Chosen by
-#: measurement (benchmarks/bench_pde.py prints the sweep; docs/preprocessing.md).
+#: preprocess_ext/src/pde.cpp) for volumes whose planes do not fit in cache; 1 is the plain
+#: kernel (one pass per iteration). Chosen by measurement (benchmarks/bench_pde.py prints the
+#: sweep; docs/preprocessing.md).
 DEFAULT_TEMPORAL_BLOCK = 2
+#: Bytes of the plain kernel's working set (three u and three g float32 planes) above which the
+#: default is blocking. Below it the plain kernel already runs from the per-core cache and
+#: blocking only adds its halo work: measured 5-10 % slower on 96x96 and 160x160 ROI planes, one
+#: thread; faster from 256x256 planes up.
+BLOCKING_MIN_WORKING_SET_BYTES = 1 << 20
+
+
+def default_temporal_block(shape: Sequence[int]) -> int:
+    """The temporal block :func:`denoise_pde` uses for a volume of ``shape`` ((z,) y, x)."""
+    plane_bytes = 4 * int(shape[-1]) * int(shape[-2])
+    return DEFAULT_TEMPORAL_BLOCK if 6 * plane_bytes > BLOCKING_MIN_WORKING_SET_BYTES else 1
 
 
 def _check_mode(mode: object) -> PdeMode:
@@ -164,12 +176,13 @@ def denoise_pde(
             each axis' second difference is weighted by (h_min / h_a)^2, i.e. the Laplacian
             is in physical units. None: the unit voxel grid (every weight 1), which equals any
             isotropic spacing.
-        threads: OpenMP threads (>= 1); None uses the OpenMP default. The z axis is split into
-            one slab per thread, so at most z-size threads do work.
+        threads: OpenMP threads (>= 1); None uses the OpenMP default. The plain kernel splits z
+            into one slab per thread (at most z-size threads do work); the blocked kernel hands
+            out tiles of y rows.
         max_voxels: voxel cap for the input/output (default: DMFN_MAX_VOXELS or 2**28).
         temporal_block: iterations the C++ kernel advances per pass over memory (>= 1; None:
-            :data:`DEFAULT_TEMPORAL_BLOCK`; 1: the plain kernel, one pass per iteration). The
-            result is the same to float32 rounding (tests: within 1e-5 HU).
+            :func:`default_temporal_block` of the shape; 1: the plain kernel, one pass per
+            iteration). The result is the same to float32 rounding (tests: within 1e-5 HU).
         backend: "cpu" (the C++ kernel, numpy arrays) or "cupy" (the CUDA kernel on the current
             device: numpy or cupy in, cupy out; ``threads`` is ignored). Both run one scheme
             whose per-voxel math is one header (kernel_math.hpp).
@@ -185,15 +198,15 @@ def denoise_pde(
     args = validate_pde_arguments(
         volume, k, dt, iterations, mode, fidelity, max_voxels, spacing_mm, backend
     )
-    block = DEFAULT_TEMPORAL_BLOCK if temporal_block is None else int(temporal_block)
+    block = None if temporal_block is None else int(temporal_block)
     return _denoise(args, 0 if threads is None else int(threads), block)
 
 
-def _denoise(
-    args: PdeArguments, threads: int = 0, block: int = DEFAULT_TEMPORAL_BLOCK
-) -> np.ndarray:
+def _denoise(args: PdeArguments, threads: int = 0, block: int | None = None) -> np.ndarray:
     """:func:`denoise_pde` on already valid arguments (``threads`` 0: the OpenMP default;
-    ``block`` iterations per pass of the C++ kernel)."""
+    ``block`` iterations per pass of the C++ kernel, None: :func:`default_temporal_block`)."""
+    if block is None:
+        block = default_temporal_block(args.volume.shape)
     spacing = (1.0,) * args.volume.ndim if args.spacing_mm is None else args.spacing_mm
     # The kernel takes (z, y, x); a 2D (y, x) image has no z axis, so it runs the 2D stencil
     # (the z term of a single plane vanishes anyway) and the z spacing is not used.
