@@ -27,5 +27,5 @@ libubsan=$(g++ -print-file-name=libubsan.so)
 export PYTHONPATH="$PWD/$pkg:$site" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 LD_PRELOAD="$libasan $libubsan"
 $PY -S -P -c "import dmfn.preprocess._core as m; assert m.__file__.startswith('$PWD/$pkg'), m.__file__"
-$PY -S -P -m pytest -q -p no:cacheprovider tests/test_pde.py tests/test_spatial.py tests/test_pipeline.py "$@"
+$PY -S -P -m pytest -q -p no:cacheprovider tests/test_pde.py tests/test_spatial.py tests/test_pipeline.py tests/test_buffer_pool.py "$@"
 echo "asan: kernel tests passed under AddressSanitizer + UBSan ($pkg)"

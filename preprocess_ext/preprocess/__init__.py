@@ -4,8 +4,13 @@ Kernels run in the C++ extension ``dmfn.preprocess._core`` (OpenMP, GIL released
 reference of every kernel lives in :mod:`dmfn.preprocess.reference`. Axes are (z, y, x), spacings
 in mm in the same order, intensities in HU. The parameters (:class:`dmfn.contract.params.
 PreprocessParams`) are part of the contract layer: they import without this extension.
+
+The kernels return arrays whose memory (and their whole-volume scratch) comes from a small pool
+of mapped buffers that is refilled when the arrays are freed, so repeated calls do not pay page
+faults; :func:`release_cached_memory` hands the pooled buffers back to the OS.
 """
 
+from . import _core
 from .pde import denoise_pde, pde_stability_bound
 from .pipeline import PreprocessedStudy, preprocess_request, preprocess_study
 from .spatial import (
@@ -19,6 +24,13 @@ from .spatial import (
     window,
 )
 
+
+def release_cached_memory() -> None:
+    """Unmap the buffers the C++ kernels keep for reuse (at most 3, 1 GiB in all; arrays still
+    alive keep their memory and return it to the pool when freed)."""
+    _core.release_cached_memory()
+
+
 __all__ = [
     "LesionMeasurements",
     "PreprocessedStudy",
@@ -31,6 +43,7 @@ __all__ = [
     "pde_stability_bound",
     "preprocess_request",
     "preprocess_study",
+    "release_cached_memory",
     "resample_isotropic",
     "window",
 ]

@@ -21,4 +21,6 @@ PYBIND11_MODULE(_core, m) {
   dmfn::register_geometry(m);
   dmfn::register_window(m);
   dmfn::register_finite(m);
+  m.def("release_cached_memory", [] { dmfn::BufferPool::release(); },
+        "Unmap the buffers the kernels keep for reuse (scratch volumes, returned arrays' memory).");
 }

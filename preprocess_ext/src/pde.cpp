@@ -450,8 +450,8 @@ py::array_t<float> pde_denoise(const FloatArray& volume, double k, double dt,
   if (block < 1) invalid("block", "must be >= 1 iterations per pass (1: the plain kernel)");
   const AxisWeights weights = axis_weights(spacing_mm, three_d);
 
-  py::array_t<float> result(
-      std::vector<py::ssize_t>(volume.shape(), volume.shape() + volume.ndim()));
+  py::array_t<float> result =
+      pooled_array(std::vector<py::ssize_t>(volume.shape(), volume.shape() + volume.ndim()));
   const float* u0 = volume.data();
   float* out = result.mutable_data();
   const PdeStep step{static_cast<float>(k * k), static_cast<float>(dt),

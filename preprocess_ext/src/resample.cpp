@@ -148,7 +148,7 @@ void run_pass(const float* in, float* out, index_t outer, index_t inner, const A
 
 // Resample `volume` (2D or 3D) to `out_shape` (z, y, x; nz = 1 for 2D) with per-axis ratios
 // s_out / s_in. An axis with n_out == n_in and ratio == 1 is the identity and is skipped.
-FloatArray resample(const FloatArray& volume, const std::array<index_t, 3>& out_shape,
+py::array_t<float> resample(const FloatArray& volume, const std::array<index_t, 3>& out_shape,
                     const std::array<double, 3>& ratio, int order) {
   const Shape3 in_shape = shape_of(volume, "volume");
   require_nonempty(in_shape, "volume");
@@ -186,7 +186,7 @@ FloatArray resample(const FloatArray& volume, const std::array<index_t, 3>& out_
   if (volume.ndim() == 3) dims.push_back(out_shape[0]);
   dims.push_back(out_shape[1]);
   dims.push_back(out_shape[2]);
-  FloatArray result(dims);
+  py::array_t<float> result = pooled_array(dims);
   const float* src = volume.data();
   float* dst_final = result.mutable_data();
   {

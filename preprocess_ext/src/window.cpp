@@ -5,10 +5,11 @@
 namespace dmfn {
 namespace {
 
-FloatArray window(const FloatArray& volume, double level, double width) {
+py::array_t<float> window(const FloatArray& volume, double level, double width) {
   if (!std::isfinite(level)) invalid("level", "must be finite HU");
   if (!(std::isfinite(width) && width > 0)) invalid("width", "must be finite and > 0 HU");
-  FloatArray result(std::vector<py::ssize_t>(volume.shape(), volume.shape() + volume.ndim()));
+  py::array_t<float> result =
+      pooled_array(std::vector<py::ssize_t>(volume.shape(), volume.shape() + volume.ndim()));
   const float lo = static_cast<float>(level - width / 2.0);
   const float inv_width = static_cast<float>(1.0 / width);
   const float* in = volume.data();
