@@ -23,13 +23,13 @@ share one split (no patient leaks across splits), one label and the same clinica
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dmfn.client.io.image import IMAGE_FILE_SUFFIXES, image_kind
+from dmfn.contract.csvfile import csv_rows
 from dmfn.contract.schema import AGE_RANGE_YEARS, DEFAULT_CTC_FEATURES, LOCATIONS
 from dmfn.contract.study import SEXES, Clinical, Study
 from dmfn.contract.taxonomy import GROUPS, Taxonomy
@@ -177,29 +177,19 @@ def read_manifest(
     if labelled and taxonomy is None:
         raise ValueError("argument 'taxonomy': a labelled manifest is checked against a taxonomy")
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"argument 'manifest': file {path} does not exist")
     ctc_features = tuple(ctc_features)
     if not ctc_features:
         raise ValueError("argument 'ctc_features': needs at least one CTC column")
     if len(set(ctc_features)) != len(ctc_features):
         raise ValueError(f"argument 'ctc_features': duplicate names in {ctc_features}")
     base = path.resolve().parent
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = [c.strip() for c in reader.fieldnames or []]
-        reader.fieldnames = header
-        required = BASE_COLUMNS if labelled else STUDY_COLUMNS
-        missing = [c for c in (*required, *ctc_features) if c not in header]
-        if missing:
-            raise ValueError(
-                f"manifest {path}: missing required columns {missing} (header: {header})"
-            )
+    required = (*(BASE_COLUMNS if labelled else STUDY_COLUMNS), *ctc_features)
+    with csv_rows(path, "manifest", required) as (_, numbered):
         rows = [
             _read_row(
                 _RowReader(path, line, raw), base, taxonomy, ctc_features, check_files, labelled
             )
-            for line, raw in enumerate(reader, start=2)
+            for line, raw in numbered
         ]
     if not rows:
         raise ValueError(f"manifest {path}: has no rows")

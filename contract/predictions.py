@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmfn.contract.csvfile import csv_rows
 from dmfn.contract.errors import InvalidInput
 
 LEVELS: tuple[str, ...] = ("patient", "image")
@@ -156,20 +157,10 @@ def read_predictions(path: str | Path) -> PredictionTable:
     """Read a predictions CSV (full or binary only); InvalidInput naming the file, line and
     column of the first problem (NaN scores, missing columns, unknown levels, empty file)."""
     path = Path(path)
-    if not path.is_file():
-        raise InvalidInput("predictions", f"{path} is not a file")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        reader.fieldnames = columns
-        missing = [c for c in BINARY_COLUMNS if c not in columns]
-        if missing:
-            raise InvalidInput(
-                "predictions", f"{path}: missing column(s) {missing} (columns: {columns})"
-            )
+    with csv_rows(path, "predictions", BINARY_COLUMNS) as (columns, rows):
         classes = tuple(c[len(PROB_PREFIX) :] for c in columns if c.startswith(PROB_PREFIX))
         table = PredictionTable(classes, path=path)
-        for line, raw in enumerate(reader, start=2):
+        for line, raw in rows:
             where = f"{path} line {line}"
             level = (raw.get("level") or "patient").strip()
             if level not in LEVELS:

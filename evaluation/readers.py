@@ -10,13 +10,13 @@ malignant, any scale, larger = more likely), optional ``session`` (e.g. ``ct_onl
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dmfn.contract.csvfile import csv_rows
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.management import UNCERTAIN, ManagementPolicy, load_management
 from dmfn.contract.taxonomy import GROUPS, Taxonomy
@@ -44,17 +44,9 @@ class ReaderCall:
 def read_readers(path: str | Path, taxonomy: Taxonomy) -> list[ReaderCall]:
     """Read ``readers.csv``; InvalidInput naming the file, line and column of a bad row."""
     path = Path(path)
-    if not path.is_file():
-        raise InvalidInput("readers", f"{path} is not a file")
     calls = []
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        reader.fieldnames = columns
-        missing = [c for c in READER_COLUMNS if c not in columns]
-        if missing:
-            raise InvalidInput("readers", f"{path}: missing column(s) {missing}")
-        for line, row in enumerate(reader, start=2):
+    with csv_rows(path, "readers", READER_COLUMNS) as (columns, rows):
+        for line, row in rows:
             where = f"{path} line {line}"
             values = {c: (row.get(c) or "").strip() for c in columns}
             for c in READER_COLUMNS:

@@ -98,7 +98,8 @@ def test_missing_column_is_named(tmp_path, column):
     columns = [c for c in rows[0] if c != column]
     path = write_manifest(tmp_path, rows, columns)
     with pytest.raises(
-        ValueError, match=rf"manifest .*manifest.csv: missing required columns \['{column}'\]"
+        ValueError,
+        match=rf"argument 'manifest': .*manifest.csv: missing required columns \['{column}'\]",
     ):
         read_manifest(path, TAXONOMY)
 
