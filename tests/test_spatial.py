@@ -463,3 +463,20 @@ def test_views_refuse_bad_arguments():
         orthogonal_views(vol[0], (2.0, 2.0, 2.0))
     with pytest.raises(ValueError, match="margin_vox"):
         orthogonal_views(vol, (2.0, 2.0, 2.0), margin_vox=-1.0)
+
+
+def test_the_resampling_pass_order_is_the_kernels_own() -> None:
+    """_core.resample_axes is the order the C++ kernel runs (and the CUDA launcher asks for):
+    shrinking axes first, ties in axis order (the contiguous x gather last), identities skipped."""
+    from dmfn.preprocess import _core
+
+    # Thick slices to 1 mm: z grows (last); y and x shrink alike (y before x).
+    assert _core.resample_axes((120, 512, 512), (300, 358, 358), (0.4, 1.0 / 0.7, 1.0 / 0.7)) == [
+        1,
+        2,
+        0,
+    ]
+    assert _core.resample_axes((10, 20, 30), (10, 20, 30), (1.0, 1.0, 1.0)) == []
+    assert _core.resample_axes((10, 20, 30), (10, 40, 15), (1.0, 0.5, 2.0)) == [2, 1]
+    # Same size but another ratio is not the identity.
+    assert _core.resample_axes((10, 20, 30), (10, 20, 30), (1.0, 1.0, 0.9)) == [2]

@@ -26,6 +26,11 @@ def resample(
     ratio: tuple[float, float, float],
     order: int,
 ) -> npt.NDArray[np.float32]: ...
+def resample_axes(
+    in_shape: tuple[int, int, int],
+    out_shape: tuple[int, int, int],
+    ratio: tuple[float, float, float],
+) -> list[int]: ...
 def sample_planes(
     volume: npt.ArrayLike,
     origin: npt.ArrayLike,

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from dmfn.contract.errors import InvalidInput
+from dmfn.preprocess import _core
 
 #: The preprocessing backends: the C++ extension (NumPy arrays) and the CUDA kernels (CuPy arrays).
 BACKENDS: tuple[str, ...] = ("cpu", "cupy")
@@ -194,16 +195,6 @@ def pde_denoise(
     return out.reshape(volume.shape)
 
 
-def resample_order(
-    shape: tuple[int, int, int], out_shape: tuple[int, int, int], ratio: tuple[float, ...]
-) -> list[int]:
-    """The axes resampled, in the C++ kernel's order: shrinking axes first, ties in axis order
-    (z, y, x: the contiguous axis, a gather, last); an axis of the same size and ratio 1 is
-    skipped."""
-    axes = [a for a in range(3) if not (out_shape[a] == shape[a] and ratio[a] == 1.0)]
-    return sorted(axes, key=lambda a: (out_shape[a] / shape[a], a))
-
-
 def resample(
     volume: Any, out_shape: tuple[int, int, int], ratio: tuple[float, float, float], order: int
 ) -> Any:
@@ -212,7 +203,8 @@ def resample(
     cp = cupy_module()
     cur = volume.reshape((1, *volume.shape)) if volume.ndim == 2 else volume
     kernel = _kernel("resample.cu", "resample_linear" if order == 1 else "resample_cubic")
-    axes = resample_order(cur.shape, out_shape, ratio)
+    # The C++ kernel's pass order, asked of the C++ itself (one source of truth).
+    axes = _core.resample_axes(cur.shape, out_shape, ratio)
     if not axes:
         cur = cur.copy()
     for a in axes:
