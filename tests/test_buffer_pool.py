@@ -65,3 +65,41 @@ def test_concurrent_calls_from_threads_give_the_sequential_results() -> None:
     for i, results in enumerate(got):
         for r, e in zip(results, expected[i % 4], strict=True):
             np.testing.assert_array_equal(r, e)
+
+
+def test_a_forked_child_can_use_the_pool_while_the_parent_runs_kernels() -> None:
+    """fork() while other threads take and give pool buffers: the child must not inherit the
+    pool's lock held (pthread_atfork), so its own kernel calls finish. The child calls only
+    kernels without an OpenMP region (window below 2^18 voxels): GNU OpenMP cannot run in a
+    child forked after the parent used it, which is why dmfn's own process pools spawn."""
+    import multiprocessing
+    import threading
+
+    volume = _volume(2, (4, 64, 64))
+    expected = window(volume, 40.0, 400.0)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            window(volume, 40.0, 400.0)
+            resample_isotropic(volume, (2.5, 0.7, 0.7), 1.0)
+
+    threads = [threading.Thread(target=churn) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        ctx = multiprocessing.get_context("fork")
+        for _ in range(10):
+            child = ctx.Process(target=_child_work, args=(volume, expected))
+            child.start()
+            child.join(60)
+            assert child.exitcode == 0, "the forked child hung or failed using the pool"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def _child_work(volume: np.ndarray, expected: np.ndarray) -> None:
+    for _ in range(20):
+        np.testing.assert_array_equal(window(volume, 40.0, 400.0), expected)

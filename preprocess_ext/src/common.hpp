@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -171,9 +172,16 @@ class BufferPool {
     std::mutex mutex;
     std::vector<ScratchBuffer<float>> cached;
   };
+  // The mutex is held across fork() (pthread_atfork), so a child process (a DataLoader worker, a
+  // multiprocessing pool) never inherits it locked by a thread that does not exist there.
   static State& state() {
-    static State s;
-    return s;
+    static State* s = [] {
+      auto* created = new State;  // kept to exit, so the fork handlers never see it destroyed
+      pthread_atfork([] { state().mutex.lock(); }, [] { state().mutex.unlock(); },
+                     [] { state().mutex.unlock(); });
+      return created;
+    }();
+    return *s;
   }
 };
 
