@@ -114,7 +114,8 @@ def _resample_mask(
 ) -> np.ndarray:
     """:func:`resample_mask` of a valid non-empty uint8 mask."""
     prob = _resample(lesion.astype(np.float32), spacing_mm, target_mm, "linear", max_voxels)
-    out = (prob >= MASK_THRESHOLD).astype(np.uint8)
+    out = np.empty(prob.shape, np.uint8)
+    np.greater_equal(prob, MASK_THRESHOLD, out=out.view(bool))  # one pass, no bool temporary
     if not bool(out.any()):
         centroid = np.array([float(c.mean()) for c in lesion.nonzero()])
         idx = np.floor(centroid * np.asarray(spacing_mm) / target_mm + 0.5).astype(np.int64)
