@@ -8,7 +8,9 @@ difference from SimpleITK linear over the samples inside the input's extent (HU)
 use other grid conventions (half-pixel centres, corner alignment), so their differences are large
 by design. Timings exclude converting the input to each library's own type. Our kernels write
 into memory from a pool that repeated calls refill (dmfn.preprocess.release_cached_memory); the
-"fresh memory" row empties the pool before every call, which costs what a first call costs.
+"fresh memory" row empties the pool before every call, which costs what a first call costs (for
+linear only: the cubic row, like the linear one, is the steady state, while the peers write into
+fresh memory every call).
 
 Run: ``.venv/bin/python benchmarks/bench_resample.py``.
 """

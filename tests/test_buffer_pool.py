@@ -75,8 +75,9 @@ def test_a_forked_child_can_use_the_pool_while_the_parent_runs_kernels() -> None
     import multiprocessing
     import threading
 
-    volume = _volume(2, (4, 64, 64))
+    volume = _volume(2, (4, 256, 256))
     expected = window(volume, 40.0, 400.0)
+    assert not expected.flags.owndata  # pooled
     stop = threading.Event()
 
     def churn() -> None:
@@ -103,3 +104,17 @@ def test_a_forked_child_can_use_the_pool_while_the_parent_runs_kernels() -> None
 def _child_work(volume: np.ndarray, expected: np.ndarray) -> None:
     for _ in range(20):
         np.testing.assert_array_equal(window(volume, 40.0, 400.0), expected)
+
+
+def test_small_results_are_plain_numpy_arrays_and_large_ones_behave_like_them() -> None:
+    small = window(_volume(3, (2, 16, 16)), 40.0, 400.0)
+    assert small.flags.owndata  # under 1 MiB: numpy's own memory, no mapping per array
+    large = window(_volume(4), 40.0, 400.0)
+    assert not large.flags.owndata
+    large.flags.writeable = False  # a caller may freeze a result and thaw it again
+    large.flags.writeable = True
+    large[0, 0, 0] = 7.0
+    view = large[::2]
+    del large
+    gc.collect()
+    assert view[0, 0, 0] == 7.0  # a view keeps the pooled memory alive

@@ -26,8 +26,8 @@ from .spatial import (
 
 
 def release_cached_memory() -> None:
-    """Unmap the buffers the C++ kernels keep for reuse (at most 3, 1 GiB in all; arrays still
-    alive keep their memory and return it to the pool when freed)."""
+    """Unmap the buffers the C++ kernels keep for reuse (at most 3 of at least 1 MiB, 1 GiB in
+    all; arrays still alive keep their memory and return it to the pool when freed)."""
     _core.release_cached_memory()
 
 

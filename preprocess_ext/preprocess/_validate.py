@@ -105,7 +105,12 @@ def as_volume(
 def _all_finite(xp: Any, values: Any) -> bool:
     """No NaN and no Inf in a float array: the C++ check (one parallel read, no temporary) for
     C-contiguous float32 host arrays, the array module's isfinite otherwise."""
-    if xp is np and values.dtype == np.float32 and values.flags.c_contiguous:
+    if (
+        xp is np
+        and isinstance(values, np.ndarray)
+        and values.dtype == np.float32
+        and values.flags.c_contiguous
+    ):
         return bool(_core.all_finite(values))
     return bool(xp.isfinite(values).all())
 

@@ -94,10 +94,21 @@ class ScratchBuffer {
   ~ScratchBuffer() { release(); }
   T* data() const { return data_; }
   std::size_t size() const { return bytes_ / sizeof(T); }
+  std::size_t bytes() const { return bytes_; }
+  // Whether a fork()ed child gets these pages (copy-on-write, the default) or a zero-filled
+  // mapping instead (MADV_WIPEONFORK, Linux >= 4.14; advice only where it is missing).
+  void set_wiped_on_fork(bool wiped) const {
+#if defined(MADV_WIPEONFORK) && defined(MADV_KEEPONFORK)
+    if (data_ != nullptr) madvise(data_, bytes_, wiped ? MADV_WIPEONFORK : MADV_KEEPONFORK);
+#else
+    (void)wiped;
+#endif
+  }
 
  private:
   void release() {
-    if (data_ != nullptr) munmap(data_, bytes_);
+    // munmap fails only past vm.max_map_count (splitting a mapping); nothing to do but leak.
+    if (data_ != nullptr) (void)munmap(data_, bytes_);
     data_ = nullptr;
   }
   T* data_ = nullptr;
@@ -105,18 +116,21 @@ class ScratchBuffer {
 };
 
 // Mapped float buffers kept for reuse: the scratch volumes of the kernels and the memory of the
-// arrays they return. Why: first touch of a fresh mapping costs a page fault and the kernel's
+// large arrays they return. Why: first touch of a fresh mapping costs a page fault and the OS's
 // zeroing of every page, measured ~16 ms per 126 MB here: 8 % of a 20-iteration PDE call and a
 // third of a 1-mm resampling of a 120x512x512 study. Repeated calls (a server's requests, a batch
-// of studies, a benchmark's repeats) then write into pages that are already mapped. At most
-// kSlots buffers and kMaxBytes are kept (the largest win); release() returns them all to the OS.
+// of studies, a benchmark's repeats) then write into pages that are already mapped.
+// - At most kSlots buffers and kMaxBytes are kept (the largest win); release() unmaps them.
+// - Buffers under kMinBytes are not pooled (numpy's allocator serves small arrays better).
+// - A cached buffer serves only requests of at least half its size.
+// - Cached buffers are MADV_WIPEONFORK: a fork()ed child gets zero pages there instead of sharing
+//   them copy-on-write (which would make it privately own them once the parent reuses them).
 class BufferPool {
  public:
   static constexpr std::size_t kSlots = 3;
   static constexpr std::size_t kMaxBytes = std::size_t{1} << 30;
+  static constexpr std::size_t kMinBytes = std::size_t{1} << 20;
 
-  // A buffer of at least `count` floats: the smallest cached one that is large enough but at
-  // most twice that (a small array must not pin a large buffer while it lives), else new.
   static ScratchBuffer<float> take(std::size_t count) {
     {
       std::lock_guard<std::mutex> lock(state().mutex);
@@ -131,6 +145,7 @@ class BufferPool {
       if (best < cached.size()) {
         ScratchBuffer<float> b = std::move(cached[best]);
         cached.erase(cached.begin() + static_cast<std::ptrdiff_t>(best));
+        b.set_wiped_on_fork(false);  // in use again: a child must see its contents
         return b;
       }
     }
@@ -138,25 +153,28 @@ class BufferPool {
   }
 
   // Keeps `b` for a later take, dropping the smallest buffers beyond kSlots or kMaxBytes.
-  static void give(ScratchBuffer<float>&& b) {
-    if (b.data() == nullptr) return;
+  // Never throws (it runs in destructors): when the cache cannot grow, `b` is unmapped.
+  static void give(ScratchBuffer<float>&& b) noexcept {
+    if (b.data() == nullptr || b.bytes() < kMinBytes || b.bytes() > kMaxBytes) return;
     std::vector<ScratchBuffer<float>> dropped;  // unmapped after the lock is released
-    {
+    try {
+      b.set_wiped_on_fork(true);
       std::lock_guard<std::mutex> lock(state().mutex);
       auto& cached = state().cached;
       cached.push_back(std::move(b));
       auto bytes = [&] {
         std::size_t total = 0;
-        for (const auto& c : cached) total += c.size() * sizeof(float);
+        for (const auto& c : cached) total += c.bytes();
         return total;
       };
-      while (!cached.empty() && (cached.size() > kSlots || bytes() > kMaxBytes)) {
-        auto smallest = std::min_element(cached.begin(), cached.end(), [](const auto& x, const auto& y) {
-          return x.size() < y.size();
-        });
+      while (cached.size() > kSlots || bytes() > kMaxBytes) {
+        auto smallest = std::min_element(cached.begin(), cached.end(),
+                                         [](const auto& x, const auto& y) { return x.size() < y.size(); });
         dropped.push_back(std::move(*smallest));
         cached.erase(smallest);
       }
+    } catch (...) {
+      // bad_alloc growing a vector: the buffer (wherever it is now) is simply unmapped.
     }
   }
 
@@ -166,6 +184,10 @@ class BufferPool {
     std::lock_guard<std::mutex> lock(state().mutex);
     dropped.swap(state().cached);
   }
+
+  // Creates the pool and its fork handlers. Called at module import (under Python's import lock,
+  // which os.fork also takes), so a fork can never catch the static's initialisation half done.
+  static void init() { (void)state(); }
 
  private:
   struct State {
@@ -200,19 +222,27 @@ class ScratchLease {
   ScratchBuffer<float> buffer_;
 };
 
-// A new float32 array of `shape` whose memory comes from the BufferPool and goes back to it when
-// the array is garbage-collected (its base is a capsule that owns the buffer). Uninitialised:
-// the kernel writes every element. Call with the GIL held.
+// The owner of a returned array's pooled memory: the array's base object. It exposes the memory
+// through the buffer protocol (registered in module.cpp), so numpy treats the array like one over
+// any writable buffer (its WRITEABLE flag can be cleared and set again), and gives the memory back
+// to the pool when the last array viewing it is freed.
+struct PooledMemory {
+  explicit PooledMemory(ScratchBuffer<float>&& b) : buffer(std::move(b)) {}
+  PooledMemory(const PooledMemory&) = delete;
+  PooledMemory& operator=(const PooledMemory&) = delete;
+  ~PooledMemory() { BufferPool::give(std::move(buffer)); }
+  ScratchBuffer<float> buffer;
+};
+
+// A new, uninitialised float32 array of `shape` (the kernel writes every element): from the
+// BufferPool when it is at least BufferPool::kMinBytes, from numpy otherwise. Call with the GIL.
 inline py::array_t<float> pooled_array(const std::vector<py::ssize_t>& shape) {
   std::size_t count = 1;
   for (py::ssize_t n : shape) count *= static_cast<std::size_t>(n);
-  auto holder = std::make_unique<ScratchBuffer<float>>(BufferPool::take(std::max<std::size_t>(count, 1)));
-  float* data = holder->data();
-  py::capsule owner(holder.get(), [](void* p) {
-    std::unique_ptr<ScratchBuffer<float>> b(static_cast<ScratchBuffer<float>*>(p));
-    BufferPool::give(std::move(*b));
-  });
-  holder.release();  // the capsule owns it now
+  if (count * sizeof(float) < BufferPool::kMinBytes) return py::array_t<float>(shape);
+  auto memory = std::make_unique<PooledMemory>(BufferPool::take(count));
+  float* data = memory->buffer.data();
+  py::object owner = py::cast(memory.release(), py::return_value_policy::take_ownership);
   return py::array_t<float>(shape, data, owner);
 }
 

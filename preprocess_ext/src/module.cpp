@@ -1,6 +1,8 @@
 // pybind11 entry point of dmfn.preprocess._core. Each kernel family registers itself from its own file.
 #include "common.hpp"
 
+namespace py = pybind11;
+
 namespace dmfn {
 void register_pde(py::module_& m);
 void register_resample(py::module_& m);
@@ -21,6 +23,12 @@ PYBIND11_MODULE(_core, m) {
   dmfn::register_geometry(m);
   dmfn::register_window(m);
   dmfn::register_finite(m);
+  dmfn::BufferPool::init();
+  py::class_<dmfn::PooledMemory>(m, "_PooledMemory", py::buffer_protocol(),
+                                 "Pooled memory that a kernel's returned array views (its base).")
+      .def_buffer([](dmfn::PooledMemory& p) {
+        return py::buffer_info(p.buffer.data(), static_cast<py::ssize_t>(p.buffer.size()));
+      });
   m.def("release_cached_memory", [] { dmfn::BufferPool::release(); },
         "Unmap the buffers the kernels keep for reuse (scratch volumes, returned arrays' memory).");
 }

@@ -365,8 +365,12 @@ index_t tile_rows_for(const Shape3& s, index_t T, index_t team, std::size_t cach
 
 // Spins briefly, then yields the core (the thread it waits for may share it), until counter >= v.
 inline void wait_until_at_least(const std::atomic<index_t>& counter, index_t v) {
-  for (int spin = 0; counter.load(std::memory_order_acquire) < v; ++spin) {
-    if (spin >= 64) std::this_thread::yield();
+  for (int spin = 0; counter.load(std::memory_order_acquire) < v;) {
+    if (spin < 64) {
+      ++spin;
+    } else {
+      std::this_thread::yield();
+    }
   }
 }
 

@@ -166,6 +166,20 @@ std::vector<int> pass_order(const std::array<index_t, 3>& n_in,
   return axes;
 }
 
+// pass_order for Python (the CUDA launcher), with resample's own checks of the sizes and ratios.
+std::vector<int> resample_axes(const std::array<index_t, 3>& in_shape,
+                               const std::array<index_t, 3>& out_shape,
+                               const std::array<double, 3>& ratio) {
+  for (int a = 0; a < 3; ++a) {
+    if (in_shape[a] < 1) invalid("in_shape", "every input size must be >= 1");
+    if (out_shape[a] < 1) invalid("out_shape", "every output size must be >= 1");
+    if (!(std::isfinite(ratio[a]) && ratio[a] > 0.0)) {
+      invalid("ratio", "every ratio s_out / s_in must be finite and > 0");
+    }
+  }
+  return pass_order(in_shape, out_shape, ratio);
+}
+
 // Resample `volume` (2D or 3D) to `out_shape` (z, y, x; nz = 1 for 2D) with per-axis ratios
 // s_out / s_in, one pass per axis of pass_order.
 py::array_t<float> resample(const FloatArray& volume, const std::array<index_t, 3>& out_shape,
@@ -327,7 +341,7 @@ void register_resample(py::module_& m) {
         "Resample a float32 (z, y, x) or (y, x) volume to out_shape (z, y, x; z = 1 for 2D).\n"
         "Output j of an axis samples input index position j * ratio (ratio = s_out / s_in,\n"
         "same origin); taps are clamped to the edge. order 1 = linear, 3 = Keys cubic a=-0.5.");
-  m.def("resample_axes", &pass_order, py::arg("in_shape"), py::arg("out_shape"), py::arg("ratio"),
+  m.def("resample_axes", &resample_axes, py::arg("in_shape"), py::arg("out_shape"), py::arg("ratio"),
         "The axes (0 = z, 1 = y, 2 = x) resample runs a pass along, in its order.");
 }
 
