@@ -54,7 +54,7 @@ def budget(
 
     def crop() -> tuple[np.ndarray, np.ndarray]:  # as preprocess_study: convert only the crop
         volume = as_volume(hu, "hu", ndims=(3,), cap=cap, convert=False)
-        lesion = as_mask(mask, volume.shape, convert=False)
+        lesion = as_mask(mask, volume.shape, convert=False, check_empty=False)
         box = roi_box(*mask_bbox(lesion), volume.shape, params.roi_margin_mm, spacing)
         roi = np.ascontiguousarray(volume[box], dtype=np.float32)
         return roi, np.ascontiguousarray(lesion[box] != 0, dtype=np.uint8)

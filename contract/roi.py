@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dmfn.contract.errors import InvalidInput
+
 #: Relative slack when converting a margin in mm to whole voxels (10 mm at 1 mm = 10 voxels, not 11).
 MARGIN_ROUNDING_SLACK = 1e-6
 
@@ -19,6 +21,8 @@ def mask_bbox(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """First and one-past-last index per axis of the nonzero voxels of a non-empty mask.
 
     A device (CuPy) mask is reduced on the device; only its per-axis projections come to the host.
+    An empty mask raises InvalidInput naming ``mask`` (so callers need no emptiness pass of their
+    own: the first projection is one).
     """
     lo, hi = [], []
     for axis in range(mask.ndim):
@@ -32,7 +36,7 @@ def mask_bbox(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
             slab[axis] = slice(int(hits[0]), int(hits[-1]) + 1)
             mask = mask[tuple(slab)]
         if hits.size == 0:
-            raise ValueError("argument 'mask': is empty (no nonzero voxel)")
+            raise InvalidInput("mask", "is empty (no nonzero voxel)")
         lo.append(int(hits[0]))
         hi.append(int(hits[-1]) + 1)
     return tuple(lo), tuple(hi)

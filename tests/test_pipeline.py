@@ -182,6 +182,17 @@ def test_bad_inputs_name_the_argument(changes, pattern):
         _call(**changes)
 
 
+def test_an_empty_mask_is_refused_by_name_in_every_dtype():
+    """The emptiness check is mask_bbox's (one pass over the mask, not two): still InvalidInput
+    naming 'mask', for bool, float and integer masks alike."""
+    from dmfn.contract.errors import InvalidInput
+
+    for dtype in (bool, np.float32, np.int16, np.uint8):
+        with pytest.raises(InvalidInput, match=r"argument 'mask': is empty") as caught:
+            _call(mask=np.zeros((8, 24, 24), dtype))
+        assert caught.value.name == "mask"
+
+
 def test_nan_and_inf_in_hu_are_refused():
     with pytest.raises(ValueError, match=r"hu.*finite"):
         _call(hu=_nan_hu())

@@ -121,10 +121,14 @@ def as_mask(
     argument: str = "mask",
     backend: str = "cpu",
     convert: bool = True,
+    check_empty: bool = True,
 ) -> Any:
     """Return a binary mask of ``shape`` as C-contiguous uint8 (nonzero = lesion), a numpy array
     for backend "cpu", a cupy array for "cupy". ``convert=False`` checks the same things and
-    returns the mask as given (nonzero = lesion), for a caller that converts only its crop."""
+    returns the mask as given (nonzero = lesion), for a caller that converts only its crop.
+    ``check_empty=False`` leaves the emptiness check to a caller that runs
+    :func:`dmfn.contract.roi.mask_bbox` next (it raises the same error; one pass over a whole
+    study's mask fewer)."""
     xp, mask = _array_module(mask, argument, backend)
     if mask.dtype.kind not in "biuf":
         raise InvalidInput(argument, f"dtype must be bool or numeric, got {mask.dtype}")
@@ -135,7 +139,7 @@ def as_mask(
     if mask.dtype.kind == "f" and not bool(xp.isfinite(mask).all()):
         raise InvalidInput(argument, "must contain only finite values (found NaN/Inf)")
     out = xp.ascontiguousarray(mask != 0, dtype=np.uint8) if convert else mask
-    if not bool(out.any()):
+    if check_empty and not bool(out.any()):
         raise InvalidInput(argument, "is empty (no nonzero voxel)")
     return out
 

@@ -171,7 +171,7 @@ def preprocess_study(
     # Checked whole, converted to float32 only where it is used: the ROI crop.
     volume = as_volume(hu, "hu", ndims=(3,), cap=cap, backend=backend, convert=False)
     spacing = as_spacing(spacing_mm, 3)
-    lesion = as_mask(mask, volume.shape, backend=backend, convert=False)
+    lesion = as_mask(mask, volume.shape, backend=backend, convert=False, check_empty=False)
     tabular = np.concatenate([_as_vector(ctc, "ctc"), validate_clinical(clinical)])
 
     # Everything is valid from here on (the parameters checked themselves when made): the

@@ -189,8 +189,8 @@ def crop_roi(
         raise ValueError("arguments 'mask', 'bbox': give exactly one of them")
     spacing = as_spacing(spacing_mm, volume.ndim)
     if mask is not None:
-        mask_u8 = as_mask(mask, volume.shape)
-        lo, hi = mask_bbox(mask_u8)
+        mask_u8 = as_mask(mask, volume.shape, check_empty=False)
+        lo, hi = mask_bbox(mask_u8)  # raises for an empty mask
     else:
         mask_u8 = None
         lo, hi = check_bbox(bbox, volume.shape)
