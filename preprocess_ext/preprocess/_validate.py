@@ -136,7 +136,7 @@ def as_mask(
         raise InvalidInput(
             argument, f"shape {mask.shape} must equal the volume's shape {tuple(shape)}"
         )
-    if mask.dtype.kind == "f" and not bool(xp.isfinite(mask).all()):
+    if mask.dtype.kind == "f" and not _all_finite(xp, mask):
         raise InvalidInput(argument, "must contain only finite values (found NaN/Inf)")
     out = xp.ascontiguousarray(mask != 0, dtype=np.uint8) if convert else mask
     if check_empty and not bool(out.any()):

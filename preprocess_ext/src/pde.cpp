@@ -332,7 +332,7 @@ void blocked_pass(const float* src, float* dst, const float* u0, const Shape3& s
       }
     }
   };
-  // Rows stage 1 reads from a new input plane, and rows stage T writes to a new output plane.
+  // The rows stage 1 reads from each new input plane (prefetched one step ahead).
   const index_t read_y0 = std::max<index_t>(0, lo(1) - 2), read_y1 = std::min(ny, hi(1) + 2);
   const index_t row_ops = 2 * T * (y1 - y0 + 2 * T);
   for (index_t step = 0; step < nz + 2 * (T - 1); ++step) {

@@ -166,17 +166,24 @@ std::vector<int> pass_order(const std::array<index_t, 3>& n_in,
   return axes;
 }
 
+// The output sizes and ratios resample and resample_axes accept.
+void check_geometry(const std::array<index_t, 3>& out_shape, const std::array<double, 3>& ratio) {
+  for (int a = 0; a < 3; ++a) {
+    if (out_shape[a] < 1) invalid("out_shape", "every output size must be >= 1");
+    if (!(std::isfinite(ratio[a]) && ratio[a] > 0.0)) {
+      invalid("ratio", "every ratio s_out / s_in must be finite and > 0");
+    }
+  }
+}
+
 // pass_order for Python (the CUDA launcher), with resample's own checks of the sizes and ratios.
 std::vector<int> resample_axes(const std::array<index_t, 3>& in_shape,
                                const std::array<index_t, 3>& out_shape,
                                const std::array<double, 3>& ratio) {
   for (int a = 0; a < 3; ++a) {
     if (in_shape[a] < 1) invalid("in_shape", "every input size must be >= 1");
-    if (out_shape[a] < 1) invalid("out_shape", "every output size must be >= 1");
-    if (!(std::isfinite(ratio[a]) && ratio[a] > 0.0)) {
-      invalid("ratio", "every ratio s_out / s_in must be finite and > 0");
-    }
   }
+  check_geometry(out_shape, ratio);
   return pass_order(in_shape, out_shape, ratio);
 }
 
@@ -189,12 +196,7 @@ py::array_t<float> resample(const FloatArray& volume, const std::array<index_t, 
   if (order != static_cast<int>(Kernel::linear) && order != static_cast<int>(Kernel::cubic)) {
     invalid("order", "must be 1 (linear) or 3 (cubic), got " + std::to_string(order));
   }
-  for (int a = 0; a < 3; ++a) {
-    if (out_shape[a] < 1) invalid("out_shape", "every output size must be >= 1");
-    if (!(std::isfinite(ratio[a]) && ratio[a] > 0.0)) {
-      invalid("ratio", "every ratio s_out / s_in must be finite and > 0");
-    }
-  }
+  check_geometry(out_shape, ratio);
   if (volume.ndim() == 2 && out_shape[0] != 1) {
     invalid("out_shape", "a 2D volume needs out_shape[0] == 1");
   }
