@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dmfn.client.io.errors import one_line
 from dmfn.client.io.image import IMAGE_FILE_SUFFIXES, image_kind
 from dmfn.contract.csvfile import csv_rows
 from dmfn.contract.schema import AGE_RANGE_YEARS, DEFAULT_CTC_FEATURES, LOCATIONS
@@ -147,11 +148,15 @@ class _RowReader:
     def file(self, column: str, base: Path, *, folder_ok: bool, suffixes: Sequence[str]) -> Path:
         path = Path(self.text(column))
         path = path if path.is_absolute() else base / path
-        if path.is_dir():
+        try:
+            is_dir, is_file = path.is_dir(), path.is_file()
+        except OSError as err:  # e.g. a folder on the way that this user may not enter
+            raise self.error(column, f"{path} cannot be accessed ({one_line(err)})") from None
+        if is_dir:
             if not folder_ok:
                 raise self.error(column, f"{path} is a folder; expected a file {tuple(suffixes)}")
             return path
-        if not path.is_file():
+        if not is_file:
             raise self.error(column, f"{path} does not exist")
         if not path.name.lower().endswith(tuple(suffixes)):
             kinds = ("a DICOM folder or " if folder_ok else "") + f"a file ending in {suffixes}"

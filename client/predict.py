@@ -24,6 +24,7 @@ row's errors start with ``manifest PATH line N``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import sys
@@ -34,9 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from dmfn.client.io.errors import ArgumentError
+from dmfn.client.io.errors import ArgumentError, one_line
 from dmfn.client.manifest import read_manifest
 from dmfn.contract import schema as S
+from dmfn.contract.errors import InvalidInput
+from dmfn.contract.outfile import check_new
 from dmfn.contract.predictions import PredictionRow, Provenance, write_predictions
 from dmfn.contract.study import Clinical, Study
 
@@ -60,6 +63,8 @@ INPUT_NAMES: dict[tuple[str, str], tuple[str, str]] = {
     ("mask", "path"): ("--mask", "mask_path"),
     ("mask", "segment"): ("--segment", "segment"),
 }
+#: API argument -> flag, for the errors about the predictions file (--out).
+OUT_FLAGS = {"out": "--out", "overwrite": "--overwrite"}
 
 
 @dataclass(frozen=True)
@@ -276,6 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="PEM certificate of the authority that signed the server's certificate (implies --tls)",
     )
+    p.add_argument(
+        "--api-key-file",
+        type=Path,
+        default=None,
+        help="file holding the API key of a server started with --api-keys (never put a key on "
+        "the command line); default: $DMFN_API_KEY, else the file named by $DMFN_API_KEY_FILE",
+    )
+    p.add_argument(
+        "--client-cert",
+        type=Path,
+        default=None,
+        help="PEM client certificate, for a server started with --tls-client-ca (with "
+        "--client-key; implies --tls)",
+    )
+    p.add_argument("--client-key", type=Path, default=None, help="PEM key of --client-cert")
     p.add_argument("--protocol", choices=PROTOCOLS, default="http", help="http (default) or grpc")
     p.add_argument("--model", default=S.PIPELINE_MODEL, help=f"ensemble ({S.PIPELINE_MODEL})")
     p.add_argument(
@@ -303,30 +323,54 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="write the predictions CSV here: image and patient rows, one probability column "
-        "per class, malignant_prob, predicted, the model's provenance",
+        "per class, malignant_prob, predicted, the model's provenance (an existing file is "
+        "refused unless --overwrite)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing predictions CSV at --out"
     )
     return p
 
 
+def _kind(path: Path, name: str) -> str:
+    """``"folder"``, ``"file"``, ``"other"`` or ``""`` (missing) for the ``path`` given as
+    ``name``; one that cannot be looked at (a folder on the way this user may not enter) raises
+    ValueError naming ``name``."""
+    try:
+        if path.is_dir():
+            return "folder"
+        if path.is_file():
+            return "file"
+        return "other" if path.exists() else ""
+    except OSError as err:
+        raise ValueError(f"{name}: {path} cannot be accessed ({one_line(err)})") from None
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Everything about the command line that needs no server: IMAGE or --manifest (not both),
-    the options IMAGE needs, existing input paths, a numeric age. ValueError says what is wrong.
+    the options IMAGE needs, existing input paths, a numeric age, an --out that is not an
+    earlier result (unless --overwrite). ValueError says what is wrong.
     """
     if args.concurrency < 1:
         raise ValueError(f"--concurrency must be >= 1, got {args.concurrency}")
     if args.checkpoint is not None:
         if args.url is not None:
             raise ValueError("give either --url (a server) or --checkpoint (in-process), not both")
-        if not args.checkpoint.is_file():
+        if _kind(args.checkpoint, "--checkpoint") != "file":
             raise ValueError(f"--checkpoint: {args.checkpoint} is not a file")
     elif args.management is not None:
         raise ValueError("--management: only with --checkpoint (a server applies its own policy)")
-    if args.out is not None and args.out.is_dir():
-        raise ValueError(f"--out: {args.out} is a folder; give the CSV file to write")
+    if args.out is not None:
+        try:
+            check_new(args.out, args.overwrite)
+        except InvalidInput as err:
+            raise ValueError(err.in_flags(OUT_FLAGS)) from None
+        except OSError as err:
+            raise ValueError(f"--out: {args.out} cannot be accessed ({one_line(err)})") from None
     if args.manifest is not None:
         if args.image is not None:
             raise ValueError("give either IMAGE or --manifest, not both")
-        if not args.manifest.is_file():
+        if _kind(args.manifest, "--manifest") != "file":
             raise ValueError(f"--manifest: {args.manifest} is not a file")
         if args.series_uid is not None:
             raise ValueError("--series-uid: give it per study in the manifest's series_uid column")
@@ -336,14 +380,15 @@ def check_arguments(args: argparse.Namespace) -> None:
     missing = [f"--{n}" for n in ("mask", "ctc", "age", "sex", "location") if not getattr(args, n)]
     if missing:
         raise ValueError(f"IMAGE needs {', '.join(missing)}")
-    if not args.image.exists():
+    image = _kind(args.image, "IMAGE")
+    if not image:
         raise ValueError(f"IMAGE: {args.image} does not exist")
-    if args.series_uid is not None and not args.image.is_dir():
+    if args.series_uid is not None and image != "folder":
         raise ValueError(
             f"--series-uid: chooses a series of a DICOM series folder, but IMAGE {args.image} "
             "is a file"
         )
-    if not args.mask.is_file():
+    if _kind(args.mask, "--mask") != "file":
         raise ValueError(f"--mask: {args.mask} is not a file")
     try:
         float(args.age)
@@ -382,7 +427,8 @@ Predictor = Any
 def run(args: argparse.Namespace, predictor: Predictor) -> int:
     """Predict the studies of ``args`` (checked by :func:`check_arguments`) with ``predictor``
     (a :class:`~dmfn.client.sdk.DmfnClient`, or an in-process predictor with its interface);
-    print them, write ``--out``; returns the exit status."""
+    print them, write ``--out``; returns the exit status. Progress is shown for a manifest; one
+    study's output is its prediction, or one line saying why there is none."""
     with predictor:
         try:
             contract = predictor.contract
@@ -394,7 +440,9 @@ def run(args: argparse.Namespace, predictor: Predictor) -> int:
             print(f"dmfn predict: {err}", file=sys.stderr)
             return EXIT_USAGE
         results: list[tuple[StudySource, Prediction | Exception]] = []
-        with Progress(len(sources), "dmfn predict") as progress:
+        # one study: no progress lines, its prediction or its error is the whole output
+        stream = sys.stderr if args.manifest is not None else io.StringIO()
+        with Progress(len(sources), "dmfn predict", stream=stream) as progress:
             for chunk in _chunks(sources, LOAD_AHEAD * args.concurrency):
                 studies: list[Study | Exception] = []
                 for source in chunk:
@@ -413,7 +461,11 @@ def run(args: argparse.Namespace, predictor: Predictor) -> int:
     failed = [(src, r) for src, r in results if isinstance(r, Exception)]
     if args.out is not None:
         written = [(src, r) for src, r in results if isinstance(r, Prediction)]
-        write_csv(args.out, contract.class_names, written, contract.provenance)
+        try:
+            write_csv(args.out, contract.class_names, written, contract.provenance, args.overwrite)
+        except InvalidInput as err:  # the file appeared while predicting
+            print(f"dmfn predict: {err.in_flags(OUT_FLAGS)}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"dmfn predict: wrote {args.out}", file=sys.stderr)
     if args.json:
         document = [
@@ -440,10 +492,12 @@ def write_csv(
     class_names: Sequence[str],
     results: Sequence[tuple[StudySource, Prediction]],
     provenance: Provenance,
+    overwrite: bool = False,
 ) -> Path:
     """The predictions CSV (:mod:`dmfn.contract.predictions`): one image row per study, then one
     patient row per patient (the mean of its images' probabilities). A study without a patient
-    id is its own patient."""
+    id is its own patient. Written whole or not at all; an existing file is replaced only with
+    ``overwrite`` (else :class:`~dmfn.contract.errors.InvalidInput` naming ``out``)."""
     images: list[PredictionRow] = []
     by_patient: dict[str, list[PredictionRow]] = {}
     for src, p in results:
@@ -462,4 +516,6 @@ def write_csv(
         )
         for pid, rows in by_patient.items()
     ]  # fmt: skip
-    return write_predictions(path, class_names, [*images, *patients], provenance)
+    return write_predictions(
+        path, class_names, [*images, *patients], provenance, overwrite=overwrite
+    )

@@ -10,4 +10,5 @@ extension and without any other layer (NumPy only).
 - :mod:`.limits`: the plausible request values a served model accepts.
 - :mod:`.server`: what the server publishes to clients (ROI margin, CTC names, classes, limits).
 - :mod:`.errors`: :class:`~dmfn.contract.errors.InvalidInput`, the error of every boundary.
+- :mod:`.outfile`: result files written whole or not at all, never over an earlier one unasked.
 """

@@ -26,6 +26,12 @@ from dmfn.contract.errors import InvalidInput
 DEFAULT_MAX_STUDY_VOXELS = 2**25
 #: Largest size of one axis of the crop, in voxels.
 DEFAULT_MAX_AXIS_VOXELS = 2048
+#: Largest image the client's readers load, in voxels (values, for a file with a list axis):
+#: 2**28 = 268 M, a 512 x 512 x 1024 CT (512 MiB as int16). This is the whole scan, before the
+#: crop that :data:`DEFAULT_MAX_STUDY_VOXELS` bounds. The readers check a file's declared size
+#: (DICOM Rows x Columns x slices, NIfTI ``dim``, NRRD ``sizes``) against it before they allocate
+#: or decode anything, so a hostile header costs no memory.
+MAX_IMAGE_VOXELS = 2**28
 #: Voxel spacing a CT scanner can produce, mm (inclusive).
 DEFAULT_SPACING_RANGE_MM: tuple[float, float] = (0.1, 10.0)
 #: The lesion's bounding box must span at least this many voxels on every axis: a lesion of one

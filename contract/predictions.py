@@ -14,6 +14,11 @@ Columns, in this order:
 
 A file of another system may be **binary only**: ``patient_id``, ``label`` (``benign`` /
 ``malignant``) and ``malignant_prob`` (any score, larger = more likely malignant).
+
+Text cells that a spreadsheet would run as a formula (an ``image_id`` of ``=HYPERLINK(...)``)
+are written with a leading ``'`` and read back without it
+(:func:`~dmfn.contract.csvfile.escape_cell`); numbers are written as numbers. The file is written
+whole or not at all (:func:`~dmfn.contract.outfile.replacing`).
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dmfn.contract.csvfile import csv_rows
+from dmfn.contract.csvfile import csv_rows, escape_cell, unescape_cell
 from dmfn.contract.errors import InvalidInput
+from dmfn.contract.outfile import replacing
 
 LEVELS: tuple[str, ...] = ("patient", "image")
 PROB_PREFIX = "prob_"
@@ -125,20 +131,25 @@ def write_predictions(
     classes: Sequence[str],
     rows: Iterable[PredictionRow],
     provenance: Provenance = Provenance(),
+    *,
+    overwrite: bool = True,
 ) -> Path:
-    """Write ``rows`` (probabilities rounded to 9 significant digits) to ``path``."""
+    """Write ``rows`` (probabilities rounded to 9 significant digits) to ``path``, whole or not
+    at all; an existing ``path`` is replaced only with ``overwrite`` (else
+    :class:`~dmfn.contract.errors.InvalidInput` naming ``out``). Text cells that start like a
+    formula get a leading ``'`` (see the module's docstring)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prov = provenance.columns()
-    with path.open("w", newline="") as handle:
+    prov = [escape_cell(v) for v in provenance.columns().values()]
+    with replacing(path, overwrite=overwrite, newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(header(classes))
+        writer.writerow(header(classes))  # every name starts with a letter
         for r in rows:
-            predicted = classes[int(np.argmax(r.probs))] if r.probs else ""
+            predicted = escape_cell(classes[int(np.argmax(r.probs))]) if r.probs else ""
+            text = [escape_cell(c) for c in (r.level, r.patient_id, r.image_id, r.split, r.label)]
             writer.writerow(
-                [r.level, r.patient_id, r.image_id, r.split, r.label,
-                 *(f"{p:.9g}" for p in r.probs), f"{r.malignant_prob:.9g}", predicted,
-                 *prov.values()]
+                [*text, *(f"{p:.9g}" for p in r.probs), f"{r.malignant_prob:.9g}", predicted,
+                 *prov]
             )  # fmt: skip
     return path
 
@@ -153,31 +164,38 @@ def _number(text: str, where: str, column: str) -> float:
     return value
 
 
+def _text(raw: dict[str, str], column: str, default: str = "") -> str:
+    """A text cell as it was written: stripped, a formula escape removed."""
+    return unescape_cell((raw.get(column) or default).strip())
+
+
 def read_predictions(path: str | Path) -> PredictionTable:
     """Read a predictions CSV (full or binary only); InvalidInput naming the file, line and
-    column of the first problem (NaN scores, missing columns, unknown levels, empty file)."""
+    column of the first problem (NaN scores, missing columns, unknown levels, empty file).
+    Text cells written with a formula escape are read without it."""
     path = Path(path)
     with csv_rows(path, "predictions", BINARY_COLUMNS) as (columns, rows):
         classes = tuple(c[len(PROB_PREFIX) :] for c in columns if c.startswith(PROB_PREFIX))
         table = PredictionTable(classes, path=path)
         for line, raw in rows:
             where = f"{path} line {line}"
-            level = (raw.get("level") or "patient").strip()
+            level = _text(raw, "level", "patient")
             if level not in LEVELS:
                 raise InvalidInput("level", f"{where}: must be one of {LEVELS}, got {level!r}")
-            pid = (raw.get("patient_id") or "").strip()
+            pid = _text(raw, "patient_id")
             if not pid:
                 raise InvalidInput("patient_id", f"{where}: must not be empty")
             probs = tuple(_number(raw[PROB_PREFIX + c], where, PROB_PREFIX + c) for c in classes)
             table.rows.append(
                 PredictionRow(
                     level, pid, _number(raw["malignant_prob"], where, "malignant_prob"), probs,
-                    (raw.get("image_id") or "").strip(), (raw.get("split") or "").strip(),
-                    (raw.get("label") or "").strip(),
+                    _text(raw, "image_id"), _text(raw, "split"), _text(raw, "label"),
                 )
             )  # fmt: skip
             if line == 2:
-                table.provenance = Provenance.from_columns(raw)
+                table.provenance = Provenance.from_columns(
+                    {k: _text(raw, k) for k in PROVENANCE_COLUMNS}
+                )
     if not table.rows:
         raise InvalidInput("predictions", f"{path}: has no rows")
     return table

@@ -35,6 +35,8 @@ FLAGS = {
     "names": "--names",
     "grouping": "--grouping",
     "management": "--management",
+    "out": "--out",
+    "overwrite": "--overwrite",
 }
 
 
@@ -96,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="benign/malignant grouping of the classes (table2: every thymoma "
                    "malignant; thymoma_a_ab_benign: types A and AB benign); labels given as "
                    "classes are grouped by it")  # fmt: skip
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (one that holds an earlier evaluation is refused unless "
+                   "--overwrite)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the earlier evaluation in --out (its files that this run does "
+                   "not write are removed)")  # fmt: skip
     return p
 
 
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from dmfn.contract.taxonomy import load_taxonomy
 
     from .readers import read_readers
-    from .report import EvaluationInputs, write_report
+    from .report import EvaluationInputs, check_output_folder, write_report
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give either --predictions (one run per system) or --runs (several)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_output_folder(args.out, args.overwrite)  # before any work: a refusal costs nothing
         taxonomy = load_taxonomy(args.taxonomy, grouping=args.grouping)
         if args.runs:
             return _over_seeds(args, taxonomy)
@@ -169,7 +177,7 @@ def _over_seeds(args: argparse.Namespace, taxonomy: Taxonomy) -> int:
     """``--runs``: the summary over seeds (see dmfn.evaluation.seeds)."""
     import json
 
-    from .report import clean_json, write_documents
+    from .report import clean_json, remove_stale, write_documents, write_text
     from .seeds import seed_figure, summarise_runs
 
     runs: dict[str, list[PredictionTable]] = {}
@@ -183,8 +191,9 @@ def _over_seeds(args: argparse.Namespace, taxonomy: Taxonomy) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     pngs = {"seeds": seed_figure(args.out, result)}
     result["figures"] = {k: v.name for k, v in pngs.items()}
-    (args.out / "metrics.json").write_text(json.dumps(clean_json(result), indent=2) + "\n")
-    write_documents(args.out, result, pngs)
+    metrics = write_text(args.out / "metrics.json", json.dumps(clean_json(result), indent=2) + "\n")
+    documents = write_documents(args.out, result, pngs)
+    remove_stale(args.out, [metrics, *documents, *pngs.values()])
     for name, s in result["over_seeds"]["systems"].items():
         b = s["binary_auc"]
         sd = "" if b["sd_over_seeds"] is None else f" ± {b['sd_over_seeds']:.3f} (SD over seeds)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -13,12 +14,33 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from dmfn.contract.outfile import replacing
+
 from .analysis import SystemScores
 from .roc import roc_curve
 
 DPI = 130
+#: The report's figures: key (in ``metrics.json``'s ``figures``) -> file name in the output folder.
+FIGURE_FILES: dict[str, str] = {
+    "roc": "roc.png",
+    "roc_per_class": "roc_per_class.png",
+    "confusion": "confusion.png",
+    "calibration": "calibration.png",
+    "ctc": "ctc_by_class.png",
+    "seeds": "seeds.png",
+}
 #: Specificities at which the bootstrap band of the ROC curve is drawn.
 BAND_GRID = np.linspace(0.0, 1.0, 101)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG to ``path``, whole or not at all, and close it."""
+    try:
+        with replacing(path, binary=True) as handle:
+            fig.savefig(handle, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
+    return path
 
 
 def _sensitivity_band(y: np.ndarray, score: np.ndarray, n_boot: int, seed: int):
@@ -76,9 +98,7 @@ def binary_roc(
     ax.set_title(title or f"ROC, {positive} as positive (patient level)")
     ax.legend(loc="lower right", fontsize=7.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def per_class_roc(
@@ -102,9 +122,7 @@ def per_class_roc(
         ax.legend(loc="lower right", fontsize=7)
     fig.suptitle(f"{s.name}: one-vs-rest ROC per class (AUC in brackets)")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def confusion(
@@ -130,9 +148,7 @@ def confusion(
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def reliability(path: Path, curves: Mapping[str, Sequence[Mapping[str, float]]]) -> Path:
@@ -151,9 +167,7 @@ def reliability(path: Path, curves: Mapping[str, Sequence[Mapping[str, float]]])
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("Reliability diagram (patient level)")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def ctc_by_class(path: Path, values: Mapping[str, Sequence[float]], unit: str = "pg/ml") -> Path:
@@ -167,9 +181,7 @@ def ctc_by_class(path: Path, values: Mapping[str, Sequence[float]], unit: str = 
     ax.set_ylabel(f"CTC level ({unit})")
     ax.set_title("CTC level per class")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def forest(path: Path, rows: Sequence[tuple[str, float, float, float, bool]], title: str) -> Path:
@@ -184,6 +196,4 @@ def forest(path: Path, rows: Sequence[tuple[str, float, float, float, bool]], ti
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

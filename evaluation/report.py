@@ -1,5 +1,10 @@
 """``dmfn evaluate``'s output: ``metrics.json`` (every number), PNG figures, a self-contained
-``report.html`` (figures embedded; it opens offline) and ``report.md`` (the same tables)."""
+``report.html`` (figures embedded; it opens offline) and ``report.md`` (the same tables).
+
+Each file is written whole or not at all (:func:`~dmfn.contract.outfile.replacing`); a folder
+holding an earlier evaluation is refused unless the caller says to replace it
+(:func:`check_output_folder`), and then the earlier files this run does not write are removed,
+so the folder holds one evaluation."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any
 from dmfn.client.manifest import Manifest
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.management import ManagementPolicy
+from dmfn.contract.outfile import replacing
 from dmfn.contract.predictions import PredictionTable
 from dmfn.contract.taxonomy import Taxonomy
 
@@ -32,6 +38,47 @@ from .document import (
 )
 from .proportions import youden_threshold
 from .readers import ReaderCall, analyse_readers
+
+#: Every file ``dmfn evaluate`` may write into its output folder.
+OUTPUT_FILES: tuple[str, ...] = (
+    "metrics.json",
+    "report.html",
+    "report.md",
+    *figures.FIGURE_FILES.values(),
+)
+
+
+def check_output_folder(out: Path, overwrite: bool) -> Path:
+    """``out``, where an evaluation may be written: refused with :class:`InvalidInput` naming
+    ``out`` when it is a file, or when it holds an earlier evaluation's files and ``overwrite``
+    is false. Call it before any work, so a refusal costs nothing."""
+    if out.exists() and not out.is_dir():
+        raise InvalidInput("out", f"{out} is a file; give a folder")
+    earlier = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if earlier and not overwrite:
+        raise InvalidInput(
+            "out",
+            f"{out} holds the results of an earlier evaluation ({', '.join(earlier)}); pass "
+            "{overwrite} to replace them",
+            mentions={"overwrite": "overwrite=True"},
+        )
+    return out
+
+
+def write_text(path: Path, text: str) -> Path:
+    """``text`` to ``path``, whole or not at all."""
+    with replacing(path) as handle:
+        handle.write(text)
+    return path
+
+
+def remove_stale(out: Path, written: Sequence[Path]) -> None:
+    """Remove the evaluation files in ``out`` that this run did not write (an earlier run's
+    figures), so the folder holds one evaluation."""
+    keep = {p.name for p in written}
+    for name in OUTPUT_FILES:
+        if name not in keep:
+            (out / name).unlink(missing_ok=True)
 
 
 @dataclass
@@ -215,16 +262,22 @@ def make_figures(
             at["specificity"]["value"],
         )
     pngs["roc"] = figures.binary_roc(
-        out / "roc.png", systems, positive, aucs, points, seed=inputs.seed, operating=operating
+        out / figures.FIGURE_FILES["roc"],
+        systems,
+        positive,
+        aucs,
+        points,
+        seed=inputs.seed,
+        operating=operating,
     )
     main = systems[0]
     multi = result["systems"][main.name].get("multiclass")
     if multi:
         pngs["roc_per_class"] = figures.per_class_roc(
-            out / "roc_per_class.png", main, multi["per_class_auc"]
+            out / figures.FIGURE_FILES["roc_per_class"], main, multi["per_class_auc"]
         )
         pngs["confusion"] = figures.confusion(
-            out / "confusion.png", multi["confusion"]["counts"], multi["confusion"]["classes"],
+            out / figures.FIGURE_FILES["confusion"], multi["confusion"]["counts"], multi["confusion"]["classes"],
             f"{main.name}: confusion matrix (rows: true class, normalised)",
         )  # fmt: skip
         cal = result["systems"][main.name]["calibration"]
@@ -234,7 +287,7 @@ def make_figures(
             curves[f"temperature {fitted['temperature']:.2f} (fitted on validation)"] = fitted[
                 "reliability_after"
             ]
-        pngs["calibration"] = figures.reliability(out / "calibration.png", curves)
+        pngs["calibration"] = figures.reliability(out / figures.FIGURE_FILES["calibration"], curves)
     if inputs.manifest is not None:
         values: dict[str, list[float]] = {n: [] for n in inputs.taxonomy.names}
         seen = set()
@@ -242,7 +295,7 @@ def make_figures(
             if r.patient_id not in seen and r.label in values:
                 seen.add(r.patient_id)
                 values[r.label].append(r.ctc[0])
-        pngs["ctc"] = figures.ctc_by_class(out / "ctc_by_class.png", values)
+        pngs["ctc"] = figures.ctc_by_class(out / figures.FIGURE_FILES["ctc"], values)
     return pngs
 
 
@@ -412,19 +465,26 @@ def build_sections(result: Mapping[str, Any]) -> list[Section]:
 
 
 def write_report(out: Path, inputs: EvaluationInputs) -> dict[str, Any]:
-    """Compute, then write ``out/metrics.json``, the PNGs and ``out/report.html``."""
+    """Compute, then write ``out/metrics.json``, the PNGs, ``out/report.html`` and
+    ``out/report.md``, and remove the earlier evaluation's other files (:func:`remove_stale`);
+    check ``out`` with :func:`check_output_folder` first."""
     out.mkdir(parents=True, exist_ok=True)
     result, systems = evaluate(inputs)
     pngs = make_figures(out, result, systems, inputs)
     result["figures"] = {k: str(v.name) for k, v in pngs.items()}
-    (out / "metrics.json").write_text(json.dumps(clean_json(result), indent=2) + "\n")
-    write_documents(out, result, pngs)
+    metrics = write_text(out / "metrics.json", json.dumps(clean_json(result), indent=2) + "\n")
+    documents = write_documents(out, result, pngs)
+    remove_stale(out, [metrics, *documents, *pngs.values()])
     return result
 
 
-def write_documents(out: Path, result: Mapping[str, Any], pngs: Mapping[str, Path]) -> None:
+def write_documents(
+    out: Path, result: Mapping[str, Any], pngs: Mapping[str, Path]
+) -> tuple[Path, Path]:
     """``out/report.html`` (self-contained) and ``out/report.md`` from the same sections."""
     sections = build_sections(result)
     warning = SYNTHETIC_WARNING if result.get("synthetic") is not False else None
-    (out / "report.html").write_text(to_html("dmfn evaluate", warning, sections, pngs))
-    (out / "report.md").write_text(to_markdown("dmfn evaluate", warning, sections))
+    return (
+        write_text(out / "report.html", to_html("dmfn evaluate", warning, sections, pngs)),
+        write_text(out / "report.md", to_markdown("dmfn evaluate", warning, sections)),
+    )

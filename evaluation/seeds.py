@@ -176,7 +176,7 @@ def seed_sections(result: Mapping[str, Any]) -> list[Section]:
 
 def seed_figure(out: Path, result: Mapping[str, Any]) -> Path:
     """Forest plot: each run's binary AUC with its DeLong interval, and the seed ensemble."""
-    from .figures import forest
+    from .figures import FIGURE_FILES, forest
 
     rows = []
     for system, s in result["over_seeds"]["systems"].items():
@@ -186,7 +186,7 @@ def seed_figure(out: Path, result: Mapping[str, Any]) -> Path:
         a = s["ensemble"]["binary_auc"]
         rows.append((f"{system} seed ensemble", a["auc"], a["ci_low"], a["ci_high"], True))
     return forest(
-        out / "seeds.png",
+        out / FIGURE_FILES["seeds"],
         rows,
         f"Binary AUC per run ({result['positive']} positive), DeLong 95 % CI",
     )

@@ -94,19 +94,19 @@ inputs)
 report)
     for SPLIT in test val; do
         # shellcheck disable=SC2046
-        $DMFN evaluate --out "$OUT/report_fusion_$SPLIT" --split "$SPLIT" \
+        $DMFN evaluate --overwrite --out "$OUT/report_fusion_$SPLIT" --split "$SPLIT" \
             $(runs "$SPLIT" paper_dmfn paper_experts_tuned paper_experts_frozen paper_product paper_cnn paper_tabular)
         # shellcheck disable=SC2046
-        $DMFN evaluate --out "$OUT/report_experts_vs_cnn_$SPLIT" --split "$SPLIT" \
+        $DMFN evaluate --overwrite --out "$OUT/report_experts_vs_cnn_$SPLIT" --split "$SPLIT" \
             $(runs "$SPLIT" paper_experts_tuned paper_cnn)
         # shellcheck disable=SC2046
-        $DMFN evaluate --out "$OUT/report_backbone_$SPLIT" --split "$SPLIT" \
+        $DMFN evaluate --overwrite --out "$OUT/report_backbone_$SPLIT" --split "$SPLIT" \
             $(runs "$SPLIT" $(for B in ${BACKBONES:-regnetx_tiny selfreg_tiny_gru regnety_400mf}; do echo "demo_$B"; done))
         # shellcheck disable=SC2046
-        $DMFN evaluate --out "$OUT/report_inputs_$SPLIT" --split "$SPLIT" \
+        $DMFN evaluate --overwrite --out "$OUT/report_inputs_$SPLIT" --split "$SPLIT" \
             $(runs "$SPLIT" demo_regnetx_tiny demo_measurements demo_pde_v1)
         # shellcheck disable=SC2046
-        $DMFN evaluate --out "$OUT/report_grouping_$SPLIT" --split "$SPLIT" --grouping thymoma_a_ab_benign \
+        $DMFN evaluate --overwrite --out "$OUT/report_grouping_$SPLIT" --split "$SPLIT" --grouping thymoma_a_ab_benign \
             $(runs "$SPLIT" demo_thymoma_ab_benign)
     done
     .venv/bin/python scripts/fidelity_markdown.py --out "$OUT" --readme README.md

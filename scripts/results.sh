@@ -66,12 +66,12 @@ done
 FIRST=0
 run() { echo "$OUT/$1/seed_$FIRST/predictions_$2.csv"; }
 echo "== dmfn evaluate: seed $FIRST on the test split (readers, cohort table, subgroups)"
-timed evaluate_test $DMFN evaluate --out "$OUT/report_test" \
+timed evaluate_test $DMFN evaluate --overwrite --out "$OUT/report_test" \
     --predictions "$(run dmfn test)" --compare "$(run cnn test)" "$(run tabular test)" \
     --validation "$(run dmfn val)" "$(run cnn val)" "$(run tabular val)" \
     --readers "$COHORT/readers_simulated.csv" --manifest "$COHORT/manifest.csv"
 echo "== dmfn evaluate: seed $FIRST on the validation split (selected on it: optimistic)"
-timed evaluate_val $DMFN evaluate --out "$OUT/report_val" \
+timed evaluate_val $DMFN evaluate --overwrite --out "$OUT/report_val" \
     --predictions "$(run dmfn val)" --compare "$(run cnn val)" "$(run tabular val)"
 echo "== dmfn evaluate: every seed on the test split"
 runs=()
@@ -79,7 +79,7 @@ for MODEL in dmfn cnn tabular; do
     runs+=(--runs "$MODEL")
     for ((S = 0; S < SEEDS; S++)); do runs+=("$OUT/$MODEL/seed_$S/predictions_test.csv"); done
 done
-timed evaluate_seeds $DMFN evaluate --out "$OUT/report_seeds" "${runs[@]}"
+timed evaluate_seeds $DMFN evaluate --overwrite --out "$OUT/report_seeds" "${runs[@]}"
 
 ELAPSED=0
 for f in "$OUT"/timings/*; do ELAPSED=$(( ELAPSED + $(cat "$f") )); done

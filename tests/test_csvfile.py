@@ -1,16 +1,23 @@
-"""contract/csvfile.csv_rows: the one opening of the CSV tables users write (predictions, readers'
-calls, manifests), and the errors the three readers give through it."""
+"""contract/csvfile: csv_rows, the one opening of the CSV tables users write (predictions, readers'
+calls, manifests), and the errors the three readers give through it; escape_cell, the defence of
+the CSVs dmfn writes against formula injection (OWASP), and its exact inverse."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
 
 from dmfn.client.manifest import read_manifest
-from dmfn.contract.csvfile import csv_rows
+from dmfn.contract.csvfile import csv_rows, escape_cell, unescape_cell
 from dmfn.contract.errors import InvalidInput
-from dmfn.contract.predictions import read_predictions
+from dmfn.contract.predictions import (
+    PredictionRow,
+    Provenance,
+    read_predictions,
+    write_predictions,
+)
 from dmfn.contract.taxonomy import load_taxonomy
 from dmfn.evaluation.readers import read_readers
 
@@ -51,3 +58,43 @@ def test_every_table_reader_lists_all_missing_columns(tmp_path: Path, read, argu
     assert "(columns: ['patient_id', 'unrelated'])" in str(caught.value)
     with pytest.raises(InvalidInput, match=f"argument '{argument}': file"):
         read(tmp_path / "absent.csv")
+
+
+@pytest.mark.parametrize(
+    ("text", "written"),
+    [
+        ('=HYPERLINK("http://x","y")', '\'=HYPERLINK("http://x","y")'),
+        ("+1+cmd|' /C calc'!A0", "'+1+cmd|' /C calc'!A0"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("'=1", "''=1"),  # already quoted: one more, so reading back gives it unchanged
+        ("''-x", "'''-x"),
+        ("SYN00001", "SYN00001"),
+        ("a=b", "a=b"),
+        ("'quoted", "'quoted"),
+        ("", ""),
+    ],
+)
+def test_cells_that_start_like_a_formula_get_a_quote(text: str, written: str) -> None:
+    assert escape_cell(text) == written
+    assert unescape_cell(written) == text
+
+
+def test_predictions_escape_text_cells_but_not_numbers(tmp_path: Path) -> None:
+    """A binary-only score of -0.5 stays a number; ids, labels and provenance are text."""
+    rows = [
+        PredictionRow("patient", "=1+1", -0.5, (), "", "-split", "@label"),
+        PredictionRow("image", "+p", 0.25, (), '=HYPERLINK("u")', "test", "benign"),
+    ]
+    path = write_predictions(tmp_path / "p.csv", (), rows, Provenance("=sha", "-1", None))
+    with path.open(newline="") as handle:
+        cells = list(csv.reader(handle))
+    assert cells[1][:5] == ["patient", "'=1+1", "", "'-split", "'@label"]
+    assert cells[1][5] == "-0.5" and cells[2][5] == "0.25"
+    assert cells[1][7:] == ["'=sha", "'-1", ""]
+    assert cells[2][2] == '\'=HYPERLINK("u")'
+    table = read_predictions(path)
+    assert table.rows == rows
+    assert table.provenance == Provenance("=sha", "-1", None)

@@ -298,3 +298,43 @@ def test_results_script_splices_the_evaluate_reports_into_a_readme(cohort, tmp_p
     module.splice(readme, text)
     spliced = readme.read_text()
     assert "STALE TABLES" not in spliced and spliced.endswith("tail\n") and text in spliced
+
+
+def test_an_earlier_evaluation_is_replaced_only_with_overwrite(cohort, tmp_path, capsys) -> None:
+    from dmfn.evaluation.report import OUTPUT_FILES
+
+    out = tmp_path / "report"
+    first = ["--predictions", str(cohort["dmfn"]), "--manifest",
+             str(cohort["folder"] / "manifest.csv"), "--bootstrap", "100", "--out", str(out)]  # fmt: skip
+    assert main(first) == 0
+    assert (out / "ctc_by_class.png").is_file()
+    earlier = (out / "metrics.json").read_bytes()
+    capsys.readouterr()
+    second = ["--predictions", str(cohort["cnn"]), "--bootstrap", "100", "--out", str(out)]
+    assert main(second) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"dmfn evaluate: --out: {out} holds the results of an earlier evaluation (metrics.json, "
+        "report.html, report.md, roc.png, roc_per_class.png, confusion.png, calibration.png, "
+        "ctc_by_class.png); pass --overwrite to replace them"
+    )
+    assert (out / "metrics.json").read_bytes() == earlier
+    assert main([*second, "--overwrite"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["systems"].keys() == {"cnn"}
+    # the earlier run's figure that this run does not make is gone; nothing else is left
+    written = {p.name for p in out.iterdir()}
+    assert "ctc_by_class.png" not in written and written <= set(OUTPUT_FILES), written
+    runs = ["--runs", "dmfn", *map(str, cohort["dmfn_runs"]), "--out", str(out)]
+    assert main(runs) == 2
+    assert main([*runs, "--overwrite"]) == 0
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "report.html", "report.md",
+                                               "seeds.png"}  # fmt: skip
+
+
+def test_out_that_is_a_file_is_refused(cohort, tmp_path, capsys) -> None:
+    out = tmp_path / "report"
+    out.write_text("not a folder")
+    assert main(["--predictions", str(cohort["dmfn"]), "--out", str(out), "--overwrite"]) == 2
+    assert (
+        capsys.readouterr().err.strip() == f"dmfn evaluate: --out: {out} is a file; give a folder"
+    )

