@@ -31,6 +31,12 @@ TINY_BACKBONE = "regnetx_tiny"
 #: CTC range (pg/ml) recorded in the tiny checkpoint: where synthetic_crop's lognormal(2.3, 0.4)
 #: draws fall (its 0.01 % and 99.99 % quantiles are 2.5 and 44), so every test study is accepted.
 SYNTHETIC_CTC_RANGE = ((1.0, 45.0),)
+#: Calibration temperature recorded in the tiny checkpoint. Not 1 on purpose: at T = 1 a served
+#: postprocess that ignored the temperature gave the same PROBS, so no served-vs-PyTorch
+#: test could notice. The tiny net's logits span about 0.3, so dividing them by 1.7 moves its
+#: probabilities by about 3e-3, some 30 times the parity tolerance (1e-4); above 1, as the
+#: temperatures fitted to over-confident nets are.
+TINY_TEMPERATURE = 1.7
 #: The tiny model's contract without limits (for building requests in-process).
 CONTRACT = ServerContract(
     TEST_PARAMS.roi_margin_mm, S.DEFAULT_CTC_FEATURES, tuple(load_taxonomy().names)
@@ -56,7 +62,8 @@ def inputs_of(studies: list[Study], params: PreprocessParams = TEST_PARAMS):
 def make_tiny_checkpoint(
     path: Path, backbone: str = TINY_BACKBONE, steps: int = 3, seed: int = 0
 ) -> Path:
-    """Train a tiny DMFN a few AdamW steps on synthetic preprocessed studies and save it."""
+    """Train a tiny DMFN a few AdamW steps on synthetic preprocessed studies and save it (with
+    the calibration temperature :data:`TINY_TEMPERATURE`)."""
     torch.manual_seed(seed)
     taxonomy = load_taxonomy()
     views, tabular, _ = inputs_of(make_studies(8, seed))
@@ -90,6 +97,7 @@ def make_tiny_checkpoint(
         taxonomy=taxonomy,
         ctc_features=S.DEFAULT_CTC_FEATURES,
         ctc_observed_range=SYNTHETIC_CTC_RANGE,
+        temperature=TINY_TEMPERATURE,
         metrics={"train_loss_last": losses[-1]},
         training={"synthetic": True, "steps": steps, "seed": seed},
         versions={"torch": str(torch.__version__), "numpy": np.__version__},
@@ -103,7 +111,7 @@ def export_repository(checkpoint: Path, out: Path, **settings: Any) -> tuple[Pat
 
 def reference_outputs(checkpoint: Path, studies: list[Study]) -> dict[str, np.ndarray]:
     """The in-process PyTorch pipeline on ``studies``: request -> preprocess_request -> model ->
-    softmax.
+    ``softmax(logits / T)``, T the checkpoint's calibration temperature.
 
     Returns probs [N, C], measurements [N, 5], the net's views / tabular / logits, per class
     malignant and labels, and per study the management the default policy suggests.
@@ -119,7 +127,9 @@ def reference_from_inputs(
     views, tabular = torch.from_numpy(views_np), torch.from_numpy(tabular_np)
     with torch.no_grad():
         logits = ckpt.build_model()(views, tabular)
-    probs = torch.softmax(logits.double(), dim=1).float().numpy()
+    # the calibration temperature, as the served postprocess must apply it (computed here with
+    # torch, not with dmfn.contract.postprocess, so that a change there cannot hide)
+    probs = torch.softmax(logits.double() / ckpt.temperature, dim=1).float().numpy()
     return {
         "views": views.numpy(),
         "tabular": tabular.numpy(),

@@ -3,6 +3,8 @@ studies (and that a failing check writes nothing), the TensorRT refusal and the 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -10,12 +12,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from google.protobuf import text_format
 from serving_utils import inputs_of, make_studies, make_tiny_checkpoint
 from torch import nn
+from tritonclient.grpc import model_config_pb2 as mc
 
 from dmfn.contract import schema as S
+from dmfn.contract.limits import InputLimits
+from dmfn.contract.server import ServerContract
 from dmfn.serving.config import ServingSettings
-from dmfn.serving.repository import check_repository
+from dmfn.serving.repository import MANIFEST_FILE, check_repository
 from dmfn.training import export as E
 from dmfn.training.models import register_backbone, unregister_backbone
 
@@ -45,6 +51,69 @@ def test_onnx_file_has_schema_names_dynamic_batch_and_inline_weights(
     # no external .onnx.data file (__pycache__ appears once a server has imported model.py)
     files = sorted(p.name for p in path.parent.iterdir() if p.name != "__pycache__")
     assert files == ["model.onnx", "model.py"]
+
+
+def _config_parameters(repo: Path, model: str) -> dict[str, str]:
+    config = text_format.Parse((repo / model / "config.pbtxt").read_text(), mc.ModelConfig())
+    return {k: v.string_value for k, v in config.parameters.items()}
+
+
+def _widened(observed: tuple[tuple[float, float], ...]) -> list[list[float]]:
+    """The documented rule (`dmfn export --ctc-range`'s help, contract.limits.widen_range):
+    the training range plus half its width on each side, not below 0. Written out here, so a
+    change of the rule or of its use must change this test too."""
+    out = []
+    for lo, hi in observed:
+        assert hi > lo, "the rule applies to a range of positive width"
+        half = (hi - lo) / 2
+        out.append([max(0.0, lo - half), hi + half])
+    return out
+
+
+def test_exported_ctc_limits_are_the_training_range_widened(
+    tiny_checkpoint: Path, exported_repository: tuple[Path, dict]
+) -> None:
+    """The CTC range the served model accepts is the checkpoint's observed range widened, in
+    the manifest, in preprocess's config (where it is enforced) and in the contract the
+    ensemble publishes to clients."""
+    repo, _ = exported_repository
+    observed = E.load_checkpoint(tiny_checkpoint).ctc_observed_range
+    expected = _widened(observed)
+    assert expected != [list(r) for r in observed]
+    manifest = json.loads((repo / MANIFEST_FILE).read_text())
+    enforced = InputLimits.from_json(_config_parameters(repo, S.PREPROCESS_MODEL)["input_limits"])
+    published = ServerContract.from_parameters(_config_parameters(repo, S.PIPELINE_MODEL)).limits
+    for ranges in (manifest["input_limits"]["ctc_ranges"], enforced.ctc_ranges,
+                   published.ctc_ranges):  # fmt: skip
+        assert len(ranges) == len(expected)
+        for got, want in zip(ranges, expected, strict=True):
+            assert list(got) == pytest.approx(want, rel=1e-12, abs=0)
+
+
+def test_input_limits_widen_a_range_the_floor_does_not_reach(tiny_checkpoint: Path) -> None:
+    """Both sides grow by half the width when the low side stays above 0 (the tiny
+    checkpoint's own range reaches the floor)."""
+    observed = ((20.0, 30.0),)
+    ckpt = dataclasses.replace(E.load_checkpoint(tiny_checkpoint), ctc_observed_range=observed)
+    limits = E.input_limits(ckpt)
+    assert _widened(observed) == [[15.0, 35.0]]
+    assert [list(r) for r in limits.ctc_ranges] == [[15.0, 35.0]]
+    # a range given with --ctc-range is used as given
+    assert E.input_limits(ckpt, ctc_range=[(20.0, 30.0)]).ctc_ranges == ((20.0, 30.0),)
+
+
+def test_exported_postprocess_carries_the_checkpoint_temperature(
+    tiny_checkpoint: Path, exported_repository: tuple[Path, dict]
+) -> None:
+    """The calibration temperature reaches postprocess's config and the manifest. (The parity
+    check compares logits, which T does not touch: T is applied in postprocess, see
+    test_repository's postprocess test and the served parity tests.)"""
+    repo, _ = exported_repository
+    temperature = E.load_checkpoint(tiny_checkpoint).temperature
+    assert temperature != 1.0  # else a lost temperature would go unnoticed
+    params = _config_parameters(repo, S.POSTPROCESS_MODEL)
+    assert float(params["temperature"]) == temperature
+    assert json.loads((repo / MANIFEST_FILE).read_text())["temperature"] == temperature
 
 
 def test_parity_holds_at_other_batch_sizes(

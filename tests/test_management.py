@@ -38,6 +38,46 @@ def test_default_policy_covers_the_taxonomy_and_says_it_is_not_the_papers() -> N
     assert set(POLICY.options) == {"surgery", "follow-up", "biopsy-and-oncology"}
 
 
+#: Verbatim copy of dmfn's default policy, contract/data/management_default.json.
+DEFAULT_MIN_PROBABILITY = 0.6
+DEFAULT_BY_CLASS = {
+    "cyst": "follow-up",
+    "granuloma": "follow-up",
+    "mature_teratoma": "surgery",
+    "schwannoma": "surgery",
+    "fibroma": "surgery",
+    "hemangioma": "follow-up",
+    "lipoma": "follow-up",
+    "thymoma_A": "surgery",
+    "thymoma_AB": "surgery",
+    "thymoma_B1": "surgery",
+    "thymoma_B2": "surgery",
+    "thymoma_B3": "surgery",
+    "thymoma_mixed": "surgery",
+    "thymic_squamous_cell_carcinoma": "biopsy-and-oncology",
+    "immature_teratoma": "biopsy-and-oncology",
+    "malt_lymphoma": "biopsy-and-oncology",
+    "carcinoid": "surgery",
+    "lymphoma": "biopsy-and-oncology",
+    "metastatic_tumor": "biopsy-and-oncology",
+    "other": "biopsy-and-oncology",
+}
+
+
+def test_default_policy_equals_its_verbatim_copy() -> None:
+    """The default policy, class by class and its threshold, pinned against the copy above.
+
+    This test is meant to fail whenever contract/data/management_default.json changes: a change
+    of the clinical policy (which class goes to which management, and how sure the model must
+    be) has to be a deliberate change of this copy as well, reviewed as such, never a side
+    effect of another change (e.g. two classes' options swapped by an edit or a merge).
+    """
+    assert dict(POLICY.by_class) == DEFAULT_BY_CLASS
+    assert POLICY.min_probability == DEFAULT_MIN_PROBABILITY
+    # the file's order too (the taxonomy's): it sets the order of the options
+    assert list(POLICY.by_class) == list(DEFAULT_BY_CLASS)
+
+
 def test_a_confident_malignant_spread_is_not_follow_up_because_of_one_benign_top_class() -> None:
     # the case that printed "follow-up" beside 64 % malignant: a benign class on top at 6 %
     thymomas = {n: 0.105 for n in ("thymoma_A", "thymoma_AB", "thymoma_B1", "thymoma_B2",

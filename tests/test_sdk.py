@@ -512,7 +512,8 @@ def test_float_nifti_trains_on_the_bytes_it_is_served_with(
         logits = ckpt.build_model()(
             torch.from_numpy(arrays["views"][None]), torch.from_numpy(arrays["tabular"][None])
         )
-    trained_on = torch.softmax(logits.double(), dim=1)[0].numpy()
+    # the served probabilities carry the checkpoint's calibration temperature
+    trained_on = torch.softmax(logits.double() / ckpt.temperature, dim=1)[0].numpy()
     with DmfnClient(triton_server.http_url) as client:
         served = client.predict(load_row_study(row, ckpt.ctc_features))
     np.testing.assert_allclose(list(served.probs.values()), trained_on, atol=1e-5, rtol=0)

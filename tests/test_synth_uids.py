@@ -1,4 +1,5 @@
-"""DICOM identifiers of a synthetic cohort: one series per image, globally unique SOP instances."""
+"""DICOM identifiers of a synthetic cohort: one study and one series per image, globally unique
+SOP instances."""
 
 from __future__ import annotations
 
@@ -49,6 +50,26 @@ def test_every_image_has_its_own_series_and_every_slice_a_unique_sop(cohort: Pat
     assert len(set(all_series)) == len(rows), "two images share a SeriesInstanceUID"
     duplicated = [uid for uid, n in sops.items() if n > 1]
     assert not duplicated, f"{len(duplicated)} SOPInstanceUIDs are duplicated"
+
+
+def _one_uid_per_image(cohort: Path, keyword: str) -> dict[str, str]:
+    """image_id -> the one value of ``keyword`` that all slices of the image share."""
+    out = {}
+    for r in _rows(cohort):
+        uids = {str(ds.data_element(keyword).value) for ds in _headers(cohort / r["image_path"])}
+        assert len(uids) == 1, (r["image_id"], keyword, uids)
+        out[r["image_id"]] = next(iter(uids))
+    return out
+
+
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "FrameOfReferenceUID"])
+def test_every_image_is_its_own_study(cohort: Path, keyword: str) -> None:
+    """As synth.cohort._uid_entropy documents: each image is its own study (a patient's second
+    image is a repeat study) with its own frame of reference, the two images of one patient
+    included (the cohort fixture holds such a patient)."""
+    uid_of_image = _one_uid_per_image(cohort, keyword)
+    shared = {u: n for u, n in Counter(uid_of_image.values()).items() if n > 1}
+    assert not shared, f"images share a {keyword}: {shared}"
 
 
 def test_two_images_of_one_patient_in_one_folder_ask_for_a_series(

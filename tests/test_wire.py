@@ -46,6 +46,38 @@ def test_encode_decode_round_trip(shape) -> None:
     assert study.ctc.tolist() == [12.5] and study.clinical[0] == 54
 
 
+#: A (z, y, x) = (2, 2, 3) mask, 12 voxels, lesion at 4 of them. C order numbers the voxels
+#: i = 6 z + 3 y + x; the documented order is numpy.packbits' "big": voxel 8 k + j is bit 7 - j
+#: of byte k (voxel 0 is the first byte's most significant bit, 0x80), and the last byte's 4
+#: unused low bits are 0.
+#:   voxel 0 = (0, 0, 0) -> byte 0, 0x80     voxel 5 = (0, 1, 2) -> byte 0, 0x04
+#:   voxel 1 = (0, 0, 1) -> byte 0, 0x40     voxel 9 = (1, 1, 0) -> byte 1, 0x40
+#: so the bytes are 0xC4 0x40 (in the other bit order they would be 0x23 0x02).
+GOLDEN_MASK_SHAPE = (2, 2, 3)
+GOLDEN_MASK_VOXELS = ((0, 0, 0), (0, 0, 1), (0, 1, 2), (1, 1, 0))
+GOLDEN_ROI_MASK = b"\xc4\x40"
+
+
+def test_roi_mask_bytes_match_the_documented_bit_order() -> None:
+    """Golden bytes: the encoder writes, and the decoder reads, the literal ROI_MASK above (a
+    bit order flipped on both sides would still round-trip, and fail here)."""
+    mask = np.zeros(GOLDEN_MASK_SHAPE, np.uint8)
+    for voxel in GOLDEN_MASK_VOXELS:
+        mask[voxel] = 1
+    mask[1, 1, 0] = 7  # any nonzero value is lesion
+    hu = np.zeros(GOLDEN_MASK_SHAPE, np.int16)
+    arrays = encode_study(hu, mask, (1.0, 1.0, 1.0), [12.5], [54, 0, 1, 0, 0])
+    assert arrays[S.ROI_MASK][0, 0] == GOLDEN_ROI_MASK
+
+    literal = dict(arrays)
+    literal[S.ROI_MASK] = np.array([[GOLDEN_ROI_MASK]], dtype=np.object_)
+    decoded = decode_item(literal, 0, LIMITS).mask
+    expected = np.zeros(GOLDEN_MASK_SHAPE, np.uint8)
+    for voxel in GOLDEN_MASK_VOXELS:
+        expected[voxel] = 1
+    np.testing.assert_array_equal(decoded, expected)
+
+
 def test_batched_requests_decode_each_study() -> None:
     a, b = (
         encode_study(*_study((4, 5, 6)), (1, 1, 1), [3], [50, 1, 1, 0, 0]),
