@@ -438,7 +438,7 @@ def run_triton(system, repo, requests, concurrencies, args, tmp) -> list[Result]
     http_port, grpc_port, metrics_port = free_ports(3)
     config = ServiceConfig(
         repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-        log_path=tmp / f"{system}.log", canary_interval_s=None,
+        log_dir=tmp / f"{system}_logs", canary_interval_s=None, allow_root=os.geteuid() == 0,
     )  # fmt: skip
     out = []
     with DmfnService(config) as server:

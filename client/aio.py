@@ -18,6 +18,7 @@ import ssl
 from collections.abc import Iterable
 from typing import Any
 
+from dmfn.client.credentials import Credentials
 from dmfn.contract import schema as S
 from dmfn.contract.server import ServerContract
 from dmfn.contract.study import Study
@@ -50,8 +51,12 @@ class AsyncDmfnClient:
         contract: ServerContract | None = None,
         tls: bool = False,
         ca_cert: str | None = None,
+        api_key: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
     ) -> None:
-        self.endpoint = Endpoint.parse(url, protocol, timeout_s, tls, ca_cert)
+        credentials = Credentials.resolve(api_key, client_cert, client_key)
+        self.endpoint = Endpoint.parse(url, protocol, timeout_s, tls, ca_cert, credentials)
         check_contract(contract)
         self.model = model
         self._contract = contract
@@ -72,26 +77,34 @@ class AsyncDmfnClient:
     def protocol(self) -> str:
         return self.endpoint.protocol
 
+    @property
+    def _headers(self) -> dict[str, str] | None:
+        return self.endpoint.headers
+
     # ------------------------------------------------------------------ plumbing
     def _connection(self) -> Any:
         """The tritonclient aio client, made on first use (inside the event loop)."""
         if self._client is None:
             e = self.endpoint
+            cert, key = e.credentials.client_cert, e.credentials.client_key
             if e.protocol == "http":
                 context = None
                 if e.tls:
                     context = ssl.create_default_context(cafile=e.ca_cert)
+                    if cert is not None:
+                        context.load_cert_chain(cert, key)
                 self._client = self._module.InferenceServerClient(
                     e.url, conn_timeout=e.timeout_s, ssl=e.tls, ssl_context=context
                 )
             else:
-                root = None
-                if e.tls and e.ca_cert is not None:
-                    with open(e.ca_cert, "rb") as handle:
-                        root = handle.read()
-                self._client = self._module.InferenceServerClient(
-                    e.url, ssl=e.tls, root_certificates=root
-                )
+                # tritonclient's grpc.aio client reads these files itself
+                files = {
+                    "root_certificates": e.ca_cert,
+                    "certificate_chain": cert,
+                    "private_key": key,
+                }
+                files = {k: v for k, v in files.items() if e.tls and v is not None}
+                self._client = self._module.InferenceServerClient(e.url, ssl=e.tls, **files)
         return self._client
 
     async def _call(self, what: str, coroutine: Any) -> Any:
@@ -117,10 +130,13 @@ class AsyncDmfnClient:
         if self._contract is None:
             client = self._connection()
             if self.protocol == "http":
-                config = await self._call("model config", client.get_model_config(self.model))
+                config = await self._call(
+                    "model config", client.get_model_config(self.model, headers=self._headers)
+                )
             else:
                 reply = await self._call(
-                    "model config", client.get_model_config(self.model, as_json=True)
+                    "model config",
+                    client.get_model_config(self.model, as_json=True, headers=self._headers),
                 )
                 config = reply["config"]
             self._contract = contract_of(config, self.model)
@@ -131,8 +147,10 @@ class AsyncDmfnClient:
         try:
             client = self._connection()
             return bool(
-                await self._call("readiness", client.is_server_ready())
-                and await self._call("readiness", client.is_model_ready(self.model))
+                await self._call("readiness", client.is_server_ready(headers=self._headers))
+                and await self._call(
+                    "readiness", client.is_model_ready(self.model, headers=self._headers)
+                )
             )
         except DmfnServerError:
             return False
@@ -146,7 +164,9 @@ class AsyncDmfnClient:
             self._sync_module.InferRequestedOutput(t.name)
             for t in S.Schema(n_classes=len(contract.class_names)).response_outputs
         ]
-        extra = {"client_timeout": self.endpoint.timeout_s} if self.protocol == "grpc" else {}
+        extra: dict[str, Any] = {"headers": self._headers}
+        if self.protocol == "grpc":
+            extra["client_timeout"] = self.endpoint.timeout_s
         result = await self._call(
             "inference",
             self._connection().infer(self.model, inputs, outputs=outputs, **extra),

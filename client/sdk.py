@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from dmfn.client.credentials import Credentials
 from dmfn.contract import schema as S
 from dmfn.contract.management import ManagementPolicy
 from dmfn.contract.predictions import Provenance
@@ -170,13 +171,15 @@ def _text(value: object) -> str:
 # --------------------------------------------------------------------------- the client
 @dataclass(frozen=True)
 class Endpoint:
-    """Where and how to reach the server: ``host:port``, protocol, timeout (s), TLS and the CA."""
+    """Where and how to reach the server: ``host:port``, protocol, timeout (s), TLS, the CA,
+    and the client's credentials (API key, client certificate)."""
 
     url: str
     protocol: str
     timeout_s: float
     tls: bool
     ca_cert: str | None
+    credentials: Credentials = field(default_factory=Credentials)
 
     @classmethod
     def parse(
@@ -186,9 +189,11 @@ class Endpoint:
         timeout_s: float,
         tls: bool = False,
         ca_cert: str | None = None,
+        credentials: Credentials | None = None,
     ) -> Endpoint:
         """Check the client's arguments (ValueError naming the argument); ``http(s)://host:port``
-        is accepted for HTTP (https turns TLS on), a CA certificate turns TLS on."""
+        is accepted for HTTP (https turns TLS on), a CA certificate or a client certificate
+        turns TLS on."""
         if protocol not in PROTOCOLS:
             raise ValueError(f"argument 'protocol': must be one of {PROTOCOLS}, got {protocol!r}")
         if not (isinstance(timeout_s, int | float) and timeout_s > 0):
@@ -208,9 +213,22 @@ class Endpoint:
             if not Path(ca_cert).is_file():
                 raise ValueError(f"argument 'ca_cert': {ca_cert} is not a file")
             tls = True
+        credentials = credentials or Credentials()
+        if credentials.has_certificate:
+            tls = True
         return cls(
-            url, protocol, float(timeout_s), bool(tls), None if ca_cert is None else str(ca_cert)
+            url,
+            protocol,
+            float(timeout_s),
+            bool(tls),
+            None if ca_cert is None else str(ca_cert),
+            credentials,
         )
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """Headers every request carries (the API key), or None."""
+        return self.credentials.headers(self.protocol)
 
 
 def response_arrays(result: Any) -> dict[str, np.ndarray]:
@@ -252,6 +270,10 @@ class DmfnClient:
             A URL written ``https://host:port`` turns it on too.
         ca_cert: PEM file of the certificate authority (or the self-signed certificate) that
             signed the server's certificate; None trusts the system's authorities.
+        api_key: the key of ``dmfn serve --api-keys``, sent as ``Authorization: Bearer``; None
+            takes ``$DMFN_API_KEY`` or the file named by ``$DMFN_API_KEY_FILE``, if set.
+        client_cert, client_key: PEM files of a client certificate and its key, for ``dmfn
+            serve --tls-client-ca`` (mutual TLS).
 
     Safe to share between threads (one tritonclient client per thread inside). Use as a context
     manager or call :meth:`close`.
@@ -266,9 +288,14 @@ class DmfnClient:
         contract: ServerContract | None = None,
         tls: bool = False,
         ca_cert: str | None = None,
+        api_key: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
     ) -> None:
-        endpoint = Endpoint.parse(url, protocol, timeout_s, tls, ca_cert)
+        credentials = Credentials.resolve(api_key, client_cert, client_key)
+        endpoint = Endpoint.parse(url, protocol, timeout_s, tls, ca_cert, credentials)
         check_contract(contract)
+        self.endpoint = endpoint
         self.url, self.tls, self.ca_cert = endpoint.url, endpoint.tls, endpoint.ca_cert
         self.protocol = protocol
         self.model = model
@@ -288,12 +315,17 @@ class DmfnClient:
         client = getattr(self._local, "client", None)
         if client is None:
             tls: dict[str, Any]
+            certificate = self.endpoint.credentials
             if self.protocol == "http":
                 tls = {}
                 if self.tls:
-                    tls = {"ssl": True}
+                    options: dict[str, str] = {}
                     if self.ca_cert is not None:
-                        tls["ssl_options"] = {"ca_certs": self.ca_cert}
+                        options["ca_certs"] = self.ca_cert
+                    if certificate.client_cert is not None:
+                        options["certfile"] = certificate.client_cert
+                        options["keyfile"] = str(certificate.client_key)
+                    tls = {"ssl": True, "ssl_options": options} if options else {"ssl": True}
                 client = self._module.InferenceServerClient(
                     self.url,
                     connection_timeout=self.timeout_s,
@@ -303,7 +335,12 @@ class DmfnClient:
             else:
                 tls = {}
                 if self.tls:
-                    tls = {"ssl": True, "root_certificates": self.ca_cert}
+                    tls = {
+                        "ssl": True,
+                        "root_certificates": self.ca_cert,
+                        "private_key": certificate.client_key,
+                        "certificate_chain": certificate.client_cert,
+                    }
                 client = self._module.InferenceServerClient(self.url, **tls)
             self._local.client = client
             with self._lock:
@@ -322,8 +359,12 @@ class DmfnClient:
                 f"{what}: cannot reach the Triton server at {self.url} ({self.protocol}): {err}"
             ) from err
 
-    def _timeout_kwargs(self) -> dict[str, float]:
-        return {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+    def _timeout_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of every call: the API key's header, the gRPC timeout."""
+        extra: dict[str, Any] = {"headers": self.endpoint.headers}
+        if self.protocol == "grpc":
+            extra["client_timeout"] = self.timeout_s
+        return extra
 
     @property
     def contract(self) -> ServerContract:
@@ -331,7 +372,12 @@ class DmfnClient:
         if self._contract is None:
             client = self._client()
             if self.protocol == "http":
-                config = self._call("model config", client.get_model_config, self.model)
+                config = self._call(
+                    "model config",
+                    client.get_model_config,
+                    self.model,
+                    headers=self.endpoint.headers,
+                )
             else:
                 config = self._call(
                     "model config",
@@ -348,8 +394,10 @@ class DmfnClient:
         try:
             client = self._client()
             return bool(
-                self._call("readiness", client.is_server_ready)
-                and self._call("readiness", client.is_model_ready, self.model)
+                self._call("readiness", client.is_server_ready, headers=self.endpoint.headers)
+                and self._call(
+                    "readiness", client.is_model_ready, self.model, headers=self.endpoint.headers
+                )
             )
         except DmfnServerError:
             return False

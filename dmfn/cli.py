@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "statistics (equal to R pROC), reader study, cohort table, HTML report",
     ),
     "serve": ("dmfn.serving.serve", "start Triton Inference Server on a model repository"),
+    "keys": ("dmfn.serving.keys_cli", "create, list and revoke the API keys of dmfn serve"),
     "predict": (
         "dmfn.predict",
         "predictions from a running server or a checkpoint; CSV for evaluate",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -64,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--protocol", choices=("http", "grpc"), default="http", help="client protocol (http)"
     )
     return parser
+
+
+def _root_allowed() -> bool:
+    """The demo runs its short-lived loopback service as root where it is run as root (CI, a
+    container), and says so; `dmfn serve` itself refuses root without --allow-root."""
+    if os.geteuid() != 0:
+        return False
+    print("   (running as root: allowed for this demo; `dmfn serve` needs --allow-root for it)")
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
         server = DmfnService(
             ServiceConfig(
                 repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                log_path=workdir / "triton.log",
+                log_dir=workdir / "logs", allow_root=_root_allowed(),
             )
         )  # fmt: skip
         with server:
@@ -206,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
             print(
                 f"   served PROBS vs in-process PyTorch: max |difference| {np.abs(served - local).max():.1e}"
             )
-            print(f"   server log: {server.config.log_path}")
+            print(f"   server logs: {server.config.log_dir}/triton.log, front_door.log")
         print("   server stopped")
 
     print(f"\ndone in {time.perf_counter() - total:.0f} s")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from dmfn.client.credentials import read_key_file
 from dmfn.client.predict import EXIT_USAGE, build_parser, check_arguments, run
 from dmfn.client.sdk import DmfnClient
 
@@ -23,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
 
             predictor = LocalPredictor(args.checkpoint, args.management)
         else:
+            key = None
+            if args.api_key_file is not None:
+                key = read_key_file(args.api_key_file, "api_key_file (--api-key-file)")
             predictor = DmfnClient(
                 args.url,
                 args.protocol,
@@ -30,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.timeout,
                 tls=args.tls,
                 ca_cert=None if args.ca_cert is None else str(args.ca_cert),
+                api_key=key,
+                client_cert=None if args.client_cert is None else str(args.client_cert),
+                client_key=None if args.client_key is None else str(args.client_key),
             )
     except ValueError as err:  # before any contact with a server or any work
         parser.print_usage(sys.stderr)

@@ -39,6 +39,10 @@ def _options(parser) -> None:
     parser.add_argument("--protocol", choices=("http", "grpc"), default="http")
     parser.add_argument("--malformed", type=float, default=0.0, help="share of malformed requests")
     parser.add_argument("--studies-seed", type=int, default=0)
+    # TLS and mutual TLS (paths); the API key comes from $DMFN_API_KEY, read by the SDK
+    parser.add_argument("--ca-cert", default=None)
+    parser.add_argument("--client-cert", default=None)
+    parser.add_argument("--client-key", default=None)
     parser.add_argument(
         "--malformed-kinds",
         default=",".join(MALFORMED),
@@ -84,7 +88,14 @@ class DmfnUser(User):
         options = self.environment.parsed_options
         self.protocol = options.protocol
         self.malformed = options.malformed
-        self.client = DmfnClient(self.host, self.protocol, timeout_s=120)
+        self.client = DmfnClient(
+            self.host,
+            self.protocol,
+            timeout_s=120,
+            ca_cert=options.ca_cert,
+            client_cert=options.client_cert,
+            client_key=options.client_key,
+        )
         contract = self.client.contract
         if not _STUDIES:
             ranges = contract.limits.ctc_ranges[0] if contract.limits else (0.0, 40.0)
@@ -131,7 +142,13 @@ class DmfnUser(User):
         started = time.perf_counter()
         outcome: Exception | None
         try:
-            self.client._call("inference", self.client._client().infer, self.client.model, inputs)
+            self.client._call(
+                "inference",
+                self.client._client().infer,
+                self.client.model,
+                inputs,
+                **self.client._timeout_kwargs(),
+            )
             outcome = AssertionError(f"malformed request {kind!r} was accepted")
         except DmfnServerError as err:
             refused = err.status in ("400", "StatusCode.INVALID_ARGUMENT")

@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--server-pid", type=int, default=None, help="pid of the server to measure (with --url)"
     )
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="the server it starts serves TLS, needs a client certificate and an API key (a "
+        "throwaway certificate authority and key are made for the run); the clients use them",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for the reports")
     return p
 
@@ -72,15 +78,38 @@ def rss_by_process_mb(pid: int | None) -> dict[str, float] | None:
     return {k: round(v / 2**20, 1) for k, v in sorted(tree_rss(pid).items())}
 
 
-def _ready(url: str, protocol: str) -> bool:
+def _ready(url: str, protocol: str, tls: dict[str, str]) -> bool:
     """The server's readiness as a client sees it (server and dmfn_pipeline ready)."""
     from dmfn.client.sdk import DmfnClient
 
-    with DmfnClient(url, protocol, timeout_s=10) as client:
+    with DmfnClient(url, protocol, timeout_s=10, **tls) as client:
         return client.is_ready()
 
 
-def _start_server(checkpoint: Path, workdir: Path, protocol: str) -> tuple[subprocess.Popen, str]:
+def _secure(workdir: Path) -> tuple[list[str], dict[str, str], str]:
+    """A throwaway CA, server and client certificates and one API key: (dmfn serve options,
+    the clients' TLS arguments, the key)."""
+    from dmfn.serving.auth import ApiKeys, key_digest, new_key, write_keys
+    from dmfn.serving.testpki import make_test_pki
+
+    pki = make_test_pki(workdir / "pki")
+    key = new_key()
+    write_keys(workdir / "keys", ApiKeys((("loadtest", key_digest(key)),)))
+    serve = [
+        "--tls-cert", str(pki["server.pem"]), "--tls-key", str(pki["server.key"]),
+        "--tls-client-ca", str(pki["ca.pem"]), "--api-keys", str(workdir / "keys"),
+    ]  # fmt: skip
+    tls = {
+        "ca_cert": str(pki["ca.pem"]),
+        "client_cert": str(pki["client.pem"]),
+        "client_key": str(pki["client.key"]),
+    }
+    return serve, tls, key
+
+
+def _start_server(
+    checkpoint: Path, workdir: Path, protocol: str, extra: list[str]
+) -> tuple[subprocess.Popen, str]:
     from dmfn.serving.triton import free_ports
 
     repo = workdir / "repo"
@@ -95,7 +124,8 @@ def _start_server(checkpoint: Path, workdir: Path, protocol: str) -> tuple[subpr
         [
             *dmfn, "serve", "--repository", str(repo), "--http-port", str(http),
             "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-            "--log-file", str(workdir / "triton.log"),
+            "--log-dir", str(workdir / "logs"), *extra,
+            *(["--allow-root"] if os.geteuid() == 0 else []),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -108,7 +138,9 @@ def _start_server(checkpoint: Path, workdir: Path, protocol: str) -> tuple[subpr
     return server, f"127.0.0.1:{http if protocol == 'http' else grpc}"
 
 
-def _locust(args: argparse.Namespace, url: str, seconds: float, prefix: str) -> int:
+def _locust(
+    args: argparse.Namespace, url: str, seconds: float, prefix: str, tls: dict[str, str]
+) -> int:
     """Run the locustfile headless for ``seconds``; its reports go to ``DIR/<prefix>*``."""
     command = [
         sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless",
@@ -117,12 +149,17 @@ def _locust(args: argparse.Namespace, url: str, seconds: float, prefix: str) -> 
         "--csv", str(args.out / prefix), "--only-summary", "--stop-timeout", "30",
         "--loglevel", "WARNING",
     ]  # fmt: skip
+    for name, path in tls.items():
+        command += [f"--{name.replace('_', '-')}", path]
+    env = dict(os.environ)
+    if args.api_key:
+        env["DMFN_API_KEY"] = args.api_key  # the SDK reads it; never on a command line
     if prefix == "locust":
         command += ["--html", str(args.out / "report.html")]
     else:
         command += ["--skip-log"]
     return subprocess.run(
-        command, cwd=ROOT, stdout=subprocess.DEVNULL if prefix != "locust" else None
+        command, cwd=ROOT, stdout=subprocess.DEVNULL if prefix != "locust" else None, env=env
     ).returncode
 
 
@@ -142,12 +179,20 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dmfn-load-") as tmp:
         server, pid, url = None, args.server_pid, args.url
+        serve_options: list[str] = []
+        tls: dict[str, str] = {}
+        args.api_key = None
+        if args.secure:
+            if url is not None:
+                print("run.sh: --secure starts its own server: drop --url", file=sys.stderr)
+                return 2
+            serve_options, tls, args.api_key = _secure(Path(tmp))
         if url is None:
-            server, url = _start_server(args.checkpoint, Path(tmp), args.protocol)
+            server, url = _start_server(args.checkpoint, Path(tmp), args.protocol, serve_options)
             pid = server.pid
         try:
             if args.warmup > 0:
-                _locust(args, url, args.warmup, "warmup")
+                _locust(args, url, args.warmup, "warmup", tls)
             rss_start = tree_rss_mb(pid)
             by_process_start = rss_by_process_mb(pid)
             samples: list[tuple[float, float | None]] = []
@@ -160,12 +205,12 @@ def main(argv: list[str] | None = None) -> int:
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            locust_code = _locust(args, url, args.duration, "locust")
+            locust_code = _locust(args, url, args.duration, "locust", tls)
             stop.set()
             sampler.join()
             rss_end = tree_rss_mb(pid)
             by_process_end = rss_by_process_mb(pid)
-            ready = _ready(url, args.protocol)
+            ready = _ready(url, args.protocol, {**tls, "api_key": args.api_key} if tls else {})
         finally:
             if server is not None:
                 server.send_signal(signal.SIGTERM)
@@ -179,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "users": args.users,
         "duration_s": args.duration,
         "protocol": args.protocol,
+        "secure": args.secure,
         "malformed_share": args.malformed,
         "good_requests": int(good.get("Request Count", 0)),
         "good_failures": int(good.get("Failure Count", 0)),

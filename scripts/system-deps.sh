@@ -8,6 +8,8 @@ declare -A probe=(
   [r-cran-proc]="Rscript -e 'library(pROC)'"
   # nginx: the front door of `dmfn serve` (body limit, admin APIs closed, truthful readiness, TLS).
   [nginx]="command -v nginx || test -x /usr/sbin/nginx"
+  # its JavaScript module: API keys are checked by their SHA-256 inside nginx (serving/auth.py).
+  [libnginx-mod-http-js]="test -f /usr/lib/nginx/modules/ngx_http_js_module.so"
   # openssl: the TLS tests make a self-signed certificate with it.
   [openssl]="command -v openssl"
 )

@@ -4,8 +4,8 @@ and the shared-memory regions they own.
 A python-backend model instance is one ``triton_python_backend_stub`` process, a child of
 tritonserver, whose arguments hold the instance name (``<model>_<group>_<index>``, e.g.
 ``preprocess_0_1``) and its shared-memory region (``/dev/shm/<prefix><uuid>``). Triton 2.51 does
-not restart a stub that dies, and its health endpoints stay green; these helpers let the
-supervisor see it. Linux only (``/proc``); elsewhere nothing is found.
+not restart a stub that dies or stops, and its health endpoints stay green; these helpers let
+the supervisor see it. Linux only (``/proc``); elsewhere nothing is found.
 """
 
 from __future__ import annotations
@@ -58,15 +58,16 @@ def instance_name(argv: tuple[str, ...]) -> str | None:
     return argv[8]
 
 
-def live_stubs(parent_pid: int) -> dict[str, list[int]]:
-    """Instance name -> pids of the live (not zombie) stubs that are children of ``parent_pid``."""
-    out: dict[str, list[int]] = {}
+def live_stubs(parent_pid: int) -> dict[str, Proc]:
+    """Instance name -> the live (not zombie) stub process of that instance, among the children
+    of ``parent_pid`` (a tritonserver)."""
+    out: dict[str, Proc] = {}
     for proc in processes():
         if proc.ppid != parent_pid or proc.state in ("Z", "X"):
             continue
         name = instance_name(proc.argv)
         if name is not None:
-            out.setdefault(name, []).append(proc.pid)
+            out[name] = proc
     return out
 
 

@@ -9,9 +9,10 @@ import signal
 import sys
 from pathlib import Path
 
+from .auth import KeysFileError
 from .config import MODEL_NAMES
 from .frontdoor import FrontDoorError
-from .service import DmfnService, ServiceConfig, ServiceEvent
+from .service import LOOPBACK, DmfnService, ServiceConfig, ServiceEvent
 from .triton import PortInUseError, TritonError
 
 log = logging.getLogger("dmfn.serve")
@@ -27,13 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dmfn serve",
         description=(
             "Serve a model repository written by `dmfn export` with a real Triton Inference "
-            f"Server ({', '.join(MODEL_NAMES)}). Triton listens on loopback only; an nginx front "
-            "door on the public ports refuses oversized bodies before reading them, refuses the "
-            "admin APIs (model loading, shared memory, trace, logging) and answers readiness "
-            "truthfully. A supervisor replaces dead workers and restarts Triton if it exits. "
-            "Runs until Ctrl-C or SIGTERM, then drains: no new connections, requests in flight "
-            "finish within --drain-timeout seconds. Exit status: 0 after a clean stop, 1 when "
-            "the server failed, 2 for a usage error."
+            f"Server ({', '.join(MODEL_NAMES)}). Triton listens only on unix sockets in a "
+            "private folder; an nginx front door on the public ports checks API keys and client "
+            "certificates, refuses oversized bodies before reading them, buffers bodies, limits "
+            "requests per client, refuses the admin APIs (model loading, shared memory, trace, "
+            "logging) and answers readiness truthfully. A supervisor replaces dead or stuck "
+            "workers and restarts Triton or nginx if they exit. Runs until Ctrl-C or SIGTERM, "
+            "then drains: no new connections, requests in flight finish within --drain-timeout "
+            "seconds. SIGHUP reloads the API keys. Refuses to run as root without --allow-root. "
+            "Exit status: 0 after a clean stop, 1 when the server failed, 2 for a usage error. "
+            "A hospital setup (service user, TLS, keys): docs/deploy.md."
         ),
     )
     parser.add_argument(
@@ -50,65 +54,129 @@ def build_parser() -> argparse.ArgumentParser:
         help="tritonserver binary (default: the one bundled in the nvidia-pytriton wheel; in "
         "NGC's container: /opt/tritonserver/bin/tritonserver)",
     )
-    parser.add_argument(
+    net = parser.add_argument_group("network and security")
+    net.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address the public endpoints bind to (default 127.0.0.1, this machine only). To "
-        "serve other machines, use --tls-cert/--tls-key, or a reverse proxy with "
-        "authentication (docs/deploy.md)",
+        help="address the three public ports bind to (default 127.0.0.1, this machine only). "
+        "To serve other machines, use --tls-cert/--tls-key and --api-keys or --tls-client-ca",
     )
-    parser.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (8000)")
-    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (8001)")
-    parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus port (8002)")
-    parser.add_argument(
+    net.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (8000)")
+    net.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (8001)")
+    net.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8002,
+        help="Prometheus port (8002): same TLS, keys and client certificates as the others",
+    )
+    net.add_argument(
         "--tls-cert",
         type=Path,
         default=None,
-        help="PEM certificate: serve HTTPS and gRPC over TLS (with --tls-key)",
+        help="PEM certificate: HTTPS, gRPC over TLS and HTTPS metrics (with --tls-key)",
     )
-    parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
-    parser.add_argument(
+    net.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    net.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        help="PEM of the authority that signs client certificates: mutual TLS, every request "
+        "needs a client certificate it signed (needs --tls-cert)",
+    )
+    net.add_argument(
+        "--api-keys",
+        type=Path,
+        default=None,
+        help="keys file written by `dmfn keys new`: every request but the health checks needs "
+        "'Authorization: Bearer KEY'. Re-read when it changes or on SIGHUP",
+    )
+    net.add_argument(
+        "--max-requests-per-client",
+        type=int,
+        default=d["max_requests_per_client"].default,
+        help="requests in flight per client (its key's name, else its address); beyond: 429 / "
+        f"RESOURCE_EXHAUSTED ({d['max_requests_per_client'].default})",
+    )
+    net.add_argument(
+        "--max-requests",
+        type=int,
+        default=d["max_requests"].default,
+        help=f"requests in flight in all ({d['max_requests'].default})",
+    )
+    net.add_argument(
+        "--allow-root",
+        action="store_true",
+        help="run as root (refused otherwise: the front door and the workers parse what "
+        "clients send). Meant for containers where root is the only user",
+    )
+    health = parser.add_argument_group("health and repairs")
+    health.add_argument(
         "--drain-timeout",
         type=float,
         default=d["drain_timeout_s"].default,
         help="seconds requests in flight get to finish after SIGTERM/Ctrl-C "
         f"({d['drain_timeout_s'].default:g})",
     )
-    parser.add_argument(
+    health.add_argument(
         "--canary-interval",
         type=float,
         default=d["canary_interval_s"].default,
-        help="seconds between health-check requests through the pipeline; 0 = only after a "
-        f"repair ({d['canary_interval_s'].default:g})",
+        help="seconds between health-check requests through the pipeline; a stuck pipeline "
+        "turns readiness false within this plus --stall-timeout; 0 = only at start and repairs "
+        f"({d['canary_interval_s'].default:g})",
     )
-    parser.add_argument(
+    health.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=d["stall_timeout_s"].default,
+        help="seconds a health-check request may go unanswered, while no other request "
+        f"completes either, before readiness turns false ({d['stall_timeout_s'].default:g})",
+    )
+    health.add_argument(
+        "--repair-after",
+        type=float,
+        default=d["repair_after_s"].default,
+        help="seconds a stalled pipeline or a stopped worker may last before Triton is "
+        f"replaced ({d['repair_after_s'].default:g})",
+    )
+    health.add_argument(
         "--max-restarts",
         type=int,
         default=d["max_restarts"].default,
-        help="times Triton is restarted after it exits on its own, within "
-        f"{d['restart_window_s'].default:g} s, before dmfn serve gives up and exits with status 1 "
+        help="replacements of Triton in a row, each after it served less than "
+        f"{d['stable_after_s'].default:g} s, before dmfn serve gives up and exits with status 1 "
+        f"(a crash loop; a single failure after a stable run does not count) "
         f"({d['max_restarts'].default})",
     )
-    parser.add_argument(
-        "--no-front-door",
-        action="store_true",
-        help="let Triton listen on the public ports itself, without nginx (then bodies are not "
-        "limited before Triton reads them and readiness is Triton's own); admin APIs stay locked",
-    )
-    parser.add_argument(
+    health.add_argument(
         "--ready-timeout",
         type=float,
         default=d["ready_timeout_s"].default,
         help="seconds to wait for the server to become ready before giving up "
         f"({d['ready_timeout_s'].default:g})",
     )
-    parser.add_argument(
-        "--log-file",
+    logs = parser.add_argument_group("logs")
+    logs.add_argument(
+        "--log-dir",
         type=Path,
         default=None,
-        help="write Triton's log to this file instead of the terminal",
+        help="folder for triton.log and front_door.log (refused requests, errors; never a key); "
+        "default: Triton's log on the terminal, the front door's in the run folder",
     )
-    parser.add_argument(
+    logs.add_argument(
+        "--log-max-mb",
+        type=float,
+        default=d["log_max_bytes"].default / 2**20,
+        help="size at which a log is rotated, MiB "
+        f"({d['log_max_bytes'].default / 2**20:g}); lines are cut at 1 KiB (4 KiB for Triton)",
+    )
+    logs.add_argument(
+        "--log-backups",
+        type=int,
+        default=d["log_backups"].default,
+        help=f"rotated files kept per log ({d['log_backups'].default})",
+    )
+    logs.add_argument(
         "--log-verbose", type=int, default=0, help="Triton's --log-verbose level (0 = off)"
     )
     return parser
@@ -134,18 +202,25 @@ def banner(service: DmfnService) -> str:
         lines.append(
             f"  model   sha256 {model.get('model_sha256') or 'unknown'}, trained {trained}{synthetic}"
         )
-    if c.front_door and service.limits is not None:
+    if service.limits is not None:
         lines.append(
-            f"  front door: request bodies up to {service.limits.max_body_bytes() / 2**20:.1f} "
-            "MiB; admin APIs closed; readiness false while a worker is replaced or on drain"
+            f"  front door: bodies up to {service.limits.max_body_bytes() / 2**20:.1f} MiB, "
+            f"{c.max_requests_per_client} requests in flight per client, {c.max_requests} in all; "
+            "admin APIs closed; readiness false while a worker is stuck or replaced, or on drain"
         )
-    else:
-        lines.append("  no front door: Triton listens on the public ports itself")
-    if c.host not in ("127.0.0.1", "localhost", "::1") and c.tls_cert is None:
-        lines.append(
-            "  WARNING: reachable from the network without TLS or authentication; see "
-            "docs/deploy.md"
+    auth = []
+    if service.api_keys is not None:
+        auth.append(f"{len(service.api_keys.entries)} API key(s) from {c.api_keys}")
+    if c.tls_client_ca is not None:
+        auth.append(f"client certificates signed by {c.tls_client_ca}")
+    lines.append("  authentication: " + (" and ".join(auth) if auth else "none"))
+    if service.front_door_log is not None:
+        lines.append(f"  front-door log: {service.front_door_log}")
+    if c.host not in LOOPBACK and (c.tls_cert is None or not auth):
+        missing = " and ".join(
+            w for w, off in (("TLS", c.tls_cert is None), ("authentication", not auth)) if off
         )
+        lines.append(f"  WARNING: reachable from the network without {missing}; see docs/deploy.md")
     lines.append("Press Ctrl-C to stop.")
     return "\n".join(lines)
 
@@ -158,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dmfn serve``; returns the process exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # the service's events are printed once, by _print_event; its logger keeps only errors
+    logging.getLogger("dmfn.serve").setLevel(logging.ERROR)
     try:
         config = ServiceConfig(
             repository=args.repository,
@@ -166,15 +243,23 @@ def main(argv: list[str] | None = None) -> int:
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
             tritonserver=args.tritonserver,
-            log_path=args.log_file,
+            log_dir=args.log_dir,
+            log_max_bytes=int(args.log_max_mb * 2**20),
+            log_backups=args.log_backups,
             log_verbose=args.log_verbose,
-            front_door=not args.no_front_door,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            api_keys=args.api_keys,
+            max_requests_per_client=args.max_requests_per_client,
+            max_requests=args.max_requests,
             drain_timeout_s=args.drain_timeout,
             canary_interval_s=args.canary_interval or None,
+            stall_timeout_s=args.stall_timeout,
+            repair_after_s=args.repair_after,
             max_restarts=args.max_restarts,
             ready_timeout_s=args.ready_timeout,
+            allow_root=args.allow_root,
         )
     except ValueError as err:
         print(f"dmfn serve: {err}", file=sys.stderr)
@@ -193,18 +278,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         service.request_stop()
 
+    def on_hangup(signum: int, frame: object) -> None:
+        service.supervisor.reload_requested = True
+
     for s in stop_signals:
         signal.signal(s, on_signal)
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     try:
         try:
             service.start()
-        except (PortInUseError, ValueError) as err:
+        except (PortInUseError, ValueError, KeysFileError) as err:
             print(f"dmfn serve: {err}", file=sys.stderr)
             return EXIT_USAGE
         except (TritonError, FrontDoorError) as err:
             print(f"dmfn serve: {err}", file=sys.stderr)
             return EXIT_SERVER
-        if service.failure is None and not service._stop.is_set():
+        if service.failure is None and not service.stopping:
             print(banner(service), flush=True)
         service.wait()
         code = service.shutdown()

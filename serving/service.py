@@ -1,31 +1,25 @@
 """The dmfn inference service: Triton behind the front door, watched by a supervisor.
 
-``dmfn serve`` runs one :class:`DmfnService`:
+``dmfn serve`` runs one :class:`DmfnService`. It owns the processes and files of one run:
 
-- **Triton** (:class:`~dmfn.serving.triton.TritonServer`) on loopback ports chosen at start, its
-  admin APIs (model repository, shared memory, trace, logging) locked by a random key that only
-  this process holds, its python-backend shared memory under a prefix unique to this run;
-- **the front door** (:mod:`~dmfn.serving.frontdoor`, nginx) on the public ports: body-size limit
-  from the model's input limits, admin APIs refused, truthful readiness, optional TLS;
-- **the supervisor** (a thread of this process), every ``check_interval_s``:
+- a private **run folder** (mode 0700) holding everything local users must not reach: Triton's
+  unix sockets (HTTP, gRPC, metrics; one subfolder per Triton generation), the workers' state
+  records, the front door's configuration, temp files and log socket, the readiness flag;
+- **Triton** (:class:`~dmfn.serving.triton.TritonServer`), listening only on those sockets, its
+  python-backend shared memory owner-only and under a prefix unique to this run;
+- **the front door** (:mod:`~dmfn.serving.frontdoor`, nginx) on the public ports;
+- the **metrics** endpoint (:mod:`~dmfn.serving.metrics`) and the front door's **log
+  receiver** (:mod:`~dmfn.serving.logs`), two threads of this process;
+- the **supervisor** (:class:`~dmfn.serving.supervisor.Supervisor`), a thread that checks and
+  repairs all of it.
 
-  - a python-backend worker (stub) that died, Triton exiting, or two failed canary requests in a
-    row are answered by replacing Triton: a new Triton starts on new loopback ports, answers a
-    canary request, the front door switches to it (nginx reloads its configuration without
-    dropping connections), and the old one drains and stops. Requests keep flowing meanwhile;
-    only those the old Triton had already scheduled onto the dead worker fail. Readiness is
-    false until the new Triton answers. At most ``max_restarts`` replacements in
-    ``restart_window_s``; beyond that the service stops with a failure. (Reloading just the
-    model through Triton's repository API was tried first: with a dead stub, Triton 2.51 can
-    block the reload for its 30 s stub timeout and then never finishes unloading the old
-    instance, so a later shutdown times out.) Without the front door Triton is restarted in
-    place, on the same ports;
-  - nginx exiting is answered by a restart;
-  - every ``canary_interval_s`` (if set) a small valid study goes through the pipeline.
-
-On :meth:`shutdown` readiness turns false, the front door stops accepting connections and lets
-requests in flight finish (at most ``drain_timeout_s``), then Triton stops, leftover stubs are
-killed and the shared-memory regions of this run are removed, on every path.
+Every child is started by one :class:`~dmfn.serving.spawner.Spawner` thread, so children die
+with the process (kill -9 included) and never earlier. A state file
+(:mod:`~dmfn.serving.runstate`) lets the next ``dmfn serve`` on the same ports clean up after a
+killed one. On :meth:`shutdown` readiness turns false, the front door stops accepting
+connections and lets requests in flight finish (at most ``drain_timeout_s``), then Triton stops,
+leftover workers are killed and the shared-memory regions and run folder are removed, on every
+path.
 """
 
 from __future__ import annotations
@@ -34,40 +28,45 @@ import contextlib
 import json
 import logging
 import math
+import os
 import secrets
 import shutil
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dmfn.client.sdk import infer_inputs
-from dmfn.contract import schema as S
 from dmfn.contract.limits import InputLimits
 from dmfn.contract.schema import clinical_vector as schema_clinical
 from dmfn.contract.server import ServerContract
 from dmfn.contract.wire import encode_study
 
-from .config import MODEL_NAMES
-from .frontdoor import ADMIN_HEADER, FrontDoor, FrontDoorConfig, FrontDoorError
-from .processes import kill_marked, live_stubs, remove_shm_regions
+from .auth import ApiKeys, file_stamp
+from .frontdoor import FrontDoor, FrontDoorConfig, FrontDoorError, find_nginx
+from .logs import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, LogReceiver, RotatingLog
+from .metrics import MetricsServer, render_service_metrics
+from .processes import kill_marked, remove_shm_regions
 from .repository import MANIFEST_FILE, check_repository
-from .triton import PortInUseError, TritonError, TritonServer, free_ports, port_is_free
+from .runstate import RunState, clear_predecessor, port_owner
+from .spawner import Spawner
+from .triton import PortInUseError, TritonError, TritonServer, port_is_free
 
 log = logging.getLogger("dmfn.serve")
 
 READY_FLAG = "ready"
+#: Longest path of a unix socket (sun_path is 108 bytes on Linux, with the terminating NUL).
+MAX_SOCKET_PATH = 107
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """Settings of one ``dmfn serve`` (ports on ``host``; seconds; paths)."""
+    """Settings of one ``dmfn serve`` (ports on ``host``; seconds; bytes; paths)."""
 
     repository: Path
     host: str = "127.0.0.1"
@@ -75,36 +74,63 @@ class ServiceConfig:
     grpc_port: int = 8001
     metrics_port: int = 8002
     tritonserver: Path | None = None
-    log_path: Path | None = None
+    #: Folder for ``triton.log`` and ``front_door.log`` (rotated by size). None: Triton's
+    #: output goes to the terminal and the front door's log lives in the run folder.
+    log_dir: Path | None = None
+    log_max_bytes: int = DEFAULT_MAX_BYTES
+    log_backups: int = DEFAULT_BACKUPS
     log_verbose: int = 0
-    #: nginx in front (body limit, admin APIs refused, truthful readiness, TLS). Without it
-    #: Triton listens on the public ports itself (admin APIs still locked by the key).
-    front_door: bool = True
     front_workers: int = 1
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: PEM of the authority that signs client certificates: mutual TLS on every port.
+    tls_client_ca: Path | None = None
+    #: Keys file (:mod:`dmfn.serving.auth`): every request but health checks needs a key.
+    api_keys: Path | None = None
+    max_requests_per_client: int = 16
+    max_requests: int = 64
     drain_timeout_s: float = 30.0
     check_interval_s: float = 0.5
-    #: Seconds between canary requests through the pipeline (None: only after a repair).
-    canary_interval_s: float | None = 30.0
+    #: Seconds between canary requests through the pipeline (None: only at start and repairs).
+    canary_interval_s: float | None = 1.0
+    #: A canary unanswered this long, with no other request completing meanwhile, marks the
+    #: pipeline stalled (readiness false); so does a stopped worker, at once. With the
+    #: interval, the check and Triton's statistics (0.5 s each at most), a stall shows within
+    #: 5 s.
+    stall_timeout_s: float = 2.0
+    #: Seconds a stall or a stopped worker may last before Triton is replaced.
+    repair_after_s: float = 10.0
+    #: Replacements in a row, each of a Triton that served less than ``stable_after_s``, after
+    #: which the service gives up (a crash loop). A single failure after a stable run does not
+    #: count toward it.
     max_restarts: int = 3
-    restart_window_s: float = 600.0
+    stable_after_s: float = 60.0
     ready_timeout_s: float = 180.0
+    #: Run as root (refused by default: see :meth:`DmfnService.start`).
+    allow_root: bool = False
 
     def __post_init__(self) -> None:
         if not Path(self.repository).is_dir():
             raise ValueError(f"argument 'repository': {self.repository} is not a directory")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("arguments 'tls_cert' and 'tls_key': give both or neither")
-        for name in ("tls_cert", "tls_key"):
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "api_keys"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"argument '{name}': {path} is not a file")
-        if self.tls_cert is not None and not self.front_door:
+        if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError(
-                "argument 'tls_cert': TLS is terminated by the front door; drop --no-front-door"
+                "argument 'tls_client_ca': client certificates need TLS: give --tls-cert and "
+                "--tls-key too"
             )
-        for name in ("drain_timeout_s", "check_interval_s", "ready_timeout_s", "restart_window_s"):
+        for name in (
+            "drain_timeout_s",
+            "check_interval_s",
+            "ready_timeout_s",
+            "stall_timeout_s",
+            "repair_after_s",
+            "stable_after_s",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"argument '{name}': must be a number > 0, got {value!r}")
@@ -112,8 +138,11 @@ class ServiceConfig:
             raise ValueError(
                 f"argument 'canary_interval_s': must be > 0 or None, got {self.canary_interval_s!r}"
             )
-        if self.max_restarts < 0 or self.front_workers < 1:
-            raise ValueError("arguments 'max_restarts' >= 0 and 'front_workers' >= 1 are required")
+        for name in ("max_requests_per_client", "max_requests", "front_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"argument '{name}': must be >= 1, got {getattr(self, name)}")
+        if self.max_restarts < 0:
+            raise ValueError(f"argument 'max_restarts': must be >= 0, got {self.max_restarts}")
 
 
 @dataclass
@@ -170,8 +199,11 @@ class DmfnService:
     :meth:`request_stop` or a fatal failure) and :meth:`shutdown`; or as a context manager."""
 
     def __init__(self, config: ServiceConfig) -> None:
+        from .supervisor import Supervisor
+
         self.config = config
         self.events: list[ServiceEvent] = []
+        self.event_counts: Counter[str] = Counter()
         self.failure: str | None = None
         self.triton: TritonServer | None = None
         self.front: FrontDoor | None = None
@@ -179,21 +211,24 @@ class DmfnService:
         #: The served checkpoint's provenance from the repository manifest (None: unrecorded).
         self.provenance: dict[str, str] | None = None
         self.ready_seconds: float | None = None
-        self._admin_key = secrets.token_urlsafe(24)
+        self.api_keys: ApiKeys | None = None
+        #: The keys file's (mtime, size, inode) when it was last read.
+        self.keys_stamp: tuple[float, int, int] | None = None
+        self.contract: ServerContract | None = None
+        #: Model -> names of its python-backend instances (``preprocess_0_1``), from Triton.
+        self.expected_instances: dict[str, list[str]] = {}
+        self.supervisor = Supervisor(self)
         self._shm_prefix = f"dmfn_{secrets.token_hex(5)}_"
         self._generation = 0
-        self._retiring: list[threading.Thread] = []
         self._run_dir: Path | None = None
+        self._state: RunState | None = None
+        self._spawner: Spawner | None = None
+        self._receiver: LogReceiver | None = None
+        self._metrics: MetricsServer | None = None
         self._stop = threading.Event()
-        self._lock = threading.RLock()
-        self._thread: threading.Thread | None = None
-        self._expected_instances: dict[str, list[str]] = {}
-        self._restarts: list[float] = []
-        self._canary_failures = 0
-        self._last_canary = 0.0
-        #: Triton's HTTP, gRPC and metrics ports (loopback behind the front door).
-        self._internal_ports: tuple[int, int, int] = (0, 0, 0)
-        self._contract: ServerContract | None = None
+        self._stopping = False
+        #: Serialises start, repairs and teardown (the supervisor's thread and the caller's).
+        self.lock = threading.RLock()
         self._listeners: list[Callable[[ServiceEvent], None]] = []
 
     # ------------------------------------------------------------------ addresses
@@ -212,35 +247,42 @@ class DmfnService:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.probe_host}:{self.config.metrics_port}/metrics"
+        return f"{self.scheme}://{self.probe_host}:{self.config.metrics_port}/metrics"
 
     @property
     def scheme(self) -> str:
         return "https" if self.config.tls_cert is not None else "http"
 
     @property
-    def internal_http_url(self) -> str:
-        return f"127.0.0.1:{self._internal_ports[0]}"
-
-    @property
     def shm_prefix(self) -> str:
         """Prefix of every /dev/shm region of this service (all Triton generations)."""
         return self._shm_prefix
 
-    def _generation_prefix(self) -> str:
+    def generation_prefix(self) -> str:
         return f"{self._shm_prefix}g{self._generation}_"
 
     @property
     def run_dir(self) -> Path | None:
         return self._run_dir
 
+    @property
+    def front_door_log(self) -> Path | None:
+        if self.config.log_dir is not None:
+            return Path(self.config.log_dir) / "front_door.log"
+        return None if self._run_dir is None else self._run_dir / "front_door.log"
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping or self._stop.is_set()
+
     def on_event(self, listener: Callable[[ServiceEvent], None]) -> None:
         """Call ``listener`` with every :class:`ServiceEvent` (e.g. to print it)."""
         self._listeners.append(listener)
 
-    def _event(self, kind: str, message: str) -> None:
+    def event(self, kind: str, message: str) -> None:
         event = ServiceEvent(time.time(), kind, message)
         self.events.append(event)
+        self.event_counts[kind] += 1
         (log.error if kind == "failed" else log.warning)(message)
         for listener in self._listeners:
             with contextlib.suppress(Exception):
@@ -248,24 +290,38 @@ class DmfnService:
 
     # ------------------------------------------------------------------ readiness flag
     @property
-    def _flag(self) -> Path:
+    def flag(self) -> Path:
         assert self._run_dir is not None
         return self._run_dir / READY_FLAG
 
-    def _set_ready(self, ready: bool) -> None:
+    def set_ready(self, ready: bool) -> None:
+        """Create or remove the flag the front door's readiness endpoints read."""
         if self._run_dir is None:
             return
-        if ready:
-            self._flag.touch()
-            self._flag.chmod(0o644)
+        if ready and not self.stopping:
+            self.flag.touch()
         else:
-            self._flag.unlink(missing_ok=True)
+            self.flag.unlink(missing_ok=True)
 
     def is_ready(self) -> bool:
         """What the public readiness endpoints answer."""
-        return self._run_dir is not None and self._flag.exists()
+        return self._run_dir is not None and self.flag.exists()
+
+    def service_metrics(self) -> str:
+        refusals = self._receiver.counts() if self._receiver is not None else {}
+        keys = None if self.api_keys is None else len(self.api_keys.entries)
+        return render_service_metrics(self.is_ready(), refusals, dict(self.event_counts), keys)
 
     # ------------------------------------------------------------------ start
+    def _check_user(self) -> None:
+        if os.geteuid() == 0 and not self.config.allow_root:
+            raise ValueError(
+                "refusing to run as root: the front door and the workers parse what clients "
+                "send, and a flaw in any of them would then own the machine. Run dmfn serve as "
+                "its own user (docs/deploy.md), or pass --allow-root where root is the only "
+                "user (a container)"
+            )
+
     def _check_public_ports(self) -> None:
         c = self.config
         ports = {"http_port": c.http_port, "grpc_port": c.grpc_port, "metrics_port": c.metrics_port}
@@ -274,272 +330,180 @@ class DmfnService:
         for name, port in ports.items():
             if not 0 < port < 65536:
                 raise ValueError(f"argument '{name}': must be in 1..65535, got {port}")
+        try:
+            cleared = clear_predecessor(c.host, (c.http_port, c.grpc_port, c.metrics_port))
+        except RuntimeError as err:
+            raise PortInUseError(str(err)) from None
+        if cleared:
+            self.event("predecessor_cleared", cleared)
+        for name, port in ports.items():
             if not port_is_free(c.host, port):
                 raise PortInUseError(
                     f"argument '{name}' (--{name.replace('_', '-')}): port {port} on {c.host} "
-                    "is already in use (another server running? choose another port)"
+                    f"is already in use by {port_owner(port)}; stop it or choose another port"
                 )
 
-    def _new_triton(self) -> TritonServer:
+    def _make_run_dir(self) -> Path:
+        run_dir = Path(tempfile.mkdtemp(prefix="dmfn-serve-"))  # mode 0700
+        longest = run_dir / "g999" / "grpc:0"
+        if len(str(longest)) > MAX_SOCKET_PATH - 10:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise ValueError(
+                f"the temporary folder {run_dir.parent} has too long a path for unix sockets; "
+                "set TMPDIR to a short one (e.g. /tmp)"
+            )
+        return run_dir
+
+    def new_triton(self) -> TritonServer:
+        """A Triton for the current generation, in its own folder of the run folder."""
         c = self.config
-        http, grpc, metrics = self._internal_ports
-        host = "127.0.0.1" if c.front_door else c.host
+        assert self._run_dir is not None
+        folder = self._run_dir / f"g{self._generation}"
+        folder.mkdir(mode=0o700)
+        (folder / "workers").mkdir(mode=0o700)
         return TritonServer(
             repository=Path(c.repository),
-            host=host,
-            http_port=http,
-            grpc_port=grpc,
-            metrics_port=metrics,
+            socket_dir=folder,
             tritonserver=c.tritonserver,
-            log_path=c.log_path,
+            log_path=None if c.log_dir is None else Path(c.log_dir) / "triton.log",
+            log_max_bytes=c.log_max_bytes,
+            log_backups=c.log_backups,
             log_verbose=c.log_verbose,
-            exit_timeout_s=5 if c.front_door else max(1, round(c.drain_timeout_s)),
-            admin_key=self._admin_key,
-            shm_prefix=self._generation_prefix(),
+            exit_timeout_s=5,
+            shm_prefix=self.generation_prefix(),
+            worker_state_dir=folder / "workers",
+            spawner=self._spawner,
+        )
+
+    def next_generation(self) -> None:
+        self._generation += 1
+
+    def front_config(self) -> FrontDoorConfig:
+        c = self.config
+        assert self._run_dir is not None and self.limits is not None and self.triton is not None
+        return FrontDoorConfig(
+            run_dir=self._run_dir,
+            ready_flag=self.flag,
+            host=c.host,
+            http_port=c.http_port,
+            grpc_port=c.grpc_port,
+            metrics_port=c.metrics_port,
+            upstream_http=self.triton.socket("http"),
+            upstream_grpc=self.triton.socket("grpc"),
+            metrics_socket=self._run_dir / "metrics.sock",
+            log_socket=self._run_dir / "log.sock",
+            log_file=self.front_door_log,
+            max_body_bytes=self.limits.max_body_bytes(),
+            drain_timeout_s=c.drain_timeout_s,
+            workers=c.front_workers,
+            tls_cert=Path(c.tls_cert).resolve() if c.tls_cert else None,
+            tls_key=Path(c.tls_key).resolve() if c.tls_key else None,
+            tls_client_ca=Path(c.tls_client_ca).resolve() if c.tls_client_ca else None,
+            api_keys=self.api_keys,
+            max_requests_per_client=c.max_requests_per_client,
+            max_requests=c.max_requests,
         )
 
     def start(self) -> None:
         """Start Triton, the front door and the supervisor; return when the service is ready.
 
-        Raises ValueError (bad settings, port taken: :class:`PortInUseError`), TritonError or
-        FrontDoorError; nothing is left running on failure.
+        Raises ValueError (bad settings, root without ``allow_root``, a port taken:
+        :class:`PortInUseError`), TritonError or FrontDoorError; nothing is left running on
+        failure.
         """
         c = self.config
+        self._check_user()
         problems = check_repository(c.repository)
         if problems:
             raise ValueError(
                 f"argument 'repository': {c.repository} is not a complete dmfn model "
                 "repository: " + "; ".join(problems)
             )
+        if find_nginx() is None:
+            raise FrontDoorError(
+                "nginx was not found: install it (`apt-get install nginx`; `make setup` does this "
+                "as root)"
+            )
         self.limits = repository_limits(Path(c.repository))
         self.provenance = repository_provenance(Path(c.repository))
-        self._check_public_ports()
-        self._run_dir = Path(tempfile.mkdtemp(prefix="dmfn-serve-"))
-        t0 = time.monotonic()
-        try:
-            if c.front_door:
-                self._internal_ports = tuple(free_ports(3))  # type: ignore[assignment]
-            else:
-                self._internal_ports = (c.http_port, c.grpc_port, c.metrics_port)
-            self.triton = self._new_triton()
-            self.triton.start()
-            self.triton.wait_ready(c.ready_timeout_s)
-            self._expected_instances = self._read_expected_instances()
-            self._contract = self._read_contract()
-            if c.front_door:
-                self.front = FrontDoor(self._front_config())
-                self.front.start()
-            if not self._canary():
-                raise TritonError(
-                    "the pipeline did not answer a valid canary request after start-up "
-                    f"(see the server log)\n{self.triton.log_tail()}"
-                )
-            self._set_ready(True)
-            self.ready_seconds = time.monotonic() - t0
-        except BaseException:
-            self._teardown(drain=False)
-            raise
-        self._thread = threading.Thread(target=self._supervise, name="dmfn-supervisor", daemon=True)
-        self._thread.start()
-
-    def _front_config(self) -> FrontDoorConfig:
-        c = self.config
-        assert self._run_dir is not None and self.limits is not None
-        return FrontDoorConfig(
-            run_dir=self._run_dir,
-            ready_flag=self._flag,
-            host=c.host,
-            http_port=c.http_port,
-            grpc_port=c.grpc_port,
-            metrics_port=c.metrics_port,
-            upstream_http_port=self._internal_ports[0],
-            upstream_grpc_port=self._internal_ports[1],
-            upstream_metrics_port=self._internal_ports[2],
-            max_body_bytes=self.limits.max_body_bytes(),
-            drain_timeout_s=c.drain_timeout_s,
-            workers=c.front_workers,
-            tls_cert=Path(c.tls_cert).resolve() if c.tls_cert else None,
-            tls_key=Path(c.tls_key).resolve() if c.tls_key else None,
-        )
-
-    # ------------------------------------------------------------------ Triton's admin API
-    def _admin(self, method: str, path: str, timeout_s: float = 60.0) -> tuple[int, bytes]:
-        """A request to Triton's internal HTTP port with the admin key."""
-        request = urllib.request.Request(
-            f"http://{self.internal_http_url}{path}",
-            data=b"{}" if method == "POST" else None,
-            headers={ADMIN_HEADER: self._admin_key, "Content-Type": "application/json"},
-            method=method,
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read()
-        except (urllib.error.URLError, OSError) as err:
-            return 0, str(err).encode()
-
-    def _read_expected_instances(self) -> dict[str, list[str]]:
-        """Model -> names of its python-backend instances (``preprocess_0_1``), from Triton."""
-        out: dict[str, list[str]] = {}
-        for model in MODEL_NAMES:
-            status, body = self._admin("GET", f"/v2/models/{model}/config")
-            if status != 200:
-                raise TritonError(f"cannot read the config of model {model!r} ({status})")
-            config = json.loads(body)
-            if config.get("backend") != "python":
-                continue
-            names = []
-            for g, group in enumerate(config.get("instance_group", [])):
-                base = group.get("name") or f"{model}_{g}"
-                names += [f"{base}_{i}" for i in range(int(group.get("count", 1)))]
-            out[model] = names
-        return out
-
-    def _read_contract(self) -> ServerContract:
-        status, body = self._admin("GET", f"/v2/models/{S.PIPELINE_MODEL}/config")
-        if status != 200:
-            raise TritonError(f"cannot read the config of {S.PIPELINE_MODEL} ({status})")
-        return ServerContract.from_parameters(json.loads(body).get("parameters", {}))
-
-    # ------------------------------------------------------------------ checks
-    def dead_instances(self) -> dict[str, list[str]]:
-        """Model -> its python-backend instances that have no live stub process now."""
-        if self.triton is None or self.triton.process is None:
-            return {}
-        alive = live_stubs(self.triton.process.pid)
-        missing = {
-            model: [n for n in names if n not in alive]
-            for model, names in self._expected_instances.items()
-        }
-        return {m: names for m, names in missing.items() if names}
-
-    def _canary(self) -> bool:
-        """One valid study through the pipeline on Triton's internal port; True if it answered."""
-        import tritonclient.http as httpclient
-
-        assert self._contract is not None
-        self._last_canary = time.monotonic()
-        client = httpclient.InferenceServerClient(
-            self.internal_http_url, connection_timeout=30.0, network_timeout=30.0
-        )
-        try:
-            inputs = infer_inputs(httpclient, canary_arrays(self._contract))
-            result = client.infer(S.PIPELINE_MODEL, inputs)
-            probs = result.as_numpy(S.PROBS)
-            return probs is not None and bool(np.isfinite(probs).all())
-        except Exception as err:  # any failure means "not answering"
-            log.warning("canary request failed: %s", err)
-            return False
-        finally:
-            with contextlib.suppress(Exception):
-                client.close()
-
-    # ------------------------------------------------------------------ repairs
-    def _replace_triton(self, kind: str, why: str) -> None:
-        """Start a new Triton, switch the front door to it, retire the old one (see the module
-        docstring); ``kind`` names the event."""
-        self._set_ready(False)
-        now = time.monotonic()
-        self._restarts = [t for t in self._restarts if now - t < self.config.restart_window_s]
-        if len(self._restarts) >= self.config.max_restarts:
-            self._fail(
-                f"{why}; Triton was already replaced {len(self._restarts)} times in "
-                f"{self.config.restart_window_s:.0f} s: giving up"
-            )
-            return
-        self._restarts.append(now)
-        old, old_prefix = self.triton, self._generation_prefix()
-        t0 = time.monotonic()
-        self._generation += 1
-        try:
-            if self.front is not None:
-                self._internal_ports = tuple(free_ports(3))  # type: ignore[assignment]
-                new = self._new_triton()
-            else:  # in place: the public ports are Triton's own
-                self._retire(old, old_prefix, wait_for_front=False)
-                old = None
-                new = self._new_triton()
-            new.start()
-            self.triton = new
-            new.wait_ready(self.config.ready_timeout_s)
-            self._expected_instances = self._read_expected_instances()
-            if not self._canary():
-                raise TritonError("the new Triton did not answer the canary request")
-            if self.front is not None:
-                self.front.reconfigure(self._front_config())
-        except (TritonError, ValueError, FrontDoorError) as err:
-            self._fail(f"{why}; starting a new Triton failed: {err}")
-            return
-        if old is not None:
-            thread = threading.Thread(
-                target=self._retire, args=(old, old_prefix), name="dmfn-retire", daemon=True
-            )
-            thread.start()
-            self._retiring.append(thread)
-        self._set_ready(True)
-        self._event(kind, f"{why}; a new Triton took over in {time.monotonic() - t0:.1f} s")
-
-    def _retire(self, old: TritonServer | None, prefix: str, wait_for_front: bool = True) -> None:
-        """Stop a replaced Triton once the front door no longer uses it, then remove what its
-        dead workers left (processes, shared memory)."""
-        front = self.front
-        if wait_for_front and front is not None:
-            front.wait_old_workers(self.config.drain_timeout_s)
-        if old is not None:
-            code = old.stop(timeout_s=30.0)
-            log.info("replaced Triton stopped (exit code %s)", code)
-        kill_marked(prefix)
-        remove_shm_regions(prefix)
-
-    def _fail(self, message: str) -> None:
-        self.failure = message
-        self._set_ready(False)
-        self._event("failed", message)
-        self._stop.set()
-
-    def check_once(self) -> None:
-        """One round of the supervisor's checks and repairs (the thread calls it in a loop)."""
-        with self._lock:
-            if self._stop.is_set() or self.triton is None:
-                return
-            process = self.triton.process
-            if process is None or process.poll() is not None:
-                code = None if process is None else process.returncode
-                self._replace_triton("triton_restarted", f"Triton exited on its own (code {code})")
-                return
-            if self.front is not None and not self.front.running():
-                self._set_ready(False)
-                try:
-                    self.front.start()
-                except FrontDoorError as err:
-                    self._fail(f"the front door (nginx) died and could not be restarted: {err}")
-                    return
-                self._set_ready(True)
-                self._event("front_door_restarted", "the front door (nginx) died; restarted it")
-            dead = self.dead_instances()
-            if dead:
-                names = ", ".join(n for names in dead.values() for n in names)
-                self._replace_triton("worker_replaced", f"worker(s) {names} died")
-                return
-            interval = self.config.canary_interval_s
-            if interval is not None and time.monotonic() - self._last_canary >= interval:
-                if self._canary():
-                    self._canary_failures = 0
-                else:
-                    self._canary_failures += 1
-                    if self._canary_failures >= 2:
-                        self._canary_failures = 0
-                        self._replace_triton(
-                            "worker_replaced", "the pipeline failed two canary requests in a row"
-                        )
-
-    def _supervise(self) -> None:
-        while not self._stop.wait(self.config.check_interval_s):
+        if c.api_keys is not None:
+            self.keys_stamp = file_stamp(Path(c.api_keys))  # before reading: no change is missed
+            self.api_keys = ApiKeys.load(Path(c.api_keys))
+        with self.lock:
+            self._check_public_ports()
+            self._run_dir = self._make_run_dir()
+            t0 = time.monotonic()
             try:
-                self.check_once()
-            except Exception as err:  # the supervisor must outlive any one check
-                log.exception("supervisor check failed: %s", err)
+                self._spawner = Spawner()
+                self._state = RunState(
+                    c.host,
+                    (c.http_port, c.grpc_port, c.metrics_port),
+                    run_dir=str(self._run_dir),
+                    shm_prefix=self._shm_prefix,
+                )
+                self._state.save()
+                door_log = self.front_door_log
+                assert door_log is not None
+                self._receiver = LogReceiver(
+                    self._run_dir / "log.sock",
+                    RotatingLog(door_log, c.log_max_bytes, c.log_backups),
+                )
+                self._metrics = MetricsServer(
+                    self._run_dir / "metrics.sock",
+                    lambda: self.triton.socket("metrics") if self.triton is not None else None,
+                    self.service_metrics,
+                )
+                self.triton = self.new_triton()
+                self.triton.start()
+                self.record_children()
+                self.triton.wait_ready(c.ready_timeout_s)
+                self.expected_instances = self.supervisor.read_expected_instances()
+                self.contract = self.supervisor.read_contract()
+                self.front = FrontDoor(self.front_config(), spawner=self._spawner)
+                self.front.start()
+                self.record_children()
+                if not self.supervisor.canary_once():
+                    raise TritonError(
+                        "the pipeline did not answer a valid canary request after start-up "
+                        f"(see the server log)\n{self.triton.log_tail()}"
+                    )
+                self.set_ready(True)
+                self.ready_seconds = time.monotonic() - t0
+            except BaseException:
+                self._teardown(drain=False)
+                raise
+        self.supervisor.start()
+
+    def record_children(self) -> None:
+        """Write the current children's process groups to the state file."""
+        if self._state is None:
+            return
+        children = {}
+        if self.triton is not None and self.triton.process is not None:
+            children[str(self.triton.process.pid)] = "tritonserver"
+        if self.front is not None and self.front.process is not None:
+            children[str(self.front.process.pid)] = "nginx"
+        self._state.children = children
+        with contextlib.suppress(OSError):
+            self._state.save()
+
+    def reload_keys(self) -> str:
+        """Re-read the keys file and switch the front door to it without dropping connections.
+        Returns what happened; a bad file keeps the keys in force (ValueError says why)."""
+        if self.config.api_keys is None:
+            return "API keys are off (no --api-keys): nothing to reload"
+        self.keys_stamp = file_stamp(Path(self.config.api_keys))
+        keys = ApiKeys.load(Path(self.config.api_keys))
+        with self.lock:
+            if self.front is None or self.triton is None:
+                raise ValueError("the service is not running")
+            previous, self.api_keys = self.api_keys, keys
+            try:
+                self.front.reconfigure(self.front_config())
+            except FrontDoorError:
+                self.api_keys = previous
+                raise
+        return f"{len(keys.entries)} API key(s) in force: {', '.join(keys.names)}"
 
     # ------------------------------------------------------------------ stop
     def request_stop(self) -> None:
@@ -551,20 +515,27 @@ class DmfnService:
         while not self._stop.wait(poll_s):
             pass
 
+    def fail(self, message: str) -> None:
+        self.failure = message
+        self.set_ready(False)
+        self.event("failed", message)
+        self._stop.set()
+
     def shutdown(self) -> int:
         """Drain and stop everything; returns the exit code for ``dmfn serve``: 0 after a clean
         stop, 1 after a failure of the service or when Triton itself exited with an error."""
+        self._stopping = True
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=120.0)
+        self.supervisor.stop()
         code = self._teardown(drain=True)
         if self.failure is not None:
             return 1
         return 0 if code in (0, None) else 1
 
     def _teardown(self, drain: bool) -> int | None:
-        with self._lock:
-            self._set_ready(False)
+        with self.lock:
+            self._stopping = True
+            self.set_ready(False)
             if self.front is not None:
                 if drain:
                     self.front.drain()
@@ -575,15 +546,22 @@ class DmfnService:
             if self.triton is not None:
                 code = self.triton.stop()
                 self.triton = None
-            for thread in self._retiring:
-                thread.join(timeout=60.0)
+            self.supervisor.join_retiring()
             kill_marked(self._shm_prefix)
             removed = remove_shm_regions(self._shm_prefix)
             if removed:
                 log.info("removed %d shared-memory region(s) left by dead workers", len(removed))
+            for closer in (self._metrics, self._receiver, self._spawner):
+                if closer is not None:
+                    with contextlib.suppress(Exception):
+                        closer.close()
+            self._metrics = self._receiver = self._spawner = None
             if self._run_dir is not None:
                 shutil.rmtree(self._run_dir, ignore_errors=True)
                 self._run_dir = None
+            if self._state is not None:
+                self._state.remove()
+                self._state = None
             return code
 
     def __enter__(self) -> DmfnService:

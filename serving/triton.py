@@ -11,8 +11,6 @@ the interpreter's ``libpython`` first on LD_LIBRARY_PATH.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import fcntl
 import hashlib
 import logging
@@ -35,23 +33,24 @@ from typing import IO
 
 from dmfn.resources import cache_dir
 
+from . import uds
 from .config import MODEL_NAMES
+from .logs import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RotatingLog
 from .processes import stop_process
 from .repository import check_repository
+from .spawner import Spawner, child_setup
 
 log = logging.getLogger(__name__)
 
 STUB_NAME = "triton_python_backend_stub"
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+#: Environment variable naming the folder where python-backend workers record their state.
+WORKER_STATE_ENV = "DMFN_WORKER_STATE_DIR"
 #: Log lines that mean a port could not be bound.
 _PORT_ERRORS = ("address already in use", "failed to start http", "failed to start grpc")
 #: Triton's error lines: glog-style "E1127 17:47:06.123 ...] message", or "error: message".
 _ERROR_LINE = re.compile(r"^(?:E\d{4} \S+ +\d+ \S+\] |error: )(?P<message>.*)$", re.IGNORECASE)
 #: Bytes of server output kept in memory when no log file is given (for error messages).
 _TAIL_BYTES = 64 * 1024
-#: Triton APIs only ``dmfn serve`` may use (with the admin key): loading code, reading or writing
-#: shared memory, writing trace or log files.
-RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
 #: Messages Triton prints on every host without an NVIDIA GPU; harmless there.
 CPU_HOST_NOISE = re.compile(
     r"CudaDriverHelper|CUDA driver version is insufficient|NVML|DCGM|pinned memory pool"
@@ -161,8 +160,18 @@ def prepare_backend_dir(tritonserver: Path, build_dir: Path | None = None) -> Pa
     return target
 
 
+def shm_private_library() -> Path | None:
+    """The library preloaded into tritonserver that makes its shared memory owner-only
+    (``serving/native/shm_private.cpp``), or None when the extension was built without it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("dmfn.serving._shm_private")
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
 def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for tritonserver: this interpreter first on PATH, its libpython first."""
+    """Environment for tritonserver: this interpreter first on PATH, its libpython first, the
+    shared-memory library preloaded, glibc's malloc tuned (:data:`MALLOC_ENV`)."""
     env = dict(os.environ if base is None else base)
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")]).rstrip(os.pathsep)
@@ -172,28 +181,34 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
         libs.append(str(root.parent.parent / "nvidia_pytriton.libs"))
     libs.append(env.get("LD_LIBRARY_PATH", ""))
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
+    shim = shm_private_library()
+    if shim is not None:
+        env["LD_PRELOAD"] = " ".join(p for p in (str(shim), env.get("LD_PRELOAD", "")) if p)
     for key, value in MALLOC_ENV.items():
         env.setdefault(key, value)
     return env
 
 
 class _OutputTee:
-    """Copy a child's output pipe to a file descriptor (the terminal) and keep its last bytes.
+    """Copy a child's output pipe to a file descriptor (the terminal) or a size-capped log, and
+    keep its last bytes.
 
-    Used when no log file is given, so that the output stays visible and a failure can still be
-    explained from what the server said. A daemon thread reads until end of file.
+    The last bytes explain a failure from what the server said. A daemon thread reads until end
+    of file.
     """
 
     def __init__(
         self,
         pipe: IO[bytes],
-        echo_fd: int,
+        echo_fd: int | None,
         max_bytes: int = _TAIL_BYTES,
         hide: re.Pattern[str] | None = None,
+        sink: RotatingLog | None = None,
     ) -> None:
         self._pipe = pipe
-        self._echo_fd: int | None = echo_fd
+        self._echo_fd = echo_fd
         self._hide = hide
+        self._sink = sink
         #: Lines not echoed because they matched ``hide``.
         self.hidden = 0
         self._max_bytes = max_bytes
@@ -216,7 +231,9 @@ class _OutputTee:
     def _run(self) -> None:
         fd = self._pipe.fileno()
         while chunk := os.read(fd, 65536):
-            shown = self._shown(chunk)
+            if self._sink is not None:
+                self._sink.write(chunk)
+            shown = self._shown(chunk) if self._echo_fd is not None else b""
             if self._echo_fd is not None and shown:
                 try:
                     os.write(self._echo_fd, shown)
@@ -234,6 +251,8 @@ class _OutputTee:
         self.join(timeout_s)
         if not self._thread.is_alive():
             self._pipe.close()
+            if self._sink is not None:
+                self._sink.close()
 
     def text(self) -> str:
         with self._lock:
@@ -246,13 +265,6 @@ def _stderr_fd() -> int:
         return sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):
         return 2
-
-
-def _die_with_parent() -> None:
-    """Child-side (Linux): SIGTERM the server if the launching process dies without stopping it."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -285,10 +297,14 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 class TritonServer:
     """One tritonserver process serving ``repository`` with explicit model control.
 
-    Ports: HTTP, gRPC, metrics. ``log_path`` collects the server's stdout/stderr (None: they are
-    echoed to this process's stderr, and the last 64 KiB are kept for :meth:`log_tail`, so that a
-    failure is still explained). Use as a context manager, or call :meth:`start`,
-    :meth:`wait_ready`, :meth:`stop`.
+    It listens either on TCP ports of ``host`` (HTTP, gRPC, metrics), or, with ``socket_dir``,
+    only on unix sockets in that folder (``http``, ``grpc:0``, ``metrics``): what ``dmfn serve``
+    uses behind its front door, so that no other local user can reach Triton. ``log_path``
+    collects the server's output in a size-capped :class:`~dmfn.serving.logs.RotatingLog` (None:
+    it is echoed to this process's stderr); the last 64 KiB are kept for :meth:`log_tail` either
+    way. Use as a context manager, or call :meth:`start`, :meth:`wait_ready`, :meth:`stop`.
+    Triton's admin APIs (model loading, shared memory, trace, logging) are open to whoever
+    reaches it: on TCP, keep it on loopback of a single-user machine, or use ``dmfn serve``.
     """
 
     repository: Path
@@ -296,26 +312,28 @@ class TritonServer:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
-    #: Address of the metrics endpoint (None: ``host``). ``dmfn serve`` keeps HTTP and gRPC on
-    #: loopback behind its front door and binds only metrics to the public address.
-    metrics_host: str | None = None
+    #: Listen only on unix sockets in this folder (the ports and host are then unused).
+    socket_dir: Path | None = None
     models: Sequence[str] = MODEL_NAMES
     tritonserver: Path | None = None
     log_path: Path | None = None
+    log_max_bytes: int = DEFAULT_MAX_BYTES
+    log_backups: int = DEFAULT_BACKUPS
     log_verbose: int = 0
     #: Seconds Triton waits for in-flight requests / open connections when asked to stop.
     exit_timeout_s: int = 10
-    #: Value of the admin-key header that unlocks :data:`RESTRICTED_APIS` (None: they stay open,
-    #: as in plain Triton; ``dmfn serve`` always sets one).
-    admin_key: str | None = None
     #: Prefix of the python backend's /dev/shm regions, so that they can be found and removed
     #: whatever way the server ends (None: Triton's default).
     shm_prefix: str | None = None
+    #: Folder where the python-backend workers record their last request and fatal signals
+    #: (``DMFN_WORKER_STATE_DIR``; :mod:`dmfn.serving.workerstate`). None: not recorded.
+    worker_state_dir: Path | None = None
+    #: Starts the process (a service's :class:`~dmfn.serving.spawner.Spawner`); None: this thread.
+    spawner: Spawner | None = field(default=None, repr=False)
     extra_args: Sequence[str] = ()
     #: Seconds the last :meth:`wait_ready` took (None before).
     ready_seconds: float | None = field(default=None, init=False)
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
-    _log_file: IO[bytes] | None = field(default=None, init=False, repr=False)
     _tee: _OutputTee | None = field(default=None, init=False, repr=False)
 
     @property
@@ -324,20 +342,42 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
+        """host:port of the HTTP endpoint (TCP mode)."""
         return f"{self.probe_host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
+        """The gRPC target: host:port, or ``unix:PATH`` with ``socket_dir``."""
+        if self.socket_dir is not None:
+            return f"unix:{self.socket_dir / 'grpc'}:0"
         return f"{self.probe_host}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        host = self.metrics_host or self.host
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        return f"http://{host}:{self.metrics_port}/metrics"
+        return f"http://{self.probe_host}:{self.metrics_port}/metrics"
+
+    def socket(self, endpoint: str) -> Path:
+        """The unix socket of ``endpoint`` (``http``, ``grpc`` or ``metrics``) with ``socket_dir``."""
+        if self.socket_dir is None:
+            raise TritonError("this server listens on TCP ports, not unix sockets")
+        return self.socket_dir / ("grpc:0" if endpoint == "grpc" else endpoint)
 
     def command(self, backend_dir: Path) -> list[str]:
         binary = self.tritonserver or bundled_tritonserver()
+        if self.socket_dir is not None:
+            where = [
+                f"--{endpoint}-address=unix:{Path(self.socket_dir).resolve() / endpoint}"
+                for endpoint in ("http", "grpc", "metrics")
+            ] + ["--http-port=0", "--grpc-port=0", "--metrics-port=0"]
+        else:
+            where = [
+                f"--http-address={self.host}",
+                f"--grpc-address={self.host}",
+                f"--metrics-address={self.host}",
+                f"--http-port={self.http_port}",
+                f"--grpc-port={self.grpc_port}",
+                f"--metrics-port={self.metrics_port}",
+            ]
         cmd = [
             str(binary),
             f"--model-repository={Path(self.repository).resolve()}",
@@ -347,23 +387,10 @@ class TritonServer:
             "--disable-auto-complete-config",
             "--exit-on-error=true",
             "--strict-readiness=true",
-            f"--http-address={self.host}",
-            f"--grpc-address={self.host}",
-            f"--metrics-address={self.metrics_host or self.host}",
-            f"--http-port={self.http_port}",
-            f"--grpc-port={self.grpc_port}",
-            f"--metrics-port={self.metrics_port}",
+            *where,
             f"--log-verbose={self.log_verbose}",
             f"--exit-timeout-secs={self.exit_timeout_s}",
         ]
-        if self.admin_key is not None:
-            from .frontdoor import ADMIN_HEADER
-
-            apis = ",".join(RESTRICTED_APIS)
-            cmd += [
-                f"--http-restricted-api={apis}:{ADMIN_HEADER}={self.admin_key}",
-                f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={self.admin_key}",
-            ]
         if self.shm_prefix is not None:
             cmd.append(f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}")
         return cmd + list(self.extra_args)
@@ -379,6 +406,10 @@ class TritonServer:
                 f"argument 'repository': {self.repository} is not a complete dmfn model "
                 "repository: " + "; ".join(problems)
             )
+        if self.socket_dir is not None:
+            if not Path(self.socket_dir).is_dir():
+                raise ValueError(f"argument 'socket_dir': {self.socket_dir} is not a directory")
+            return binary
         ports = {"http_port": self.http_port, "grpc_port": self.grpc_port}
         ports["metrics_port"] = self.metrics_port
         if len(set(ports.values())) != len(ports):
@@ -386,10 +417,9 @@ class TritonServer:
         for name, port in ports.items():
             if not 0 < port < 65536:
                 raise ValueError(f"argument '{name}': must be in 1..65535, got {port}")
-            host = (self.metrics_host or self.host) if name == "metrics_port" else self.host
-            if not port_is_free(host, port):
+            if not port_is_free(self.host, port):
                 raise PortInUseError(
-                    f"argument '{name}' (--{name.replace('_', '-')}): port {port} on {host} "
+                    f"argument '{name}' (--{name.replace('_', '-')}): port {port} on {self.host} "
                     "is already in use (another server running? choose another port)"
                 )
         return binary
@@ -402,28 +432,29 @@ class TritonServer:
         backend_dir = prepare_backend_dir(binary)
         cmd = self.command(backend_dir)
         log.info("starting %s", " ".join(cmd))
+        env = server_env()
+        if self.worker_state_dir is not None:
+            env[WORKER_STATE_ENV] = str(self.worker_state_dir)
+        sink = None
         if self.log_path is not None:
-            Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
-            self._log_file = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
+            sink = RotatingLog(Path(self.log_path), self.log_max_bytes, self.log_backups, 4096)
+        popen = self.spawner.popen if self.spawner is not None else subprocess.Popen
+        self.process = popen(
             cmd,
-            env=server_env(),
-            stdout=self._log_file if self._log_file is not None else subprocess.PIPE,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # our own signal handling decides when it stops
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=child_setup() if sys.platform == "linux" else None,
         )
-        if self._log_file is None:
-            hide = None if has_nvidia_gpu() else CPU_HOST_NOISE
-            self._tee = _OutputTee(self.process.stdout, _stderr_fd(), hide=hide)
+        hide = None if has_nvidia_gpu() else CPU_HOST_NOISE
+        echo = None if sink is not None else _stderr_fd()
+        self._tee = _OutputTee(self.process.stdout, echo, hide=hide, sink=sink)
 
     def log_tail(self, n_lines: int = 40) -> str:
-        """The last ``n_lines`` lines the server wrote (log file, or the captured output)."""
-        if self.log_path is not None:
-            path = Path(self.log_path)
-            text = path.read_text(errors="replace") if path.is_file() else ""
-        else:
-            text = self._tee.text() if self._tee is not None else ""
+        """The last ``n_lines`` lines the server wrote."""
+        text = self._tee.text() if self._tee is not None else ""
         return "\n".join(text.splitlines()[-n_lines:])
 
     def _exit_error(self, code: int) -> TritonError:
@@ -432,7 +463,7 @@ class TritonServer:
         if self._tee is not None:
             self._tee.join(5.0)  # let the reader drain what the server wrote last
         tail = self.log_tail()
-        if any(p in tail.lower() for p in _PORT_ERRORS):
+        if self.socket_dir is None and any(p in tail.lower() for p in _PORT_ERRORS):
             return PortInUseError(
                 f"tritonserver could not bind its ports on {self.host} "
                 f"(http {self.http_port}, grpc {self.grpc_port}, "
@@ -458,13 +489,21 @@ class TritonServer:
             f"tritonserver exited with code {code} before it was ready: {said}{where}\n{tail}"
         )
 
-    def is_ready(self) -> bool:
-        url = f"http://{self.http_url}/v2/health/ready"
+    def get(self, path: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
+        """GET ``path`` from the server's HTTP endpoint: (status, body); status 0 when it cannot
+        be reached."""
+        if self.socket_dir is not None:
+            return uds.request(self.socket("http"), "GET", path, timeout_s=timeout_s)
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=timeout_s) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+        except (urllib.error.URLError, OSError) as err:
+            return 0, str(err).encode()
+
+    def is_ready(self) -> bool:
+        return self.get("/v2/health/ready")[0] == 200
 
     def wait_ready(self, timeout_s: float = 120.0) -> float:
         """Block until /v2/health/ready answers 200; return the seconds waited.
@@ -493,9 +532,6 @@ class TritonServer:
         code = None
         if process is not None:
             code = stop_process(process, signal.SIGTERM, timeout_s, "tritonserver")
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
         if self._tee is not None:
             self._tee.close()
             self._tee = None

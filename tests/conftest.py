@@ -28,27 +28,37 @@ def exported_repository(
 
 
 @pytest.fixture(scope="session")
+def demo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed demo model (models/dmfn_demo.pt) exported with the default input limits:
+    bodies up to 68 MiB, as a real deployment has (the tiny checkpoint's are 2 MiB)."""
+    from dmfn.resources import demo_checkpoint
+    from dmfn.serving.config import ServingSettings
+    from dmfn.training.export import export
+
+    out = tmp_path_factory.mktemp("demo_export") / "repo"
+    export(demo_checkpoint(), out, ServingSettings(), parity_studies=2)
+    return out
+
+
+@pytest.fixture(scope="session")
 def triton_server(exported_repository: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory):
     """The served repository as users get it (DmfnService: Triton behind the nginx front door,
     supervised) on free ports. The periodic canary is off here: its requests would add to the
     inference counts that the batching tests read (the supervisor tests turn it on)."""
-    from dmfn.serving.frontdoor import find_nginx
-    from dmfn.serving.service import DmfnService, ServiceConfig
-    from dmfn.serving.triton import free_ports
+    from service_utils import service_config
 
-    front_door = find_nginx() is not None
-    if not front_door:
-        print("\nWARNING: nginx is missing: serving tests run without the front door")
-    http, grpc, metrics = free_ports(3)
+    from dmfn.serving.frontdoor import find_nginx
+    from dmfn.serving.service import DmfnService
+
+    if find_nginx() is None:
+        pytest.skip("nginx is not installed (make setup installs it as root): no dmfn serve")
     service = DmfnService(
-        ServiceConfig(
+        service_config(
             exported_repository[0],
-            http_port=http,
-            grpc_port=grpc,
-            metrics_port=metrics,
-            log_path=tmp_path_factory.mktemp("triton") / "server.log",
+            tmp_path_factory.mktemp("triton_logs"),
             canary_interval_s=None,
-            front_door=front_door,
+            # the batching tests send 32 requests at once from this one address
+            max_requests_per_client=64,
         )
     )
     service.start()

@@ -3,11 +3,17 @@ the argument checks of `dmfn serve` (no server started here; see test_serving_e2
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
 import socket
+import sys
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from dmfn.contract import schema as S
@@ -184,6 +190,114 @@ def test_write_repository_writes_every_file(tmp_path: Path) -> None:
     assert tuple(net.output[0].dims) == (len(taxonomy),)
 
 
+def _python_backend_utils() -> types.ModuleType:
+    """The part of Triton's ``triton_python_backend_utils`` that postprocess/1/model.py uses,
+    enough to run the model in this process."""
+    pb = types.ModuleType("triton_python_backend_utils")
+
+    class Tensor:
+        def __init__(self, name: str, array: np.ndarray) -> None:
+            self._name, self._array = name, np.asarray(array)
+
+        def name(self) -> str:
+            return self._name
+
+        def as_numpy(self) -> np.ndarray:
+            return self._array
+
+    class InferenceRequest:
+        def __init__(self, tensors: list[Tensor]) -> None:
+            self._tensors = tensors
+
+        def inputs(self) -> list[Tensor]:
+            return self._tensors
+
+    class TritonError:
+        INVALID_ARG = "INVALID_ARG"
+
+        def __init__(self, message: str, code: str = "INTERNAL") -> None:
+            self.message, self.code = message, code
+
+    class InferenceResponse:
+        def __init__(self, output_tensors: list[Tensor] = (), error: TritonError | None = None):
+            self.outputs = {t.name(): t.as_numpy() for t in output_tensors}
+            self.error = error
+
+    class TritonModelException(Exception):
+        pass
+
+    def by_name(items, name: str):
+        return next((item for item in items if item["name"] == name), None)
+
+    pb.Tensor, pb.InferenceRequest, pb.TritonError = Tensor, InferenceRequest, TritonError
+    pb.InferenceResponse, pb.TritonModelException = InferenceResponse, TritonModelException
+    pb.get_input_tensor_by_name = lambda request, name: next(
+        (t for t in request.inputs() if t.name() == name), None
+    )
+    pb.get_output_config_by_name = lambda config, name: by_name(config.get("output", []), name)
+    pb.Logger = types.SimpleNamespace(log_error=print, log_warn=print, log_info=print)
+    return pb
+
+
+def _model_config_json(config_pbtxt: Path) -> str:
+    """``args["model_config"]`` as Triton hands it to a python model: the config as JSON, with
+    int64 fields (dims) as numbers."""
+    config = json_format.MessageToDict(
+        parse(config_pbtxt.read_text()), preserving_proto_field_name=True
+    )
+    for tensor in (*config.get("input", []), *config.get("output", [])):
+        tensor["dims"] = [int(d) for d in tensor["dims"]]
+    return json.dumps(config)
+
+
+def test_postprocess_model_applies_the_calibration_temperature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The written postprocess config carries the temperature, and its model.py (run here on a
+    stand-in for Triton's python backend) answers PROBS = softmax(logits / T), computed here
+    from the definition; T = 1.7 so that a postprocess ignoring it gives other PROBS."""
+    temperature = 1.7
+    info = ModelInfo(
+        ctc_features=("ctc_level_pg_ml",), synthetic=True, limits=LIMITS, temperature=temperature
+    )
+    repo = _write(tmp_path, tmp_path / "repo", info=info)
+    model_dir = repo / S.POSTPROCESS_MODEL
+    config = parse((model_dir / "config.pbtxt").read_text())
+    assert float(config.parameters["temperature"].string_value) == temperature
+
+    pb = _python_backend_utils()
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+    spec = importlib.util.spec_from_file_location("postprocess_model", model_dir / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.TritonPythonModel()
+    model.initialize(
+        {
+            "model_config": _model_config_json(model_dir / "config.pbtxt"),
+            "model_repository": str(model_dir),
+            "model_version": "1",
+            "model_name": S.POSTPROCESS_MODEL,
+        }
+    )
+    n_classes = len(load_taxonomy())
+    logits = np.stack([np.linspace(-2.0, 3.0, n_classes), np.linspace(1.0, -1.5, n_classes)])
+    measurements = np.arange(10, dtype=np.float32).reshape(2, 5)
+    request = pb.InferenceRequest(
+        [
+            pb.Tensor(S.LOGITS, logits.astype(np.float32)),
+            pb.Tensor(S.MEASUREMENTS_INTERNAL, measurements),
+        ]
+    )
+    (response,) = model.execute([request])
+    assert response.error is None, response.error.message
+    probs = response.outputs[S.PROBS]
+    tempered = np.exp(logits / temperature)
+    np.testing.assert_allclose(probs, tempered / tempered.sum(axis=1, keepdims=True), atol=1e-6)
+    untempered = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert np.abs(probs - untempered).max() > 1e-2  # T = 1 would be told apart
+    np.testing.assert_array_equal(response.outputs[S.MEASUREMENTS], measurements)
+
+
 def test_model_card_of_real_data_has_no_synthetic_warning(tmp_path: Path) -> None:
     metrics = {
         "test": {"binary_auc": 0.91, "n_patients": 120, "ci": {"binary_auc": [0.85, 0.97]}},
@@ -287,14 +401,25 @@ def test_serve_help_explains_every_option(capsys: pytest.CaptureFixture[str]) ->
         "--grpc-port",
         "--metrics-port",
         "--ready-timeout",
-        "--log-file",
+        "--log-dir",
+        "--log-max-mb",
         "--log-verbose",
+        "--api-keys",
+        "--tls-client-ca",
+        "--max-requests-per-client",
+        "--allow-root",
+        "--stall-timeout",
     ):
         assert option in text
 
 
+def _as_root() -> list[str]:
+    """--allow-root where the tests run as root (CI): dmfn serve refuses root otherwise."""
+    return ["--allow-root"] if os.geteuid() == 0 else []
+
+
 def test_serve_refuses_an_incomplete_repository(capsys: pytest.CaptureFixture[str]) -> None:
-    assert serve.main(["--repository", str(COMMITTED)]) == serve.EXIT_USAGE
+    assert serve.main(["--repository", str(COMMITTED), *_as_root()]) == serve.EXIT_USAGE
     err = capsys.readouterr().err
     assert "not a complete dmfn model repository" in err
     assert "dmfn export" in err
@@ -308,11 +433,11 @@ def test_serve_says_when_a_port_is_taken(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code = serve.main(["--repository", str(repo), "--http-port", str(port)])
+        code = serve.main(["--repository", str(repo), "--http-port", str(port), *_as_root()])
     assert code == serve.EXIT_USAGE
     err = capsys.readouterr().err
     assert f"port {port}" in err
-    assert "already in use" in err
+    assert f"already in use by pid {os.getpid()}" in err
 
 
 _FAKE_OUTPUT = {
@@ -333,7 +458,7 @@ _FAKE_OUTPUT = {
 @pytest.mark.parametrize(
     ("kind", "code", "says"),
     [
-        ("port", serve.EXIT_USAGE, "could not bind its ports"),
+        ("port", serve.EXIT_SERVER, "failed to start HTTP service: Address already in use"),
         (
             "load",
             serve.EXIT_SERVER,
@@ -360,14 +485,13 @@ def test_serve_explains_a_server_that_exits_early_without_a_log_file(
     monkeypatch.setattr("dmfn.serving.triton._project_build_dir", lambda: tmp_path / "build")
     http, grpc, metrics = free_ports(3)
     argv = ["--repository", str(repo), "--tritonserver", str(fake), "--http-port", str(http)]
-    argv += ["--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    argv += ["--grpc-port", str(grpc), "--metrics-port", str(metrics), *_as_root()]
     assert serve.main(argv) == code
     err = capfd.readouterr().err
     assert says in err
     assert "invalid model repository" not in err
-    if kind != "port":
-        assert "dmfn serve: tritonserver exited with code 1 before it was ready" in err
+    assert "dmfn serve: tritonserver exited with code 1 before it was ready" in err
     if kind == "load":
         assert f"(model repository {repo})" in err
-    if kind == "port":  # echoed once live, once in the error's tail
-        assert err.count("Address already in use") == 2
+    if kind == "port":  # echoed once live, then in the error's summary and in its tail
+        assert err.count("Address already in use") == 3

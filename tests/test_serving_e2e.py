@@ -3,6 +3,7 @@ trained checkpoint. No mocks: HTTP and gRPC clients, real preprocessing, ONNX Ru
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -73,6 +74,25 @@ def assert_matches_reference(result, reference: dict, index: int) -> None:
     np.testing.assert_allclose(
         result.as_numpy(S.MEASUREMENTS)[0], reference["measurements"][index], rtol=1e-6
     )
+
+
+def test_the_reference_probs_carry_a_temperature_the_parity_tests_can_see(
+    tiny_checkpoint: Path, reference: dict
+) -> None:
+    """The served-vs-PyTorch tests below catch a postprocess that ignores the calibration
+    temperature only if the tiny checkpoint has T != 1 and T moves every study's probabilities
+    well beyond PROBS_TOLERANCE (no server needed)."""
+    from dmfn.training.checkpoint import load_checkpoint
+
+    temperature = load_checkpoint(tiny_checkpoint).temperature
+    assert temperature != 1.0
+    logits = reference["logits"].astype(np.float64)
+    tempered = np.exp(logits / temperature)
+    np.testing.assert_allclose(
+        reference["probs"], tempered / tempered.sum(axis=1, keepdims=True), rtol=0, atol=1e-6
+    )
+    untempered = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert np.abs(untempered - reference["probs"]).max(axis=1).min() > 10 * PROBS_TOLERANCE
 
 
 def test_server_is_ready_on_http_and_grpc(triton_server) -> None:
@@ -346,18 +366,21 @@ def test_dmfn_serve_runs_until_sigterm(exported_repository, tmp_path: Path) -> N
         sys.executable, "-m", "dmfn.cli", "serve",
         "--repository", str(exported_repository[0]),
         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-        "--log-file", str(tmp_path / "server.log"),
+        "--log-dir", str(tmp_path / "logs"),
     ]  # fmt: skip
+    if os.geteuid() == 0:
+        command.append("--allow-root")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready_line = process.stdout.readline()
         if "dmfn serve: ready after" not in ready_line:
             process.kill()
             pytest.fail(ready_line + process.stderr.read())
-        endpoints = "".join(process.stdout.readline() for _ in range(6))
+        endpoints = "".join(process.stdout.readline() for _ in range(8))
         assert f"http://127.0.0.1:{http}" in endpoints and f"127.0.0.1:{grpc}" in endpoints
         assert "  model   sha256 " in endpoints  # the served model's provenance
         assert "admin APIs closed" in endpoints
+        assert "authentication: none" in endpoints and "front-door log:" in endpoints
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
         assert client.is_model_ready(S.PIPELINE_MODEL)
         client.close()

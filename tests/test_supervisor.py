@@ -8,18 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from service_utils import Load, needs_nginx, service_config
 from serving_utils import infer_inputs, make_studies, study_arrays
 
 from dmfn.client.sdk import DmfnClient, DmfnServerError
 from dmfn.contract import schema as S
-from dmfn.serving.frontdoor import FrontDoorConfig, render_nginx_conf
+from dmfn.serving.frontdoor import FrontDoor, FrontDoorConfig
 from dmfn.serving.processes import instance_name, live_stubs, processes, shm_regions
 from dmfn.serving.service import DmfnService, ServiceConfig
 from dmfn.serving.triton import CPU_HOST_NOISE, _OutputTee, free_ports
@@ -53,37 +53,36 @@ def test_cpu_host_noise_is_hidden_from_the_terminal_but_kept(tmp_path: Path) -> 
 
 
 def test_front_door_config_is_valid_nginx(tmp_path: Path) -> None:
-    from dmfn.serving.frontdoor import find_nginx
+    """Every combination nginx must accept: plain, TLS, TLS with client certificates, API keys."""
+    from dmfn.serving.auth import ApiKeys, key_digest
+    from dmfn.serving.frontdoor import find_nginx, njs_module
+    from dmfn.serving.testpki import make_test_pki
 
     nginx = find_nginx()
     if nginx is None:
         pytest.skip("nginx is not installed (make setup installs it as root)")
-    for tls in (False, True):
-        cert = key = None
-        if tls:
-            cert, key = _self_signed(tmp_path)
+    pki = make_test_pki(tmp_path / "pki")
+    keys = ApiKeys((("pacs", key_digest("dmfn_" + "k" * 40)),))
+    variants = [{}, {"tls_cert": pki["server.pem"], "tls_key": pki["server.key"]}]
+    variants.append({**variants[1], "tls_client_ca": pki["ca.pem"]})
+    if njs_module() is not None:
+        variants.append({**variants[2], "api_keys": keys})
+    else:
+        print("nginx's JavaScript module is missing: the API-key configuration is not checked")
+    for extra in variants:
+        run = tmp_path / f"run{len(extra)}"
         cfg = FrontDoorConfig(
-            tmp_path, tmp_path / "ready", "127.0.0.1", 1, 2, 3, 4, 5, 6, 10_000,
-            tls_cert=cert, tls_key=key,
+            run, run / "ready", "127.0.0.1", 1, 2, 3, run / "http", run / "grpc:0",
+            run / "metrics.sock", run / "log.sock", 10_000, **extra,
         )  # fmt: skip
-        (tmp_path / "tmp").mkdir(exist_ok=True)
-        conf = tmp_path / "nginx.conf"
-        conf.write_text(render_nginx_conf(cfg))
-        check = subprocess.run(
-            [
-                str(nginx),
-                "-t",
-                "-p",
-                str(tmp_path),
-                "-e",
-                str(tmp_path / "err.log"),
-                "-c",
-                str(conf),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        assert check.returncode == 0, check.stderr
+        run.mkdir()
+        door = FrontDoor(cfg)
+        door._write_config()  # runs `nginx -t`; raises with nginx's message when it refuses
+        text = (run / "nginx.conf").read_text()
+        assert text.count("limit_conn dmfn_client 16;") == 2  # HTTP and gRPC
+        assert ("ssl_verify_client optional;" in text) == ("tls_client_ca" in extra)
+        assert ("if ($dmfn_no_cert)" in text) == ("tls_client_ca" in extra)
+        assert ("$dmfn_unauthorized" in text) == ("api_keys" in extra)
 
 
 @pytest.mark.parametrize(
@@ -100,6 +99,11 @@ def test_service_config_refuses_bad_settings(tmp_path: Path, kwargs, name) -> No
 
 
 # --------------------------------------------------------------------------- slow: real service
+def _repairs(service: DmfnService) -> list[str]:
+    """The kinds of the service's repair events (readiness changes left out)."""
+    return [e.kind for e in service.events if e.kind not in ("not_ready", "ready_again")]
+
+
 def _self_signed(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
@@ -115,59 +119,10 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 
 
 def _service(repository: Path, tmp_path: Path, **kwargs) -> DmfnService:
-    from dmfn.serving.frontdoor import find_nginx
-
-    if find_nginx() is None:
-        pytest.skip("nginx is not installed (make setup installs it as root): no front door")
-    http, grpc, metrics = free_ports(3)
-    config = ServiceConfig(
-        repository,
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        log_path=tmp_path / "server.log",
-        **kwargs,
-    )
-    service = DmfnService(config)
+    needs_nginx()
+    service = DmfnService(service_config(repository, tmp_path / "logs", **kwargs))
     service.start()
     return service
-
-
-class Load:
-    """Threads sending good requests in a loop; records (send time, ok, message)."""
-
-    def __init__(self, url: str, arrays: dict, n_threads: int = 4) -> None:
-        self.url, self.arrays = url, arrays
-        self.results: list[tuple[float, bool, str]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n_threads)]
-
-    def _run(self) -> None:
-        client = httpclient.InferenceServerClient(self.url, network_timeout=120)
-        try:
-            while not self._stop.is_set():
-                sent = time.monotonic()
-                try:
-                    client.infer(S.PIPELINE_MODEL, infer_inputs(httpclient, self.arrays))
-                    self.results.append((sent, True, ""))
-                except Exception as err:  # connection refused after a drain, 5xx, ...
-                    self.results.append((sent, False, str(err)[:200]))
-                    time.sleep(0.01)
-        finally:
-            client.close()
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=120)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @pytest.mark.slow
@@ -178,14 +133,14 @@ def test_a_killed_preprocess_worker_is_replaced_under_load(exported_repository, 
         prefix = service.shm_prefix
         with Load(service.http_url, arrays) as load:
             time.sleep(2.0)
-            victim = live_stubs(service.triton.process.pid)["preprocess_0_1"][0]
+            victim = live_stubs(service.triton.process.pid)["preprocess_0_1"].pid
             killed_at = time.monotonic()
             os.kill(victim, signal.SIGKILL)
-            while not service.events and time.monotonic() - killed_at < 30:
+            while not _repairs(service) and time.monotonic() - killed_at < 30:
                 time.sleep(0.05)
             healed_at = time.monotonic()
             time.sleep(3.0)
-        assert [e.kind for e in service.events] == ["worker_replaced"], service.events
+        assert _repairs(service) == ["worker_replaced"], service.events
         assert healed_at - killed_at < 30
         failed = [r for r in load.results if not r[1]]
         after_heal = [r for r in load.results if r[0] > healed_at]
@@ -194,7 +149,7 @@ def test_a_killed_preprocess_worker_is_replaced_under_load(exported_repository, 
             f"{len(failed)} of {len(load.results)} requests failed: {failed[:3]}"
         )
         assert after_heal and all(ok for _, ok, _ in after_heal)
-        assert service.is_ready() and service.dead_instances() == {}
+        assert service.is_ready() and service.supervisor.dead_instances() == {}
         client = httpclient.InferenceServerClient(service.http_url)
         assert client.is_server_ready()
         client.close()
@@ -205,29 +160,6 @@ def test_a_killed_preprocess_worker_is_replaced_under_load(exported_repository, 
 
 
 @pytest.mark.slow
-def test_readiness_is_false_while_a_worker_is_dead(exported_repository, tmp_path):
-    """The supervisor checks every 60 s here, so the dead worker stays dead long enough to see
-    readiness turn false at the first check and true again after the repair."""
-    service = _service(exported_repository[0], tmp_path, check_interval_s=60.0)
-    try:
-        victim = live_stubs(service.triton.process.pid)["preprocess_0_0"][0]
-        os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while service.dead_instances() == {} and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert service.dead_instances() == {S.PREPROCESS_MODEL: ["preprocess_0_0"]}
-        service._set_ready(False)  # what check_once does first when it finds a dead worker
-        client = httpclient.InferenceServerClient(service.http_url)
-        assert not client.is_server_ready() and not client.is_model_ready(S.PIPELINE_MODEL)
-        service.check_once()
-        assert client.is_server_ready() and client.is_model_ready(S.PIPELINE_MODEL)
-        client.close()
-        assert [e.kind for e in service.events] == ["worker_replaced"]
-    finally:
-        assert service.shutdown() == 0
-
-
-@pytest.mark.slow
 def test_triton_exiting_is_restarted_then_gives_up_with_a_failure(exported_repository, tmp_path):
     service = _service(exported_repository[0], tmp_path, max_restarts=1)
     arrays = study_arrays(make_studies(1, seed=4))
@@ -235,9 +167,9 @@ def test_triton_exiting_is_restarted_then_gives_up_with_a_failure(exported_repos
     try:
         os.kill(service.triton.process.pid, signal.SIGKILL)
         deadline = time.monotonic() + 60
-        while not service.events and time.monotonic() < deadline:
+        while not _repairs(service) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert [e.kind for e in service.events] == ["triton_restarted"]
+        assert _repairs(service) == ["triton_restarted"]
         client = httpclient.InferenceServerClient(service.http_url)
         client.infer(S.PIPELINE_MODEL, infer_inputs(httpclient, arrays))
         client.close()
@@ -257,8 +189,10 @@ def test_dmfn_serve_exits_non_zero_when_triton_fails(exported_repository, tmp_pa
     command = [
         sys.executable, "-m", "dmfn.cli", "serve", "--repository", str(exported_repository[0]),
         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-        "--log-file", str(tmp_path / "server.log"), "--max-restarts", "0",
+        "--log-dir", str(tmp_path / "logs"), "--max-restarts", "0",
     ]  # fmt: skip
+    if os.geteuid() == 0:
+        command.append("--allow-root")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "ready after" in process.stdout.readline()

@@ -22,6 +22,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from dmfn.contract import schema as S
+from dmfn.contract.workers import WorkerRecorder
 
 #: Windowed views lie in [0, 1]; interpolation may overshoot by float rounding, never by this.
 VIEW_SLACK = 1e-3
@@ -31,6 +32,8 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        # fatal signals are recorded for the supervisor of dmfn serve (contract/workers.py)
+        self.recorder = WorkerRecorder(args.get("model_instance_name", ""))
         path = Path(args["model_repository"]) / args["model_version"] / params["model_file"]
         if not path.is_file():
             raise pb_utils.TritonModelException(

@@ -26,12 +26,15 @@ from dmfn.contract import schema as S
 from dmfn.contract.management import load_management
 from dmfn.contract.postprocess import Postprocessor
 from dmfn.contract.taxonomy import load_taxonomy
+from dmfn.contract.workers import WorkerRecorder
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
+        # fatal signals are recorded for the supervisor of dmfn serve (contract/workers.py)
+        self.recorder = WorkerRecorder(args.get("model_instance_name", ""))
         taxonomy_file = parameters["taxonomy_file"]
         #: Calibration temperature fitted on validation (1.0 in repositories that predate it).
         self.temperature = float(parameters.get("temperature", "1.0"))

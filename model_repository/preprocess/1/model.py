@@ -39,6 +39,7 @@ from dmfn.contract import schema as S
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.limits import InputLimits
 from dmfn.contract.params import PreprocessParams
+from dmfn.contract.workers import WorkerRecorder
 from dmfn.preprocess import preprocess_request
 from dmfn.preprocess.gpu import cupy_module, cupy_unavailable_reason, is_device_array
 from dmfn.preprocess.threads import has_openmp, set_openmp_threads
@@ -78,6 +79,7 @@ class TritonPythonModel:
         }
         self.backend = parameters.get("backend", "cpu")
         self.device_id = int(args.get("model_instance_device_id", "0"))
+        self.recorder = WorkerRecorder(args.get("model_instance_name", ""))
         if self.backend == "cupy":
             reason = cupy_unavailable_reason()
             if reason is not None:
@@ -158,7 +160,18 @@ class TritonPythonModel:
             ]
         )
 
+    def _record(self, requests: list) -> None:
+        """Tell the supervisor what this worker is about to process (declared voxels)."""
+        voxels = 0
+        for request in requests:
+            shape = pb_utils.get_input_tensor_by_name(request, S.VOLUME_SHAPE)
+            if shape is not None:
+                voxels += int(np.prod(shape.as_numpy().astype(np.int64), dtype=np.int64))
+        self.recorder.request(len(requests), voxels)
+
     def execute(self, requests: list) -> list:
+        if self.recorder.active:
+            self._record(requests)
         if len(requests) == 1 or self.pool is None:
             # Nothing to run in parallel: skip the hand-off to a worker thread and back (its
             # wake-ups cost a lone request measurable time on a busy host).
@@ -172,3 +185,4 @@ class TritonPythonModel:
     def finalize(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        self.recorder.close()
