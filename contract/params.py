@@ -14,16 +14,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-#: Version 2 added ``pde_spacing_aware`` and changed the PDE defaults (docs/preprocessing.md).
-PARAMS_VERSION = 2
-#: What a version-1 parameter set meant for the fields version 2 added or re-defaulted: a
-#: stored version-1 set that lacks one of them gets this value (the behaviour it was made with).
-_VERSION_1_DEFAULTS: dict[str, Any] = {
-    "pde_k_hu": 20.0,
-    "pde_dt": 0.0125,
-    "pde_iterations": 20,
-    "pde_mode": "3d",
-    "pde_spacing_aware": False,
+#: Version 2 added ``pde_spacing_aware`` and changed the PDE defaults (docs/preprocessing.md);
+#: version 3 added ``lesion_only_views`` (on by default).
+PARAMS_VERSION = 3
+#: What an older parameter set meant for the fields later versions added or re-defaulted: a
+#: stored set of that version lacks them and gets these values (the behaviour it was made with).
+_OLDER_VERSION_DEFAULTS: dict[int, dict[str, Any]] = {
+    1: {
+        "pde_k_hu": 20.0,
+        "pde_dt": 0.0125,
+        "pde_iterations": 20,
+        "pde_mode": "3d",
+        "pde_spacing_aware": False,
+        "lesion_only_views": False,
+    },
+    2: {"lesion_only_views": False},
 }
 #: Side of each of the three orthogonal views, pixels (the model's input size).
 DEFAULT_VIEW_SIZE = 128
@@ -107,6 +112,10 @@ class PreprocessParams:
     roi_margin_mm: float = 10.0
     #: Side S of each of the three orthogonal views, pixels.
     view_size: int = DEFAULT_VIEW_SIZE
+    #: True: the views show the lesion only (0 outside the resampled mask), as the paper's
+    #: methods extract the lesion "based on the segmentation mask"; the surrounding tissue, and
+    #: with it the compartment, is then not in the image. False: the lesion box + margin.
+    lesion_only_views: bool = True
     #: Upper bound on voxels of any intermediate volume (guards memory on the server).
     max_voxels: int = 2**26
     version: int = PARAMS_VERSION
@@ -122,6 +131,10 @@ class PreprocessParams:
             raise ValueError(
                 "argument 'tabular_measurements': must be true or false, got "
                 f"{self.tabular_measurements!r}"
+            )
+        if not isinstance(self.lesion_only_views, bool):
+            raise ValueError(
+                f"argument 'lesion_only_views': must be true or false, got {self.lesion_only_views!r}"
             )
         if not isinstance(self.pde_spacing_aware, bool):
             raise ValueError(
@@ -171,21 +184,23 @@ class PreprocessParams:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessParams:
         """Parameters from a dict; missing fields take the defaults of the dict's ``version``
-        (the current one when absent). A version-1 dict (as stored with older checkpoints and
-        model repositories) is read with version 1's meaning: its missing fields take version
-        1's values (``pde_spacing_aware`` False: the unit voxel grid), and it is returned as the
-        equivalent current-version parameters."""
+        (the current one when absent). A version-2 dict (as stored with older checkpoints and
+        model repositories) is read with that version's meaning (e.g. ``lesion_only_views``
+        False: the views show the lesion box with its margin) and returned as the equivalent
+        current-version parameters."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"argument 'params': unknown preprocessing parameters {unknown}")
         version = data.get("version", PARAMS_VERSION)
-        if version == 1:
-            data = {**_VERSION_1_DEFAULTS, **data, "version": PARAMS_VERSION}
+        if version in _OLDER_VERSION_DEFAULTS:
+            data = {**_OLDER_VERSION_DEFAULTS[version], **data, "version": PARAMS_VERSION}
         elif version != PARAMS_VERSION:
+            readable = ", ".join(map(str, [*sorted(_OLDER_VERSION_DEFAULTS), PARAMS_VERSION]))
             raise ValueError(
-                f"argument 'params': version {version!r} is not supported "
-                f"(this dmfn reads versions 1 and {PARAMS_VERSION})"
+                f"argument 'params': preprocessing parameters of version {version!r} are not "
+                f"supported (this dmfn reads versions {readable}); train the model again with "
+                "this dmfn, then export it again"
             )
         return cls(**data)
 

@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="names of the systems in the order --predictions, --compare ... "
                    "(default: the file names, or the folders where their paths differ)")  # fmt: skip
     p.add_argument("--readers", type=Path, default=None,
-                   help="readers.csv: reader_id, group, patient_id, call, [score], [session]")  # fmt: skip
+                   help="readers.csv: reader_id, group, patient_id, session, call (benign / "
+                   "malignant), class_call, management (either may be empty), [score]; "
+                   "docs/readers.md")  # fmt: skip
     p.add_argument("--manifest", type=Path, default=None,
                    help="the cohort's manifest: cohort table (Table 1), subgroup AUCs, CTC plot")  # fmt: skip
     p.add_argument("--validation", type=Path, nargs="+", default=[],
@@ -163,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     for session, data in readers.get("sessions", {}).items():
         tag = " (SIMULATED)" if readers["simulated"] else ""
         for who, d in [("model", data["model"]), *data["groups"].items()]:
-            line = f"readers{tag} {session}: {who}: accuracy {d['accuracy']['value']:.3f}, "
+            auc = f"AUC {d['auc']['auc']:.3f}, " if d.get("auc") else ""
+            line = f"readers{tag} {session}: {who}: {auc}"
             line += f"sensitivity {d['sensitivity']['value']:.3f}, "
             line += f"specificity {d['specificity']['value']:.3f}"
-            if who != "model":
-                line += f", McNemar vs model p {d['model_vs_group_mcnemar']['p_chi2']:.3g}"
+            if "model_vs_group_delong" in d:
+                line += f", DeLong vs model p {d['model_vs_group_delong']['p']:.3g}"
+            if "management_accuracy" in d:
+                line += f", management {d['management_accuracy']['value']:.3f}"
             print(line)
     print(f"report: {args.out / 'report.html'}  metrics: {args.out / 'metrics.json'}")
     return 0

@@ -220,7 +220,8 @@ def evaluate(inputs: EvaluationInputs) -> tuple[dict[str, Any], list[SystemScore
     if inputs.readers is not None:
         result["readers"] = analyse_readers(
             inputs.readers, main, inputs.taxonomy, thresholds[main.name], inputs.positive,
-            inputs.ci_method, inputs.readers_path, inputs.management,
+            inputs.ci_method, inputs.readers_path, inputs.management, inputs.n_boot,
+            inputs.seed,
         )  # fmt: skip
     return result, systems
 
@@ -377,43 +378,100 @@ def multiclass_sections(result: Mapping[str, Any]) -> list[Section]:
     return out
 
 
+TABLE3_HEAD = ("AUC [DeLong CI]", "sensitivity", "specificity", "accuracy", "PPV", "NPV")
+
+
+def table3_cells(d: Mapping[str, Any]) -> list[str]:
+    """AUC, sensitivity, specificity, accuracy, PPV, NPV (Table 3's order): ``value [CI]
+    (k/n)`` each; the AUC '-' where there is none."""
+    cells = [ci(d["auc"]) if d.get("auc") else "-"]
+    for k in ("sensitivity", "specificity", "accuracy", "ppv", "npv"):
+        cells.append(ci(d[k]) + f" ({d[k]['successes']}/{d[k]['n']})")
+    return cells
+
+
+def _mcnemar_cell(d: Mapping[str, Any] | None) -> str:
+    if not d:
+        return "-"
+    return f"{p_value(d['p_chi2'])} / {p_value(d['p_exact'])} (n {d['n']})"
+
+
 def reader_sections(result: Mapping[str, Any]) -> list[Section]:
+    """Per session: Table 3's layout (the model and each group), management and class calls,
+    then every reader."""
     readers = result.get("readers")
     if not readers:
         return []
     tag = " (SIMULATED readers)" if readers["simulated"] else ""
+    positive = readers["positive"]
     out = [Section("Reader study" + tag, body=[
-        "Groups pool their readers' calls; the model is compared with each group by McNemar's "
-        "test on the calls paired by patient (the group's majority call) and, where readers gave "
-        "scores, by the paired DeLong test."
-        + (" The readers are simulated from the paper's Table 3 sensitivity and specificity."
+        f"Positive class: {positive}. A group's rates pool its readers' calls (the mean "
+        f"reader), with intervals by {readers['group_intervals']}; its AUC is the mean of its "
+        "readers' AUCs, each reader's call serving as a 0/1 score (the AUC of a call is "
+        "(sensitivity + specificity) / 2), with the DeLong interval of the mean. The model is "
+        "compared with each group and each reader by paired DeLong (model minus the group's "
+        "mean AUC) and by McNemar's test (p chi-square / exact) separately on the malignant "
+        "and on the benign patients, against the group's majority call; "
+        f"{readers['tie_rule']}. The model's calls are at its threshold; its management "
+        "decision is the policy's suggestion (uncertain counts as not right); its class calls "
+        "are its top-1 classes. The macro one-vs-rest AUC of class calls is the mean over the "
+        "classes present of (sensitivity + specificity) / 2."
+        + (" The readers are simulated: calls depend on each case's look and size (and its CTC "
+           "with CTC) and match the paper's figures per group (docs/readers.md)."
            if readers["simulated"] else "")
     ])]  # fmt: skip
     for session, data in readers["sessions"].items():
         m = data["model"]
-        mgmt = data.get("model_management_accuracy")
-        rows = [[f"model (threshold {fmt(m['threshold'])})", "-", *diagnostic_cells(m), "-", "-",
-                 ci(mgmt) if mgmt else "-"]]  # fmt: skip
+        rows = [[f"model (threshold {fmt(m['threshold'])})", "-", *table3_cells(m), "-", "-",
+                 "-"]]  # fmt: skip
         for group, g in data["groups"].items():
-            mc = g["model_vs_group_mcnemar"]
             dl = g.get("model_vs_group_delong")
             rows.append([
-                group, str(len(g["readers"])), *diagnostic_cells(g),
-                f"{p_value(mc['p_chi2'])} / {p_value(mc['p_exact'])}",
-                p_value(dl["p"]) if dl else "no scores",
-                ci(g["management_accuracy"]) if "management_accuracy" in g else "-",
+                group, str(len(g["readers"])), *table3_cells(g), p_value(dl["p"]) if dl else "-",
+                _mcnemar_cell(g.get("mcnemar_malignant")), _mcnemar_cell(g.get("mcnemar_benign")),
             ])  # fmt: skip
-        per_reader = [
-            [reader, r["group"], str(r["n"]), *diagnostic_cells(r),
-             ci(r["auc"]) if "auc" in r else "no scores"]
-            for reader, r in data["readers"].items()
-        ]  # fmt: skip
-        out.append(Section(f"Session {session}: groups", 3, [Table(
-            ["group", "readers", *DIAGNOSTIC_HEAD, "model vs group: McNemar p (chi2 / exact)",
-             "model vs group: DeLong p", "management accuracy"], rows,
+        out.append(Section(f"Session {session}: benign vs malignant (Table 3)", 3, [Table(
+            ["", "readers", *TABLE3_HEAD, "model vs group: DeLong p",
+             "McNemar p, malignant patients", "McNemar p, benign patients"], rows,
         )]))  # fmt: skip
+        extra = [g for g in data["groups"].values()
+                 if "management_accuracy" in g or "multiclass" in g]  # fmt: skip
+        if extra:
+            mm = m.get("multiclass")
+            rows = [[
+                "model",
+                ci(m["management_accuracy"]) + f" ({m['management_uncertain']} uncertain)"
+                if "management_accuracy" in m else "-",
+                ci(mm["macro_ovr_auc_top1"])
+                + f" (probabilities {fmt(mm['macro_ovr_auc_probabilities'])})" if mm else "-",
+                ci(mm["accuracy"]) if mm else "-",
+            ]]  # fmt: skip
+            for group, g in data["groups"].items():
+                gm = g.get("multiclass")
+                rows.append([
+                    group,
+                    ci(g["management_accuracy"]) if "management_accuracy" in g else "-",
+                    ci(gm["macro_ovr_auc"]) if gm else "-", ci(gm["accuracy"]) if gm else "-",
+                ])  # fmt: skip
+            out.append(Section(f"Session {session}: management decision and class calls", 3, [
+                Table(["", "management accuracy [CI]", "class calls: macro one-vs-rest AUC [CI]",
+                       "class accuracy [CI]"], rows),
+            ]))  # fmt: skip
+        per_reader = []
+        for reader, r in data["readers"].items():
+            dl = r.get("model_vs_reader_delong")
+            rm = r.get("multiclass")
+            per_reader.append([
+                reader, r["group"], str(r["n"]), *table3_cells(r),
+                p_value(dl["p"]) if dl else "-", _mcnemar_cell(r.get("mcnemar_malignant")),
+                _mcnemar_cell(r.get("mcnemar_benign")),
+                ci(r["management_accuracy"]) if "management_accuracy" in r else "-",
+                fmt(rm["macro_ovr_auc"]) if rm else "-",
+            ])  # fmt: skip
         out.append(Section(f"Session {session}: readers", 3, [Table(
-            ["reader", "group", "calls", *DIAGNOSTIC_HEAD, "AUC [DeLong CI]"], per_reader,
+            ["reader", "group", "calls", *TABLE3_HEAD, "model vs reader: DeLong p",
+             "McNemar p, malignant patients", "McNemar p, benign patients",
+             "management accuracy", "class calls: macro AUC"], per_reader,
         )]))  # fmt: skip
     return out
 

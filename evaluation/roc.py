@@ -164,20 +164,67 @@ def _z_test(diff: float, var: float) -> tuple[float, float]:
     return z, float(2.0 * stats.norm.sf(abs(z)))
 
 
+def auc_covariance(y_true: object, scores: object) -> tuple[np.ndarray, np.ndarray]:
+    """The AUCs [K] of ``scores`` [K, N] (K scores of the same N cases) and their DeLong
+    covariance [K, K] (``pROC::var`` on the diagonal, ``pROC::cov(roc_a, roc_b, method =
+    "delong")`` off it)."""
+    rows = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    parts = [delong_components(*binary_inputs(y_true, row, f"scores[{k}]"))
+             for k, row in enumerate(rows)]  # fmt: skip
+    m, n = parts[0].v10.size, parts[0].v01.size
+    k = len(parts)
+    s10 = np.cov(np.vstack([c.v10 for c in parts])).reshape(k, k) if m > 1 else np.zeros((k, k))
+    s01 = np.cov(np.vstack([c.v01 for c in parts])).reshape(k, k) if n > 1 else np.zeros((k, k))
+    return np.array([c.auc for c in parts]), s10 / m + s01 / n
+
+
+def delong_contrast(y_true: object, scores: object, weights: object) -> tuple[float, float]:
+    """``weights @ AUCs`` of ``scores`` [K, N] on the same cases and its DeLong variance
+    (e.g. weights (1, -1/R, ..., -1/R): a model's AUC minus the mean AUC of R readers)."""
+    aucs, cov = auc_covariance(y_true, scores)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != aucs.shape:
+        raise InvalidInput("weights", f"need one weight per score: {w.shape} for {aucs.shape}")
+    return float(w @ aucs), float(w @ cov @ w)
+
+
 def delong_paired(y_true: object, score_1: object, score_2: object) -> DelongTest:
     """Two scores of the same cases: ``pROC::roc.test(roc1, roc2, method = "delong",
     paired = TRUE)``. The variance of the difference uses the covariance of the two curves'
-    structural components."""
+    structural components. A score may be a 0/1 call (pROC takes a binary predictor too: its
+    AUC is (sensitivity + specificity) / 2)."""
     pos_1, neg_1 = binary_inputs(y_true, score_1, "score_1")
-    pos_2, neg_2 = binary_inputs(y_true, score_2, "score_2")
-    c1, c2 = delong_components(pos_1, neg_1), delong_components(pos_2, neg_2)
-    m, n = c1.v10.size, c1.v01.size
-    s10 = np.cov(np.vstack([c1.v10, c2.v10])) if m > 1 else np.zeros((2, 2))
-    s01 = np.cov(np.vstack([c1.v01, c2.v01])) if n > 1 else np.zeros((2, 2))
+    binary_inputs(y_true, score_2, "score_2")
+    scores = np.vstack([np.asarray(score_1, np.float64), np.asarray(score_2, np.float64)])
+    aucs, cov = auc_covariance(y_true, scores)
     contrast = np.array([1.0, -1.0])
-    var = float(contrast @ s10 @ contrast / m + contrast @ s01 @ contrast / n)
-    z, p = _z_test(c1.auc - c2.auc, var)
-    return DelongTest(c1.auc, c2.auc, z, p, True, m + n)
+    z, p = _z_test(float(aucs[0] - aucs[1]), float(contrast @ cov @ contrast))
+    return DelongTest(float(aucs[0]), float(aucs[1]), z, p, True, pos_1.size + neg_1.size)
+
+
+def delong_against_mean(y_true: object, score: object, others: object) -> DelongTest:
+    """A score's AUC against the mean AUC of ``others`` [R, N] on the same cases (a model
+    against a group of readers, readers fixed): DeLong's z of the contrast (1, -1/R, ...,
+    -1/R). With one other score it is :func:`delong_paired`."""
+    rows = np.atleast_2d(np.asarray(others, dtype=np.float64))
+    weights = np.r_[1.0, np.full(rows.shape[0], -1.0 / rows.shape[0])]
+    aucs, cov = auc_covariance(y_true, np.vstack([np.asarray(score, dtype=np.float64), rows]))
+    diff, var = float(weights @ aucs), float(weights @ cov @ weights)
+    z, p = _z_test(diff, var)
+    y = np.asarray(y_true)
+    return DelongTest(float(aucs[0]), float(aucs[1:].mean()), z, p, True, int(y.size))
+
+
+def auc_mean_delong(y_true: object, scores: object, level: float = 0.95) -> AucEstimate:
+    """The mean AUC of ``scores`` [R, N] on the same cases (a group of readers) with the DeLong
+    interval of the mean (the readers' covariance included; the interval clipped to [0, 1])."""
+    rows = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    pos, neg = binary_inputs(y_true, rows[0])
+    auc, var = delong_contrast(y_true, rows, np.full(rows.shape[0], 1.0 / rows.shape[0]))
+    half = float(stats.norm.ppf(0.5 + level / 2.0)) * math.sqrt(max(var, 0.0))
+    return AucEstimate(
+        auc, max(0.0, auc - half), min(1.0, auc + half), "delong", pos.size, neg.size, var
+    )
 
 
 def delong_unpaired(

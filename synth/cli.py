@@ -17,6 +17,7 @@ from dmfn.synth.cohort import (
     get_preset,
     plan_cohort,
 )
+from dmfn.synth.difficulty import APPEARANCE_MODES, DEFAULT_APPEARANCE
 from dmfn.synth.fidelity import format_report
 
 #: API argument -> flag of `dmfn synth` (error messages speak in flags).
@@ -30,6 +31,8 @@ FLAGS = {
     "readers_per_group": "--readers",
     "grouping": "--grouping",
     "compartments": "--compartments",
+    "appearance": "--appearance",
+    "confusions": "--ct-confusions",
 }
 
 log = logging.getLogger("dmfn.synth")
@@ -99,8 +102,24 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=2,
         help="SIMULATED readers per group (resident, attending, chief) calling the held-out "
-        "test patients from the paper's Table 3 sensitivity and specificity, written to "
-        "readers_simulated.csv for `dmfn evaluate --readers`; 0 = none (2)",
+        "test patients in two sessions (CT only, CT + CTC), with case-dependent calls matching "
+        "the paper's Table 3 and text (docs/readers.md), written to readers_simulated.csv for "
+        "`dmfn evaluate --readers`; 0 = none (2)",
+    )
+    parser.add_argument(
+        "--appearance",
+        choices=APPEARANCE_MODES,
+        default=DEFAULT_APPEARANCE,
+        help="how hard the CT is to read: 'calibrated' (default: lesions may take a confusable "
+        "class's appearance, per-patient enhancement and scanner offset, fitted so that a "
+        "CT-only model reaches the paper's AUC, synth/data/ct_confusions.json) or 'easy' (none "
+        "of them: a toy a model learns in seconds, for smoke tests)",
+    )
+    parser.add_argument(
+        "--ct-confusions",
+        default=None,
+        help="replace synth/data/ct_confusions.json (the partners and knobs of the calibrated "
+        "appearance); scripts/calibrate.sh uses it to try knob values",
     )
     parser.add_argument(
         "--force",
@@ -122,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             manifest = generate_cohort(
                 args.out, preset, seed=args.seed, overwrite=args.force,
                 readers_per_group=args.readers, dry_run=True, grouping=args.grouping,
-                compartments=args.compartments,
+                compartments=args.compartments, appearance=args.appearance,
+                confusions=args.ct_confusions,
             )  # fmt: skip
         else:
             total = sum(p.n_images for p in plan_cohort(preset.n_patients, args.seed))
@@ -131,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.out, preset, seed=args.seed, workers=args.workers,
                     overwrite=args.force, readers_per_group=args.readers, progress=bar.update,
                     grouping=args.grouping, compartments=args.compartments,
+                    appearance=args.appearance, confusions=args.ct_confusions,
                 )  # fmt: skip
     except ValueError as err:
         log.error("dmfn synth: %s", in_flags(err, FLAGS))

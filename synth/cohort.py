@@ -46,14 +46,30 @@ from dmfn.synth.anatomy import (
     sample_anatomy,
 )
 from dmfn.synth.compartments import CompartmentTable, load_compartments
+from dmfn.synth.difficulty import (
+    DEFAULT_APPEARANCE,
+    Difficulty,
+    PatientLook,
+    draw_look,
+    enhance,
+    load_difficulty,
+)
 from dmfn.synth.lesions import Lesion, mass_shift_mm, paint_lesion, sample_lesion
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1.0"
+#: 2.0: confusable appearances, per-patient enhancement and scanner offset (synth/difficulty.py)
+GENERATOR_VERSION = "2.0"
 
 MANIFEST_NAME = "manifest.csv"
 INFO_NAME = "cohort.json"
+#: Per patient: the class whose appearance its lesion took, the enhancement factor, the scanner
+#: offset and the lesion's diameter (what makes a case hard to read; the simulated readers use it).
+LOOKS_NAME = "appearance.csv"
+LOOKS_COLUMNS = (
+    "patient_id", "label", "appearance", "confused", "enhancement", "hu_offset_hu",
+    "lesion_diameter_mm",
+)  # fmt: skip
 #: Thickest sub-slice (mm) rendered before averaging into a slice (partial-volume effect).
 SUB_SLICE_MM = 1.25
 HU_MIN, HU_MAX = -1024, 3071
@@ -336,30 +352,49 @@ def sample_acquisition(
 
 @dataclass(frozen=True)
 class Subject:
-    """A patient's anatomy and lesion (shared by all of the patient's images)."""
+    """A patient's anatomy, lesion and look (shared by all of the patient's images)."""
 
     anatomy: ChestAnatomy
     lesion: Lesion
     table_z_mm: float
+    look: PatientLook | None = None
 
 
-def sample_subject(plan: PatientPlan, seed: int, preset: Preset, bake: bool = True) -> Subject:
+def sample_look(plan: PatientPlan, seed: int, difficulty: Difficulty) -> PatientLook:
+    """The patient's appearance, enhancement and scanner offset (its own random stream, so the
+    plan and the other draws are the same in every appearance mode)."""
+    return draw_look(_rng(seed, 1, plan.index, 3), plan.label, difficulty)
+
+
+def sample_subject(
+    plan: PatientPlan,
+    seed: int,
+    preset: Preset,
+    bake: bool = True,
+    difficulty: Difficulty | None = None,
+) -> Subject:
     """The patient-level random draws of ``plan`` (deterministic for ``seed``).
 
+    The lesion is drawn with the appearance of :func:`sample_look` (``difficulty``: default the
+    calibrated mode) in the patient's own compartment, and its HU get the patient's enhancement.
     ``bake=False`` skips evaluating the lesion on its grid (geometry only, not renderable).
     """
+    difficulty = difficulty or load_difficulty(DEFAULT_APPEARANCE)
+    look = sample_look(plan, seed, difficulty)
     anatomy = sample_anatomy(_rng(seed, 1, plan.index, 0), plan.sex)
     lesion = sample_lesion(
         _rng(seed, 1, plan.index, 1),
-        plan.label,
+        look.appearance,
         plan.location,
         anatomy,
         preset.max_lesion_mm,
         bake=bake,
     )
+    if bake and lesion.hu is not None:
+        lesion = replace(lesion, hu=enhance(lesion.hu, look, difficulty))
     anatomy = replace(anatomy, mass_shift_mm=mass_shift_mm(lesion, anatomy))
     table_z = float(_rng(seed, 1, plan.index, 2).uniform(-350.0, -150.0))
-    return Subject(anatomy, lesion, table_z)
+    return Subject(anatomy, lesion, table_z, look)
 
 
 def render_image(
@@ -387,6 +422,9 @@ def render_image(
     canvas = render_chest(subject.anatomy, grid, lambda cv: paint_lesion(subject.lesion, cv))
     shape4 = (acq.n_slices, n_sub, acq.matrix, acq.matrix)
     hu = canvas.hu.reshape(shape4).mean(axis=1)
+    if subject.look is not None and subject.look.hu_offset_hu:
+        body = hu > -900.0  # the scanner's calibration shifts tissue, not the air around it
+        hu[body] += np.float32(subject.look.hu_offset_hu)
     mask = ((canvas.label == LESION).reshape(shape4).mean(axis=1) >= 0.5).astype(np.uint8)
     psf_px = acq.psf_mm / acq.pixel_mm
     hu = ndimage.gaussian_filter(hu, (0.0, psf_px, psf_px))
@@ -404,21 +442,26 @@ def render_image(
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One manifest row plus the acquisition it came from."""
+    """One manifest row plus the acquisition it came from and the patient's looks row."""
 
     row: dict[str, str]
     acquisition: Acquisition
+    looks: dict[str, str] | None = None
 
 
 def generate_patient(
-    plan: PatientPlan, seed: int, preset: Preset, out_dir: str | Path
+    plan: PatientPlan,
+    seed: int,
+    preset: Preset,
+    out_dir: str | Path,
+    difficulty: Difficulty | None = None,
 ) -> list[ImageRecord]:
     """Render and write all images of one patient under ``out_dir``; return their records."""
     from dmfn.client.io.dicom_write import write_dicom_series
     from dmfn.client.io.nifti import write_nifti_mask
 
     out_dir = Path(out_dir)
-    subject = sample_subject(plan, seed, preset)
+    subject = sample_subject(plan, seed, preset, difficulty=difficulty)
     records = []
     first = None
     for k in range(plan.n_images):
@@ -445,8 +488,27 @@ def generate_patient(
         )
         (out_dir / mask_rel).parent.mkdir(parents=True, exist_ok=True)
         write_nifti_mask(mask, acq.spacing_mm, out_dir / mask_rel, origin_lps_mm=acq.origin_lps_mm)
-        records.append(ImageRecord(row, acq))
+        records.append(ImageRecord(row, acq, looks_row(plan, subject)))
     return records
+
+
+def looks_row(plan: PatientPlan, subject: Subject) -> dict[str, str]:
+    """The :data:`LOOKS_NAME` row of a patient."""
+    look = subject.look or PatientLook(plan.label)
+    return {
+        "patient_id": plan.patient_id,
+        "label": plan.label,
+        "appearance": look.appearance,
+        "confused": str(look.appearance != plan.label).lower(),
+        "enhancement": f"{look.enhancement:.3f}",
+        "hu_offset_hu": f"{look.hu_offset_hu:.1f}",
+        "lesion_diameter_mm": f"{subject.lesion.diameter_mm:.1f}",
+    }
+
+
+def _looks_only(plan: PatientPlan, seed: int, preset: Preset, difficulty: Difficulty) -> dict:
+    """A dry run's looks row: the same draws without rendering (geometry only)."""
+    return looks_row(plan, sample_subject(plan, seed, preset, bake=False, difficulty=difficulty))
 
 
 def manifest_row(plan: PatientPlan, k: int) -> dict[str, str]:
@@ -503,6 +565,8 @@ def generate_cohort(
     dry_run: bool = False,
     grouping: str = DEFAULT_GROUPING,
     compartments: str | Path | CompartmentTable | None = None,
+    appearance: str = DEFAULT_APPEARANCE,
+    confusions: str | Path | None = None,
 ) -> Path:
     """Generate a cohort into ``out_dir``; return the manifest path.
 
@@ -510,7 +574,10 @@ def generate_cohort(
     simulated readers without rendering any image (seconds; the image and mask paths are those a
     full run with the same seed would write). ``grouping`` regroups the taxonomy
     (:data:`dmfn.contract.taxonomy.GROUPINGS`; the manifest's ``group`` column follows it);
-    ``compartments`` replaces the compartment table (:mod:`dmfn.synth.compartments`).
+    ``compartments`` replaces the compartment table (:mod:`dmfn.synth.compartments`);
+    ``appearance`` is ``calibrated`` (the default: confusable appearances, enhancement and scanner
+    spread, :mod:`dmfn.synth.difficulty`) or ``easy`` (none of them: a toy for smoke tests);
+    ``confusions`` replaces the data file of the calibrated mode (the calibration uses it).
 
     Writes ``images/<patient>/<image>/`` (a DICOM CT series each), ``masks/<image>.nii.gz``,
     ``manifest.csv`` (columns :data:`MANIFEST_COLUMNS`, paths relative to it) and
@@ -545,7 +612,7 @@ def generate_cohort(
             )
         for name in ("images", "masks"):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in (MANIFEST_NAME, INFO_NAME, "readers_simulated.csv"):
+        for name in (MANIFEST_NAME, INFO_NAME, LOOKS_NAME, "readers_simulated.csv"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -557,14 +624,17 @@ def generate_cohort(
         if isinstance(compartments, CompartmentTable)
         else load_compartments(compartments)
     )
+    difficulty = load_difficulty(appearance, confusions, known=list(taxonomy.names))
     plans = plan_cohort(preset.n_patients, seed, taxonomy, table)
     results: dict[int, list[ImageRecord]] = {}
+    looks: dict[int, dict[str, str]] = {}
     if dry_run:
         rows = [manifest_row(p, k) for p in plans for k in range(p.n_images)]
+        looks = {p.index: _looks_only(p, seed, preset, difficulty) for p in plans}
     elif workers == 1:
         for plan in plans:
             try:
-                results[plan.index] = generate_patient(plan, seed, preset, out)
+                results[plan.index] = generate_patient(plan, seed, preset, out, difficulty)
             except Exception as err:
                 raise _patient_failed(plan, err) from err
             if progress:
@@ -572,7 +642,9 @@ def generate_cohort(
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=int(workers), mp_context=ctx) as pool:
-            futures = {pool.submit(generate_patient, p, seed, preset, out): p for p in plans}
+            futures = {
+                pool.submit(generate_patient, p, seed, preset, out, difficulty): p for p in plans
+            }
             for fut in as_completed(futures):
                 plan = futures[fut]
                 try:
@@ -586,6 +658,11 @@ def generate_cohort(
 
     if not dry_run:
         rows = [rec.row for i in sorted(results) for rec in results[i]]
+        looks = {i: recs[0].looks for i, recs in results.items() if recs and recs[0].looks}
+    with (out / LOOKS_NAME).open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOOKS_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(looks[i] for i in sorted(looks))
     manifest = out / MANIFEST_NAME
     with manifest.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
@@ -601,20 +678,26 @@ def generate_cohort(
         "patients_per_split": {s: sum(p.split == s for p in plans) for s in SPLITS},
         "taxonomy_sha256": taxonomy.digest(),
         "grouping": grouping,
+        "difficulty": difficulty.knobs(),
         "dry_run": dry_run,
         "note": "synthetic data for pipeline checks; not patients, no clinical meaning"
         + ("; DRY RUN: the manifest's images and masks were not rendered" if dry_run else ""),
-        "fidelity": cohort_report(plans, taxonomy, table),
+        "fidelity": cohort_report(
+            plans, taxonomy, table, appearance=difficulty.appearance_matrix(list(taxonomy.names))
+        ),
     }
     if readers_per_group:
         from dmfn.synth.readers import READERS_FILE, simulate_readers
 
-        simulate_readers(plans, seed, out, readers_per_group)
+        looks_by_patient = {row["patient_id"]: row for row in looks.values()}
+        simulate_readers(plans, looks_by_patient, seed, out, readers_per_group, taxonomy=taxonomy)
         info["readers"] = {
             "file": READERS_FILE,
             "per_group": readers_per_group,
-            "note": "SIMULATED readers: calls drawn from the paper's Table 3 sensitivity and "
-            "specificity per group",
+            "note": "SIMULATED readers: case-dependent calls (the lesion's look and size; with "
+            "CTC, its CTC level) with readers of a group correlated, each group's rates solved "
+            "on this cohort to the paper's figures (synth/data/reader_study.csv, "
+            "docs/readers.md)",
         }
     (out / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
     if dry_run:

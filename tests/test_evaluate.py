@@ -57,7 +57,9 @@ def cohort(tmp_path_factory) -> dict:
         prov = Provenance("ab" * 32, "2026-12-01T00:00:00+00:00", True)
         return write_predictions(folder / f"{name}.csv", TAXONOMY.names, rows, prov)
 
-    readers = simulate_readers(plans, seed=1, out=folder)
+    looks = {p.patient_id: {"label": p.label, "appearance": p.label, "lesion_diameter_mm": "40"}
+             for p in plans}  # fmt: skip
+    readers = simulate_readers(plans, looks, seed=1, out=folder)
     return {
         "folder": folder,
         "plans": plans,
@@ -185,8 +187,11 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(case, cohort, tmp_path, 
         argv += ["--predictions", str(good), "--validation", str(good), str(good)]
         expected = "--validation: 2 file(s) for 1 system(s)"
     else:
-        readers = _write(tmp_path / "readers.csv", ["reader_id", "group", "patient_id", "call"],
-                         [["r1", "chief", "a", "benign"], ["r1", "chief", "zz", "benign"]])  # fmt: skip
+        readers = _write(tmp_path / "readers.csv",
+                         ["reader_id", "group", "patient_id", "session", "call", "class_call",
+                          "management"],
+                         [["r1", "chief", "a", "ct_only", "benign", "", ""],
+                          ["r1", "chief", "zz", "ct_only", "benign", "", ""]])  # fmt: skip
         argv += ["--predictions", str(good), "--readers", str(readers)]
         expected = f"{readers}: 1 patient(s) missing from the predictions"
     assert main(argv) == 2

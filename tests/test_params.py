@@ -72,6 +72,9 @@ VERSION_1 = {
 }
 
 
+_V2_PDE = {"pde_k_hu": 30.0, "pde_dt": 0.025, "pde_mode": "2d", "pde_spacing_aware": True}
+
+
 def test_version_1_params_keep_their_pde() -> None:
     """A stored version-1 set (no pde_spacing_aware) loads as the unit-grid PDE it was trained
     with; a partial version-1 set gets version 1's PDE values, not the current defaults."""
@@ -83,13 +86,17 @@ def test_version_1_params_keep_their_pde() -> None:
         20,
         "3d",
     )
-    assert params.version == PARAMS_VERSION == 2
+    assert params.lesion_only_views is False  # version 3 added it, on by default
+    assert params.version == PARAMS_VERSION == 3
     assert PreprocessParams.from_json(params.to_json()) == params
     partial = PreprocessParams.from_dict({"version": 1, "view_size": 32})
     assert partial == dataclasses.replace(params, view_size=32)
     # without a version a dict is read as the current one
     assert PreprocessParams.from_dict({"view_size": 32}) == PreprocessParams(view_size=32)
     assert PreprocessParams().pde_spacing_aware is True
+    version_2 = PreprocessParams.from_dict({**VERSION_1, **_V2_PDE, "version": 2})
+    assert version_2.lesion_only_views is False and version_2.pde_spacing_aware is True
+    assert PreprocessParams().lesion_only_views is True
 
 
 def test_unknown_field_and_version_refused() -> None:

@@ -217,3 +217,84 @@ def test_mcnemar_equals_r(b: int, c: int, tmp_path) -> None:
     assert result.chi2 == pytest.approx(r["chi2"], abs=1e-9)
     assert result.p_chi2 == pytest.approx(r["p"], abs=1e-9)
     assert result.p_exact == pytest.approx(r["exact"], abs=1e-9)
+
+
+# --------------------------------------------------------------------------- the reader study
+R_READERS = """
+d <- read.csv("readers.csv")
+for (side in c("m", "b")) {
+  y <- if (side == "m") d$y else 1 - d$y
+  flip <- function(v) if (side == "m") v else 1 - v
+  rm <- roc(y, flip(d$s), levels = c(0, 1), direction = "<")
+  r1 <- roc(y, flip(d$c1), levels = c(0, 1), direction = "<")
+  r2 <- roc(y, flip(d$c2), levels = c(0, 1), direction = "<")
+  for (k in 1:2) {
+    r <- if (k == 1) r1 else r2
+    t <- roc.test(rm, r, method = "delong", paired = TRUE)
+    ci <- ci.auc(r, method = "delong")
+    out(paste0(side, "_z", k), t$statistic); out(paste0(side, "_p", k), t$p.value)
+    out(paste0(side, "_auc", k), as.numeric(auc(r)))
+    out(paste0(side, "_low", k), ci[1]); out(paste0(side, "_high", k), ci[3])
+  }
+  # the model against the mean of the two readers: the DeLong variance of the contrast
+  v <- var(rm, method = "delong") + (var(r1, method = "delong") + var(r2, method = "delong")) / 4 -
+    cov(rm, r1, method = "delong") - cov(rm, r2, method = "delong") +
+    cov(r1, r2, method = "delong") / 2
+  z <- (as.numeric(auc(rm)) - (as.numeric(auc(r1)) + as.numeric(auc(r2))) / 2) / sqrt(v)
+  out(paste0(side, "_group_z"), z); out(paste0(side, "_group_p"), 2 * pnorm(-abs(z)))
+  vg <- (var(r1, method = "delong") + var(r2, method = "delong") +
+         2 * cov(r1, r2, method = "delong")) / 4
+  g <- (as.numeric(auc(r1)) + as.numeric(auc(r2))) / 2
+  out(paste0(side, "_group_auc"), g)
+  out(paste0(side, "_group_low"), g - qnorm(0.975) * sqrt(vg))
+  out(paste0(side, "_group_high"), g + qnorm(0.975) * sqrt(vg))
+}
+"""
+
+
+@pytest.mark.parametrize("positive", ["malignant", "benign"])
+def test_reader_delong_with_calls_as_scores_equals_proc(positive: str, tmp_path) -> None:
+    """The reader study's DeLong tests (model against each reader, and against the mean of a
+    group's readers) with 0/1 calls as the readers' scores, through analyse_readers, equal
+    pROC's roc.test (paired) on a binary predictor and pROC's var / cov of the contrast."""
+    from dmfn.contract.taxonomy import load_taxonomy
+    from dmfn.evaluation.analysis import SystemScores
+    from dmfn.evaluation.readers import ReaderCall, analyse_readers
+
+    rng = np.random.default_rng(11)
+    n = 160
+    y = (rng.random(n) < 0.45).astype(int)
+    model_prob = 1.0 / (1.0 + np.exp(-rng.normal(0.6 * (2.0 * y - 1.0), 1.2)))  # p ~ 0.02-0.06
+    shared = rng.normal(0.0, 0.8, n)  # the group's case effect: the two readers correlate
+    calls = [(rng.normal(1.2 * y + shared, 1.0) > 0.6).astype(int) for _ in range(2)]
+    np.savetxt(tmp_path / "readers.csv", np.c_[y, model_prob, *calls], delimiter=",",
+               header="y,s,c1,c2", comments="", fmt="%.17g")  # fmt: skip
+    r = run_r(R_READERS, tmp_path)
+    ids = tuple(f"P{i}" for i in range(n))
+    model = SystemScores("model", ids, y, model_prob, None, None, ())
+    rows = [
+        ReaderCall(f"chief_{k + 1}", "chief", ids[i], "ct_only", bool(c[i]), None, None, None,
+                   False, 2 + i)
+        for k, c in enumerate(calls) for i in range(n)
+    ]  # fmt: skip
+    result = analyse_readers(rows, model, load_taxonomy(), 0.5, positive=positive, n_boot=200)
+    session = result["sessions"]["ct_only"]
+    side = "m" if positive == "malignant" else "b"
+    for k in (1, 2):
+        reader = session["readers"][f"chief_{k}"]
+        assert reader["auc_from"] == "call"
+        assert reader["auc"]["auc"] == pytest.approx(r[f"{side}_auc{k}"], abs=1e-6)
+        assert reader["auc"]["ci_low"] == pytest.approx(r[f"{side}_low{k}"], abs=1e-6)
+        assert reader["auc"]["ci_high"] == pytest.approx(r[f"{side}_high{k}"], abs=1e-6)
+        test = reader["model_vs_reader_delong"]
+        assert test["z"] == pytest.approx(r[f"{side}_z{k}"], abs=1e-6)
+        assert test["p"] == pytest.approx(r[f"{side}_p{k}"], abs=1e-6)
+        # the AUC of a call is (sensitivity + specificity) / 2
+        sens, spec = reader["sensitivity"]["value"], reader["specificity"]["value"]
+        assert reader["auc"]["auc"] == pytest.approx((sens + spec) / 2, abs=1e-12)
+    group = session["groups"]["chief"]
+    assert group["auc"]["auc"] == pytest.approx(r[f"{side}_group_auc"], abs=1e-6)
+    assert group["auc"]["ci_low"] == pytest.approx(r[f"{side}_group_low"], abs=1e-6)
+    assert group["auc"]["ci_high"] == pytest.approx(r[f"{side}_group_high"], abs=1e-6)
+    assert group["model_vs_group_delong"]["z"] == pytest.approx(r[f"{side}_group_z"], abs=1e-6)
+    assert group["model_vs_group_delong"]["p"] == pytest.approx(r[f"{side}_group_p"], abs=1e-6)

@@ -528,35 +528,7 @@ def test_appearance_table_is_data_for_every_class_of_the_taxonomy(tmp_path) -> N
 
 
 # --------------------------------------------------------------------------- simulated readers
-def test_simulated_readers_call_test_patients_at_table3_rates(
-    big_plan: list[PatientPlan], tmp_path: Path
-) -> None:
-    from dmfn.synth.readers import simulate_readers, table3_groups
-
-    path = simulate_readers(big_plan, seed=5, out=tmp_path, readers_per_group=3)
-    with path.open() as fh:
-        rows = list(csv.DictReader(fh))
-    test_ids = {p.patient_id for p in big_plan if p.split == "test"}
-    truth = {p.patient_id: p.group for p in big_plan}
-    assert {r["patient_id"] for r in rows} == test_ids
-    assert all(r["simulated"] == "true" for r in rows)
-    for group in table3_groups():
-        mine = [r for r in rows if r["group"] == group.name]
-        assert len({r["reader_id"] for r in mine}) == 3
-        benign = [r["call"] == "benign" for r in mine if truth[r["patient_id"]] == "benign"]
-        malignant = [
-            r["call"] == "malignant" for r in mine if truth[r["patient_id"]] == "malignant"
-        ]
-        for calls, rate in (
-            (benign, group.sensitivity_benign),
-            (malignant, group.specificity_benign),
-        ):
-            assert stats.binomtest(sum(calls), len(calls), rate).pvalue > 1e-4, group
-    (tmp_path / "again").mkdir()
-    again = simulate_readers(big_plan, seed=5, out=tmp_path / "again", readers_per_group=3)
-    assert again.read_bytes() == path.read_bytes()  # reproducible from the seed
-
-
+# The simulated readers' rates, correlation and case dependence: tests/test_readers.py.
 def test_generated_cohort_carries_labelled_simulated_readers(tiny: Path) -> None:
     info = json.loads((tiny / "cohort.json").read_text())
     assert "SIMULATED" in info["readers"]["note"]

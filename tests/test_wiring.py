@@ -76,6 +76,8 @@ def explicit_chain(hu: np.ndarray, mask: np.ndarray, p: PreprocessParams):
     iso = resample_isotropic(denoised, SPACING, p.target_spacing_mm, p.interpolation)
     iso_mask = resample_mask(roi.mask, SPACING, p.target_spacing_mm, p.max_voxels)
     windowed = window(iso, p.window_level_hu, p.window_width_hu)
+    if p.lesion_only_views:
+        windowed = np.where(iso_mask != 0, windowed, np.float32(0.0))
     measurements = measure_lesion(iso_mask, (p.target_spacing_mm,) * 3).as_array()
     views = orthogonal_views(
         windowed, iso_mask, p.view_size, margin_vox=p.roi_margin_mm / p.target_spacing_mm
@@ -89,10 +91,12 @@ def _run(p: PreprocessParams, seed: int = 0):
     return out
 
 
-def test_preprocess_study_equals_the_explicit_chain() -> None:
+@pytest.mark.parametrize("lesion_only", [True, False])
+def test_preprocess_study_equals_the_explicit_chain(lesion_only: bool) -> None:
     hu, mask = _study()
-    views, measurements = explicit_chain(hu, mask, PARAMS)
-    out = _run(PARAMS)
+    params = dataclasses.replace(PARAMS, lesion_only_views=lesion_only)
+    views, measurements = explicit_chain(hu, mask, params)
+    out = _run(params)
     assert out.views.shape == (3, PARAMS.view_size, PARAMS.view_size)
     np.testing.assert_allclose(out.views, views, rtol=0, atol=ATOL)
     np.testing.assert_allclose(out.measurements, measurements, rtol=1e-6)
@@ -112,6 +116,7 @@ CHANGES = {
     "window_level_hu": 40.0,
     "window_width_hu": 400.0,
     "roi_margin_mm": 0.0,
+    "lesion_only_views": False,
 }
 
 

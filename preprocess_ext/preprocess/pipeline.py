@@ -145,7 +145,8 @@ def preprocess_study(
     6. :func:`measure_lesion` on the resampled mask (appended to the tabular row as
        ``schema.TABULAR_MEASUREMENT_FIELDS`` when ``params.tabular_measurements``);
     7. :func:`orthogonal_views` of ``params.view_size`` through the lesion centroid, covering
-       the lesion box + margin, filled with 0 outside the crop.
+       the lesion box + margin, filled with 0 outside the crop; with
+       ``params.lesion_only_views`` (the default) 0 outside the lesion mask too.
 
     Args:
         hu: CT volume (z, y, x) in HU, int16 or any real dtype (converted to float32); bool,
@@ -194,6 +195,8 @@ def preprocess_study(
     iso = _resample(denoised, spacing, target, params.interpolation, cap)
     iso_mask = _resample_mask(roi_mask, spacing, target, cap)
     windowed = _window(iso, params.window_level_hu, params.window_width_hu)
+    if params.lesion_only_views:
+        windowed *= iso_mask  # 0 outside the lesion: no surrounding tissue, no compartment
     measurements = _measure(iso_mask, (target,) * 3).as_array()
     margin = params.roi_margin_mm / target
     views = _views(windowed, *_lesion_box(iso_mask), params.view_size, margin, 0.0)
