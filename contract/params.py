@@ -19,17 +19,8 @@ from typing import Any, Literal
 PARAMS_VERSION = 3
 #: What an older parameter set meant for the fields later versions added or re-defaulted: a
 #: stored set of that version lacks them and gets these values (the behaviour it was made with).
-_OLDER_VERSION_DEFAULTS: dict[int, dict[str, Any]] = {
-    1: {
-        "pde_k_hu": 20.0,
-        "pde_dt": 0.0125,
-        "pde_iterations": 20,
-        "pde_mode": "3d",
-        "pde_spacing_aware": False,
-        "lesion_only_views": False,
-    },
-    2: {"lesion_only_views": False},
-}
+#: Version 1 (the unit-grid PDE) is refused: retrain and re-export such a model.
+_OLDER_VERSION_DEFAULTS: dict[int, dict[str, Any]] = {2: {"lesion_only_views": False}}
 #: Side of each of the three orthogonal views, pixels (the model's input size).
 DEFAULT_VIEW_SIZE = 128
 

@@ -125,6 +125,7 @@ def _run(args: argparse.Namespace) -> int:
             preset="demo",
             seed=args.seed,
             n_patients=args.patients,
+            readers_per_group=0,  # a reader study of a few patients means nothing
             overwrite=True,
         )
         print(f"   {manifest_path}")
@@ -226,9 +227,12 @@ def _run(args: argparse.Namespace) -> int:
 def _torch_probs(ckpt, views: np.ndarray, tabular: np.ndarray) -> np.ndarray:
     import torch
 
+    from dmfn.training.scoring import softmax
+
     with torch.no_grad():
         logits = ckpt.build_model()(torch.from_numpy(views[None]), torch.from_numpy(tabular[None]))
-    return torch.softmax(logits, dim=1)[0].numpy()
+    # The served postprocess divides by the checkpoint's calibration temperature: so does this.
+    return softmax(logits.numpy().astype(np.float64), ckpt.temperature)[0]
 
 
 __all__ = ["main"]

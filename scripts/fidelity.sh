@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the README's fidelity results in one command: the experiments behind the choices
+# Regenerate the fidelity results of docs/training.md in one command: the experiments behind the choices
 # where the paper is silent or where we depart from it, each reported by `dmfn evaluate`
 # (test split first, DeLong CIs, paired DeLong p-values).
 #
@@ -109,7 +109,7 @@ report)
         $DMFN evaluate --overwrite --out "$OUT/report_grouping_$SPLIT" --split "$SPLIT" --grouping thymoma_a_ab_benign \
             $(runs "$SPLIT" demo_thymoma_ab_benign)
     done
-    .venv/bin/python scripts/fidelity_markdown.py --out "$OUT" --readme README.md
+    .venv/bin/python scripts/fidelity_markdown.py --out "$OUT" --readme docs/training.md
     ;;
 *) echo "fidelity.sh: unknown stage $STAGE" >&2; exit 2 ;;
 esac; done

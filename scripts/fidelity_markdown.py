@@ -1,4 +1,4 @@
-"""The README's fidelity results from the reports `scripts/fidelity.sh` made with `dmfn evaluate
+"""The fidelity results (docs/training.md) from the reports `scripts/fidelity.sh` made with `dmfn evaluate
 --runs`: writes OUT/fidelity.md and, with --readme, replaces the README's text between the
 fidelity markers. Every number comes from a report; the reading is computed from them."""
 

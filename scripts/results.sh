@@ -3,8 +3,8 @@
 #   synthetic cohort (dmfn synth) -> dmfn, cnn and tabular trained with seeds 0, 1, 2 (dmfn train)
 #   -> dmfn evaluate (seed 0 on test, seed 0 on validation, the summary over seeds)
 #   -> the tables spliced into README.md between the results markers.
-# About 8 minutes on 2 CPU cores with the demo preset (synth ~2 min, the preprocessing cache and
-# 9 trainings ~5 min, evaluations under a minute); the paper preset takes a few hours.
+# About 6 minutes on 2 CPU cores with the demo preset (synth ~2 min, the preprocessing cache and
+# 9 trainings ~4 min, evaluations under a minute); the paper preset about 21 minutes.
 #
 # Usage: scripts/results.sh [--preset demo|paper] [--seed 2026] [--seeds 3] [--out DIR]
 #                           [--reuse] [--no-readme]
@@ -85,6 +85,6 @@ ELAPSED=0
 for f in "$OUT"/timings/*; do ELAPSED=$(( ELAPSED + $(cat "$f") )); done
 .venv/bin/python scripts/results_markdown.py --out "$OUT" --preset "$PRESET" \
     --cohort-seed "$COHORT_SEED" --seeds "$SEEDS" --elapsed "$ELAPSED" \
-    $([[ $README == 1 ]] && echo --readme README.md)
+    $([[ $README == 1 ]] && echo --readme README.md --level 4)
 echo "== done; all stages took $((ELAPSED / 60)) min $((ELAPSED % 60)) s: $OUT/results.md" \
     "(reports: $OUT/report_test/report.html, $OUT/report_val, $OUT/report_seeds)"

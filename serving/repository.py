@@ -409,8 +409,14 @@ def check_repository(repo: str | Path) -> list[str]:
     for name in (S.PREPROCESS_MODEL, S.POSTPROCESS_MODEL):
         if not (repo / name / "1" / "model.py").is_file():
             problems.append(f"{name}/1/model.py is missing")
-    if not (repo / S.PREPROCESS_MODEL / PARAMS_FILE).is_file():
+    params_path = repo / S.PREPROCESS_MODEL / PARAMS_FILE
+    if not params_path.is_file():
         problems.append(f"{S.PREPROCESS_MODEL}/{PARAMS_FILE} is missing (run `dmfn export`)")
+    else:
+        try:  # refused here, not by the preprocess model inside a starting Triton
+            PreprocessParams.from_json(params_path.read_text())
+        except (OSError, ValueError) as err:
+            problems.append(f"{S.PREPROCESS_MODEL}/{PARAMS_FILE}: {err}")
     if not (repo / S.POSTPROCESS_MODEL / TAXONOMY_FILE).is_file():
         problems.append(f"{S.POSTPROCESS_MODEL}/{TAXONOMY_FILE} is missing (run `dmfn export`)")
     net_dir = repo / S.NET_MODEL / "1"

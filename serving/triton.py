@@ -214,6 +214,8 @@ class _OutputTee:
         self._max_bytes = max_bytes
         self._tail = bytearray()
         self._lock = threading.Lock()
+        self._closing = False  # close() was called: whoever finishes last closes the files
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="tritonserver-output", daemon=True)
         self._thread.start()
 
@@ -229,6 +231,24 @@ class _OutputTee:
         return b"".join(kept)
 
     def _run(self) -> None:
+        try:
+            self._copy()
+        finally:
+            with self._lock:
+                closing = self._closing
+            if closing:
+                self._close_files()
+
+    def _close_files(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pipe.close()
+        if self._sink is not None:
+            self._sink.close()
+
+    def _copy(self) -> None:
         fd = self._pipe.fileno()
         while chunk := os.read(fd, 65536):
             if self._sink is not None:
@@ -248,11 +268,14 @@ class _OutputTee:
         self._thread.join(timeout_s)
 
     def close(self, timeout_s: float = 5.0) -> None:
+        """Close the pipe and the log once the reader reaches end of file: now if it does within
+        ``timeout_s``, else when it does (a killed server's stubs can hold the pipe open a while
+        longer; closing it under the reader would lose their last lines)."""
+        with self._lock:
+            self._closing = True
         self.join(timeout_s)
         if not self._thread.is_alive():
-            self._pipe.close()
-            if self._sink is not None:
-                self._sink.close()
+            self._close_files()
 
     def text(self) -> str:
         with self._lock:

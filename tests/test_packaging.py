@@ -5,6 +5,7 @@ runs `dmfn demo` from a folder outside the checkout."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -99,4 +100,7 @@ def test_dmfn_demo_runs_from_a_wheel_in_a_fresh_venv(wheel: Path, tmp_path: Path
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "malignant probability" in demo.stdout
+    # The served probabilities equal the checkpoint's in PyTorch (its temperature applied).
+    parity = re.search(r"served PROBS vs in-process PyTorch: max \|difference\| (\S+)", demo.stdout)
+    assert parity is not None and float(parity.group(1)) < 1e-4, demo.stdout[-3000:]
     assert f"model: {purelib}" in demo.stdout  # the wheel's own demo model, not the checkout's

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -54,7 +53,8 @@ def test_json_round_trip_and_digest() -> None:
     assert again.digest() == params.digest() != PreprocessParams().digest()
 
 
-#: A version-1 parameter set as dmfn stored it with a checkpoint and a model repository.
+#: A version-1 parameter set as dmfn stored it with a checkpoint and a model repository
+#: (refused today; its fields are the base of the version-2 set below).
 VERSION_1 = {
     "interpolation": "linear",
     "max_voxels": 67108864,
@@ -75,28 +75,21 @@ VERSION_1 = {
 _V2_PDE = {"pde_k_hu": 30.0, "pde_dt": 0.025, "pde_mode": "2d", "pde_spacing_aware": True}
 
 
-def test_version_1_params_keep_their_pde() -> None:
-    """A stored version-1 set (no pde_spacing_aware) loads as the unit-grid PDE it was trained
-    with; a partial version-1 set gets version 1's PDE values, not the current defaults."""
-    params = PreprocessParams.from_json(json.dumps(VERSION_1))
-    assert params.pde_spacing_aware is False
-    assert (params.pde_k_hu, params.pde_dt, params.pde_iterations, params.pde_mode) == (
-        20.0,
-        0.0125,
-        20,
-        "3d",
-    )
-    assert params.lesion_only_views is False  # version 3 added it, on by default
-    assert params.version == PARAMS_VERSION == 3
-    assert PreprocessParams.from_json(params.to_json()) == params
-    partial = PreprocessParams.from_dict({"version": 1, "view_size": 32})
-    assert partial == dataclasses.replace(params, view_size=32)
-    # without a version a dict is read as the current one
-    assert PreprocessParams.from_dict({"view_size": 32}) == PreprocessParams(view_size=32)
-    assert PreprocessParams().pde_spacing_aware is True
+def test_version_2_params_keep_their_views_and_version_1_is_refused() -> None:
+    """A stored version-2 set (no lesion_only_views) loads with the context views it was trained
+    with; a version-1 set (the unit-grid PDE) is refused with the retrain message."""
     version_2 = PreprocessParams.from_dict({**VERSION_1, **_V2_PDE, "version": 2})
     assert version_2.lesion_only_views is False and version_2.pde_spacing_aware is True
+    assert (version_2.pde_k_hu, version_2.pde_dt, version_2.pde_mode) == (30.0, 0.025, "2d")
+    assert version_2.version == PARAMS_VERSION == 3
+    assert PreprocessParams.from_json(version_2.to_json()) == version_2
+    partial = PreprocessParams.from_dict({"version": 2, "view_size": 32})
+    assert partial == PreprocessParams(view_size=32, lesion_only_views=False)
+    # without a version a dict is read as the current one
+    assert PreprocessParams.from_dict({"view_size": 32}) == PreprocessParams(view_size=32)
     assert PreprocessParams().lesion_only_views is True
+    with pytest.raises(ValueError, match=r"version 1 are not supported .*train the model again"):
+        PreprocessParams.from_json(json.dumps(VERSION_1))
 
 
 def test_unknown_field_and_version_refused() -> None:

@@ -388,6 +388,17 @@ def test_check_repository_names_what_is_missing(tmp_path: Path) -> None:
     assert any("model.onnx" in p for p in problems)
 
 
+def test_check_repository_refuses_version_1_preprocessing(tmp_path: Path) -> None:
+    """A repository exported before the spacing-aware PDE (params version 1) is refused before
+    Triton starts, with the message to train and export again."""
+    repo = _write(tmp_path, tmp_path / "repo")
+    params = repo / "preprocess" / "preprocess_params.json"
+    params.write_text(json.dumps({**json.loads(params.read_text()), "version": 1}))
+    (problem,) = check_repository(repo)
+    assert problem.startswith("preprocess/preprocess_params.json: ")
+    assert "version 1 are not supported" in problem and "export it again" in problem
+
+
 def test_serve_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         serve.main(["--help"])

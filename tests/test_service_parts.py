@@ -26,7 +26,26 @@ from dmfn.serving.metrics import render_service_metrics
 from dmfn.serving.runstate import RunState, clear_predecessor, port_owner
 from dmfn.serving.spawner import Spawner, child_setup
 from dmfn.serving.supervisor import WorkerSighting, explain_death
-from dmfn.serving.triton import shm_private_library
+from dmfn.serving.triton import _OutputTee, shm_private_library
+
+
+def test_output_tee_closes_its_files_when_a_late_writer_lets_go(tmp_path: Path) -> None:
+    # A SIGKILLed tritonserver's stubs can hold its output pipe open past close()'s wait: the
+    # reader then closes the pipe and the log itself at end of file (the CI once saw both
+    # garbage-collected open, a ResourceWarning).
+    read, write = os.pipe()
+    pipe = os.fdopen(read, "rb")
+    sink = RotatingLog(tmp_path / "triton.log")
+    tee = _OutputTee(pipe, None, sink=sink)
+    os.write(write, b"before close\n")
+    tee.close(timeout_s=0.05)
+    assert not pipe.closed  # the writer still holds it: nothing lost yet
+    os.write(write, b"after close\n")
+    os.close(write)
+    tee.join(5.0)
+    assert pipe.closed and sink._file.closed
+    assert (tmp_path / "triton.log").read_text() == "before close\nafter close\n"
+    tee.close()  # idempotent
 
 
 def test_rotating_log_caps_each_file_and_cuts_lines(tmp_path: Path) -> None:
