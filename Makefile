@@ -12,7 +12,7 @@ STAMP_EXT := $(VENV)/.ext-stamp
 EXT_SOURCES := $(wildcard preprocess_ext/src/*.cpp preprocess_ext/src/*.hpp serving/native/*.cpp) CMakeLists.txt pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps demo test lint format bench asan clean lock
+.PHONY: help setup system-deps demo test test-fast lint format bench asan clean lock
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -40,7 +40,10 @@ demo: setup  ## the main job on the embedded default
 test: setup  ## run the whole test suite (slow end-to-end tests included)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP_DEPS)  ## ruff check + format check + mypy (contract and client layers)
+test-fast: setup  ## the tests not marked slow (no Triton, no whole cohorts): under 3 minutes
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP_DEPS)  ## ruff check + ruff format check + mypy over every layer (pyproject [tool.mypy])
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
 format:
@@ -52,8 +55,18 @@ bench: setup  ## preprocessing benchmark (not a test)
 asan: setup  ## build the extension with AddressSanitizer into build/asan and run the kernel tests
 	bash scripts/asan.sh
 
-lock:  ## re-pin requirements/lock.txt from the current venv
-	$(PIP) freeze --exclude-editable | grep -v -E '^(dmfn|pip)[= @]' | sed 's/+cpu$$//' > requirements/lock.txt
+# One line a package: names compared as PEP 503 normalises them (mypy_extensions = mypy-extensions);
+# a repeated pin is dropped, two different pins of one package stop the target.
+LOCK_UNIQUE := awk '{ n = tolower($$0); sub(/[ =<>!~@;].*/, "", n); gsub(/[-_.]+/, "-", n); \
+	v = $$0; sub(/^[^ =<>!~@;]*/, "", v); \
+	if (n in pin) { if (pin[n] != v) { print "lock: " n " pinned twice: " $$0 > "/dev/stderr"; exit 1 } next } \
+	pin[n] = v; print }'
+
+lock:  ## re-pin requirements/lock.txt from the current venv (keeps its header comment)
+	{ grep '^#' requirements/lock.txt; \
+	  $(PIP) freeze --exclude-editable | grep -v -E '^(dmfn|pip)[= @]' | sed 's/+cpu$$//' | $(LOCK_UNIQUE) | LC_ALL=C sort -f; \
+	} > requirements/lock.txt.new
+	mv requirements/lock.txt.new requirements/lock.txt
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

@@ -70,20 +70,12 @@ def make_checkpoint(path: Path, backbone: str, params: PreprocessParams, seed: i
 
     from dmfn.contract.taxonomy import load_taxonomy
     from dmfn.training.checkpoint import Checkpoint
-    from dmfn.training.models import create_model, fit_standardisation
+    from dmfn.training.untrained import untrained_model
 
     torch.manual_seed(seed)
     taxonomy = load_taxonomy()
     tabular = np.random.default_rng(seed).normal(size=(16, len(S.CLINICAL_FIELDS) + 1))
-    mean, std = fit_standardisation(tabular.astype(np.float32))
-    model = create_model(
-        "dmfn",
-        backbone=backbone,
-        n_classes=len(taxonomy),
-        n_tabular=tabular.shape[1],
-        tabular_mean=mean,
-        tabular_std=std,
-    ).eval()
+    model = untrained_model("dmfn", backbone, len(taxonomy), tabular.astype(np.float32)).eval()
     return Checkpoint(
         model_config=dict(model.config),
         state_dict=model.state_dict(),

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from dmfn.client.io.errors import one_line
 from dmfn.client.io.image import IMAGE_FILE_SUFFIXES, image_kind
+from dmfn.client.study_files import read_study
 from dmfn.contract.csvfile import csv_rows
 from dmfn.contract.schema import AGE_RANGE_YEARS, DEFAULT_CTC_FEATURES, LOCATIONS
 from dmfn.contract.study import SEXES, Clinical, Study
@@ -251,24 +252,16 @@ def _read_row(
 
 
 def load_row_study(row: ManifestRow, ctc_features: Sequence[str]) -> Study:
-    """The study of ``row``: its image (:func:`dmfn.client.io.load_image`, axial layout, the
-    row's ``series_uid``), its mask on the image's grid (the row's ``segment``), its CTC values
-    named by ``ctc_features``, its clinical record, ids and label."""
-    from dmfn.client.io import load_image, load_mask
-
-    image = load_image(row.image_path, series_uid=row.series_uid)
-    segment: str | int | None = row.segment
-    if isinstance(segment, str) and segment.isdigit():
-        segment = int(segment)
-    mask = load_mask(row.mask_path, image, segment=segment)
-    return Study(
-        hu=image.hu,
-        spacing_mm=image.spacing_mm,
-        origin_lps_mm=image.origin_lps_mm,
-        direction=image.direction,
-        mask=mask,
-        ctc=dict(zip(ctc_features, row.ctc, strict=True)),
-        clinical=row.clinical,
+    """The study of ``row`` (:func:`dmfn.client.study_files.read_study`): its image (the row's
+    ``series_uid``), its mask on the image's grid (the row's ``segment``), its CTC values named
+    by ``ctc_features``, its clinical record, ids and label."""
+    return read_study(
+        row.image_path,
+        row.mask_path,
+        dict(zip(ctc_features, row.ctc, strict=True)),
+        row.clinical,
+        segment=row.segment,
+        series_uid=row.series_uid,
         patient_id=row.patient_id,
         image_id=row.image_id,
         label=row.label,

@@ -1,17 +1,6 @@
-"""``dmfn predict``: send studies to a running dmfn Triton server and print the predictions.
-
-One study::
-
-    dmfn predict CT.nii.gz --mask lesion.nii.gz --ctc 12.5 --age 54 --sex F --location anterior
-    dmfn predict dicom_folder/ --mask seg.seg.nrrd --segment lesion --ctc 12.5 ...
-    dmfn predict dicom_folder/ --series-uid 1.2.826... --mask lesion.nii.gz ...
-
-Many studies (a CSV with ``image_path``, ``mask_path``, optional ``segment``, ``series_uid`` and
-``image_id``, one column per CTC feature of the model, ``age_years``, ``sex``, ``location``; other
-columns such as those of a ``dmfn synth`` manifest are ignored; relative paths are relative to the
-CSV)::
-
-    dmfn predict --manifest studies.csv --concurrency 4 --json
+"""The work of ``dmfn predict`` (its command line: :mod:`dmfn.predict_cli`): read the studies of
+the command line or of a manifest, predict them with a server or an in-process predictor, print
+them and write the predictions CSV.
 
 Only the lesion box plus the model's ROI margin is sent (see :mod:`dmfn.client.sdk`). No torch.
 
@@ -23,7 +12,6 @@ row's errors start with ``manifest PATH line N``.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -35,16 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from dmfn.client.io.errors import ArgumentError, one_line
+from dmfn.client.io.errors import ArgumentError
 from dmfn.client.manifest import read_manifest
+from dmfn.client.study_files import read_study
 from dmfn.contract import schema as S
 from dmfn.contract.errors import InvalidInput
-from dmfn.contract.outfile import check_new
-from dmfn.contract.predictions import PredictionRow, Provenance, write_predictions
+from dmfn.contract.predictions import FailedStudy, PredictionRow, Provenance, write_predictions
 from dmfn.contract.study import Clinical, Study
 
 from .progress import Progress
-from .sdk import DEFAULT_TIMEOUT_S, PROTOCOLS, DmfnServerError, Prediction
+from .sdk import DmfnServerError, Prediction
 
 log = logging.getLogger("dmfn.predict")
 
@@ -139,37 +127,25 @@ def ctc_values(items: Sequence[str], features: Sequence[str], where: str = "") -
 
 
 def load_study(source: StudySource, ctc_features: Sequence[str]) -> Study:
-    """Read the image and mask of ``source`` and attach its CTC and clinical facts.
+    """Read the image and mask of ``source`` and attach its CTC and clinical facts
+    (:func:`dmfn.client.study_files.read_study`).
 
     ValueError in the user's terms (:meth:`StudySource.explain`).
     """
-    from dmfn.client.io import load_image, load_mask
-
-    try:
-        study = load_image(source.image_path, series_uid=source.series_uid)
-    except ValueError as err:
-        raise source.explain(err, "image") from err
-    segment: str | int | None = source.segment
-    if isinstance(segment, str) and segment.isdigit():
-        segment = int(segment)
-    try:
-        mask = load_mask(source.mask_path, study, segment=segment)
-    except ValueError as err:
-        raise source.explain(err, "mask") from err
     try:
         age = float(source.age_years)
     except ValueError:
         message = f"must be a number of years, got {source.age_years!r}"
         raise ValueError(_about(source.where, "--age", "age_years", message)) from None
-    return Study(
-        hu=study.hu,
-        spacing_mm=study.spacing_mm,
-        origin_lps_mm=study.origin_lps_mm,
-        direction=study.direction,
-        mask=mask,
-        ctc=ctc_values(source.ctc, ctc_features, source.where),
-        clinical=Clinical(age, source.sex, source.location),
-        image_id=source.image_id or study.image_id or source.image_path.name,
+    return read_study(
+        source.image_path,
+        source.mask_path,
+        ctc_values(source.ctc, ctc_features, source.where),
+        Clinical(age, source.sex, source.location),
+        segment=source.segment,
+        series_uid=source.series_uid,
+        image_id=source.image_id,
+        explain=source.explain,
     )
 
 
@@ -223,195 +199,16 @@ def format_prediction(prediction: Prediction, indent: str = "") -> str:
     return "\n".join(indent + line for line in lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dmfn predict",
-        description=(
-            "Classify mediastinal lesions with a running dmfn server (`dmfn serve`, --url), or "
-            "in this process from a checkpoint (--checkpoint; needs torch). Both compute the same "
-            "numbers from the same request. Only the lesion box plus the model's ROI margin "
-            "leaves this machine, as int16 HU, with the CTC and clinical values; no DICOM header "
-            "or identifier is sent. --out writes the predictions CSV that `dmfn evaluate` reads."
-        ),
-    )
-    p.add_argument(
-        "image",
-        nargs="?",
-        type=Path,
-        help="a DICOM series folder or a NIfTI (.nii/.nii.gz) / NRRD volume",
-    )
-    p.add_argument("--mask", type=Path, help="lesion mask (NIfTI, NRRD or 3D Slicer .seg.nrrd)")
-    p.add_argument(
-        "--segment", help="segment name (Slicer .seg.nrrd) or label value in the mask file"
-    )
-    p.add_argument(
-        "--series-uid",
-        metavar="UID",
-        help="SeriesInstanceUID to load when the IMAGE folder holds several CT series (the "
-        "error lists them)",
-    )
-    p.add_argument(
-        "--ctc",
-        action="append",
-        default=[],
-        help="CTC value(s) in the model's units (the paper's: CTC level in pg/ml); repeat or use "
-        "NAME=VALUE when the model has several CTC features",
-    )
-    p.add_argument("--age", help="age in years")
-    p.add_argument("--sex", choices=("M", "F"), help="sex")
-    p.add_argument("--location", choices=S.LOCATIONS, help="mediastinal compartment of the lesion")
-    p.add_argument(
-        "--manifest",
-        type=Path,
-        help="CSV of many studies (image_path, mask_path, [segment], [series_uid], [image_id], "
-        "CTC columns, age_years, sex, location) instead of one IMAGE",
-    )
-    p.add_argument(
-        "--url",
-        default=None,
-        help="server host:port, or http(s)://host:port as `dmfn serve` prints it "
-        "(127.0.0.1:8000 http, 127.0.0.1:8001 grpc)",
-    )
-    p.add_argument(
-        "--tls", action="store_true", help="connect with TLS (a server started with --tls-cert)"
-    )
-    p.add_argument(
-        "--ca-cert",
-        type=Path,
-        default=None,
-        help="PEM certificate of the authority that signed the server's certificate (implies --tls)",
-    )
-    p.add_argument(
-        "--api-key-file",
-        type=Path,
-        default=None,
-        help="file holding the API key of a server started with --api-keys (never put a key on "
-        "the command line); default: $DMFN_API_KEY, else the file named by $DMFN_API_KEY_FILE",
-    )
-    p.add_argument(
-        "--client-cert",
-        type=Path,
-        default=None,
-        help="PEM client certificate, for a server started with --tls-client-ca (with "
-        "--client-key; implies --tls)",
-    )
-    p.add_argument("--client-key", type=Path, default=None, help="PEM key of --client-cert")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="http", help="http (default) or grpc")
-    p.add_argument("--model", default=S.PIPELINE_MODEL, help=f"ensemble ({S.PIPELINE_MODEL})")
-    p.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="per-request timeout, s (60)"
-    )
-    p.add_argument(
-        "--concurrency", type=int, default=4, help="requests in flight for --manifest (4)"
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON list (machine output)")
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="predict in this process with this checkpoint instead of a server (no --url)",
-    )
-    p.add_argument(
-        "--management",
-        type=Path,
-        default=None,
-        help="with --checkpoint: the management policy JSON (default: dmfn's, "
-        "contract/data/management_default.json; a server applies the policy it was exported with)",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="write the predictions CSV here: image and patient rows, one probability column "
-        "per class, malignant_prob, predicted, the model's provenance (an existing file is "
-        "refused unless --overwrite)",
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing predictions CSV at --out"
-    )
-    return p
-
-
-def _kind(path: Path, name: str) -> str:
-    """``"folder"``, ``"file"``, ``"other"`` or ``""`` (missing) for the ``path`` given as
-    ``name``; one that cannot be looked at (a folder on the way this user may not enter) raises
-    ValueError naming ``name``."""
-    try:
-        if path.is_dir():
-            return "folder"
-        if path.is_file():
-            return "file"
-        return "other" if path.exists() else ""
-    except OSError as err:
-        raise ValueError(f"{name}: {path} cannot be accessed ({one_line(err)})") from None
-
-
-def check_arguments(args: argparse.Namespace) -> None:
-    """Everything about the command line that needs no server: IMAGE or --manifest (not both),
-    the options IMAGE needs, existing input paths, a numeric age, an --out that is not an
-    earlier result (unless --overwrite). ValueError says what is wrong.
-    """
-    if args.concurrency < 1:
-        raise ValueError(f"--concurrency must be >= 1, got {args.concurrency}")
-    if args.checkpoint is not None:
-        if args.url is not None:
-            raise ValueError("give either --url (a server) or --checkpoint (in-process), not both")
-        if _kind(args.checkpoint, "--checkpoint") != "file":
-            raise ValueError(f"--checkpoint: {args.checkpoint} is not a file")
-    elif args.management is not None:
-        raise ValueError("--management: only with --checkpoint (a server applies its own policy)")
-    if args.out is not None:
-        try:
-            check_new(args.out, args.overwrite)
-        except InvalidInput as err:
-            raise ValueError(err.in_flags(OUT_FLAGS)) from None
-        except OSError as err:
-            raise ValueError(f"--out: {args.out} cannot be accessed ({one_line(err)})") from None
-    if args.manifest is not None:
-        if args.image is not None:
-            raise ValueError("give either IMAGE or --manifest, not both")
-        if _kind(args.manifest, "--manifest") != "file":
-            raise ValueError(f"--manifest: {args.manifest} is not a file")
-        if args.series_uid is not None:
-            raise ValueError("--series-uid: give it per study in the manifest's series_uid column")
-        return
-    if args.image is None:
-        raise ValueError("give IMAGE (with --mask, --ctc, --age, --sex, --location) or --manifest")
-    missing = [f"--{n}" for n in ("mask", "ctc", "age", "sex", "location") if not getattr(args, n)]
-    if missing:
-        raise ValueError(f"IMAGE needs {', '.join(missing)}")
-    image = _kind(args.image, "IMAGE")
-    if not image:
-        raise ValueError(f"IMAGE: {args.image} does not exist")
-    if args.series_uid is not None and image != "folder":
-        raise ValueError(
-            f"--series-uid: chooses a series of a DICOM series folder, but IMAGE {args.image} "
-            "is a file"
-        )
-    if _kind(args.mask, "--mask") != "file":
-        raise ValueError(f"--mask: {args.mask} is not a file")
-    try:
-        float(args.age)
-    except ValueError:
-        raise ValueError(f"--age must be a number of years, got {args.age!r}") from None
-
-
-def _sources(args: argparse.Namespace, ctc_features: Sequence[str]) -> list[StudySource]:
-    """The studies to send (after :func:`check_arguments`); the manifest needs the CTC names."""
-    if args.manifest is not None:
-        return read_sources(args.manifest, ctc_features)
-    return [
-        StudySource(
-            args.image,
-            args.mask,
-            args.segment,
-            tuple(args.ctc),
-            args.age,
-            args.sex,
-            args.location,
-            series_uid=args.series_uid,
-        )
-    ]
+def _sources(
+    study: StudySource | None, manifest: Path | None, ctc_features: Sequence[str]
+) -> list[StudySource]:
+    """The studies to send: ``study``, or those of ``manifest`` (which needs the CTC names)."""
+    if manifest is not None:
+        return read_sources(manifest, ctc_features)
+    if study is None:
+        raise InvalidInput("study", "give {study} or {manifest}",
+                           mentions={"study": "study", "manifest": "manifest"})  # fmt: skip
+    return [study]
 
 
 def _chunks(items: list[StudySource], size: int) -> Iterator[list[StudySource]]:
@@ -424,15 +221,26 @@ def _chunks(items: list[StudySource], size: int) -> Iterator[list[StudySource]]:
 Predictor = Any
 
 
-def run(args: argparse.Namespace, predictor: Predictor) -> int:
-    """Predict the studies of ``args`` (checked by :func:`check_arguments`) with ``predictor``
-    (a :class:`~dmfn.client.sdk.DmfnClient`, or an in-process predictor with its interface);
-    print them, write ``--out``; returns the exit status. Progress is shown for a manifest; one
-    study's output is its prediction, or one line saying why there is none."""
+def run(
+    predictor: Predictor,
+    *,
+    study: StudySource | None = None,
+    manifest: Path | None = None,
+    concurrency: int = 4,
+    out: Path | None = None,
+    overwrite: bool = False,
+    as_json: bool = False,
+) -> int:
+    """Predict ``study``, or the studies of the ``manifest`` CSV, with ``predictor`` (a
+    :class:`~dmfn.client.sdk.DmfnClient`, or an in-process predictor with its interface),
+    ``concurrency`` requests in flight; print them (``as_json``: one JSON list), write the
+    predictions CSV ``out`` (an existing one only with ``overwrite``); returns the exit status.
+    Progress is shown for a manifest; one study's output is its prediction, or one line saying
+    why there is none."""
     with predictor:
         try:
             contract = predictor.contract
-            sources = _sources(args, contract.ctc_features)
+            sources = _sources(study, manifest, contract.ctc_features)
         except DmfnServerError as err:
             print(f"dmfn predict: {err}", file=sys.stderr)
             return EXIT_FAILED
@@ -441,9 +249,9 @@ def run(args: argparse.Namespace, predictor: Predictor) -> int:
             return EXIT_USAGE
         results: list[tuple[StudySource, Prediction | Exception]] = []
         # one study: no progress lines, its prediction or its error is the whole output
-        stream = sys.stderr if args.manifest is not None else io.StringIO()
+        stream = sys.stderr if manifest is not None else io.StringIO()
         with Progress(len(sources), "dmfn predict", stream=stream) as progress:
-            for chunk in _chunks(sources, LOAD_AHEAD * args.concurrency):
+            for chunk in _chunks(sources, LOAD_AHEAD * concurrency):
                 studies: list[Study | Exception] = []
                 for source in chunk:
                     try:
@@ -451,7 +259,7 @@ def run(args: argparse.Namespace, predictor: Predictor) -> int:
                     except ValueError as err:  # already in the user's terms
                         studies.append(err)
                 ok = [s for s in studies if isinstance(s, Study)]
-                answers = iter(predictor.predict_many(ok, args.concurrency, return_exceptions=True))
+                answers = iter(predictor.predict_many(ok, concurrency, return_exceptions=True))
                 chunk_results = [
                     (src, s if isinstance(s, Exception) else next(answers))
                     for src, s in zip(chunk, studies, strict=True)
@@ -459,15 +267,15 @@ def run(args: argparse.Namespace, predictor: Predictor) -> int:
                 results += chunk_results
                 progress.update(len(chunk), sum(isinstance(r, Exception) for _, r in chunk_results))
     failed = [(src, r) for src, r in results if isinstance(r, Exception)]
-    if args.out is not None:
+    if out is not None:
         written = [(src, r) for src, r in results if isinstance(r, Prediction)]
         try:
-            write_csv(args.out, contract.class_names, written, contract.provenance, args.overwrite)
+            write_csv(out, contract.class_names, written, contract.provenance, overwrite, failed)
         except InvalidInput as err:  # the file appeared while predicting
             print(f"dmfn predict: {err.in_flags(OUT_FLAGS)}", file=sys.stderr)
             return EXIT_USAGE
-        print(f"dmfn predict: wrote {args.out}", file=sys.stderr)
-    if args.json:
+        print(f"dmfn predict: wrote {out}", file=sys.stderr)
+    if as_json:
         document = [
             {"image_path": str(src.image_path), "error": str(r)}
             if isinstance(r, Exception)
@@ -475,7 +283,7 @@ def run(args: argparse.Namespace, predictor: Predictor) -> int:
             for src, r in results
         ]
         print(json.dumps(document, indent=2))  # always a list, one entry per study
-    elif args.out is None:
+    elif out is None:
         for _, result in results:
             if not isinstance(result, Exception):
                 print(format_prediction(result))
@@ -493,11 +301,14 @@ def write_csv(
     results: Sequence[tuple[StudySource, Prediction]],
     provenance: Provenance,
     overwrite: bool = False,
+    failed: Sequence[tuple[StudySource, Exception]] = (),
 ) -> Path:
     """The predictions CSV (:mod:`dmfn.contract.predictions`): one image row per study, then one
-    patient row per patient (the mean of its images' probabilities). A study without a patient
-    id is its own patient. Written whole or not at all; an existing file is replaced only with
-    ``overwrite`` (else :class:`~dmfn.contract.errors.InvalidInput` naming ``out``)."""
+    patient row per patient (the mean of its images' probabilities), then one ``failed`` row per
+    study of ``failed`` with its error (an evaluation reports it as an exclusion). A study
+    without a patient id is its own patient. Written whole or not at all; an existing file is
+    replaced only with ``overwrite`` (else :class:`~dmfn.contract.errors.InvalidInput` naming
+    ``out``)."""
     images: list[PredictionRow] = []
     by_patient: dict[str, list[PredictionRow]] = {}
     for src, p in results:
@@ -516,6 +327,12 @@ def write_csv(
         )
         for pid, rows in by_patient.items()
     ]  # fmt: skip
+    failures = [
+        FailedStudy(src.patient_id or src.image_id or str(src.image_path), src.image_id,
+                    src.split, src.label, str(err))
+        for src, err in failed
+    ]  # fmt: skip
     return write_predictions(
-        path, class_names, [*images, *patients], provenance, overwrite=overwrite
-    )
+        path, class_names, [*images, *patients], provenance, overwrite=overwrite,
+        failures=failures,
+    )  # fmt: skip

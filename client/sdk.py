@@ -23,6 +23,7 @@ Threads: tritonclient's HTTP client is gevent-based and must not be shared acros
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -357,6 +358,12 @@ class DmfnClient:
         except (OSError, TimeoutError) as err:  # refused, reset, timed out (HTTP)
             raise DmfnServerError(
                 f"{what}: cannot reach the Triton server at {self.url} ({self.protocol}): {err}"
+            ) from err
+        except http.client.HTTPException as err:  # an answer that is not HTTP/1.1
+            raise DmfnServerError(
+                f"{what}: {self.url} does not answer HTTP ({err}); if this port speaks gRPC "
+                "(Triton's 8001, dmfn serve's --grpc-port), use protocol 'grpc' "
+                "(dmfn predict --protocol grpc)"
             ) from err
 
     def _timeout_kwargs(self) -> dict[str, Any]:

@@ -13,8 +13,9 @@ exactly those cells, so reading back gives every text as it was written.
 from __future__ import annotations
 
 import csv
+import difflib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,6 +59,26 @@ def csv_rows(
         missing = [c for c in required if c not in columns]
         if missing:
             raise InvalidInput(
-                argument, f"{path}: missing required columns {missing} (columns: {columns})"
+                argument,
+                f"{path}: missing required columns {missing} (columns: {columns})"
+                + _column_hints(missing, columns),
             )
         yield columns, enumerate(reader, start=2)
+
+
+def _column_hints(missing: Sequence[str], columns: Sequence[str]) -> str:
+    """What the user probably meant: another delimiter (a whole header in one column), or a
+    column whose name is close to a missing one."""
+    if len(columns) == 1:
+        for delimiter, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+            if delimiter in columns[0]:
+                return (
+                    f"; the file seems separated by {name}, not commas (a spreadsheet's export in "
+                    "some locales): save it as comma-separated values"
+                )
+    hints = []
+    for name in missing:
+        close = difflib.get_close_matches(name, columns, n=1, cutoff=0.75)
+        if close:
+            hints.append(f"{close[0]!r} for {name!r}")
+    return f"; did you mean {', '.join(hints)}?" if hints else ""

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .errors import InvalidInput
+
 #: Version 2 added ``pde_spacing_aware`` and changed the PDE defaults (docs/preprocessing.md);
 #: version 3 added ``lesion_only_views`` (on by default).
 PARAMS_VERSION = 3
@@ -25,8 +27,13 @@ _OLDER_VERSION_DEFAULTS: dict[int, dict[str, Any]] = {2: {"lesion_only_views": F
 DEFAULT_VIEW_SIZE = 128
 
 
-def pde_dt_bound(mode: str, spacing_mm: Sequence[float] | None = None) -> float:
-    """The explicit-Euler stability bound on the PDE step dt (in units of h_min^4).
+#: The PDE's stencil: 7-point in 3D, or 5-point on each slice in 2D.
+PdeMode = Literal["3d", "2d"]
+
+
+def pde_stability_bound(mode: PdeMode = "3d", spacing_mm: Sequence[float] | None = None) -> float:
+    """The largest stable explicit-Euler step dt of the PDE (in units of h_min^4) for voxels of
+    ``spacing_mm``.
 
     The Laplacian is ``Lap u = sum_a w_a (u[a-1] - 2 u + u[a+1])`` with ``w_a = (h_min / h_a)^2``
     over the stencil's axes a (z, y, x in ``"3d"``; y, x in ``"2d"``), h_a the spacing in mm and
@@ -41,13 +48,24 @@ def pde_dt_bound(mode: str, spacing_mm: Sequence[float] | None = None) -> float:
     1/72 in 3D, 1/32 in 2D, D the number of stencil axes) and 1/8; so one dt at or below the
     isotropic bound is stable for every spacing. ``spacing_mm`` (z, y, x) or (y, x) in mm; None
     means isotropic voxels (the worst case). A 2D mode uses the last two spacings.
+
+    Raises InvalidInput (a ValueError) naming ``mode`` or ``spacing_mm``.
     """
     if mode not in ("3d", "2d"):
-        raise ValueError(f"argument 'mode': must be '3d' or '2d', got {mode!r}")
+        raise InvalidInput("mode", f"must be '3d' or '2d', got {mode!r}")
     if spacing_mm is None:
-        spacing = (1.0,) * (3 if mode == "3d" else 2)
+        spacing: tuple[float, ...] = (1.0,) * (3 if mode == "3d" else 2)
     else:
-        spacing = tuple(float(h) for h in spacing_mm)
+        try:
+            spacing = tuple(float(h) for h in spacing_mm)
+        except (TypeError, ValueError) as err:
+            raise InvalidInput("spacing_mm", f"must be numbers in mm, got {spacing_mm!r}") from err
+        if len(spacing) not in (2, 3):
+            raise InvalidInput("spacing_mm", f"must have 2 or 3 values, got {len(spacing)}")
+        if not all(math.isfinite(h) and h > 0 for h in spacing):
+            raise InvalidInput(
+                "spacing_mm", f"every spacing must be finite and > 0 mm, got {spacing}"
+            )
         if mode == "2d":
             spacing = spacing[-2:]
     h_min = min(spacing)
@@ -56,9 +74,9 @@ def pde_dt_bound(mode: str, spacing_mm: Sequence[float] | None = None) -> float:
 
 
 #: The bound of each mode on isotropic voxels: the smallest over all spacings, so a dt at or
-#: below it is stable for every spacing (:func:`pde_dt_bound`). Measured on the unit grid:
+#: below it is stable for every spacing (:func:`pde_stability_bound`). Measured on the unit grid:
 #: unstable modes appear at dt = 0.0315 in 2D and 0.014 in 3D.
-STABILITY_BOUND = {"3d": pde_dt_bound("3d"), "2d": pde_dt_bound("2d")}
+STABILITY_BOUND = {"3d": pde_stability_bound("3d"), "2d": pde_stability_bound("2d")}
 _FLOAT_FIELDS = (
     "pde_k_hu",
     "pde_dt",
@@ -88,7 +106,7 @@ class PreprocessParams:
     pde_k_hu: float = 30.0
     pde_dt: float = 0.025
     pde_iterations: int = 20
-    pde_mode: Literal["3d", "2d"] = "2d"
+    pde_mode: PdeMode = "2d"
     pde_fidelity: float = 0.0
     #: True: the Laplacian weighs each axis by (h_min / h_a)^2 (physical units, the voxel
     #: spacing of the study); False: the unit voxel grid (version 1's behaviour).

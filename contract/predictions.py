@@ -10,7 +10,16 @@ Columns, in this order:
 - ``malignant_prob``: the summed probability of the malignant classes;
 - ``predicted``: the most probable class;
 - provenance of the model: ``model_sha256`` (of the checkpoint file), ``model_trained`` (its
-  training date, ISO 8601) and ``model_synthetic`` (``true`` when trained on synthetic data).
+  training date, ISO 8601), ``model_synthetic`` (``true`` when trained on synthetic data),
+  ``model_temperature`` (the calibration temperature its probabilities carry) and
+  ``model_name`` (its kind: ``dmfn``, ``cnn`` or ``tabular``);
+- ``status``: ``ok``, or ``failed`` for a study that could not be predicted, and ``error``: the
+  rule it broke (e.g. ``argument 'mask': ... is empty``). A failed study's row is an image row
+  with empty probabilities; it is kept so that an evaluation reports it as an exclusion (STARD)
+  instead of losing it. Files without these columns (older ones, other systems') hold ``ok``
+  rows only;
+- ``fold``: for out-of-fold predictions (``dmfn train --folds K``), the fold whose model made
+  the row; empty otherwise.
 
 A file of another system may be **binary only**: ``patient_id``, ``label`` (``benign`` /
 ``malignant``) and ``malignant_prob`` (any score, larger = more likely malignant).
@@ -25,7 +34,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,32 +46,56 @@ from dmfn.contract.outfile import replacing
 
 LEVELS: tuple[str, ...] = ("patient", "image")
 PROB_PREFIX = "prob_"
-PROVENANCE_COLUMNS: tuple[str, ...] = ("model_sha256", "model_trained", "model_synthetic")
+PROVENANCE_COLUMNS: tuple[str, ...] = (
+    "model_sha256", "model_trained", "model_synthetic", "model_temperature", "model_name",
+)  # fmt: skip
+STATUS_COLUMNS: tuple[str, ...] = ("status", "error")
+#: Last column: the fold of an out-of-fold prediction (``dmfn train --folds``), else empty.
+FOLD_COLUMN = "fold"
+STATUSES: tuple[str, ...] = ("ok", "failed")
 #: The columns a binary-only predictions file needs.
 BINARY_COLUMNS: tuple[str, ...] = ("patient_id", "label", "malignant_prob")
 
 
 @dataclass(frozen=True)
 class Provenance:
-    """Which model made the predictions: the checkpoint's sha256, training date and whether it
-    was trained on synthetic data (empty / None when unknown)."""
+    """Which model made the predictions: the checkpoint's sha256, training date, whether it
+    was trained on synthetic data, the calibration temperature its probabilities carry
+    (``softmax(logits / T)``, fitted on validation at training) and its kind (``dmfn``,
+    ``cnn`` or ``tabular``: what a report names the system after); empty / None when
+    unknown."""
 
     sha256: str = ""
     trained: str = ""
     synthetic: bool | None = None
+    temperature: float | None = None
+    name: str = ""
 
     def columns(self) -> dict[str, str]:
         synthetic = "" if self.synthetic is None else str(self.synthetic).lower()
+        temperature = "" if self.temperature is None else repr(float(self.temperature))
         return {"model_sha256": self.sha256, "model_trained": self.trained,
-                "model_synthetic": synthetic}  # fmt: skip
+                "model_synthetic": synthetic, "model_temperature": temperature,
+                "model_name": self.name}  # fmt: skip
 
     @classmethod
-    def from_columns(cls, row: dict[str, str]) -> Provenance:
+    def from_columns(cls, row: Mapping[str, str]) -> Provenance:
         synthetic = (row.get("model_synthetic") or "").strip().lower()
+        temperature = (row.get("model_temperature") or "").strip()
+        try:
+            t = float(temperature) if temperature else None
+        except ValueError:
+            raise InvalidInput(
+                "model_temperature", f"must be a number, got {temperature!r}"
+            ) from None
+        if t is not None and not (math.isfinite(t) and t > 0):
+            raise InvalidInput("model_temperature", f"must be a number > 0, got {temperature!r}")
         return cls(
             (row.get("model_sha256") or "").strip(),
             (row.get("model_trained") or "").strip(),
             None if synthetic == "" else synthetic == "true",
+            t,
+            (row.get("model_name") or "").strip(),
         )
 
 
@@ -78,6 +111,19 @@ class PredictionRow:
     image_id: str = ""
     split: str = ""
     label: str = ""
+    #: The cross-validation fold whose model made this out-of-fold prediction ("" otherwise).
+    fold: str = ""
+
+
+@dataclass(frozen=True)
+class FailedStudy:
+    """A study that could not be predicted, and the rule it broke (``error``)."""
+
+    patient_id: str
+    image_id: str = ""
+    split: str = ""
+    label: str = ""
+    error: str = ""
 
 
 @dataclass
@@ -88,6 +134,8 @@ class PredictionTable:
     rows: list[PredictionRow] = field(default_factory=list)
     provenance: Provenance = field(default_factory=Provenance)
     path: Path | None = None
+    #: The studies the file records as failed (``status`` ``failed``), in file order.
+    failures: list[FailedStudy] = field(default_factory=list)
 
     @property
     def binary_only(self) -> bool:
@@ -109,6 +157,7 @@ class PredictionTable:
                 PredictionRow(
                     "patient", pid, float(np.mean([r.malignant_prob for r in rows])),
                     tuple(float(p) for p in probs), "", rows[0].split, rows[0].label,
+                    rows[0].fold,
                 )
             )  # fmt: skip
         return out
@@ -123,6 +172,7 @@ def header(classes: Sequence[str]) -> list[str]:
     return [
         "level", "patient_id", "image_id", "split", "label",
         *(PROB_PREFIX + c for c in classes), "malignant_prob", "predicted", *PROVENANCE_COLUMNS,
+        *STATUS_COLUMNS, FOLD_COLUMN,
     ]  # fmt: skip
 
 
@@ -133,11 +183,13 @@ def write_predictions(
     provenance: Provenance = Provenance(),
     *,
     overwrite: bool = True,
+    failures: Iterable[FailedStudy] = (),
 ) -> Path:
-    """Write ``rows`` (probabilities rounded to 9 significant digits) to ``path``, whole or not
-    at all; an existing ``path`` is replaced only with ``overwrite`` (else
-    :class:`~dmfn.contract.errors.InvalidInput` naming ``out``). Text cells that start like a
-    formula get a leading ``'`` (see the module's docstring)."""
+    """Write ``rows`` (probabilities rounded to 9 significant digits), then one ``failed`` row
+    per study of ``failures``, to ``path``, whole or not at all; an existing ``path`` is
+    replaced only with ``overwrite`` (else :class:`~dmfn.contract.errors.InvalidInput` naming
+    ``out``). Text cells that start like a formula get a leading ``'`` (see the module's
+    docstring)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prov = [escape_cell(v) for v in provenance.columns().values()]
@@ -149,8 +201,12 @@ def write_predictions(
             text = [escape_cell(c) for c in (r.level, r.patient_id, r.image_id, r.split, r.label)]
             writer.writerow(
                 [*text, *(f"{p:.9g}" for p in r.probs), f"{r.malignant_prob:.9g}", predicted,
-                 *prov]
+                 *prov, "ok", "", escape_cell(r.fold)]
             )  # fmt: skip
+        for f in failures:
+            text = [escape_cell(c) for c in ("image", f.patient_id, f.image_id, f.split, f.label)]
+            writer.writerow([*text, *([""] * len(classes)), "", "", *prov, "failed",
+                             escape_cell(" ".join(f.error.split())), ""])  # fmt: skip
     return path
 
 
@@ -185,17 +241,28 @@ def read_predictions(path: str | Path) -> PredictionTable:
             pid = _text(raw, "patient_id")
             if not pid:
                 raise InvalidInput("patient_id", f"{where}: must not be empty")
+            status = _text(raw, "status", "ok")
+            if status not in STATUSES:
+                raise InvalidInput("status", f"{where}: must be one of {STATUSES}, got {status!r}")
+            if status == "failed":
+                table.failures.append(FailedStudy(
+                    pid, _text(raw, "image_id"), _text(raw, "split"), _text(raw, "label"),
+                    _text(raw, "error"),
+                ))  # fmt: skip
+                continue
             probs = tuple(_number(raw[PROB_PREFIX + c], where, PROB_PREFIX + c) for c in classes)
             table.rows.append(
                 PredictionRow(
                     level, pid, _number(raw["malignant_prob"], where, "malignant_prob"), probs,
                     _text(raw, "image_id"), _text(raw, "split"), _text(raw, "label"),
+                    _text(raw, FOLD_COLUMN),
                 )
             )  # fmt: skip
-            if line == 2:
+            if len(table.rows) == 1:
                 table.provenance = Provenance.from_columns(
                     {k: _text(raw, k) for k in PROVENANCE_COLUMNS}
                 )
     if not table.rows:
-        raise InvalidInput("predictions", f"{path}: has no rows")
+        failed = f" ({len(table.failures)} failed studies only)" if table.failures else ""
+        raise InvalidInput("predictions", f"{path}: has no predicted rows{failed}")
     return table

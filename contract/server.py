@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from dmfn.contract.limits import InputLimits
 from dmfn.contract.management import ManagementPolicy, parse_management
-from dmfn.contract.predictions import Provenance
+from dmfn.contract.predictions import PROVENANCE_COLUMNS, Provenance
 
 #: Parameter keys of the dmfn_pipeline config.
 ROI_MARGIN_KEY = "roi_margin_mm"
@@ -27,7 +27,7 @@ INPUT_LIMITS_KEY = "input_limits"
 #: The management policy the server applies (its JSON), so a client can explain the suggestion.
 MANAGEMENT_KEY = "management_policy"
 #: Provenance of the served model: the checkpoint's sha256, its training date, synthetic or not.
-PROVENANCE_KEYS = ("model_sha256", "model_trained", "model_synthetic")
+PROVENANCE_KEYS = PROVENANCE_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -8,23 +8,26 @@ from __future__ import annotations
 import importlib
 import sys
 
-#: name -> (module with main(argv), one-line help)
+#: name -> (the command's module, one-line help). Each module holds only the command's parser,
+#: ``build_parser() -> argparse.ArgumentParser``, and ``main(argv) -> int``, which maps the
+#: options to one API call: ``<layer>/cli.py`` for a layer's command, ``<layer>/<name>_cli.py``
+#: where a layer has another.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("dmfn.demo", "the main job: cohort -> model -> Triton -> a prediction"),
+    "demo": ("dmfn.demo_cli", "the main job: cohort -> model -> Triton -> a prediction"),
     "synth": ("dmfn.synth.cli", "generate a synthetic mediastinal CT + CTC cohort"),
-    "train": ("dmfn.training.train", "train DMFN / CT-only / tabular-only models"),
+    "train": ("dmfn.training.cli", "train DMFN / CT-only / tabular-only models"),
     "export": (
-        "dmfn.training.export",
+        "dmfn.training.export_cli",
         "export a checkpoint to ONNX / TensorRT + Triton repository",
     ),
     "evaluate": (
         "dmfn.evaluation.cli",
         "statistics (equal to R pROC), reader study, cohort table, HTML report",
     ),
-    "serve": ("dmfn.serving.serve", "start Triton Inference Server on a model repository"),
+    "serve": ("dmfn.serving.cli", "start Triton Inference Server on a model repository"),
     "keys": ("dmfn.serving.keys_cli", "create, list and revoke the API keys of dmfn serve"),
     "predict": (
-        "dmfn.predict",
+        "dmfn.predict_cli",
         "predictions from a running server or a checkpoint; CSV for evaluate",
     ),
 }

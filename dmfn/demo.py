@@ -1,4 +1,5 @@
-"""``dmfn demo``: the main job, end to end, on the embedded default.
+"""The main job, end to end, on the embedded default: :func:`run_demo`, the API of ``dmfn demo``
+(its command line: :mod:`dmfn.demo_cli`).
 
 synthetic patients (DICOM + NIfTI) -> a DMFN checkpoint (the committed demo model, or one trained
 here with --train) -> ONNX export checked against PyTorch -> Triton model repository -> a real
@@ -7,20 +8,32 @@ Triton server on 127.0.0.1 -> a study sent through the client SDK -> the predict
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from dmfn.client.manifest import load_row_study, read_manifest
+from dmfn.client.predict import format_prediction
+from dmfn.client.sdk import PROTOCOLS, DmfnClient
+from dmfn.contract.errors import InvalidInput
+from dmfn.contract.wire import build_request
+from dmfn.preprocess import preprocess_request
 from dmfn.resources import demo_checkpoint
-
-log = logging.getLogger("dmfn.demo")
+from dmfn.serving.config import ServingSettings
+from dmfn.serving.service import DmfnService, ServiceConfig
+from dmfn.serving.triton import free_ports
+from dmfn.synth import generate_cohort
+from dmfn.training.checkpoint import Checkpoint, load_checkpoint
+from dmfn.training.config import TrainConfig
+from dmfn.training.export import export
+from dmfn.training.scoring import softmax
+from dmfn.training.summary import format_table
+from dmfn.training.train import run as run_training
 
 
 @contextmanager
@@ -32,41 +45,6 @@ def _step(title: str, timings: dict[str, float]) -> Iterator[None]:
     print(f"   ({timings[title]:.1f} s)", flush=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dmfn demo",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=Path("build/demo"),
-        help="scratch folder for the cohort, the repository and the server log (default build/demo)",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="checkpoint to serve (default: the committed demo model, models/dmfn_demo.pt)",
-    )
-    parser.add_argument(
-        "--train",
-        action="store_true",
-        help="train a small model on a tiny synthetic cohort here instead of using the committed one",
-    )
-    parser.add_argument(
-        "--patients", type=int, default=4, help="synthetic patients to generate (4)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=2026, help="seed of the synthetic patients (2026)"
-    )
-    parser.add_argument(
-        "--protocol", choices=("http", "grpc"), default="http", help="client protocol (http)"
-    )
-    return parser
-
-
 def _root_allowed() -> bool:
     """The demo runs its short-lived loopback service as root where it is run as root (CI, a
     container), and says so; `dmfn serve` itself refuses root without --allow-root."""
@@ -76,79 +54,68 @@ def _root_allowed() -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from dmfn.client.sdk import DmfnServerError
-    from dmfn.serving.triton import TritonError
-    from dmfn.training.export import ExportError
+def run_demo(
+    out: Path,
+    *,
+    checkpoint: Path | None = None,
+    train: bool = False,
+    patients: int = 4,
+    seed: int = 2026,
+    protocol: str = "http",
+) -> int:
+    """The demo in folder ``out`` (its cohort, repository and server logs are replaced on every
+    run): ``patients`` synthetic patients from ``seed``, ``checkpoint`` (default: the committed
+    demo model) or one trained here (``train``), served and asked over ``protocol``. Prints each
+    step; returns the exit status (0 when the served probabilities are finite).
 
-    try:
-        return _run(args)
-    except (ValueError, ExportError, TritonError, DmfnServerError) as err:
-        print(f"dmfn demo: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ValueError) else 1
+    ValueError naming the argument for a bad one; ExportError, TritonError or DmfnServerError
+    when a step fails.
+    """
+    if patients < 3:
+        raise InvalidInput("patients", f"must be >= 3, got {patients}")
+    if train and checkpoint is not None:
+        raise InvalidInput("train", "give {train} or {checkpoint}, not both",
+                           mentions={"train": "train=True", "checkpoint": "checkpoint"})  # fmt: skip
+    if protocol not in PROTOCOLS:
+        raise InvalidInput("protocol", f"must be one of {PROTOCOLS}, got {protocol!r}")
 
-
-def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.patients < 3:
-        print("dmfn demo: argument --patients: must be >= 3", file=sys.stderr)
-        return 2
-    if args.train and args.checkpoint is not None:
-        print("dmfn demo: give --train or --checkpoint, not both", file=sys.stderr)
-        return 2
-
-    # Imported here so that `dmfn demo --help` is instant.
-    from dmfn.client.manifest import load_row_study, read_manifest
-    from dmfn.client.predict import format_prediction
-    from dmfn.client.sdk import DmfnClient
-    from dmfn.contract.wire import build_request
-    from dmfn.preprocess import preprocess_request
-    from dmfn.serving.config import ServingSettings
-    from dmfn.serving.service import DmfnService, ServiceConfig
-    from dmfn.serving.triton import free_ports
-    from dmfn.synth import generate_cohort
-    from dmfn.training.checkpoint import load_checkpoint
-    from dmfn.training.export import export
-
-    if not args.train:
-        load_checkpoint(args.checkpoint or demo_checkpoint())  # fail fast on a bad file
-    workdir = args.workdir.resolve()
+    if not train:
+        load_checkpoint(checkpoint or demo_checkpoint())  # fail fast on a bad file
+    workdir = Path(out).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     total = time.perf_counter()
     print("dmfn demo — synthetic data: a pipeline check, not a clinical result.")
 
-    with _step(f"1. synthetic cohort: {args.patients} patients (DICOM + NIfTI)", timings):
+    with _step(f"1. synthetic cohort: {patients} patients (DICOM + NIfTI)", timings):
         manifest_path = generate_cohort(
             workdir / "cohort",
             preset="demo",
-            seed=args.seed,
-            n_patients=args.patients,
+            seed=seed,
+            n_patients=patients,
             readers_per_group=0,  # a reader study of a few patients means nothing
             overwrite=True,
         )
         print(f"   {manifest_path}")
 
-    checkpoint = args.checkpoint or demo_checkpoint()
-    if args.train:
+    checkpoint = checkpoint or demo_checkpoint()
+    if train:
         with _step("2. train a small DMFN on a tiny cohort (--train)", timings):
-            from dmfn.training.train import main as train_main
-
             train_dir = workdir / "train"
             train_cohort = generate_cohort(
                 workdir / "train_cohort", preset="tiny", seed=0, workers=2, overwrite=True
             )
-            train_args = ["--manifest", str(train_cohort), "--out", str(train_dir)]
-            code = train_main([*train_args, "--epochs", "8", "--seeds", "1", "--no-progress"])
-            if code:
-                return code
+            config = TrainConfig(
+                manifest=train_cohort, out=train_dir, epochs=8, seeds=1, progress=False,
+                overwrite=True,
+            )  # fmt: skip
+            print(format_table(run_training(config)))
             checkpoint = train_dir / "seed_0" / "best.pt"
     else:
         print(f"\n== 2. model: {checkpoint}")
     if not checkpoint.is_file():
-        print(f"dmfn demo: checkpoint {checkpoint} does not exist (try --train)", file=sys.stderr)
-        return 2
+        raise InvalidInput("checkpoint", f"{checkpoint} does not exist (try {{train}})",
+                           mentions={"train": "train=True"})  # fmt: skip
     ckpt = load_checkpoint(checkpoint)
     print(
         f"   {ckpt.model_config.get('kind')} / {ckpt.model_config.get('backbone')}, "
@@ -162,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
             checkpoint, repository, ServingSettings(), parity_manifest=manifest_path, overwrite=True
         )
         print(f"   {repository}")
-        print(f"   parity on {args.patients} synthetic studies of step 1")
+        print(f"   parity on {patients} synthetic studies of step 1")
         print(
             f"   ONNX Runtime vs PyTorch, max |logit difference|: {parity['onnxruntime_vs_torch_max_abs_logit']:.2e}"
         )
@@ -203,12 +170,12 @@ def _run(args: argparse.Namespace) -> int:
             print(
                 f"   ready in {server.ready_seconds:.1f} s: http {server.http_url}, grpc {server.grpc_url}"
             )
-            url = server.http_url if args.protocol == "http" else server.grpc_url
-            with DmfnClient(url=url, protocol=args.protocol) as client:
+            url = server.http_url if protocol == "http" else server.grpc_url
+            with DmfnClient(url=url, protocol=protocol) as client:
                 start = time.perf_counter()
                 prediction = client.predict(study)
                 latency = time.perf_counter() - start
-            print(f"   prediction ({args.protocol}, {latency * 1000:.0f} ms round trip):")
+            print(f"   prediction ({protocol}, {latency * 1000:.0f} ms round trip):")
             print(f"   true label (synthetic): {row.label} ({row.group})")
             print(format_prediction(prediction, indent="   "))
             served = np.array([prediction.probs[name] for name in ckpt.taxonomy.names])
@@ -224,18 +191,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if np.isfinite(served).all() else 1
 
 
-def _torch_probs(ckpt, views: np.ndarray, tabular: np.ndarray) -> np.ndarray:
-    import torch
-
-    from dmfn.training.scoring import softmax
-
+def _torch_probs(ckpt: Checkpoint, views: np.ndarray, tabular: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         logits = ckpt.build_model()(torch.from_numpy(views[None]), torch.from_numpy(tabular[None]))
     # The served postprocess divides by the checkpoint's calibration temperature: so does this.
     return softmax(logits.numpy().astype(np.float64), ckpt.temperature)[0]
 
 
-__all__ = ["main"]
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["run_demo"]

@@ -24,6 +24,14 @@ from .proportions import (
 from .roc import auc_bootstrap, auc_delong, delong_paired
 
 POSITIVES: tuple[str, ...] = ("malignant", "benign")
+#: Below this many positives or negatives an AUC's interval is not reported: the report shows a
+#: warning in its place (DeLong's and the bootstrap's intervals are unreliable there).
+MIN_CASES_FOR_CI = 5
+
+
+def too_few_for_ci(n_positive: int, n_negative: int) -> bool:
+    """Whether an AUC on ``n_positive`` and ``n_negative`` cases gets a warning, not a CI."""
+    return min(n_positive, n_negative) < MIN_CASES_FOR_CI
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,10 @@ def analyse(
             "auc_bootstrap": auc_bootstrap(y, score, n_boot, seed).to_dict(),
             "threshold": {"value": threshold, "chosen": threshold_source},
             "at_threshold": diagnostic_metrics(y, score, threshold, ci_method).to_dict(),
+            "calibration": {
+                **calibration.calibration_summary(y, score),
+                "curve": calibration.binary_reliability(y, score, ci_method=ci_method),
+            },
         },
     }
     if s.probs is not None and s.classes is not None:
@@ -187,7 +199,10 @@ def analyse(
         for c in np.unique(labels):
             is_c = (labels == c).astype(np.int64)
             if 0 < is_c.sum() < is_c.size:
-                per_class[s.class_names[c]] = auc_delong(is_c, probs[:, c]).to_dict()
+                auc = auc_delong(is_c, probs[:, c]).to_dict()
+                n_c = int(is_c.sum())
+                auc["too_few_for_ci"] = too_few_for_ci(n_c, is_c.size - n_c)
+                per_class[s.class_names[c]] = auc
         top = np.argsort(-probs, axis=1, kind="stable")
         top1 = int((top[:, 0] == labels).sum())
         top3 = int((top[:, :3] == labels[:, None]).any(axis=1).sum())

@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from dmfn.client.flags import add_overwrite
 from dmfn.contract.errors import InvalidInput, in_flags
 from dmfn.contract.management import load_management
 from dmfn.contract.predictions import PredictionTable, read_predictions
@@ -41,11 +42,12 @@ FLAGS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``dmfn evaluate`` argument parser."""
     p = argparse.ArgumentParser(
         prog="dmfn evaluate",
         description=(
             "Evaluate predictions at the patient level (image rows are averaged per patient): "
-            "ROC AUC with DeLong and bootstrap 95 %% CIs, sensitivity / specificity / PPV / NPV / "
+            "ROC AUC with DeLong and bootstrap 95 % CIs, sensitivity / specificity / PPV / NPV / "
             "accuracy with CIs at the Youden threshold chosen on validation (or --threshold), "
             "Hand & Till and per-class AUCs, top-1/top-3 accuracy, the confusion matrix, "
             "calibration; paired DeLong and McNemar tests against --compare files; the reader "
@@ -103,9 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True,
                    help="output folder (one that holds an earlier evaluation is refused unless "
                    "--overwrite)")  # fmt: skip
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the earlier evaluation in --out (its files that this run does "
-                   "not write are removed)")  # fmt: skip
+    add_overwrite(p, "replace the earlier evaluation in --out (its files that this run does not "
+                  "write are removed)")  # fmt: skip
     return p
 
 
@@ -210,3 +211,7 @@ def _over_seeds(args: argparse.Namespace, taxonomy: Taxonomy) -> int:
               f"of {len(c['per_seed'])} seeds; ensembles p {c['ensemble']['p']:.3g}")  # fmt: skip
     print(f"report: {args.out / 'report.html'}  metrics: {args.out / 'metrics.json'}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

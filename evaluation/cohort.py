@@ -18,7 +18,7 @@ from scipy import stats
 from dmfn.client.manifest import Manifest, ManifestRow
 from dmfn.contract.schema import LOCATIONS, SEXES
 
-from .analysis import SystemScores
+from .analysis import SystemScores, too_few_for_ci
 from .roc import auc_delong
 
 #: Age bands of the subgroup analysis, years (lower bound inclusive).
@@ -109,13 +109,21 @@ def subgroup_aucs(
         "age": lambda r: next(n for n, lo, hi in AGE_BANDS if lo <= r.age_years < hi),
         "location": lambda r: r.location,
     }
+    order = {"sex": SEXES, "age": tuple(n for n, _, _ in AGE_BANDS), "location": LOCATIONS}
     for kind, key in keys.items():
         values = [key(r) if r is not None else None for r in rows]
-        for level in sorted({v for v in values if v is not None}):
+        present = {v for v in values if v is not None}
+        # the natural order (bands by age, not as text), then any level the order lacks
+        for level in [
+            *(v for v in order[kind] if v in present),
+            *sorted(present - set(order[kind])),
+        ]:
             inside = np.array([v == level for v in values])
             n_pos, n_neg = int(y[inside].sum()), int((1 - y[inside]).sum())
             if n_pos and n_neg:
-                groups[kind][level] = auc_delong(y[inside], score[inside]).to_dict()
+                auc: dict[str, object] = dict(auc_delong(y[inside], score[inside]).to_dict())
             else:
-                groups[kind][level] = {"auc": None, "n_positive": n_pos, "n_negative": n_neg}
+                auc = {"auc": None, "n_positive": n_pos, "n_negative": n_neg}
+            auc["too_few_for_ci"] = too_few_for_ci(n_pos, n_neg)
+            groups[kind][level] = auc
     return groups

@@ -66,16 +66,26 @@ STYLE = (
     "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}"
     "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f0f0f0}"
     ".warn{background:#fff3cd;padding:0.6em;border:1px solid #e0c060}img{max-width:100%}"
+    ".meta{color:#444;font-size:0.9em}figcaption{font-size:0.9em;margin-bottom:1.5em}"
 )
 
 
 def to_html(
-    title: str, warning: str | None, sections: Sequence[Section], pngs: Mapping[str, Path]
+    title: str,
+    warning: str | None,
+    sections: Sequence[Section],
+    pngs: Mapping[str, Path],
+    captions: Mapping[str, str] | None = None,
+    header: Sequence[str] = (),
 ) -> str:
-    """A self-contained HTML page: every cell escaped, figures embedded as data URIs."""
+    """A self-contained HTML page: every cell escaped, figures embedded as data URIs with their
+    ``captions`` (figure key -> sentence; the key when absent); ``header``: lines under the
+    title (e.g. which model made the predictions)."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if warning:
         parts.append(f'<p class="warn">{html.escape(warning)}</p>')
+    if header:
+        parts.append('<p class="meta">' + "<br>".join(html.escape(h) for h in header) + "</p>")
     for section in sections:
         n = min(max(section.level, 2), 4)
         parts.append(f"<h{n}>{html.escape(section.title)}</h{n}>")
@@ -91,11 +101,12 @@ def to_html(
                 parts.append(f"<p>{html.escape(item)}</p>")
     if pngs:
         parts.append("<h2>Figures</h2>")
-    for name, png in pngs.items():
+    for number, (name, png) in enumerate(pngs.items(), start=1):
         data = base64.b64encode(Path(png).read_bytes()).decode()
+        caption = f"Figure {number}. {(captions or {}).get(name, name)}"
         parts.append(
-            f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(name)}</figcaption></figure>"
+            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -70,7 +70,10 @@ def proportion_ci(
     p = x / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return Proportion(x, n, max(0.0, centre - half), min(1.0, centre + half), method)
+    # the bounds are exactly 0 at x = 0 and 1 at x = n; rounding would leave them 1e-17 off
+    low = 0.0 if x == 0 else max(0.0, centre - half)
+    high = 1.0 if x == n else min(1.0, centre + half)
+    return Proportion(x, n, low, high, method)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ so the folder holds one evaluation."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,8 +23,8 @@ from dmfn.contract.outfile import replacing
 from dmfn.contract.predictions import PredictionTable
 from dmfn.contract.taxonomy import Taxonomy
 
-from . import calibration, figures
-from .analysis import SystemScores, align, analyse, compare, scores_of
+from . import calibration, decision, figures
+from .analysis import MIN_CASES_FOR_CI, SystemScores, align, analyse, compare, scores_of
 from .cohort import cohort_table, subgroup_aucs
 from .document import (
     DIAGNOSTIC_HEAD,
@@ -36,8 +37,11 @@ from .document import (
     to_html,
     to_markdown,
 )
+from .flow import patient_flow
 from .proportions import youden_threshold
 from .readers import ReaderCall, analyse_readers
+
+log = logging.getLogger("dmfn.evaluate")
 
 #: Every file ``dmfn evaluate`` may write into its output folder.
 OUTPUT_FILES: tuple[str, ...] = (
@@ -106,15 +110,20 @@ class EvaluationInputs:
 
 
 def system_names(tables: Sequence[PredictionTable], given: Sequence[str] = ()) -> list[str]:
-    """Names of the systems: ``given`` (--names), else the files' stems, else (when the stems
-    collide, as runs/dmfn/seed_0/predictions_test.csv and runs/cnn/seed_0/... do) the first
-    folder, from the file upwards, where their paths differ; numbered as a last resort."""
+    """Names of the systems: ``given`` (--names), else the models' kinds recorded in the files
+    (``dmfn``, ``cnn``, ``tabular``) when every file has one and they differ, else the files'
+    stems, else (when the stems collide, as runs/dmfn/seed_0/predictions_test.csv and
+    runs/cnn/seed_0/... do) the first folder, from the file upwards, where their paths differ;
+    numbered as a last resort."""
     if given:
         if len(given) != len(tables) or len(set(given)) != len(given):
             raise InvalidInput(
                 "names", f"give {len(tables)} different names, one per system; got {list(given)}"
             )
         return list(given)
+    kinds = [t.provenance.name for t in tables]
+    if all(kinds) and len(set(kinds)) == len(kinds):
+        return kinds
     paths = [Path(str(t.path)) if t.path is not None else Path("system") for t in tables]
     stems = [p.stem for p in paths]
     if len(set(stems)) == len(stems):
@@ -127,25 +136,68 @@ def system_names(tables: Sequence[PredictionTable], given: Sequence[str] = ()) -
     return [f"{s} ({i + 1})" for i, s in enumerate(stems)]
 
 
-def _threshold(
-    inputs: EvaluationInputs, position: int, table: PredictionTable, name: str
-) -> tuple[float | None, str]:
-    """The decision threshold of system ``position``: given, or Youden's on its validation
-    predictions (a file, or the table's own validation rows), else None (Youden's on the
-    evaluated cases, said so in the report)."""
-    if inputs.threshold is not None:
-        return inputs.threshold, "given (--threshold)"
-    source = None
+def validation_scores(table: PredictionTable, taxonomy: Taxonomy, name: str) -> SystemScores:
+    """The patient-level scores of ``table``'s ``val`` split: a threshold or a temperature is
+    chosen on validation patients only. A file without a ``val`` split is refused with
+    :class:`InvalidInput` naming the splits it has."""
+    splits = sorted({r.split for r in table.patient_rows() if r.split})
+    if "val" not in splits:
+        has = f"its splits: {', '.join(splits)}" if splits else "it has no split column"
+        raise InvalidInput(
+            "validation",
+            f"{table.path}: no patient of the 'val' split ({has}); a threshold or a temperature "
+            "is chosen on validation patients only",
+        )
+    return scores_of(table, taxonomy, name, "val")
+
+
+def _threshold_source(
+    inputs: EvaluationInputs, position: int, table: PredictionTable
+) -> tuple[PredictionTable | None, str]:
+    """Where system ``position``'s threshold (and the first system's temperature) is chosen:
+    its --validation file, else the ``val`` split of its own file when another split is
+    evaluated, else nowhere (None)."""
     if position < len(inputs.validation):
         source = inputs.validation[position]
-        where = f"youden on {Path(str(source.path)).name}"
-    elif any(r.split == "val" for r in table.rows) and inputs.split not in (None, "val"):
-        source, where = table, "youden on the validation split of the same file"
+        return source, Path(str(source.path)).name
+    if any(r.split == "val" for r in table.rows) and inputs.split not in (None, "val"):
+        return table, "the same file"
+    return None, ""
+
+
+def _check_disjoint(evaluated: SystemScores, chosen_on: SystemScores, where: str) -> None:
+    """Refuse a threshold chosen on patients that are also evaluated (it would be optimistic)."""
+    both = sorted(set(evaluated.patient_ids) & set(chosen_on.patient_ids))
+    if both:
+        raise InvalidInput(
+            "validation",
+            f"{len(both)} patient(s) of the val split of {where} are also evaluated (e.g. "
+            f"{both[:3]}): the threshold would be chosen on the patients it is judged on; "
+            "evaluate another split ({split}) or give the threshold ({threshold})",
+            mentions={"split": "split", "threshold": "threshold"},
+        )
+
+
+def _threshold(
+    inputs: EvaluationInputs, position: int, table: PredictionTable, evaluated: SystemScores
+) -> tuple[float | None, dict[str, Any]]:
+    """The decision threshold of system ``position`` and where it came from: given, or Youden's
+    on the ``val`` split of its validation predictions (a file, or the table's own validation
+    rows), else None (Youden's on the evaluated cases, said so in the report)."""
+    if inputs.threshold is not None:
+        return inputs.threshold, {"chosen": "given (--threshold)"}
+    source, where = _threshold_source(inputs, position, table)
     if source is None:
-        return None, ""
-    val = scores_of(source, inputs.taxonomy, name, "val" if source is table else None)
+        return None, {}
+    val = validation_scores(source, inputs.taxonomy, evaluated.name)
+    _check_disjoint(evaluated, val, where)
     y, score = val.binary(inputs.positive)
-    return youden_threshold(y, score), where
+    return youden_threshold(y, score), {
+        "chosen": f"youden on the val split of {where} (n {len(val.patient_ids)})",
+        "file": str(source.path),
+        "split": "val",
+        "n": len(val.patient_ids),
+    }
 
 
 def _default_split(inputs: EvaluationInputs) -> tuple[EvaluationInputs, str]:
@@ -154,6 +206,8 @@ def _default_split(inputs: EvaluationInputs) -> tuple[EvaluationInputs, str]:
     present = sorted({r.split for r in inputs.predictions.patient_rows() if r.split})
     if inputs.split is not None:
         return inputs, f"{inputs.split} (--split)"
+    if len(present) == 1:  # named, so titles and notes can say which patients these are
+        return replace(inputs, split=present[0]), f"{present[0]} (the only split in the file)"
     if len(present) > 1 and "test" in present:
         return replace(inputs, split="test"), (
             f"test (the held-out split of a file holding {', '.join(present)}; --split chooses)"
@@ -182,6 +236,13 @@ def evaluate(inputs: EvaluationInputs) -> tuple[dict[str, Any], list[SystemScore
         "systems": {},
         "comparisons": [],
     }
+    folds = sorted({r.fold for r in inputs.predictions.rows if r.fold})
+    if folds:
+        result["cross_validation"] = {
+            "folds": folds,
+            "note": f"out-of-fold predictions of {len(folds)}-fold cross-validation: each "
+            "patient was predicted by the model of the fold that did not train on it",
+        }
     thresholds = {}
     if len(inputs.validation) > len(tables):
         raise InvalidInput(
@@ -190,11 +251,12 @@ def evaluate(inputs: EvaluationInputs) -> tuple[dict[str, Any], list[SystemScore
             "validation file per system, in the order --predictions, --compare ...",
         )
     for position, (table, s) in enumerate(zip(tables, systems, strict=True)):
-        value, source = _threshold(inputs, position, table, s.name)
+        value, source = _threshold(inputs, position, table, s)
         analysis = analyse(
-            s, inputs.positive, value, source or "given", inputs.ci_method, inputs.n_boot,
-            inputs.seed,
+            s, inputs.positive, value, source.get("chosen", "given"), inputs.ci_method,
+            inputs.n_boot, inputs.seed,
         )  # fmt: skip
+        analysis["binary"]["threshold"].update(source)  # type: ignore[index]
         thresholds[s.name] = analysis["binary"]["threshold"]["value"]  # type: ignore[index]
         result["systems"][s.name] = analysis
     for other in systems[1:]:
@@ -202,18 +264,44 @@ def evaluate(inputs: EvaluationInputs) -> tuple[dict[str, Any], list[SystemScore
             compare(systems[0], other, inputs.positive, thresholds[systems[0].name],
                     thresholds[other.name])
         )  # fmt: skip
+    y, _ = systems[0].binary(inputs.positive)
+    scored = {s.name: s.binary(inputs.positive)[1] for s in systems}
+    result["decision_curve"] = {
+        **decision.decision_curves(y, scored, decision.CURVE_THRESHOLDS),
+        "table": decision.decision_curves(y, scored, decision.TABLE_THRESHOLDS),
+    }
     main = systems[0]
-    if inputs.validation and main.probs is not None and main.classes is not None:
-        val = scores_of(inputs.validation[0], inputs.taxonomy, "validation")
-        if val.probs is not None and val.classes is not None:
+    calibration_source, where = _threshold_source(inputs, 0, inputs.predictions)
+    if calibration_source is not None and main.probs is not None and main.classes is not None:
+        val = validation_scores(calibration_source, inputs.taxonomy, "validation")
+        # With --threshold the validation patients may overlap the evaluated ones: no refit then.
+        disjoint = not set(val.patient_ids) & set(main.patient_ids)
+        if val.probs is not None and val.classes is not None and disjoint:
             t = calibration.fit_temperature(val.classes, val.probs)
             scaled = calibration.apply_temperature(main.probs, t)
             result["systems"][main.name]["calibration"]["temperature_fitted_on_validation"] = {
                 "temperature": t,
+                "fitted_on": f"the val split of {where} (n {len(val.patient_ids)})",
                 "ece_after": calibration.expected_calibration_error(main.classes, scaled),
                 "brier_after": calibration.brier_score(main.classes, scaled),
                 "reliability_after": calibration.reliability(main.classes, scaled),
             }
+    stored = inputs.predictions.provenance.temperature
+    cal = result["systems"][main.name].get("calibration")
+    if cal is not None and main.probs is not None and main.classes is not None:
+        cal["stored_temperature"] = stored
+        if stored is not None:  # undo it: the probabilities the net gives without calibration
+            raw = calibration.apply_temperature(main.probs, 1.0 / stored)
+            cal["ece_without_temperature"] = calibration.expected_calibration_error(
+                main.classes, raw
+            )
+            cal["brier_without_temperature"] = calibration.brier_score(main.classes, raw)
+    if inputs.manifest is not None or inputs.predictions.failures:
+        result["flow"] = patient_flow(
+            inputs.predictions, main.patient_ids, inputs.split, inputs.manifest
+        )
+        for warning in result["flow"]["warnings"]:
+            log.warning("%s: %s", inputs.predictions.path, warning)
     if inputs.manifest is not None:
         result["cohort"] = cohort_table(inputs.manifest)
         result["subgroups"] = subgroup_aucs(main, inputs.manifest, inputs.positive)
@@ -238,11 +326,21 @@ def clean_json(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- figures
+def population(result: Mapping[str, Any], name: str | None = None) -> str:
+    """The evaluated patients in a figure's title: split and n (positives among them)."""
+    s = result["systems"][name or next(iter(result["systems"]))]
+    split = f"{result['split']} split" if result.get("split") else "all patients of the file"
+    count = s["n_malignant"] if result["positive"] == "malignant" else s["n_benign"]
+    return f"{split}, n = {s['n_patients']} patients ({count} {result['positive']})"
+
+
 def make_figures(
     out: Path, result: Mapping[str, Any], systems: Sequence[SystemScores], inputs: EvaluationInputs
 ) -> dict[str, Path]:
     pngs: dict[str, Path] = {}
     positive = inputs.positive
+    where = population(result)
+    file = figures.FIGURE_FILES
     aucs = {s.name: result["systems"][s.name]["binary"]["auc"] for s in systems}
     points = []
     readers = result.get("readers")
@@ -252,7 +350,11 @@ def make_figures(
                 label = f"{group} ({session})" if session != "all" else group
                 if readers["simulated"]:
                     label += ", simulated"
-                points.append((label, g["sensitivity"]["value"], g["specificity"]["value"]))
+                sens, spec = g["sensitivity"], g["specificity"]
+                points.append(figures.ReaderPoint(
+                    label, (sens["value"], sens["ci_low"], sens["ci_high"]),
+                    (spec["value"], spec["ci_low"], spec["ci_high"]),
+                ))  # fmt: skip
     operating = {}
     for s in systems:
         b = result["systems"][s.name]["binary"]
@@ -263,40 +365,68 @@ def make_figures(
             at["specificity"]["value"],
         )
     pngs["roc"] = figures.binary_roc(
-        out / figures.FIGURE_FILES["roc"],
-        systems,
-        positive,
-        aucs,
-        points,
-        seed=inputs.seed,
-        operating=operating,
-    )
+        out / file["roc"], systems, positive, aucs, points, seed=inputs.seed,
+        title=f"ROC, {positive} as positive (patient level)\n{where}", operating=operating,
+    )  # fmt: skip
     main = systems[0]
-    multi = result["systems"][main.name].get("multiclass")
+    first = result["systems"][main.name]
+    pngs["calibration_binary"] = figures.binary_calibration(
+        out / file["calibration_binary"], first["binary"]["calibration"]["curve"], positive,
+        main.name, where,
+    )  # fmt: skip
+    pngs["decision_curve"] = figures.decision_curve(
+        out / file["decision_curve"], result["decision_curve"], positive, where
+    )
+    multi = first.get("multiclass")
     if multi:
         pngs["roc_per_class"] = figures.per_class_roc(
-            out / figures.FIGURE_FILES["roc_per_class"], main, multi["per_class_auc"]
+            out / file["roc_per_class"], main, multi["per_class_auc"], where
         )
         pngs["confusion"] = figures.confusion(
-            out / figures.FIGURE_FILES["confusion"], multi["confusion"]["counts"], multi["confusion"]["classes"],
-            f"{main.name}: confusion matrix (rows: true class, normalised)",
+            out / file["confusion"], multi["confusion"]["counts"], multi["confusion"]["classes"],
+            f"{main.name}: confusion matrix (rows: true class, normalised)\n{where}",
         )  # fmt: skip
-        cal = result["systems"][main.name]["calibration"]
+        cal = first["calibration"]
         curves = {"as given": cal["reliability"]}
         fitted = cal.get("temperature_fitted_on_validation")
         if fitted:
             curves[f"temperature {fitted['temperature']:.2f} (fitted on validation)"] = fitted[
                 "reliability_after"
             ]
-        pngs["calibration"] = figures.reliability(out / figures.FIGURE_FILES["calibration"], curves)
+        pngs["calibration"] = figures.reliability(out / file["calibration"], curves, where)
+    groups = result.get("subgroups")
+    if groups:
+        overall = first["binary"]["auc"]
+        rows = [(f"all ({overall['n_positive']} / {overall['n_negative']})", overall["auc"],
+                 overall["ci_low"], overall["ci_high"], True)]  # fmt: skip
+        for kind, levels in groups.items():
+            for level, a in levels.items():
+                if a.get("auc") is None:
+                    continue
+                few = a.get("too_few_for_ci")
+                low, high = (math.nan, math.nan) if few else (a["ci_low"], a["ci_high"])
+                label = f"{kind} {level} ({a['n_positive']} / {a['n_negative']})"
+                rows.append((label + (": too few for a CI" if few else ""), a["auc"], low, high,
+                             False))  # fmt: skip
+        pngs["subgroups"] = figures.forest(
+            out / file["subgroups"], rows,
+            f"{main.name}: binary AUC by subgroup (positive / negative patients),\n"
+            f"DeLong 95 % CI; {where}",
+            reference=overall["auc"],
+        )  # fmt: skip
+    if "flow" in result:
+        pngs["flow"] = figures.flow_diagram(out / file["flow"], result["flow"])
     if inputs.manifest is not None:
         values: dict[str, list[float]] = {n: [] for n in inputs.taxonomy.names}
+        evaluated = set(main.patient_ids)
         seen = set()
         for r in inputs.manifest.rows:
-            if r.patient_id not in seen and r.label in values:
+            if r.patient_id in evaluated and r.patient_id not in seen and r.label in values:
                 seen.add(r.patient_id)
                 values[r.label].append(r.ctc[0])
-        pngs["ctc"] = figures.ctc_by_class(out / figures.FIGURE_FILES["ctc"], values)
+        pngs["ctc"] = figures.ctc_by_class(
+            out / file["ctc"], values, f"{where}; {len(seen)} of them in the manifest"
+        )
     return pngs
 
 
@@ -316,6 +446,8 @@ def binary_sections(result: Mapping[str, Any]) -> list[Section]:
         f"Split: {result['split_note']}. Positive class: {positive}. Intervals: 95 %; AUC by "
         f"DeLong (and a stratified bootstrap), proportions by {result['ci_method']}."
     )
+    if "cross_validation" in result:
+        intro += f" These are the {result['cross_validation']['note']}."
     rows = []
     for name, s in result["systems"].items():
         b = s["binary"]
@@ -341,7 +473,81 @@ def binary_sections(result: Mapping[str, Any]) -> list[Section]:
              "McNemar b / c", "McNemar p (chi-square)", "McNemar p (exact)"], rows,
         ), "McNemar compares the calls at each system's threshold; b: right by system 1 only, "
            "c: right by system 2 only."]))  # fmt: skip
+    out += [two_by_two_section(result), binary_calibration_section(result)]
+    if "decision_curve" in result:
+        out.append(decision_section(result))
     return out
+
+
+def _other(positive: str) -> str:
+    return "benign" if positive == "malignant" else "malignant"
+
+
+def two_by_two_section(result: Mapping[str, Any]) -> Section:
+    """Each system's 2 x 2 table of truth against its call at its threshold."""
+    positive, negative = result["positive"], _other(result["positive"])
+    body: list[str | Table] = []
+    for name, s in result["systems"].items():
+        b = s["binary"]
+        sens, spec = b["at_threshold"]["sensitivity"], b["at_threshold"]["specificity"]
+        tp, n_pos = sens["successes"], sens["n"]
+        tn, n_neg = spec["successes"], spec["n"]
+        fn, fp = n_pos - tp, n_neg - tn
+        body += [
+            f"{name}, called {positive} when its {positive} probability is at least "
+            f"{fmt(b['threshold']['value'])} ({b['threshold']['chosen']}):",
+            Table(["truth", f"called {positive}", f"called {negative}", "total"], [
+                [positive, f"{tp} (true positive)", f"{fn} (false negative)", str(n_pos)],
+                [negative, f"{fp} (false positive)", f"{tn} (true negative)", str(n_neg)],
+                ["total", str(tp + fp), str(fn + tn), str(n_pos + n_neg)],
+            ]),
+        ]  # fmt: skip
+    return Section("2 x 2 tables at the threshold", 3, body)
+
+
+def binary_calibration_section(result: Mapping[str, Any]) -> Section:
+    """Weak calibration of each system's probability of the positive class, and the first
+    system's calibration curve with the count and interval of each bin."""
+    positive = result["positive"]
+    rows = []
+    for name, s in result["systems"].items():
+        c = s["binary"]["calibration"]
+        rows.append([name, fmt(c["slope"], 2), fmt(c["intercept"], 2),
+                     f"{fmt(c['mean_predicted'])} / {fmt(c['observed'])}", fmt(c["brier"])])  # fmt: skip
+    first_name, first = next(iter(result["systems"].items()))
+    curve = [
+        [f"{b['low']:.1f}-{b['high']:.1f}", str(b["n"]), fmt(b["predicted"]),
+         ci(b) + f" ({b['positives']}/{b['n']})" if b["n"] else "-"]
+        for b in first["binary"]["calibration"]["curve"]
+    ]  # fmt: skip
+    return Section(f"Calibration of the {positive} probability", 3, [
+        "Calibration slope (logistic regression of the truth on the logit of the probability; "
+        "1 is ideal, below 1 the probabilities are too extreme) and intercept with the slope "
+        "fixed at 1 (calibration-in-the-large; 0 is ideal, above 0 the risk is underestimated).",
+        Table(["system", "slope", "intercept", "mean predicted / observed", "Brier"], rows),
+        f"{first_name}: observed share of {positive} patients per bin of the predicted "
+        f"probability, with {result['ci_method']} 95 % intervals.",
+        Table(["predicted probability", "patients", "mean predicted", f"observed {positive} [CI]"],
+              curve),
+    ])  # fmt: skip
+
+
+def decision_section(result: Mapping[str, Any]) -> Section:
+    """Net benefit at the table's threshold probabilities (Vickers & Elkin 2006)."""
+    d = result["decision_curve"]["table"]
+    positive = result["positive"]
+    head = ["threshold probability", *d["systems"], f"treat all as {positive}", "treat none"]
+    rows = [
+        [fmt(t, 2), *(fmt(v[k]) for v in d["systems"].values()), fmt(d["treat_all"][k]), "0"]
+        for k, t in enumerate(d["thresholds"])
+    ]
+    return Section("Decision curve: net benefit", 3, [
+        f"Net benefit of acting (e.g. resection) on the patients whose {positive} probability "
+        "reaches the threshold probability p: true positives / n - false positives / n x p / "
+        "(1 - p), against acting on every patient and on none; a model is useful at p where "
+        f"it beats both. n = {d['n']} ({d['n_positive']} {positive}).",
+        Table(head, rows),
+    ])  # fmt: skip
 
 
 def multiclass_sections(result: Mapping[str, Any]) -> list[Section]:
@@ -361,21 +567,61 @@ def multiclass_sections(result: Mapping[str, Any]) -> list[Section]:
     )])]  # fmt: skip
     main = next(iter(result["systems"].values()))
     if main.get("multiclass"):
-        rows = [[c, ci(a), str(a["n_positive"])]
+        rows = [[c, auc_cell(a), str(a["n_positive"])]
                 for c, a in main["multiclass"]["per_class_auc"].items()]  # fmt: skip
-        out.append(Section("One-vs-rest AUC per class (first system)", 3,
-                           [Table(["class", "AUC [DeLong CI]", "patients of the class"], rows)]))  # fmt: skip
+        out.append(Section("One-vs-rest AUC per class (first system)", 3, [
+            Table(["class", "AUC [DeLong CI]", "patients of the class"], rows), FEW_CASES_RULE,
+        ]))  # fmt: skip
     cal = main.get("calibration")
     if cal:
-        text = f"ECE {fmt(cal['ece'])}, Brier {fmt(cal['brier'])}"
-        fitted = cal.get("temperature_fitted_on_validation")
-        if fitted:
-            text += (
-                f"; with a temperature of {fmt(fitted['temperature'], 2)} fitted on validation: "
-                f"ECE {fmt(fitted['ece_after'])}, Brier {fmt(fitted['brier_after'])}"
-            )
-        out.append(Section("Calibration (first system)", 3, [text + "."]))
+        out.append(Section("Calibration of the classes (first system)", 3, temperature_story(cal)))
     return out
+
+
+def temperature_story(cal: Mapping[str, Any]) -> list[str | Table]:
+    """The temperatures side by side (none, the one stored at training, evaluate's refit) with
+    the ECE and Brier score of each on the evaluated patients, and which one is served."""
+    stored = cal.get("stored_temperature")
+    fitted = cal.get("temperature_fitted_on_validation")
+    rows = []
+    if stored is not None and cal.get("ece_without_temperature") is not None:
+        rows.append(["none", "1", "-", fmt(cal["ece_without_temperature"]),
+                     fmt(cal["brier_without_temperature"])])  # fmt: skip
+    rows.append([
+        "as given", fmt(stored, 3) if stored is not None else "not recorded",
+        "stored with the model at training (fitted on the validation images); the served "
+        "model and dmfn predict apply it" if stored is not None else "the file's probabilities",
+        fmt(cal["ece"]), fmt(cal["brier"]),
+    ])  # fmt: skip
+    if fitted:
+        factor = fitted["temperature"]
+        effective = factor * stored if stored is not None else factor
+        rows.append([
+            "refitted here", f"{fmt(effective, 3)} (x {fmt(factor, 3)})",
+            f"fitted by this evaluation on {fitted.get('fitted_on', 'validation')} (patient "
+            "means); for comparison only: the served model keeps the stored temperature",
+            fmt(fitted["ece_after"]), fmt(fitted["brier_after"]),
+        ])  # fmt: skip
+    return [
+        "Temperature scaling divides the logits by T (softmax(logits / T)); T > 1 softens "
+        "over-confident probabilities. ECE (top class, 10 bins) and the multi-class Brier score "
+        "on the evaluated patients:",
+        Table(["temperature", "T", "where it comes from", "ECE", "Brier"], rows),
+    ]
+
+
+FEW_CASES_RULE = (
+    f"An AUC on fewer than {MIN_CASES_FOR_CI} positive or {MIN_CASES_FOR_CI} negative patients "
+    "is shown without an interval, with a warning: its DeLong or bootstrap interval would "
+    "not hold."
+)
+
+
+def auc_cell(a: Mapping[str, Any]) -> str:
+    """``AUC [CI]``, or the AUC with a warning in place of the interval for too few cases."""
+    if a.get("too_few_for_ci"):
+        return f"{fmt(a['auc'])} (too few patients for a CI: {a['n_positive']} / {a['n_negative']})"
+    return ci(a)
 
 
 TABLE3_HEAD = ("AUC [DeLong CI]", "sensitivity", "specificity", "accuracy", "PPV", "NPV")
@@ -476,6 +722,39 @@ def reader_sections(result: Mapping[str, Any]) -> list[Section]:
     return out
 
 
+def flow_section(result: Mapping[str, Any]) -> list[Section]:
+    """The STARD flow: manifest -> predicted -> excluded (with reasons) -> analysed."""
+    flow = result.get("flow")
+    if not flow:
+        return []
+    where = f"{flow['split']} split" if flow["split"] else "every split"
+    rows = []
+    if "manifest" in flow:
+        m = flow["manifest"]
+        rows.append(["in the manifest", str(m["patients"]), str(m["images"])])
+    p, e = flow["predicted"], flow["excluded"]
+    rows.append(["predicted", str(p["patients"]), str(p["images"])])
+    rows.append(["excluded", f"{e['patients_without_any_prediction']} without any prediction",
+                 str(e["images"])])  # fmt: skip
+    rows += [[f"- {reason}", "", str(n)] for reason, n in e["reasons"].items()]
+    rows.append(["analysed", str(flow["analysed"]["patients"]), "-"])
+    body: list[str | Table] = [
+        f"Patients and images of the {where}, from the manifest to the analysis (STARD 2015 "
+        "item 19). An excluded image is one the manifest lists that has no prediction: it "
+        "failed in dmfn predict (the file's status column says why) or is not in the file.",
+        Table(["", "patients", "images"], rows),
+    ]
+    if e["note"]:
+        body.append(e["note"] + ".")
+    for warning in flow["warnings"]:
+        body.append(f"Warning: {warning}.")
+    if e["listed"]:
+        body.append(Table(["patient", "image", "reason"], [
+            [x["patient_id"], x["image_id"], x["reason"]] for x in e["listed"]
+        ]))  # fmt: skip
+    return [Section("Flow of patients (STARD)", body=body)]
+
+
 def cohort_sections(result: Mapping[str, Any]) -> list[Section]:
     out = []
     cohort = result.get("cohort")
@@ -498,12 +777,13 @@ def cohort_sections(result: Mapping[str, Any]) -> list[Section]:
     groups = result.get("subgroups")
     if groups:
         rows = [
-            [kind, str(level), ci(a) if a.get("auc") is not None else "one class only",
+            [kind, str(level), auc_cell(a) if a.get("auc") is not None else "one class only",
              f"{a['n_positive']} / {a['n_negative']}"]
             for kind, levels in groups.items() for level, a in levels.items()
         ]  # fmt: skip
         out.append(Section("Subgroups (first system, binary AUC)", body=[
-            Table(["by", "subgroup", "AUC [DeLong CI]", "positive / negative"], rows)
+            Table(["by", "subgroup", "AUC [DeLong CI]", "positive / negative"], rows),
+            FEW_CASES_RULE,
         ]))  # fmt: skip
     return out
 
@@ -515,6 +795,7 @@ def build_sections(result: Mapping[str, Any]) -> list[Section]:
 
         return seed_sections(result)
     return [
+        *flow_section(result),
         *binary_sections(result),
         *multiclass_sections(result),
         *reader_sections(result),
@@ -542,7 +823,21 @@ def write_documents(
     """``out/report.html`` (self-contained) and ``out/report.md`` from the same sections."""
     sections = build_sections(result)
     warning = SYNTHETIC_WARNING if result.get("synthetic") is not False else None
+    html = to_html("dmfn evaluate", warning, sections, pngs, figures.FIGURE_CAPTIONS,
+                   provenance_lines(result))  # fmt: skip
     return (
-        write_text(out / "report.html", to_html("dmfn evaluate", warning, sections, pngs)),
+        write_text(out / "report.html", html),
         write_text(out / "report.md", to_markdown("dmfn evaluate", warning, sections)),
     )
+
+
+def provenance_lines(result: Mapping[str, Any]) -> list[str]:
+    """One line per system: the model that made its predictions (sha256, training date,
+    synthetic or not), as the predictions file records it."""
+    lines = []
+    for name, prov in (result.get("provenance") or {}).items():
+        sha = prov.get("sha256") or "not recorded"
+        trained = prov.get("trained") or "not recorded"
+        synthetic = {True: "yes", False: "no"}.get(prov.get("synthetic"), "not recorded")
+        lines.append(f"{name}: model sha256 {sha}; trained {trained}; synthetic data: {synthetic}")
+    return lines

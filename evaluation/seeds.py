@@ -188,5 +188,6 @@ def seed_figure(out: Path, result: Mapping[str, Any]) -> Path:
     return forest(
         out / FIGURE_FILES["seeds"],
         rows,
-        f"Binary AUC per run ({result['positive']} positive), DeLong 95 % CI",
+        f"Binary AUC per run ({result['positive']} positive), DeLong 95 % CI\n"
+        f"{result['split'] or 'all'} split, n = {result['n_patients']} patients",
     )

@@ -63,7 +63,7 @@ def trial(prob: float, args: argparse.Namespace) -> dict:
     if not (cohort / "manifest.csv").is_file() or not args.reuse:
         _run(
             [*dmfn, "synth", "--preset", args.preset, "--seed", str(args.seed), "--out",
-             str(cohort), "--force", "--workers", str(args.workers), "--readers", "0",
+             str(cohort), "--overwrite", "--workers", str(args.workers), "--readers", "0",
              "--ct-confusions", str(confusions)],
             log_file,
         )  # fmt: skip
@@ -71,7 +71,7 @@ def trial(prob: float, args: argparse.Namespace) -> dict:
     if not (run / "summary.json").is_file() or not args.reuse:
         _run(
             [*dmfn, "train", "--model", "cnn", "--manifest", str(cohort / "manifest.csv"),
-             "--out", str(run), "--seeds", str(args.seeds), "--force", "--no-progress",
+             "--out", str(run), "--seeds", str(args.seeds), "--overwrite", "--no-progress",
              "--workers", str(args.workers)],
             log_file,
         )  # fmt: skip

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Regenerate the README's results section from today's generator, in one command:
+# Regenerate the results tables of docs/results.md from today's generator, in one command:
 #   synthetic cohort (dmfn synth) -> dmfn, cnn and tabular trained with seeds 0, 1, 2 (dmfn train)
 #   -> dmfn evaluate (seed 0 on test, seed 0 on validation, the summary over seeds)
-#   -> the tables spliced into README.md between the results markers.
+#   -> the tables spliced into docs/results.md (or --into FILE) between the results markers.
 # About 6 minutes on 2 CPU cores with the demo preset (synth ~2 min, the preprocessing cache and
 # 9 trainings ~4 min, evaluations under a minute); the paper preset about 21 minutes.
 #
 # Usage: scripts/results.sh [--preset demo|paper] [--seed 2026] [--seeds 3] [--out DIR]
-#                           [--reuse] [--no-readme]
+#                           [--reuse] [--into FILE | --no-splice]
 #   --seeds N    train seeds 0 .. N-1 of every model (3)
 #   --reuse      keep a cohort / trained runs already in DIR (otherwise they are redone)
-#   --no-readme  write DIR/results.md only, leave README.md alone
+#   --into FILE  the page whose results markers get the tables (docs/results.md; the paper
+#                preset's page is docs/results_paper.md)
+#   --no-splice  write DIR/results.md only, leave every page alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +21,7 @@ COHORT_SEED=2026
 SEEDS=3
 OUT=build/results
 REUSE=0
-README=1
+INTO=docs/results.md
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --preset) PRESET=$2; shift 2 ;;
@@ -27,8 +29,9 @@ while [[ $# -gt 0 ]]; do
         --seeds) SEEDS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --reuse) REUSE=1; shift ;;
-        --no-readme) README=0; shift ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --into) INTO=$2; shift 2 ;;
+        --no-splice) INTO=; shift ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "results.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -50,7 +53,7 @@ if [[ $REUSE == 1 && -f $COHORT/manifest.csv ]]; then
     echo "== cohort: reusing $COHORT"
 else
     echo "== cohort: dmfn synth --preset $PRESET --seed $COHORT_SEED"
-    timed synth $DMFN synth --preset "$PRESET" --seed "$COHORT_SEED" --workers 2 --out "$COHORT" --force
+    timed synth $DMFN synth --preset "$PRESET" --seed "$COHORT_SEED" --workers 2 --out "$COHORT" --overwrite
 fi
 
 for MODEL in dmfn cnn tabular; do
@@ -60,7 +63,7 @@ for MODEL in dmfn cnn tabular; do
     fi
     echo "== $MODEL: dmfn train --model $MODEL --seeds $SEEDS (seeds 0..$((SEEDS - 1)); defaults otherwise)"
     timed "train_$MODEL" $DMFN train --manifest "$COHORT/manifest.csv" --model "$MODEL" --seeds "$SEEDS" \
-        --out "$OUT/$MODEL" --force --no-progress
+        --out "$OUT/$MODEL" --overwrite --no-progress
 done
 
 FIRST=0
@@ -85,6 +88,6 @@ ELAPSED=0
 for f in "$OUT"/timings/*; do ELAPSED=$(( ELAPSED + $(cat "$f") )); done
 .venv/bin/python scripts/results_markdown.py --out "$OUT" --preset "$PRESET" \
     --cohort-seed "$COHORT_SEED" --seeds "$SEEDS" --elapsed "$ELAPSED" \
-    $([[ $README == 1 ]] && echo --readme README.md --level 4)
+    ${INTO:+--into "$INTO"}
 echo "== done; all stages took $((ELAPSED / 60)) min $((ELAPSED % 60)) s: $OUT/results.md" \
     "(reports: $OUT/report_test/report.html, $OUT/report_val, $OUT/report_seeds)"

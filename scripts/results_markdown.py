@@ -1,5 +1,6 @@
-"""The README's results section from the reports `scripts/results.sh` made with `dmfn evaluate`:
-writes OUT/results.md and, with --readme, replaces the README's text between the results markers.
+"""The results tables from the reports `scripts/results.sh` made with `dmfn evaluate`: writes
+OUT/results.md and, with --into PAGE, replaces the page's text between the results markers
+(docs/results.md for the demo preset, docs/results_paper.md for the paper preset).
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from dmfn.evaluation.report import (
 
 BEGIN = "<!-- results:begin (written by scripts/results.sh; edits here are overwritten) -->"
 END = "<!-- results:end -->"
-#: Sections too long for the README (they stay in the HTML reports).
+#: Sections too long for a page (they stay in the HTML reports).
 LEFT_OUT = ("One-vs-rest AUC per class", ": readers")
 
 
@@ -42,7 +44,7 @@ def _keep(sections: list[Section], title: str, level: int = 4) -> list[Section]:
 
 
 def git_commit() -> str:
-    """``git describe`` of the checkout (shared with scripts/fidelity_markdown.py)."""
+    """``git describe`` of the checkout (shared with scripts/ablations_markdown.py)."""
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True
@@ -81,8 +83,16 @@ def _verdicts(test: dict, val: dict, over: dict) -> list[str]:
 
 
 def build(
-    out: Path, preset: str, cohort_seed: str, seeds: str, elapsed_s: int, level: int = 3
+    out: Path,
+    preset: str,
+    cohort_seed: str,
+    seeds: str,
+    elapsed_s: int,
+    level: int = 3,
+    docs: str = "docs/",
 ) -> str:
+    """The sections, the first at heading ``level``; ``docs`` is the path from the page that
+    will hold them to the docs/ folder (links are relative to that page)."""
     test, val, over = (_load(out / n) for n in ("report_test", "report_val", "report_seeds"))
     cohort = json.loads((out / "cohort" / "cohort.json").read_text())
     n = cohort.get("n_patients", "?")
@@ -97,7 +107,7 @@ def build(
         "validation, so the validation numbers are optimistic. Full reports (figures, per-class "
         f"AUCs, calibration, cohort table, subgroups): `{out}/report_*/report.html`."
     )
-    ceilings = _ceilings(cohort)
+    ceilings = _ceilings(cohort, docs)
     sections = [
         Section("What the tests say", 3, [intro, ceilings, "\n".join(_verdicts(test, val, over))]),
         Section("Test split (held out), seed 0", 3),
@@ -114,13 +124,15 @@ def build(
     return to_markdown(None, None, sections, heading_offset=level - 3)
 
 
-def _ceilings(cohort: dict) -> str:
-    """The generator's Bayes ceilings (cohort.json, dmfn.synth.ceilings), for beside the models."""
+def _ceilings(cohort: dict, docs: str = "docs/") -> str:
+    """The generator's Bayes ceilings (cohort.json, dmfn.synth.ceilings), for beside the models.
+    Cohorts written before the key was renamed keep them under "fidelity"."""
     from dmfn.contract.taxonomy import load_taxonomy
     from dmfn.synth.ceilings import fused_binary_ceiling
     from dmfn.synth.compartments import load_compartments
 
-    found = {c["features"]: c for c in cohort.get("fidelity", {}).get("bayes_ceilings", [])}
+    agreement = cohort.get("paper_agreement", cohort.get("fidelity", {}))
+    found = {c["features"]: c for c in agreement.get("bayes_ceilings", [])}
     if "ct" not in found:
         return "(this cohort's generator records no image ceiling)"
     at_071 = fused_binary_ceiling(load_taxonomy(), load_compartments(), 0.71)
@@ -130,7 +142,7 @@ def _ceilings(cohort: dict) -> str:
         return f"{c['binary_auc']:.3f} binary / {c['hand_till_auc']:.3f} Hand & Till"
 
     return (
-        "What this generator allows at best (Bayes-optimal, [docs/data.md](docs/data.md)): "
+        f"What this generator allows at best (Bayes-optimal, [docs/data.md]({docs}data.md)): "
         f"tabular (CTC + compartment) {auc('ctc+compartment')}; an ideal reader of the lesion's "
         f"appearance {auc('ct')}; all the fused inputs {auc('ct+ctc+compartment')}. A CT score "
         f"of binary AUC 0.71 (the paper's CNN) lifts the tabular inputs to {at_071:.3f} at best."
@@ -143,15 +155,29 @@ def _set(section: Section, level: int) -> Section:
 
 
 def splice(
-    readme: Path, text: str, begin: str = BEGIN, end: str = END, what: str = "results"
+    page: Path, text: str, begin: str = BEGIN, end: str = END, what: str = "results"
 ) -> None:
-    """Replace README's text between the ``begin`` and ``end`` markers (both kept); also used by
-    scripts/fidelity_markdown.py with its own markers."""
-    content = readme.read_text()
+    """Replace the page's text between the ``begin`` and ``end`` markers (both kept); also used
+    by scripts/ablations_markdown.py with its own markers."""
+    content = page.read_text()
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if not pattern.search(content):
-        sys.exit(f"{what}_markdown: {readme} has no {what} markers ({begin!r} ... {end!r})")
-    readme.write_text(pattern.sub(lambda _: f"{begin}\n\n{text}\n{end}", content))
+        sys.exit(f"{what}_markdown: {page} has no {what} markers ({begin!r} ... {end!r})")
+    page.write_text(pattern.sub(lambda _: f"{begin}\n\n{text}\n{end}", content))
+
+
+def level_at_marker(page: Path, begin: str = BEGIN) -> int:
+    """The heading level for text spliced at ``begin``: one below the last heading before it."""
+    before = page.read_text().split(begin)[0]
+    levels = [len(m.group(1)) for m in re.finditer(r"^(#{1,6}) ", before, re.M)]
+    return (levels[-1] + 1) if levels else 1
+
+
+def docs_link(page: Path) -> str:
+    """The relative path from ``page``'s folder to the project's docs/ folder, ending in /."""
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    rel = os.path.relpath(docs, page.resolve().parent)
+    return "" if rel == "." else rel + "/"
 
 
 def main() -> None:
@@ -161,14 +187,22 @@ def main() -> None:
     parser.add_argument("--cohort-seed", required=True)
     parser.add_argument("--seeds", required=True, help="number of seeds per model")
     parser.add_argument("--elapsed", type=int, required=True, help="seconds the run took")
-    parser.add_argument("--readme", type=Path, default=None, help="README to splice into")
-    parser.add_argument("--level", type=int, default=3, help="heading level of the sections (3)")
+    parser.add_argument(
+        "--into", type=Path, default=None, help="page whose results markers get the tables"
+    )
+    parser.add_argument(
+        "--level", type=int, default=None,
+        help="heading level of the sections (default: one below the heading above the markers "
+        "of --into, else 3)",
+    )  # fmt: skip
     args = parser.parse_args()
-    text = build(args.out, args.preset, args.cohort_seed, args.seeds, args.elapsed, args.level)
+    level = args.level or (level_at_marker(args.into) if args.into else 3)
+    docs = docs_link(args.into) if args.into else "docs/"
+    text = build(args.out, args.preset, args.cohort_seed, args.seeds, args.elapsed, level, docs)
     (args.out / "results.md").write_text(text)
-    if args.readme:
-        splice(args.readme, text)
-        print(f"results: {args.out / 'results.md'}, spliced into {args.readme}")
+    if args.into:
+        splice(args.into, text)
+        print(f"results: {args.out / 'results.md'}, spliced into {args.into}")
     else:
         print(f"results: {args.out / 'results.md'}")
 

@@ -1,9 +1,10 @@
-"""dmfn.serving: Triton model repository rendering and writing, and the Triton launcher.
+"""dmfn.serving: the Triton model repository and the ``dmfn serve`` service.
 
 No torch here: :mod:`.config` renders every ``config.pbtxt`` from :class:`dmfn.contract.schema.Schema`,
-:mod:`.repository` writes a complete repository, :mod:`.triton` starts a real tritonserver and
-:mod:`.serve` is the ``dmfn serve`` command. The ONNX/TensorRT export lives in
-:mod:`dmfn.training.export` (it needs torch).
+:mod:`.repository` writes a complete repository, :mod:`.triton` starts a real tritonserver,
+:mod:`.service` runs it behind the front door and :mod:`.supervisor` heals it; :mod:`.cli` is
+the ``dmfn serve`` command. The ONNX/TensorRT export lives in :mod:`dmfn.training.export` (it
+needs torch).
 """
 
 from dmfn.contract.server import ServerContract

@@ -18,6 +18,7 @@ EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``dmfn keys`` argument parser (sub-commands new, list, revoke)."""
     parser = argparse.ArgumentParser(
         prog="dmfn keys",
         description=(

@@ -423,3 +423,28 @@ def check_repository(repo: str | Path) -> list[str]:
     if not any((net_dir / f).is_file() for f in set(NET_MODEL_FILES.values())):
         problems.append(f"{S.NET_MODEL}/1/ has no model.onnx or model.plan (run `dmfn export`)")
     return problems
+
+
+def repository_limits(repository: str | Path) -> InputLimits:
+    """The input limits recorded in ``repository``'s manifest (written by ``dmfn export``)."""
+    path = Path(repository) / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text())["input_limits"]
+        if data is None:
+            raise KeyError("input_limits")
+        return InputLimits.from_dict(data)
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise ValueError(
+            f"argument 'repository': {path} does not record the model's input limits "
+            f"({type(err).__name__}: {err}); export the model again with `dmfn export`"
+        ) from None
+
+
+def repository_provenance(repository: str | Path) -> dict[str, str] | None:
+    """The served checkpoint's provenance recorded by ``dmfn export`` (sha256, training date,
+    synthetic), or None for a repository written before it was recorded."""
+    try:
+        value = json.loads((Path(repository) / MANIFEST_FILE).read_text()).get("provenance")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

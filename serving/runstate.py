@@ -73,7 +73,7 @@ class RunState:
             data = json.loads(path.read_text())
             return cls(
                 host=data["host"],
-                ports=tuple(data["ports"]),  # type: ignore[arg-type]
+                ports=tuple(data["ports"]),
                 pid=int(data["pid"]),
                 run_dir=str(data.get("run_dir", "")),
                 shm_prefix=str(data.get("shm_prefix", "")),

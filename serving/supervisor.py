@@ -39,14 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from dmfn.client.sdk import infer_inputs
 from dmfn.contract import schema as S
 from dmfn.contract.server import ServerContract
 from dmfn.contract.workers import crash_file, last_request_file, parse_request_record
 
 from .auth import file_stamp
+from .canary import send_canary
 from .config import MODEL_NAMES
 from .frontdoor import FrontDoorError
 from .processes import kill_marked, live_stubs, remove_shm_regions
@@ -54,6 +52,7 @@ from .triton import TritonError, TritonServer
 
 if TYPE_CHECKING:
     from .service import DmfnService
+    from .settings import ServiceConfig
 
 log = logging.getLogger("dmfn.serve")
 
@@ -141,7 +140,7 @@ class Supervisor:
         self.reload_requested = False
 
     @property
-    def config(self):  # the service's ServiceConfig
+    def config(self) -> ServiceConfig:
         return self.service.config
 
     # ------------------------------------------------------------------ Triton reads
@@ -188,34 +187,19 @@ class Supervisor:
 
     # ------------------------------------------------------------------ canary
     def canary_once(self, triton: TritonServer | None = None, timeout_s: float = 60.0) -> bool:
-        """One valid study through the pipeline on ``triton``'s gRPC socket (default: the
-        current Triton); True if it answered with finite probabilities."""
-        import tritonclient.grpc as grpcclient
-
-        from .service import canary_arrays
-
+        """One canary (:mod:`~dmfn.serving.canary`) on ``triton`` (default: the current Triton);
+        True if it answered with finite probabilities."""
         triton = triton or self.service.triton
         contract = self.service.contract
         if triton is None or contract is None:
             return False
-        client = grpcclient.InferenceServerClient(triton.grpc_url)
-        try:
-            inputs = infer_inputs(grpcclient, canary_arrays(contract))
-            result = client.infer(S.PIPELINE_MODEL, inputs, client_timeout=timeout_s)
-            probs = result.as_numpy(S.PROBS)
-            return probs is not None and bool(np.isfinite(probs).all())
-        except Exception as err:  # any failure means "not answering"
-            log.info("canary request failed: %s", err)  # the not_ready event reports it
-            return False
-        finally:
-            with contextlib.suppress(Exception):
-                client.close()
+        return send_canary(triton, contract, timeout_s)
 
     def _canary_loop(self) -> None:
         interval = self.config.canary_interval_s
         while not self._stop.wait(interval):
             with self.service.lock:  # a replacement holds it: never probe a Triton still starting
-                generation, triton = self.service._generation, self.service.triton
+                generation, triton = self.service.generation, self.service.triton
             if triton is None or self.service.stopping:
                 continue
             with self._canary_lock:
@@ -231,7 +215,7 @@ class Supervisor:
             if not current or self._stop.is_set():
                 continue
             with self.service.lock:
-                if generation != self.service._generation or self.service.stopping:
+                if generation != self.service.generation or self.service.stopping:
                     continue
                 if ok:
                     self.last_canary_s = time.monotonic() - t0
@@ -246,7 +230,7 @@ class Supervisor:
                 self._canary_generation,
                 self._canary_progress,
             )
-        if sent is None or generation != self.service._generation:
+        if sent is None or generation != self.service.generation:
             return
         waited = time.monotonic() - sent
         if waited < self.config.stall_timeout_s:

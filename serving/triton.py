@@ -473,7 +473,9 @@ class TritonServer:
         )
         hide = None if has_nvidia_gpu() else CPU_HOST_NOISE
         echo = None if sink is not None else _stderr_fd()
-        self._tee = _OutputTee(self.process.stdout, echo, hide=hide, sink=sink)
+        pipe = self.process.stdout
+        assert pipe is not None  # stdout=PIPE above
+        self._tee = _OutputTee(pipe, echo, hide=hide, sink=sink)
 
     def log_tail(self, n_lines: int = 40) -> str:
         """The last ``n_lines`` lines the server wrote."""

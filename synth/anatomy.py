@@ -31,6 +31,8 @@ HEART, BLOOD, AIRWAY, SOFT, BONE, ABDOMEN = 7, 8, 9, 10, 11, 12
 CAVITY_LABELS = (LUNG, MED_FAT, LUNG_VESSEL)
 
 AIR_HU = -1000.0
+#: A point or a triple of semi-axes, (x, y, z) mm.
+Point = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -146,9 +148,12 @@ def ellipsoid_radius(
     return u * u + v * v + w * w
 
 
-def tube(g: Grid, a: np.ndarray, b: np.ndarray, radius: float) -> Region | None:
-    """Straight tube (capsule) of ``radius`` mm from point ``a`` to point ``b`` (x, y, z mm)."""
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+def tube(
+    g: Grid, start: Point | np.ndarray, end: Point | np.ndarray, radius: float
+) -> Region | None:
+    """Straight tube (capsule) of ``radius`` mm from point ``start`` to point ``end`` (x, y, z
+    mm)."""
+    a, b = np.asarray(start, np.float32), np.asarray(end, np.float32)
     found = g.block(np.minimum(a, b) - radius, np.maximum(a, b) + radius)
     if found is None:
         return None
@@ -159,6 +164,16 @@ def tube(g: Grid, a: np.ndarray, b: np.ndarray, radius: float) -> Region | None:
     t = np.clip((px * d[0] + py * d[1] + pz * d[2]) / dd, 0.0, 1.0)
     ex, ey, ez = px - t * d[0], py - t * d[1], pz - t * d[2]
     return sl, ex * ex + ey * ey + ez * ez <= radius * radius
+
+
+def _scaled(semi: Point, factor: float) -> Point:
+    """Semi-axes ``semi`` (mm) times ``factor``."""
+    return (semi[0] * factor, semi[1] * factor, semi[2] * factor)
+
+
+def _widened(semi: Point, margin_mm: float) -> Point:
+    """Semi-axes ``semi`` (mm) each ``margin_mm`` longer."""
+    return (semi[0] + margin_mm, semi[1] + margin_mm, semi[2] + margin_mm)
 
 
 def polyline_tubes(g: Grid, points: np.ndarray, radius: float) -> list[Region]:
@@ -383,9 +398,9 @@ def render_chest(
     # Thoracic cavity: lungs, with the mediastinum between them filled with fat.
     cavity = in_cavity_xy & (Z >= diaphragm)
     heart_c = (18.0, -12.0 + a.mass_shift_mm, -58.0)
-    heart_semi = tuple(s * a.heart_scale for s in (54.0, 40.0, 52.0))
+    heart_semi = _scaled((54.0, 40.0, 52.0), a.heart_scale)
     med = _mediastinum_envelope(g, a) | (
-        ellipsoid_radius(g, heart_c, tuple(s + 6.0 for s in heart_semi), -0.5) <= 1.0
+        ellipsoid_radius(g, heart_c, _widened(heart_semi, 6.0), -0.5) <= 1.0
     )
     lung_hu = a.lung_hu + 70.0 * np.clip((g.Y - a.cavity_front_y) / (2.0 * a.cavity_ay), 0, 1)
     cv.paint((full, cavity & ~med), lung_hu, LUNG)
@@ -422,13 +437,13 @@ def _paint_heart_and_vessels(
     cv: Canvas,
     a: ChestAnatomy,
     heart_c: tuple[float, float, float],
-    heart_semi: tuple[float, ...],
+    heart_semi: Point,
 ) -> None:
     g, s = cv.grid, a.mass_shift_mm
     angle = -0.5
     heart = ellipsoid(g, heart_c, heart_semi, angle)
     cv.paint(heart, a.myocardium_hu, HEART)
-    inner = tuple(x * 0.78 for x in heart_semi)
+    inner = _scaled(heart_semi, 0.78)
     chambers = ellipsoid(g, heart_c, inner, angle)
     if chambers is not None:
         sl, mask = chambers

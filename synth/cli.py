@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+from dmfn.client.flags import add_overwrite
 from dmfn.contract.errors import in_flags
 from dmfn.contract.taxonomy import DEFAULT_GROUPING, GROUPINGS
 from dmfn.synth.cohort import (
@@ -18,12 +19,12 @@ from dmfn.synth.cohort import (
     plan_cohort,
 )
 from dmfn.synth.difficulty import APPEARANCE_MODES, DEFAULT_APPEARANCE
-from dmfn.synth.fidelity import format_report
+from dmfn.synth.paper_agreement import format_report
 
 #: API argument -> flag of `dmfn synth` (error messages speak in flags).
 FLAGS = {
     "out_dir": "--out",
-    "overwrite": "--force",
+    "overwrite": "--overwrite",
     "preset": "--preset",
     "n_patients": "--patients",
     "seed": "--seed",
@@ -38,7 +39,8 @@ FLAGS = {
 log = logging.getLogger("dmfn.synth")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dmfn synth`` argument parser."""
     presets = "; ".join(
         f"{p.name}: {p.n_patients} patients, {p.matrix}x{p.matrix} pixels" for p in PRESETS.values()
     )
@@ -121,11 +123,7 @@ def _parser() -> argparse.ArgumentParser:
         help="replace synth/data/ct_confusions.json (the partners and knobs of the calibrated "
         "appearance); scripts/calibrate.sh uses it to try knob values",
     )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="allow a non-empty --out: a previous cohort there is removed first",
-    )
+    add_overwrite(parser, "allow a non-empty --out: a previous cohort there is removed first")
     return parser
 
 
@@ -133,13 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``dmfn synth``; returns the process exit code (0 ok, 1 a patient failed, 2 bad arguments)."""
     from dmfn.client.progress import Progress
 
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         preset = get_preset(args.preset, args.patients)
         if args.dry_run:
             manifest = generate_cohort(
-                args.out, preset, seed=args.seed, overwrite=args.force,
+                args.out, preset, seed=args.seed, overwrite=args.overwrite,
                 readers_per_group=args.readers, dry_run=True, grouping=args.grouping,
                 compartments=args.compartments, appearance=args.appearance,
                 confusions=args.ct_confusions,
@@ -149,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             with Progress(total, f"synth {preset.name}", unit="image") as bar:
                 manifest = generate_cohort(
                     args.out, preset, seed=args.seed, workers=args.workers,
-                    overwrite=args.force, readers_per_group=args.readers, progress=bar.update,
+                    overwrite=args.overwrite, readers_per_group=args.readers, progress=bar.update,
                     grouping=args.grouping, compartments=args.compartments,
                     appearance=args.appearance, confusions=args.ct_confusions,
                 )  # fmt: skip
@@ -160,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("dmfn synth: %s", err)
         return 1
     info = json.loads((manifest.parent / INFO_NAME).read_text())
-    print(format_report(info["fidelity"]), flush=True)
+    print(format_report(info["paper_agreement"]), flush=True)
     log.info("manifest: %s", manifest)
     return 0
 

@@ -616,7 +616,7 @@ def generate_cohort(
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    from dmfn.synth.fidelity import cohort_report
+    from dmfn.synth.paper_agreement import cohort_report
 
     taxonomy = load_taxonomy(grouping=grouping)
     table = (
@@ -682,7 +682,7 @@ def generate_cohort(
         "dry_run": dry_run,
         "note": "synthetic data for pipeline checks; not patients, no clinical meaning"
         + ("; DRY RUN: the manifest's images and masks were not rendered" if dry_run else ""),
-        "fidelity": cohort_report(
+        "paper_agreement": cohort_report(
             plans, taxonomy, table, appearance=difficulty.appearance_matrix(list(taxonomy.names))
         ),
     }

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -113,10 +114,12 @@ def load_appearances(path: str | Path | None = None) -> dict[str, AppearanceSpec
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"{where}: class {label!r} has unknown fields {unknown}")
+        # JSON lists become the tuples of AppearanceSpec
+        spec: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+        }
         try:
-            out[label] = AppearanceSpec(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-            )
+            out[label] = AppearanceSpec(**spec)
         except TypeError as err:
             raise ValueError(f"{where}: class {label!r}: {err}") from None
     return out

@@ -3,10 +3,13 @@ running `dmfn serve` command, process and memory readings."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,34 @@ def service_config(repository: Path, log_dir: Path | None = None, **kwargs):
         kwargs.setdefault(name, port)
     kwargs.setdefault("allow_root", os.geteuid() == 0)
     return ServiceConfig(repository, log_dir=log_dir, **kwargs)
+
+
+@contextlib.contextmanager
+def serve_process(
+    repository: Path, log_dir: Path, *extra: str
+) -> Iterator[tuple[subprocess.Popen, tuple[int, int, int]]]:
+    """The ``dmfn serve`` command on ``repository``, on free (HTTP, gRPC, metrics) ports, with
+    ``extra`` arguments (and ``--allow-root`` as root), its output in text pipes. Yields the
+    process and its ports; on exit kills it if it still runs and closes its pipes."""
+    from dmfn.serving.triton import free_ports
+
+    ports = http, grpc, metrics = free_ports(3)
+    command = [
+        sys.executable, "-m", "dmfn.cli", "serve", "--repository", str(repository),
+        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+        "--log-dir", str(log_dir), *extra,
+    ]  # fmt: skip
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield process, ports
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
 
 
 def needs_nginx() -> None:

@@ -22,8 +22,7 @@ from dmfn.serving.config import ServingSettings
 from dmfn.synth.crops import synthetic_crops
 from dmfn.training.checkpoint import Checkpoint, load_checkpoint
 from dmfn.training.export import export
-from dmfn.training.models.fusion import create_model
-from dmfn.training.models.tabular import fit_standardisation
+from dmfn.training.untrained import untrained_model
 
 #: Small but real preprocessing: 64-pixel views; a voxel cap low enough to test cheaply.
 TEST_PARAMS = PreprocessParams(view_size=64, max_voxels=2**20)
@@ -68,16 +67,7 @@ def make_tiny_checkpoint(
     taxonomy = load_taxonomy()
     views, tabular, _ = inputs_of(make_studies(8, seed))
     labels = torch.from_numpy(np.arange(len(views)) % len(taxonomy))
-    mean, std = fit_standardisation(tabular)
-    model = create_model(
-        "dmfn",
-        backbone=backbone,
-        n_classes=len(taxonomy),
-        n_tabular=tabular.shape[1],
-        tabular_mean=mean,
-        tabular_std=std,
-        embed_dim=32,
-    )
+    model = untrained_model("dmfn", backbone, len(taxonomy), tabular, embed_dim=32)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     losses = []

@@ -13,6 +13,7 @@ from dmfn.client.manifest import read_manifest
 from dmfn.contract.csvfile import csv_rows, escape_cell, unescape_cell
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.predictions import (
+    FailedStudy,
     PredictionRow,
     Provenance,
     read_predictions,
@@ -93,8 +94,33 @@ def test_predictions_escape_text_cells_but_not_numbers(tmp_path: Path) -> None:
         cells = list(csv.reader(handle))
     assert cells[1][:5] == ["patient", "'=1+1", "", "'-split", "'@label"]
     assert cells[1][5] == "-0.5" and cells[2][5] == "0.25"
-    assert cells[1][7:] == ["'=sha", "'-1", ""]
+    assert cells[1][7:] == ["'=sha", "'-1", "", "", "", "ok", "", ""]
     assert cells[2][2] == '\'=HYPERLINK("u")'
     table = read_predictions(path)
     assert table.rows == rows
     assert table.provenance == Provenance("=sha", "-1", None)
+    # a failed study's error is text too (and one line)
+    failed = FailedStudy("=p", "=img", "test", "benign", "=cmd|' /C calc'!A0\nsecond line")
+    path = write_predictions(tmp_path / "f.csv", (), rows, failures=[failed])
+    with path.open(newline="") as handle:
+        last = list(csv.reader(handle))[-1]
+    assert last[-3:] == ["failed", "'=cmd|' /C calc'!A0 second line", ""]
+    assert read_predictions(path).failures == [
+        FailedStudy("=p", "=img", "test", "benign", "=cmd|' /C calc'!A0 second line")
+    ]
+
+
+def test_a_misspelt_column_or_another_delimiter_gets_a_hint(tmp_path: Path) -> None:
+    from dmfn.client.manifest import read_manifest
+
+    good = "patient_id,image_id,image_path,mask_path,ctc_level_pg_ml,age_years,sex,location,label"
+    misspelt = tmp_path / "misspelt.csv"
+    misspelt.write_text(good.replace("ctc_level_pg_ml", "ctc_level_pgml") + "\n")
+    with pytest.raises(
+        InvalidInput, match=r"did you mean 'ctc_level_pgml' for 'ctc_level_pg_ml'\?"
+    ):
+        read_manifest(misspelt, load_taxonomy())
+    semicolons = tmp_path / "semicolons.csv"
+    semicolons.write_text(good.replace(",", ";") + "\n")
+    with pytest.raises(InvalidInput, match="the file seems separated by semicolons, not commas"):
+        read_manifest(semicolons, load_taxonomy())

@@ -93,16 +93,12 @@ def test_evaluate_writes_metrics_figures_and_a_self_contained_report(cohort, tmp
     printed = capsys.readouterr().out
     assert "paired DeLong" in printed and "report:" in printed
     result = json.loads((out / "metrics.json").read_text())
-    for png in (
-        "roc.png",
-        "roc_per_class.png",
-        "confusion.png",
-        "calibration.png",
-        "ctc_by_class.png",
-    ):
+    pngs = ("flow.png", "roc.png", "roc_per_class.png", "confusion.png", "calibration.png",
+            "calibration_binary.png", "decision_curve.png", "subgroups.png", "ctc_by_class.png")  # fmt: skip
+    for png in pngs:
         assert (out / png).is_file() and (out / png).stat().st_size > 10_000, png
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and "<img" in html
+    assert html.count("data:image/png;base64,") == len(pngs) and "<img" in html
     assert 'src="http' not in html  # self-contained: nothing to fetch
     assert "Synthetic" in html and "SIMULATED readers" in html
 
@@ -213,8 +209,9 @@ def test_a_file_of_several_splits_is_evaluated_on_its_test_split(cohort, tmp_pat
     assert result["split"] == "test" and "held-out" in result["split_note"]
     system = result["systems"]["both"]
     assert system["n_patients"] == len(test.patient_rows())
-    assert (
-        system["binary"]["threshold"]["chosen"] == "youden on the validation split of the same file"
+    n_val = len(val.patient_rows())
+    assert system["binary"]["threshold"]["chosen"] == (
+        f"youden on the val split of the same file (n {n_val})"
     )
 
 
@@ -276,8 +273,10 @@ def test_systems_are_named_by_where_their_paths_differ(cohort, tmp_path) -> None
         system_names(tables, ["same", "same"])
 
 
-def test_results_script_splices_the_evaluate_reports_into_a_readme(cohort, tmp_path) -> None:
-    """scripts/results_markdown.py (the last step of scripts/results.sh) on reports made here."""
+def test_results_script_splices_the_evaluate_reports_into_a_page(cohort, tmp_path) -> None:
+    """scripts/results_markdown.py (the last step of scripts/results.sh) on reports made here:
+    the tables land between the markers of the page, one heading level below the heading above
+    them, with links relative to the page."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -295,14 +294,45 @@ def test_results_script_splices_the_evaluate_reports_into_a_readme(cohort, tmp_p
                  "--out", str(out / "report_val")]) == 0  # fmt: skip
     assert main(["--runs", "dmfn", *map(str, cohort["dmfn_runs"]), "--runs", "cnn",
                  *map(str, cohort["cnn_runs"]), "--out", str(out / "report_seeds")]) == 0  # fmt: skip
-    text = module.build(out, "demo", "2026", "3", 600)
+    page = tmp_path / "results.md"
+    page.write_text(
+        f"# x\n\n## The quick path\n\n{module.BEGIN}\nSTALE TABLES\n{module.END}\n\ntail\n"
+    )
+    level = module.level_at_marker(page)
+    assert level == 3
+    text = module.build(out, "demo", "2026", "3", 600, level)
     assert text.index("Test split (held out)") < text.index("Validation split")
     assert "optimistic" in text and "10 min" in text and "not a confidence interval" in text
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{module.BEGIN}\nSTALE TABLES\n{module.END}\n\ntail\n")
-    module.splice(readme, text)
-    spliced = readme.read_text()
+    assert text.startswith("### What the tests say") and "\n#### Binary" in text
+    module.splice(page, text)
+    spliced = page.read_text()
     assert "STALE TABLES" not in spliced and spliced.endswith("tail\n") and text in spliced
+    # the project's own pages: both hold the markers, links from them to docs/ are local
+    docs = Path(__file__).parents[1] / "docs"
+    assert module.level_at_marker(docs / "results.md") == 3
+    assert module.level_at_marker(docs / "results_paper.md") == 2
+    assert module.docs_link(docs / "results.md") == ""
+    assert module.docs_link(Path(__file__).parents[1] / "README.md") == "docs/"
+
+
+def test_results_script_reads_the_ceilings_under_either_name() -> None:
+    """cohort.json keeps the generator's ceilings under "paper_agreement"; cohorts generated
+    before the rename keep them under "fidelity"."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "results_markdown", Path(__file__).parents[1] / "scripts" / "results_markdown.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ceilings = {"bayes_ceilings": [
+        {"features": name, "binary_auc": auc, "hand_till_auc": auc - 0.1}
+        for name, auc in (("ct", 0.84), ("ctc+compartment", 0.80), ("ct+ctc+compartment", 0.92))
+    ]}  # fmt: skip
+    for key in ("paper_agreement", "fidelity"):
+        text = module._ceilings({key: ceilings}, "")
+        assert "0.800 binary / 0.700 Hand & Till" in text and "[docs/data.md](data.md)" in text
+    assert "no image ceiling" in module._ceilings({}, "")
 
 
 def test_an_earlier_evaluation_is_replaced_only_with_overwrite(cohort, tmp_path, capsys) -> None:
@@ -320,8 +350,9 @@ def test_an_earlier_evaluation_is_replaced_only_with_overwrite(cohort, tmp_path,
     err = capsys.readouterr().err.strip()
     assert err == (
         f"dmfn evaluate: --out: {out} holds the results of an earlier evaluation (metrics.json, "
-        "report.html, report.md, roc.png, roc_per_class.png, confusion.png, calibration.png, "
-        "ctc_by_class.png); pass --overwrite to replace them"
+        "report.html, report.md, flow.png, roc.png, roc_per_class.png, confusion.png, calibration.png, "
+        "calibration_binary.png, decision_curve.png, subgroups.png, ctc_by_class.png); pass "
+        "--overwrite to replace them"
     )
     assert (out / "metrics.json").read_bytes() == earlier
     assert main([*second, "--overwrite"]) == 0

@@ -3,6 +3,7 @@ studies (and that a failing check writes nothing), the TensorRT refusal and the 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import shutil
@@ -23,6 +24,7 @@ from dmfn.contract.server import ServerContract
 from dmfn.serving.config import ServingSettings
 from dmfn.serving.repository import MANIFEST_FILE, check_repository
 from dmfn.training import export as E
+from dmfn.training import export_cli
 from dmfn.training.models import register_backbone, unregister_backbone
 
 
@@ -156,7 +158,7 @@ def test_failed_parity_writes_nothing(tmp_path: Path, skewed_backbone: str) -> N
         E.export(checkpoint, out, ServingSettings(), parity_studies=3)
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["skewed.pt"]
-    assert E.main(["--checkpoint", str(checkpoint), "--out", str(out)]) == 1
+    assert export_cli.main(["--checkpoint", str(checkpoint), "--out", str(out)]) == 1
     assert not out.exists()
 
 
@@ -169,7 +171,9 @@ def test_tensorrt_target_refuses_without_tensorrt_or_gpu(
     out = tmp_path / "trt"
     with pytest.raises(E.ExportError, match="cannot build a TensorRT engine here"):
         E.export(tiny_checkpoint, out, ServingSettings(target="tensorrt"))
-    code = E.main(["--checkpoint", str(tiny_checkpoint), "--target", "tensorrt", "--out", str(out)])
+    code = export_cli.main(
+        ["--checkpoint", str(tiny_checkpoint), "--target", "tensorrt", "--out", str(out)]
+    )
     assert code == 1
     assert "TensorRT" in capsys.readouterr().err
     assert not out.exists()
@@ -188,10 +192,12 @@ def test_tensorrt_engine_matches_onnxruntime(tiny_checkpoint: Path, tmp_path: Pa
 
 def test_cli_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        E.main(["--help"])
+        export_cli.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for action in E.build_parser()._actions:
+    for action in export_cli.build_parser()._actions:
+        if action.help == argparse.SUPPRESS:  # a renamed flag's old spelling, hidden
+            continue
         for option in action.option_strings:
             assert option in text
         assert action.help, action.dest
@@ -201,10 +207,10 @@ def test_cli_user_mistakes_are_messages_not_tracebacks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "missing.pt"
-    assert E.main(["--checkpoint", str(missing), "--out", str(tmp_path / "r")]) == 2
+    assert export_cli.main(["--checkpoint", str(missing), "--out", str(tmp_path / "r")]) == 2
     assert f"--checkpoint: file {missing} does not exist" in capsys.readouterr().err
     args = ["--checkpoint", str(missing), "--max-batch-size", "4", "--request-max-batch-size", "8"]
-    assert E.main(args) == 2
+    assert export_cli.main(args) == 2
     assert "--max-batch-size: must be >= pipeline_max_batch_size" in capsys.readouterr().err
 
 
@@ -228,7 +234,7 @@ def test_cli_errors_speak_in_flags_and_come_before_any_work(
     run = tmp_path / "run"
     (run / "seed_0").mkdir(parents=True)
     shutil.copy(tiny_checkpoint, run / "seed_0" / "best.pt")
-    assert E.main(["--checkpoint", str(run), "--out", str(tmp_path / "r")]) == 2
+    assert export_cli.main(["--checkpoint", str(run), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert f"--checkpoint: {run} is a folder" in err and "seed_0/best.pt" in err
     # an existing repository is refused at once (no ONNX export, no parity check first)
@@ -238,7 +244,7 @@ def test_cli_errors_speak_in_flags_and_come_before_any_work(
         raise AssertionError("the ONNX export ran before --out was checked")
 
     monkeypatch.setattr(E, "export_onnx", no_export)
-    assert E.main(["--checkpoint", str(tiny_checkpoint), "--out", str(repo)]) == 2
+    assert export_cli.main(["--checkpoint", str(tiny_checkpoint), "--out", str(repo)]) == 2
     err = capsys.readouterr().err
     assert f"--out: {repo} holds a model repository; pass --overwrite to replace it" in err
     assert "overwrite=True" not in err

@@ -54,7 +54,7 @@ CLINICAL = ["--ctc", "12.5", "--age", "54", "--sex", "F", "--location", "anterio
 PREDICT = f"""
 import resource, sys
 resource.setrlimit(resource.RLIMIT_DATA, ({CHILD_DATA_LIMIT}, {CHILD_DATA_LIMIT}))
-from dmfn import predict as command
+from dmfn import predict_cli as command
 
 class Contract:
     ctc_features = ({CTC!r},)

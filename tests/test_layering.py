@@ -12,53 +12,48 @@ import ast
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: folder -> its package, and the dmfn packages and third-party modules it may import.
-#: ``dmfn`` (the version) and ``dmfn.resources`` (package data lookup, stdlib only) are leaves
-#: that every layer may use.
+#: The folder -> package map has one source: pyproject.toml's [tool.scikit-build.wheel.packages]
+#: (what the wheel installs). This file keeps only the rules: for each package, the dmfn packages
+#: and third-party modules it may import. ``dmfn`` (the version) and ``dmfn.resources`` (package
+#: data lookup, stdlib only) are leaves that every layer may use.
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PACKAGES: dict[str, str] = {
+    package.replace("/", "."): folder
+    for package, folder in PYPROJECT["tool"]["scikit-build"]["wheel"]["packages"].items()
+}
 LEAVES = {"dmfn", "dmfn.resources"}
-LAYERS: dict[str, tuple[str, set[str], set[str]]] = {
-    "contract": ("dmfn.contract", set(), {"numpy"}),
-    "client": (
-        "dmfn.client",
-        {"dmfn.contract"},
-        {"numpy", "pydicom", "nibabel", "nrrd", "tritonclient", "tqdm"},
-    ),
+RULES: dict[str, tuple[set[str], set[str]]] = {
+    "dmfn.contract": (set(), {"numpy"}),
+    "dmfn.client": ({"dmfn.contract"}, {"numpy", "pydicom", "nibabel", "nrrd", "tritonclient", "tqdm"}),
     # cupy: the optional GPU backend (imported lazily by dmfn.preprocess.gpu).
-    "preprocess_ext/preprocess": ("dmfn.preprocess", {"dmfn.contract"}, {"numpy", "cupy"}),
-    "synth": ("dmfn.synth", {"dmfn.contract", "dmfn.client"}, {"numpy", "scipy", "tqdm"}),
-    "serving": (
-        "dmfn.serving",
-        {"dmfn.contract", "dmfn.client"},
-        {"numpy", "tritonclient", "pytriton"},
-    ),
-    "model_repository": (
-        "dmfn.model_repository",
+    "dmfn.preprocess": ({"dmfn.contract"}, {"numpy", "cupy"}),
+    "dmfn.synth": ({"dmfn.contract", "dmfn.client"}, {"numpy", "scipy", "tqdm"}),
+    "dmfn.serving": ({"dmfn.contract", "dmfn.client"}, {"numpy", "tritonclient", "pytriton"}),
+    "dmfn.model_repository": (
         {"dmfn.contract", "dmfn.preprocess"},
         {"numpy", "onnxruntime", "triton_python_backend_utils"},
     ),
-    "evaluation": (
-        "dmfn.evaluation",
-        {"dmfn.contract", "dmfn.client"},
-        {"numpy", "scipy", "matplotlib", "tqdm"},
-    ),
-    "training": (
-        "dmfn.training",
-        {
-            "dmfn.contract",
-            "dmfn.client",
-            "dmfn.preprocess",
-            "dmfn.synth",
-            "dmfn.serving",
-            "dmfn.evaluation",
-        },
+    "dmfn.evaluation": ({"dmfn.contract", "dmfn.client"}, {"numpy", "scipy", "matplotlib", "tqdm"}),
+    "dmfn.training": (
+        {"dmfn.contract", "dmfn.client", "dmfn.preprocess", "dmfn.synth", "dmfn.serving",
+         "dmfn.evaluation"},
         {"numpy", "scipy", "torch", "onnx", "onnxruntime", "tensorrt", "tqdm", "matplotlib"},
     ),
+    # package data only: the committed demo model
+    "dmfn.models": (set(), set()),
+}  # fmt: skip
+#: The top package `dmfn` (the command line, dmfn demo, dmfn predict) may import every layer, so
+#: it has no rule to check.
+TOP = "dmfn"
+LAYERS: dict[str, tuple[str, set[str], set[str]]] = {
+    PACKAGES[package]: (package, *RULES[package]) for package in RULES
 }
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
@@ -95,6 +90,28 @@ def test_each_folder_imports_only_the_layers_below(folder: str) -> None:
         if not _allowed(module, own, dmfn_allowed, third_party)
     }
     assert not wrong, sorted(wrong)
+
+
+def test_every_package_of_the_wheel_has_its_rules() -> None:
+    """A package added to pyproject.toml must be given its place in RULES (and back)."""
+    assert set(PACKAGES) == set(RULES) | {TOP}
+
+
+def _architecture_table() -> dict[str, str]:
+    """docs/architecture.md's layer table as package -> folder (the first two columns)."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[1].startswith("dmfn"):
+            rows[cells[1]] = cells[0].rstrip("/")
+    return rows
+
+
+def test_the_architecture_table_names_the_packages_of_pyproject() -> None:
+    """The map in docs/architecture.md is the map of pyproject.toml: same packages, same folders."""
+    assert _architecture_table() == PACKAGES
 
 
 def test_every_source_folder_is_a_known_layer() -> None:
@@ -139,7 +156,7 @@ CASES = {
     ),
     "preprocess, synth and serving without torch": (
         ["torch", "dmfn.training"],
-        ["dmfn.preprocess", "dmfn.synth.cohort", "dmfn.serving", "dmfn.serving.serve",
+        ["dmfn.preprocess", "dmfn.synth.cohort", "dmfn.serving", "dmfn.serving.cli",
          "dmfn.serving.repository", "dmfn.serving.service"],
     ),
 }  # fmt: skip

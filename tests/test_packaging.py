@@ -94,7 +94,7 @@ def test_dmfn_demo_runs_from_a_wheel_in_a_fresh_venv(wheel: Path, tmp_path: Path
     ).stdout.strip()  # fmt: skip
     assert where.startswith(purelib), where
     demo = subprocess.run(
-        [str(python), "-m", "dmfn.cli", "demo", "--workdir", str(outside / "demo"),
+        [str(python), "-m", "dmfn.cli", "demo", "--out", str(outside / "demo"),
          "--patients", "3"],
         capture_output=True, text=True, cwd=outside, env=env, timeout=600, check=False,
     )  # fmt: skip

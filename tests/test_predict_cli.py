@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
-from dmfn import predict as predict_command
+from dmfn import predict_cli as predict_command
 from dmfn.client import predict as P
 from dmfn.client.io import write_dicom_series, write_nifti_mask, write_nifti_volume
 from dmfn.client.sdk import Prediction
 from dmfn.contract import schema as S
 from dmfn.contract.predictions import Provenance
-from dmfn.predict import main as predict_main
+from dmfn.predict_cli import main as predict_main
 
 SPACING = (2.5, 0.7, 0.8)
 SHAPE = (5, 12, 14)

@@ -288,6 +288,7 @@ def test_simulation_is_reproducible_and_refuses_a_look_of_another_patient(big, t
 
 
 # --------------------------------------------------------------------------- a dry-run cohort
+@pytest.mark.slow
 def test_dry_run_cohort_readers_match_table3_and_the_text(tmp_path: Path) -> None:
     """A `dmfn synth --dry-run` cohort (tiny preset, 600 patients: about 12 s) writes readers of
     the test split in both sessions; read with 8 readers per group over all its splits, each

@@ -21,7 +21,7 @@ from dmfn.contract.limits import InputLimits
 from dmfn.contract.params import PreprocessParams
 from dmfn.contract.schema import Schema
 from dmfn.contract.taxonomy import load_taxonomy
-from dmfn.serving import serve
+from dmfn.serving import cli as serve
 from dmfn.serving.config import MODEL_NAMES, ServingSettings, render_all
 from dmfn.serving.repository import (
     MANIFEST_FILE,

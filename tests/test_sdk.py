@@ -24,7 +24,7 @@ from dmfn.contract.server import ServerContract
 from dmfn.contract.study import Clinical, Study
 from dmfn.contract.taxonomy import load_taxonomy
 from dmfn.contract.wire import decode_item
-from dmfn.predict import main as predict_main
+from dmfn.predict_cli import main as predict_main
 from dmfn.preprocess import crop_roi
 from dmfn.serving.triton import free_ports
 
@@ -593,3 +593,11 @@ def test_async_client_gives_the_same_predictions(triton_server, served_studies, 
                 await nowhere.predict(studies[0])
 
     asyncio.run(run())
+
+
+@pytest.mark.slow
+def test_the_wrong_protocol_for_a_port_says_which_to_use(triton_server) -> None:
+    """HTTP sent to the gRPC port gets a hint to use gRPC, not a raw HTTP parser error."""
+    with DmfnClient(triton_server.grpc_url, "http", timeout_s=10) as client:
+        with pytest.raises(DmfnServerError, match=r"does not answer HTTP .*use protocol 'grpc'"):
+            client.contract  # noqa: B018 (the property reads the model config)

@@ -3,10 +3,7 @@ trained checkpoint. No mocks: HTTP and gRPC clients, real preprocessing, ONNX Ru
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from service_utils import serve_process
 from serving_utils import (
     infer_inputs,
     make_studies,
@@ -27,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from dmfn.contract import schema as S
 from dmfn.serving.config import MODEL_NAMES
-from dmfn.serving.triton import free_ports, port_is_free
+from dmfn.serving.triton import port_is_free
 
 pytestmark = pytest.mark.slow
 
@@ -361,17 +359,8 @@ def test_concurrent_good_and_bad_requests_fail_only_the_bad(triton_server, studi
 
 def test_dmfn_serve_runs_until_sigterm(exported_repository, tmp_path: Path) -> None:
     """`dmfn serve` starts Triton, prints the endpoints, and stops cleanly on SIGTERM."""
-    http, grpc, metrics = free_ports(3)
-    command = [
-        sys.executable, "-m", "dmfn.cli", "serve",
-        "--repository", str(exported_repository[0]),
-        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-        "--log-dir", str(tmp_path / "logs"),
-    ]  # fmt: skip
-    if os.geteuid() == 0:
-        command.append("--allow-root")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with serve_process(exported_repository[0], tmp_path / "logs") as (process, ports):
+        http, grpc, _ = ports
         ready_line = process.stdout.readline()
         if "dmfn serve: ready after" not in ready_line:
             process.kill()
@@ -387,10 +376,4 @@ def test_dmfn_serve_runs_until_sigterm(exported_repository, tmp_path: Path) -> N
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
         assert "stopped (exit code 0)" in process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()
-        process.stderr.close()
     assert port_is_free("127.0.0.1", http)

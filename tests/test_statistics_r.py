@@ -298,3 +298,29 @@ def test_reader_delong_with_calls_as_scores_equals_proc(positive: str, tmp_path)
     assert group["auc"]["ci_high"] == pytest.approx(r[f"{side}_group_high"], abs=1e-6)
     assert group["model_vs_group_delong"]["z"] == pytest.approx(r[f"{side}_group_z"], abs=1e-6)
     assert group["model_vs_group_delong"]["p"] == pytest.approx(r[f"{side}_group_p"], abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_calibration_slope_and_intercept_equal_r_glm(seed: int, tmp_path) -> None:
+    """The calibration slope and calibration-in-the-large of dmfn evaluate equal R's
+    ``glm(y ~ qlogis(p), binomial)`` and ``glm(y ~ offset(qlogis(p)), binomial)`` (both fitted
+    to convergence: within 1e-9)."""
+    from dmfn.evaluation.calibration import calibration_summary
+
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.02, 0.98, 150)
+    y = (rng.uniform(size=150) < p**1.4).astype(int)
+    np.savetxt(tmp_path / "cal.csv", np.column_stack([y, p]), delimiter=",", fmt="%.17g",
+               header="y,p", comments="")  # fmt: skip
+    r = run_r(
+        """
+        d <- read.csv("cal.csv")
+        tight <- glm.control(epsilon = 1e-14, maxit = 100)  # R's default stops at 1e-8
+        out("slope", coef(glm(y ~ qlogis(p), binomial, d, control = tight))[[2]])
+        out("intercept", coef(glm(y ~ 1 + offset(qlogis(p)), binomial, d, control = tight))[[1]])
+        """,
+        tmp_path,
+    )
+    ours = calibration_summary(y, p)
+    assert ours["slope"] == pytest.approx(r["slope"], abs=1e-9)
+    assert ours["intercept"] == pytest.approx(r["intercept"], abs=1e-9)

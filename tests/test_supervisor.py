@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from service_utils import Load, needs_nginx, service_config
+from service_utils import Load, needs_nginx, serve_process, service_config
 from serving_utils import infer_inputs, make_studies, study_arrays
 
 from dmfn.client.sdk import DmfnClient, DmfnServerError
@@ -22,7 +21,7 @@ from dmfn.contract import schema as S
 from dmfn.serving.frontdoor import FrontDoor, FrontDoorConfig
 from dmfn.serving.processes import instance_name, live_stubs, processes, shm_regions
 from dmfn.serving.service import DmfnService, ServiceConfig
-from dmfn.serving.triton import CPU_HOST_NOISE, _OutputTee, free_ports
+from dmfn.serving.triton import CPU_HOST_NOISE, _OutputTee
 
 
 # --------------------------------------------------------------------------- fast
@@ -185,16 +184,8 @@ def test_triton_exiting_is_restarted_then_gives_up_with_a_failure(exported_repos
 
 @pytest.mark.slow
 def test_dmfn_serve_exits_non_zero_when_triton_fails(exported_repository, tmp_path):
-    http, grpc, metrics = free_ports(3)
-    command = [
-        sys.executable, "-m", "dmfn.cli", "serve", "--repository", str(exported_repository[0]),
-        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-        "--log-dir", str(tmp_path / "logs"), "--max-restarts", "0",
-    ]  # fmt: skip
-    if os.geteuid() == 0:
-        command.append("--allow-root")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    logs = tmp_path / "logs"
+    with serve_process(exported_repository[0], logs, "--max-restarts", "0") as (process, _):
         assert "ready after" in process.stdout.readline()
         triton = [
             p
@@ -205,12 +196,6 @@ def test_dmfn_serve_exits_non_zero_when_triton_fails(exported_repository, tmp_pa
         os.kill(triton[0].pid, signal.SIGKILL)
         assert process.wait(timeout=60) == 1
         assert "giving up" in process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()
-        process.stderr.close()
 
 
 @pytest.mark.slow

@@ -337,6 +337,7 @@ def test_teratoma_has_fat_and_thymic_carcinoma_is_heterogeneous() -> None:
 
 
 # --------------------------------------------------------------------------- the written cohort
+@pytest.mark.slow
 def test_manifest_columns_and_paths(tiny: Path) -> None:
     rows = _read_manifest(tiny)
     assert list(rows[0]) == list(MANIFEST_COLUMNS)
@@ -354,6 +355,7 @@ def test_manifest_columns_and_paths(tiny: Path) -> None:
     assert info["n_images"] == len(rows) and "generator_version" in info
 
 
+@pytest.mark.slow
 def test_no_patient_in_two_splits(tiny: Path) -> None:
     rows = _read_manifest(tiny)
     split_of: dict[str, set[str]] = {}
@@ -363,6 +365,7 @@ def test_no_patient_in_two_splits(tiny: Path) -> None:
     assert {r["split"] for r in rows} == set(SPLITS)
 
 
+@pytest.mark.slow
 def test_series_load_back_with_spacing_and_hu(tiny: Path) -> None:
     rows = _read_manifest(tiny)
     preset = get_preset("tiny")
@@ -397,6 +400,7 @@ def test_series_load_back_with_spacing_and_hu(tiny: Path) -> None:
         assert load_mask(tiny / r["mask_path"], study).any()
 
 
+@pytest.mark.slow
 def test_series_read_by_simpleitk(tiny: Path) -> None:
     sitk = pytest.importorskip("SimpleITK")
     r = _read_manifest(tiny)[0]
@@ -415,6 +419,7 @@ def test_series_read_by_simpleitk(tiny: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_generation_independent_of_workers_and_deterministic(tmp_path: Path) -> None:
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     generate_cohort(a, "tiny", seed=3, workers=1, n_patients=3)
@@ -440,15 +445,15 @@ def test_a_failing_patient_stops_the_run_and_is_named(tmp_path: Path, workers: i
         generate_cohort(out, "tiny", seed=3, workers=workers, n_patients=6, overwrite=True)
     assert exc.value.__cause__ is not None
     assert not (out / "manifest.csv").exists()
-    assert cli.main(["--out", str(out), "--patients", "3", "--force"]) == 1
+    assert cli.main(["--out", str(out), "--patients", "3", "--overwrite"]) == 1
 
 
-def test_refuses_non_empty_output_unless_forced(tmp_path: Path) -> None:
+def test_refuses_non_empty_output_unless_overwrite(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
         generate_cohort(tmp_path, "tiny", n_patients=3)
     assert cli.main(["--out", str(tmp_path), "--patients", "3"]) == 2
-    assert cli.main(["--out", str(tmp_path), "--patients", "3", "--force"]) == 0
+    assert cli.main(["--out", str(tmp_path), "--patients", "3", "--overwrite"]) == 0
     assert len(_read_manifest(tmp_path)) >= 3
     assert (tmp_path / "keep.txt").exists()
 
@@ -458,7 +463,7 @@ def test_cli_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> N
         cli.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--preset", "--out", "--seed", "--workers", "--patients", "--force"):
+    for option in ("--preset", "--out", "--seed", "--workers", "--patients", "--overwrite"):
         assert option in text
     for preset in ("tiny", "demo", "paper"):
         assert preset in text
@@ -529,6 +534,7 @@ def test_appearance_table_is_data_for_every_class_of_the_taxonomy(tmp_path) -> N
 
 # --------------------------------------------------------------------------- simulated readers
 # The simulated readers' rates, correlation and case dependence: tests/test_readers.py.
+@pytest.mark.slow
 def test_generated_cohort_carries_labelled_simulated_readers(tiny: Path) -> None:
     info = json.loads((tiny / "cohort.json").read_text())
     assert "SIMULATED" in info["readers"]["note"]
@@ -538,7 +544,8 @@ def test_generated_cohort_carries_labelled_simulated_readers(tiny: Path) -> None
     assert rows and {r["patient_id"] for r in rows} == test_ids
 
 
-# --------------------------------------------------------------------------- fidelity to the paper
+# --------------------------------------------------------------------- agreement with the paper
+@pytest.mark.slow
 def test_paper_dry_run_writes_table2_and_1500_images_in_seconds(tmp_path: Path, capsys) -> None:
     out = tmp_path / "paper"
     assert cli.main(["--preset", "paper", "--dry-run", "--out", str(out)]) == 0
@@ -552,11 +559,12 @@ def test_paper_dry_run_writes_table2_and_1500_images_in_seconds(tmp_path: Path, 
         assert [counts[c.name, s] for s in SPLITS] == [c.n_train, c.n_val, c.n_test], c.name
     info = json.loads((out / "cohort.json").read_text())
     assert info["dry_run"] is True and "DRY RUN" in info["note"]
-    assert info["fidelity"]["table2_counts"]["exact"] is True
+    assert info["paper_agreement"]["table2_counts"]["exact"] is True
     # the same seed renders the same patients: the dry run's plan is the full run's
     assert rows[0] == {k: str(v) for k, v in manifest_row(plan_cohort(1074, 0)[0], 0).items()}
 
 
+@pytest.mark.slow
 def test_thymoma_grouping_regroups_types_a_and_ab_only(tmp_path: Path) -> None:
     table2 = load_taxonomy()
     other = load_taxonomy(grouping="thymoma_a_ab_benign")

@@ -94,6 +94,7 @@ def test_enhancement_scales_enhancing_tissue_only() -> None:
     np.testing.assert_allclose(out, [-100.0, 10.0, 35.0, 65.0, 173.0, 600.0])
 
 
+@pytest.mark.slow
 def test_confusable_appearances_change_the_image_only(tmp_path: Path) -> None:
     """For one seed, the calibrated and the easy cohort have the same patients (label, CTC, age,
     sex, compartment, images), and only the lesion's look differs."""

@@ -94,6 +94,7 @@ def test_two_images_of_one_patient_in_one_folder_ask_for_a_series(
     assert load_dicom_series(both, series_uid=uids[1]).image_id == uids[1]
 
 
+@pytest.mark.slow
 def test_uids_are_deterministic_for_a_seed(cohort: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
     generate_cohort(again, "tiny", seed=SEED, workers=1, n_patients=N_PATIENTS)

@@ -7,6 +7,7 @@ training run itself takes seconds on a CPU.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -24,12 +25,14 @@ from dmfn.client.manifest import read_manifest
 from dmfn.contract.predictions import header
 from dmfn.contract.taxonomy import load_taxonomy
 from dmfn.evaluation import metrics
+from dmfn.training import cli as train_cli
 from dmfn.training import config as train_config
 from dmfn.training import loop, scoring, train
 from dmfn.training.augment import AugmentParams, augment_views
 from dmfn.training.checkpoint import load_checkpoint
 from dmfn.training.data import prepare_data
 from dmfn.training.dataset import build_cache, cache_key, patient_mean
+from dmfn.training.summary import format_table
 
 PARAMS = '{"view_size": 32, "pde_iterations": 2}'
 FAST = [
@@ -115,7 +118,7 @@ def trained(cohort, tmp_path_factory) -> tuple[Path, dict]:
     argv += ["--no-augment", "--patience", "0", *FAST]
     loop._save_last = save_and_keep
     try:
-        summary = train.run(train.parse_args(argv))
+        summary = train.run(train_cli.parse_args(argv))
     finally:
         loop._save_last = original
     return out, {"summary": summary, "argv": argv}
@@ -179,7 +182,7 @@ def test_tiny_run_lowers_the_loss_and_writes_outputs(trained, cohort):
     assert summary["seeds"] == [0] and summary["level"] == "patient"
     for key in ("val_binary_auc", "val_hand_till_auc", "test_macro_auc"):
         assert 0.0 <= summary["mean"][key] <= 1.0
-    table = train.format_table(info["summary"])
+    table = format_table(info["summary"])
     assert "binary_auc" in table and "95 % CI" in table
     assert "± 0.0000" not in table  # one seed: intervals over patients, not an SD over seeds
 
@@ -227,7 +230,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(trained, cohort):
         assert torch.equal(model(views, tabular), again(views, tabular))
     # The stored metrics equal a fresh evaluation of the reloaded model on the cached tensors.
     # (with the calibration temperature fitted on validation, as the served model applies it)
-    args = train.parse_args(info["argv"])
+    args = train_cli.parse_args(info["argv"])
     data = prepare_data(args)
     logits = scoring.predict_images(model, data.val, torch.device("cpu")).double().numpy()
     probs = scoring._patient_probs(scoring.softmax(logits, ckpt.temperature), data.val)
@@ -248,7 +251,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(trained):
     shutil.copy(out / "best_after_epoch_1.pt", resumed / "seed_0" / "best.pt")
     argv = [*info["argv"], "--resume"]
     argv[argv.index("--out") + 1] = str(resumed)
-    train.run(train.parse_args(argv))
+    train.run(train_cli.parse_args(argv))
     full = load_checkpoint(out / "a" / "seed_0" / "last.pt").state_dict
     cont = load_checkpoint(resumed / "seed_0" / "last.pt").state_dict
     for key in full:
@@ -257,21 +260,23 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(trained):
     assert [r["train_loss"] for r in a[1:]] == [r["train_loss"] for r in b]
     changed = [*argv, "--lr", "1e-2"]
     with pytest.raises(ValueError, match=r"different \['lr'\]"):
-        train.run(train.parse_args(changed))
+        train.run(train_cli.parse_args(changed))
 
 
 # --------------------------------------------------------------------------- fusion options
 def test_fusion_options_reach_only_the_dmfn_model(tmp_path):
     base = ["--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path)]
     labels = torch.tensor([0, 0, 0, 2])  # class 1 absent from training: add-one smoothing
-    fused = train.parse_args([*base, "--fusion", "hybrid", "--aux-weight", "0.25"])
+    fused = train_cli.parse_args([*base, "--fusion", "hybrid", "--aux-weight", "0.25"])
     options = loop._model_options(fused, labels, 3)
     assert options.pop("class_prior") == pytest.approx([4 / 7, 1 / 7, 2 / 7])
     assert options == {"fusion": "hybrid", "aux_heads": True}
-    plain = train.parse_args([*base, "--fusion", "concat", "--aux-weight", "0"])
+    plain = train_cli.parse_args([*base, "--fusion", "concat", "--aux-weight", "0"])
     assert loop._model_options(plain, labels, 3) == {"fusion": "concat", "aux_heads": False}
     for model in ("cnn", "tabular"):  # the baselines ignore the options (also in the fingerprint)
-        args = train.parse_args([*base, "--model", model, "--fusion", "sum", "--aux-weight", "1"])
+        args = train_cli.parse_args(
+            [*base, "--model", model, "--fusion", "sum", "--aux-weight", "1"]
+        )
         assert loop._model_options(args, labels, 3) == {}
         assert not {"fusion", "aux_weight"} & set(loop._fingerprint(args))
     assert {"fusion", "aux_weight"} <= set(loop._fingerprint(fused))
@@ -281,9 +286,9 @@ def test_fusion_options_reach_only_the_dmfn_model(tmp_path):
 def test_sum_fusion_with_aux_losses_trains_and_rebuilds(cohort, tmp_path):
     argv = ["--manifest", str(cohort), "--out", str(tmp_path), "--epochs", "2", "--lr", "3e-3"]
     argv += ["--no-augment", "--patience", "0", "--fusion", "sum", "--aux-weight", "0.5", *FAST]
-    summary = train.run(train.parse_args(argv))
+    summary = train.run(train_cli.parse_args(argv))
     assert (summary["fusion"], summary["aux_weight"]) == ("sum", 0.5)
-    assert "fusion sum, aux weight 0.5" in train.format_table(summary)
+    assert "fusion sum, aux weight 0.5" in format_table(summary)
     log = _log(tmp_path / "seed_0" / "log.csv")
     assert all(np.isfinite(float(r["train_loss"])) for r in log)
     ckpt = load_checkpoint(tmp_path / "seed_0" / "best.pt")
@@ -307,7 +312,7 @@ def test_resume_accepts_a_last_pt_from_before_the_fusion_options(trained, tmp_pa
         model = ckpt.build_model()
         optimiser = torch.optim.AdamW(model.parameters())
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=10)
-        args = train.parse_args([*info["argv"], *extra])
+        args = train_cli.parse_args([*info["argv"], *extra])
         return loop._restore(legacy, args, model, optimiser, scheduler)
 
     assert restore("--fusion", "concat", "--aux-weight", "0").epoch == 1
@@ -336,7 +341,7 @@ def test_unknown_backbone_model_and_options(tmp_path):
     ]
     for extra, message in cases:
         with pytest.raises(ValueError) as err:
-            train.parse_args(base + extra)
+            train_cli.parse_args(base + extra)
         assert re.search(message, in_flags(err.value, FLAGS)), (extra, str(err.value))
 
 
@@ -350,7 +355,7 @@ def test_main_reports_bad_manifests_clearly(tmp_path, cohort, capsys):
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    status = train.main(["--manifest", str(broken), "--out", str(tmp_path), *FAST])
+    status = train_cli.main(["--manifest", str(broken), "--out", str(tmp_path), *FAST])
     assert status == 2
     assert "missing required columns ['label']" in capsys.readouterr().err
 
@@ -363,16 +368,18 @@ def test_main_reports_bad_manifests_clearly(tmp_path, cohort, capsys):
     with pytest.raises(
         ValueError, match=r"line 2, column 'label': label .* is not in the taxonomy"
     ):
-        train.run(train.parse_args(argv))
+        train.run(train_cli.parse_args(argv))
 
 
 def test_help_explains_every_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--help"])
+        train_cli.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    parser = train.build_parser()
+    parser = train_cli.build_parser()
     for action in parser._actions:
+        if action.help == argparse.SUPPRESS:  # a renamed flag's old spelling, hidden
+            continue
         for option in action.option_strings:
             assert option in text
         assert action.help, action.option_strings
@@ -391,7 +398,7 @@ def test_torchrun_two_processes_gloo(cohort, tmp_path, options):
         "2",
         "--standalone",
         "-m",
-        "dmfn.training.train",
+        "dmfn.training.cli",
         "--manifest",
         str(cohort),
         "--out",
@@ -415,9 +422,9 @@ def test_torchrun_two_processes_gloo(cohort, tmp_path, options):
 
 
 @pytest.mark.slow
-def test_a_non_empty_out_is_refused_unless_resumed_or_forced(trained, cohort, capsys):
+def test_a_non_empty_out_is_refused_unless_resumed_or_overwritten(trained, cohort, capsys):
     out, info = trained
     argv = [a if a != str(out / "a") else str(out / "a") for a in info["argv"]]
-    assert train.main(argv) == 2
+    assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "--out:" in err and "pass --resume to continue the run there or --force" in err
+    assert "--out:" in err and "pass --resume to continue the run there or --overwrite" in err

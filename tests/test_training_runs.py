@@ -7,13 +7,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dmfn.training import train
+from dmfn.training import cli as train_cli
 from dmfn.training.checkpoint import load_checkpoint
+from dmfn.training.scoring import MONITOR
 
 HERE = Path(__file__).parent
 FAST = [
@@ -38,9 +40,9 @@ def cohort(tmp_path_factory) -> Path:
 def test_best_pt_is_the_best_validation_epoch_of_the_log(cohort, tmp_path):
     out = tmp_path / "run"
     argv = ["--manifest", str(cohort), "--out", str(out), "--epochs", "5", "--lr", "3e-3"]
-    assert train.main([*argv, "--patience", "0", *FAST]) == 0
+    assert train_cli.main([*argv, "--patience", "0", *FAST]) == 0
     log = _log(out / "seed_0" / "log.csv")
-    scores = [float(r[f"val_{train.MONITOR}"]) for r in log]
+    scores = [float(r[f"val_{MONITOR}"]) for r in log]
     best_epoch = int(log[int(np.argmax(scores))]["epoch"])  # first of equal bests
     ckpt = load_checkpoint(out / "seed_0" / "best.pt")
     assert ckpt.training["epoch"] == best_epoch
@@ -54,10 +56,10 @@ def test_early_stopping_at_the_default_patience(cohort, tmp_path):
     """The tabular model (no batch norm, whose running statistics move even without learning)
     with a learning rate too small to change any ranking never improves on validation after
     epoch 1, so the run stops after 1 + patience epochs (the default patience)."""
-    patience = train.build_parser().get_default("patience")
+    patience = train_cli.build_parser().get_default("patience")
     out = tmp_path / "run"
     argv = ["--manifest", str(cohort), "--out", str(out), "--epochs", str(patience + 5)]
-    assert train.main([*argv, "--model", "tabular", "--lr", "1e-12", *FAST]) == 0
+    assert train_cli.main([*argv, "--model", "tabular", "--lr", "1e-12", *FAST]) == 0
     log = _log(out / "seed_0" / "log.csv")
     assert [int(r["epoch"]) for r in log] == list(range(1, patience + 2))
     summary = json.loads((out / "summary.json").read_text())
@@ -69,7 +71,7 @@ def test_early_stopping_at_the_default_patience(cohort, tmp_path):
 def test_seeds_summary_is_the_mean_and_sample_sd_of_the_runs(cohort, tmp_path):
     out = tmp_path / "run"
     argv = ["--manifest", str(cohort), "--out", str(out), "--epochs", "2", "--seeds", "2"]
-    assert train.main([*argv, "--patience", "0", *FAST]) == 0
+    assert train_cli.main([*argv, "--patience", "0", *FAST]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0, 1]
     # each seed's own record: the metrics stored in its best.pt
@@ -85,9 +87,9 @@ def test_seeds_summary_is_the_mean_and_sample_sd_of_the_runs(cohort, tmp_path):
 @pytest.mark.slow
 def test_dmfn_demo_serves_the_committed_model(tmp_path, capsys):
     """The README's main job: the committed checkpoint, exported, served, one prediction."""
-    from dmfn import demo
+    from dmfn import demo_cli
 
-    assert demo.main(["--workdir", str(tmp_path / "demo"), "--patients", "3"]) == 0
+    assert demo_cli.main(["--out", str(tmp_path / "demo"), "--patients", "3"]) == 0
     out = capsys.readouterr().out
     assert "served PROBS vs in-process PyTorch: max |difference|" in out
     difference = float(out.split("max |difference|")[1].split()[0])
@@ -121,11 +123,11 @@ def test_composed_experts_are_the_calibrated_product_at_epoch_0(cohort, tmp_path
     import torch
 
     base = ["--manifest", str(cohort), "--epochs", "2", "--lr", "3e-3", *FAST]
-    assert train.main([*base, "--model", "cnn", "--out", str(tmp_path / "cnn")]) == 0
-    assert train.main([*base, "--model", "tabular", "--out", str(tmp_path / "tab")]) == 0
+    assert train_cli.main([*base, "--model", "cnn", "--out", str(tmp_path / "cnn")]) == 0
+    assert train_cli.main([*base, "--model", "tabular", "--out", str(tmp_path / "tab")]) == 0
     composed = ["--manifest", str(cohort), *FAST, "--model", "dmfn", "--fusion", "experts",
                 "--init-ct", str(tmp_path / "cnn"), "--init-tabular", str(tmp_path / "tab")]  # fmt: skip
-    assert train.main([*composed, "--epochs", "0", "--out", str(tmp_path / "product")]) == 0
+    assert train_cli.main([*composed, "--epochs", "0", "--out", str(tmp_path / "product")]) == 0
     best = load_checkpoint(tmp_path / "product" / "seed_0" / "best.pt")
     assert best.training["epoch"] == 0
     cnn = load_checkpoint(tmp_path / "cnn" / "seed_0" / "best.pt")
@@ -145,7 +147,7 @@ def test_composed_experts_are_the_calibrated_product_at_epoch_0(cohort, tmp_path
     assert float(prior.mean()) == pytest.approx(0.0, abs=1e-5)  # -log prior, centred
 
     argv = [*composed, "--freeze-experts", "--epochs", "1", "--out", str(tmp_path / "frozen")]
-    assert train.main(argv) == 0
+    assert train_cli.main(argv) == 0
     frozen = load_checkpoint(tmp_path / "frozen" / "seed_0" / "best.pt").build_model()
     for mine, theirs in ((frozen.ct, ct_model.ct), (frozen.tabular, tab_model.tabular)):
         for (name, a), b in zip(
@@ -165,7 +167,7 @@ def test_a_model_with_measurement_features_trains_exports_and_predicts(cohort, t
 
     out = tmp_path / "run"
     argv = ["--manifest", str(cohort), "--out", str(out), "--epochs", "1", "--tabular-measurements"]
-    assert train.main([*argv, *FAST]) == 0
+    assert train_cli.main([*argv, *FAST]) == 0
     best = out / "seed_0" / "best.pt"
     ckpt = load_checkpoint(best)
     assert ckpt.preprocess_params.tabular_measurements
@@ -176,3 +178,59 @@ def test_a_model_with_measurement_features_trains_exports_and_predicts(cohort, t
     row = read_manifest(cohort, ckpt.taxonomy, ckpt.ctc_features).rows[0]
     prediction = LocalPredictor(best).predict(load_row_study(row, ckpt.ctc_features))
     assert sum(prediction.probs.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_folds_predict_every_train_and_val_patient_once_out_of_fold(cohort, tmp_path):
+    """dmfn train --folds 5: class-stratified folds of the train and val patients; each fold's
+    model validates on its fold; predictions_oof.csv holds every train and val patient exactly
+    once (with its fold), no test patient; dmfn evaluate reads it and says so."""
+    from dmfn.client.manifest import read_manifest
+    from dmfn.contract.predictions import read_predictions
+    from dmfn.contract.taxonomy import load_taxonomy
+    from dmfn.evaluation.cli import main as evaluate_main
+    from dmfn.training.data import assign_folds
+
+    out = tmp_path / "cv"
+    argv = ["--manifest", str(cohort), "--out", str(out), "--epochs", "1", "--folds", "5"]
+    assert train_cli.main([*argv, *FAST]) == 0
+    manifest = read_manifest(cohort, load_taxonomy())
+    pool = {r.patient_id for r in manifest.rows if r.split in ("train", "val")}
+    test = {r.patient_id for r in manifest.rows if r.split == "test"}
+    oof = read_predictions(out / "predictions_oof.csv")
+    patients = [r for r in oof.rows if r.level == "patient"]
+    assert sorted(r.patient_id for r in patients) == sorted(pool)  # each exactly once
+    assert not {r.patient_id for r in oof.rows} & test
+    of = assign_folds(manifest, 5, 0)
+    assert {r.patient_id: int(r.fold) for r in patients} == {p: of[p] for p in pool}
+    for k in range(5):
+        val = read_predictions(out / f"fold_{k}" / "predictions_val.csv")
+        assert {r.patient_id for r in val.rows} == {p for p in pool if of[p] == k}
+        assert (out / f"fold_{k}" / "best.pt").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["folds"] == [0, 1, 2, 3, 4]
+    report = tmp_path / "report"
+    code = evaluate_main(["--predictions", str(out / "predictions_oof.csv"), "--threshold", "0.5",
+                          "--bootstrap", "100", "--out", str(report)])  # fmt: skip
+    assert code == 0
+    result = json.loads((report / "metrics.json").read_text())
+    assert result["cross_validation"]["folds"] == ["0", "1", "2", "3", "4"]
+    assert next(iter(result["systems"].values()))["n_patients"] == len(pool)
+
+
+@pytest.mark.slow
+def test_folds_are_refused_before_any_preprocessing_when_too_many(cohort, tmp_path, capsys):
+    argv = ["--manifest", str(cohort), "--out", str(tmp_path / "cv"), "--folds", "500",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert train_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--folds: manifest" in err and "cannot make 500 folds of at least 2 classes" in err
+    assert not (tmp_path / "cache").exists()  # refused before the cache was built
+    # a manifest without validation patients: refused before the cache too
+    no_val = cohort.parent / "no_val.csv"
+    no_val.write_text(re.sub(r",val$", ",train", cohort.read_text(), flags=re.MULTILINE))
+    argv = ["--manifest", str(no_val), "--out", str(tmp_path / "run"),
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert train_cli.main(argv) == 2
+    assert "split 'val' has no images" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()

@@ -1,1 +1,2 @@
-"""dmfn.training: synthetic cohort, datasets, models, losses, training, evaluation and export (torch)."""
+"""dmfn.training: datasets, models, losses, the training loop, in-process inference and export
+to a Triton repository (torch)."""

@@ -78,5 +78,9 @@ def augment_views(
     moved = F.grid_sample(
         flat, grid, mode="bilinear", padding_mode="border", align_corners=False
     ).reshape(b, v, s, s)
-    to = {"device": views.device, "dtype": views.dtype}
-    return moved * gain.to(**to) + offset.to(**to) + noise.to(**to)
+    device, dtype = views.device, views.dtype
+    return (
+        moved * gain.to(device=device, dtype=dtype)
+        + offset.to(device=device, dtype=dtype)
+        + noise.to(device=device, dtype=dtype)
+    )

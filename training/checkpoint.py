@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import platform
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from dmfn.contract.params import PreprocessParams
 from dmfn.contract.predictions import Provenance
 from dmfn.contract.server import ServerContract
 from dmfn.contract.taxonomy import Taxonomy, parse_taxonomy
+
+if TYPE_CHECKING:  # imported at run time only by build_model, as its create_model
+    from dmfn.training.models import TwoInputModel
 
 CHECKPOINT_FORMAT = "dmfn-checkpoint/1"
 
@@ -47,8 +51,8 @@ class Checkpoint:
     preprocess_params: PreprocessParams
     taxonomy: Taxonomy
     ctc_features: tuple[str, ...]
-    #: Per CTC feature, (min, max) over the training split; None in checkpoints made before it
-    #: was recorded (``dmfn export --ctc-range`` then supplies it).
+    #: Per CTC feature, (min, max) over the training split; None in a checkpoint that does not
+    #: record it (``dmfn export --ctc-range`` then supplies it).
     ctc_observed_range: tuple[tuple[float, float], ...] | None = None
     #: Calibration temperature (fitted on validation; 1.0 = none).
     temperature: float = 1.0
@@ -71,7 +75,7 @@ class Checkpoint:
         warns rather than over-claims)."""
         return bool(self.training.get("synthetic", True))
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self) -> TwoInputModel:
         """Rebuild the network from ``model_config`` and load the weights (eval mode)."""
         from dmfn.training.models import create_model
 
@@ -150,10 +154,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
-def _ranges(value: object) -> tuple[tuple[float, float], ...] | None:
+def _ranges(value: Iterable[Sequence[float]] | None) -> tuple[tuple[float, float], ...] | None:
+    """The recorded (low, high) of each CTC feature, as floats (None: not recorded)."""
     if value is None:
         return None
-    return tuple((float(lo), float(hi)) for lo, hi in value)  # type: ignore[union-attr]
+    return tuple((float(lo), float(hi)) for lo, hi in value)
 
 
 def observed_range(columns: np.ndarray) -> tuple[tuple[float, float], ...]:
@@ -174,5 +179,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 def provenance(ckpt: Checkpoint, path: str | Path) -> Provenance:
-    """Which model this is: the file's sha256, the training date, synthetic or not."""
-    return Provenance(file_sha256(path), str(ckpt.training.get("date", "")), ckpt.synthetic)
+    """Which model this is: the file's sha256, the training date, synthetic or not, the
+    calibration temperature it applies and its kind (dmfn, cnn or tabular)."""
+    return Provenance(
+        file_sha256(path), str(ckpt.training.get("date", "")), ckpt.synthetic, ckpt.temperature,
+        str(ckpt.model_config.get("kind", "")),
+    )  # fmt: skip

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from dmfn.client.flags import add_overwrite
 from dmfn.contract.errors import in_flags
 from dmfn.contract.schema import DEFAULT_CTC_FEATURES
 from dmfn.contract.taxonomy import DEFAULT_GROUPING, GROUPINGS
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Writes OUT/seed_K/{best.pt, last.pt, log.csv, tensorboard/, predictions_val.csv, "
             "predictions_test.csv} and OUT/summary.json. Several processes (DDP, gloo): "
-            "torchrun --nproc-per-node N -m dmfn.training.train ..."
+            "torchrun --nproc-per-node N -m dmfn.training.cli ..."
         ),
     )
     io = p.add_argument_group("data and output")
@@ -183,15 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, default=1, help="number of seeds (runs) to train")
     r.add_argument("--seed", type=int, default=0, help="first seed; runs use seed, seed+1, ...")
     r.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="K-fold cross-validation (nnU-Net's scheme, K = 5 there): the train and val "
+        "patients are dealt into K class-stratified folds; each fold validates one model "
+        "trained on the others (OUT/fold_K/), and OUT/predictions_oof.csv holds every train "
+        "and val patient's out-of-fold prediction exactly once (test patients stay out)",
+    )
+    r.add_argument(
         "--resume",
         action="store_true",
         help="continue each seed from OUT/seed_K/last.pt where it exists (finished seeds are "
         "only re-evaluated); the training options must be the same as before",
     )
-    r.add_argument(
-        "--force",
-        action="store_true",
-        help="train into a non-empty --out, replacing its seed_*/ folders and summary.json "
+    add_overwrite(
+        r,
+        "train into a non-empty --out, replacing its seed_*/ folders and summary.json "
         "(without it, a non-empty --out is refused unless --resume continues the run there)",
     )
     r.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:N]")
@@ -230,3 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(summary))
         print(f"summary: {config.out / 'summary.json'}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

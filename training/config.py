@@ -21,7 +21,6 @@ from .models import DEFAULT_BACKBONE, DEFAULT_FUSION, FUSION_KINDS, MODEL_KINDS,
 
 LOSS_KINDS: tuple[str, ...] = ("ce", "neutral-ce")
 CLASS_WEIGHT_SCHEMES: tuple[str, ...] = ("none", "inverse", "sqrt-inverse", "effective")
-#: Default CT backbone: small enough for a demo-cohort run well under 15 minutes on 2 CPU cores.
 #: Training arguments that must match for ``--resume`` to continue a run.
 RESUME_KEYS: tuple[str, ...] = (
     "model",
@@ -37,8 +36,7 @@ RESUME_KEYS: tuple[str, ...] = (
     "augment",
     "ctc_features",
 )
-#: Resume keys of the dmfn model only, with the value every run before these options had (a
-#: last.pt written then lacks them and continues as that value).
+#: Resume keys of the dmfn model only, with the value a last.pt that lacks one continues as.
 DMFN_RESUME_DEFAULTS: dict[str, Any] = {
     "fusion": DEFAULT_FUSION,
     "aux_weight": 0.0,
@@ -86,8 +84,10 @@ class TrainConfig:
     augment: bool = True
     seeds: int = 1
     seed: int = 0
+    #: K >= 2: K-fold cross-validation on the train and val patients (0: the manifest's split).
+    folds: int = 0
     resume: bool = False
-    force: bool = False
+    overwrite: bool = False
     device: str = "cpu"
     progress: bool = True
 
@@ -165,6 +165,15 @@ def _validate(c: TrainConfig) -> None:
     _check(0 <= c.nce_alpha < 1, "nce_alpha", "must be in [0, 1)", c.nce_alpha)
     _check(c.patience >= 0, "patience", "must be >= 0", c.patience)
     _check(c.seeds >= 1, "seeds", "must be >= 1", c.seeds)
+    _check(
+        c.folds == 0 or c.folds >= 2, "folds", "must be 0 (no cross-validation) or >= 2", c.folds
+    )
+    _check(
+        c.folds == 0 or c.seeds == 1,
+        "seeds",
+        "must be 1 with --folds (each fold trains seed --seed once)",
+        c.seeds,
+    )
     _check(c.seed >= 0, "seed", "must be >= 0", c.seed)
     _check(c.workers >= 0, "workers", "must be >= 0", c.workers)
     _check(bool(c.ctc_features), "ctc_features", "must name at least one column", c.ctc_features)

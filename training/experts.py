@@ -22,6 +22,7 @@ from torch import nn
 from dmfn.contract.errors import InvalidInput
 
 from .checkpoint import Checkpoint, load_checkpoint
+from .models import DMFN, CNNBaseline, TabularBaseline, TwoInputModel
 
 #: Modules of an experts-fused dmfn model that hold the experts (frozen by --freeze-experts).
 EXPERT_MODULES = ("ct", "ct_head", "tabular", "tab_head")
@@ -41,14 +42,14 @@ def expert_checkpoint(path: Path, seed: int, argument: str) -> Path:
 
 
 def _check(
-    expert: Checkpoint, kind: str, argument: str, model: nn.Module, names: list[str]
+    expert: Checkpoint, kind: str, argument: str, model: TwoInputModel, names: list[str]
 ) -> None:
     kind_of = expert.model_config.get("kind")
     if kind_of != kind:
         raise InvalidInput(argument, f"must be a {kind!r} model, got {kind_of!r}")
     if list(expert.taxonomy.names) != names:
         raise InvalidInput(argument, "its classes differ from this run's taxonomy")
-    config = model.config  # type: ignore[attr-defined]
+    config = model.config
     if kind == "cnn" and expert.model_config.get("backbone") != config["backbone"]:
         raise InvalidInput(
             argument,
@@ -60,7 +61,7 @@ def _check(
 
 
 def compose_experts(
-    model: nn.Module,
+    model: TwoInputModel,
     ct_path: Path,
     tabular_path: Path,
     class_names: list[str],
@@ -68,7 +69,7 @@ def compose_experts(
 ) -> dict[str, object]:
     """Load the CNN at ``ct_path`` and the tabular model at ``tabular_path`` into ``model`` (a
     dmfn model with fusion "experts"); returns what was composed, for the record."""
-    if getattr(model, "expert_weights", None) is None:
+    if not isinstance(model, DMFN) or model.expert_weights is None:
         raise InvalidInput("init_ct", "composing experts needs --fusion experts")
     cnn = load_checkpoint(ct_path)
     tab = load_checkpoint(tabular_path)
@@ -77,13 +78,16 @@ def compose_experts(
     if cnn.preprocess_params.digest() != preprocess_digest:
         raise InvalidInput("init_ct", "it was trained with other preprocessing parameters")
     cnn_model, tab_model = cnn.build_model(), tab.build_model()
-    model.ct.load_state_dict(cnn_model.ct.state_dict())  # type: ignore[union-attr]
-    model.ct_head.load_state_dict(cnn_model.head.state_dict())  # type: ignore[union-attr]
-    model.tabular.load_state_dict(tab_model.tabular.state_dict())  # type: ignore[union-attr]
-    model.tab_head.load_state_dict(tab_model.head.state_dict())  # type: ignore[union-attr]
+    # _check saw their kinds; the heads exist in every fusion that composes experts
+    assert isinstance(cnn_model, CNNBaseline) and isinstance(tab_model, TabularBaseline)
+    assert model.ct_head is not None and model.tab_head is not None
+    model.ct.load_state_dict(cnn_model.ct.state_dict())
+    model.ct_head.load_state_dict(cnn_model.head.state_dict())
+    model.tabular.load_state_dict(tab_model.tabular.state_dict())
+    model.tab_head.load_state_dict(tab_model.head.state_dict())
     with torch.no_grad():
         weights = torch.tensor([1.0 / cnn.temperature, 1.0 / tab.temperature])
-        model.expert_weights.copy_(weights)  # type: ignore[union-attr]
+        model.expert_weights.copy_(weights)
     return {
         "init_ct": str(ct_path),
         "init_tabular": str(tabular_path),

@@ -1,16 +1,17 @@
-"""``dmfn export``: checkpoint -> ONNX (+ TensorRT engine) -> complete Triton model repository.
+"""Checkpoint -> ONNX (+ TensorRT engine) -> complete Triton model repository: :func:`export`,
+the API of ``dmfn export`` (its command line: :mod:`dmfn.training.export_cli`).
 
-Steps, each of which must pass before anything is written to ``--out``:
+Steps, each of which must pass before anything is written to ``out``:
 
 1. rebuild the network from the checkpoint and export it to ONNX (opset >= 17, dynamic batch axis,
    tensor names VIEWS / TABULAR / LOGITS from :mod:`dmfn.contract.schema`, weights inside the file);
 2. preprocess studies exactly as the server does (their wire requests through
    :func:`dmfn.preprocess.preprocess_request`, with the checkpoint's parameters; the user's own
-   studies from ``--parity-manifest``, otherwise small synthetic crops of :mod:`dmfn.synth.crops`)
-   and check that ONNX Runtime reproduces PyTorch's logits (max abs difference <= ``--tolerance``,
+   studies from ``parity_manifest``, otherwise small synthetic crops of :mod:`dmfn.synth.crops`)
+   and check that ONNX Runtime reproduces PyTorch's logits (max abs difference <= ``tolerance``,
    default 1e-4) at batch 1 and at the full batch;
 3. target ``tensorrt`` only: build an FP16 engine with the TensorRT Python API and an optimisation
-   profile (batch 1 / 8 / max), and check it against ONNX Runtime (``--trt-tolerance``); without
+   profile (batch 1 / 8 / max), and check it against ONNX Runtime (``trt_tolerance``); without
    TensorRT or a GPU the export stops with a clear message (no fake engine);
 4. write the repository (:func:`dmfn.serving.repository.write_repository`): rendered configs,
    model.py files, the net file, preprocessing parameters, taxonomy / labels, model card.
@@ -18,9 +19,7 @@ Steps, each of which must pass before anything is written to ``--out``:
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -30,14 +29,13 @@ import numpy as np
 import torch
 
 from dmfn.contract import schema as S
-from dmfn.contract.errors import in_flags
 from dmfn.contract.limits import DEFAULT_MAX_STUDY_VOXELS, InputLimits, widen_range
 from dmfn.contract.management import load_management
 from dmfn.contract.study import Study
 from dmfn.contract.wire import build_request
 from dmfn.preprocess import preprocess_request
 from dmfn.preprocess.gpu import cupy_unavailable_reason, to_host
-from dmfn.serving.config import SETTING_FLAGS, ServingSettings
+from dmfn.serving.config import ServingSettings
 from dmfn.serving.repository import ModelInfo, check_output_folder, write_repository
 from dmfn.synth.crops import synthetic_crops
 
@@ -101,7 +99,7 @@ def export_onnx(
     if opset < MIN_OPSET:
         raise ValueError(f"argument 'opset': must be >= {MIN_OPSET}, got {opset}")
     args = tuple(torch.from_numpy(a) for a in example)
-    names = {"input_names": [S.VIEWS, S.TABULAR], "output_names": [S.LOGITS]}
+    input_names, output_names = [S.VIEWS, S.TABULAR], [S.LOGITS]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
@@ -114,7 +112,8 @@ def export_onnx(
                 model,
                 args,
                 str(path),
-                **names,
+                input_names=input_names,
+                output_names=output_names,
                 opset_version=opset,
                 dynamo=True,
                 external_data=False,
@@ -126,7 +125,8 @@ def export_onnx(
                 model,
                 args,
                 str(path),
-                **names,
+                input_names=input_names,
+                output_names=output_names,
                 opset_version=opset,
                 dynamo=False,
                 dynamic_axes={n: {0: "batch"} for n in (S.VIEWS, S.TABULAR, S.LOGITS)},
@@ -243,7 +243,7 @@ def tensorrt_logits(plan_path: Path, views: np.ndarray, tabular: np.ndarray) -> 
     return out.cpu().numpy()
 
 
-# --- the command -----------------------------------------------------------------------------
+# --- the export ------------------------------------------------------------------------------
 
 
 def _schema_checks(ckpt: Checkpoint) -> None:
@@ -290,7 +290,7 @@ def input_limits(
         )
     # A crop the preprocessing would refuse anyway is refused at the door.
     cap = min(max_study_voxels, ckpt.preprocess_params.max_voxels)
-    return InputLimits(ctc_ranges=ranges, max_study_voxels=cap)  # type: ignore[arg-type]
+    return InputLimits(ctc_ranges=ranges, max_study_voxels=cap)
 
 
 #: Largest VIEWS difference (window units, [0, 1]) allowed between the CuPy and C++ preprocessing.
@@ -431,154 +431,3 @@ def export(
             overwrite=overwrite,
         )
     return parity
-
-
-#: API argument -> flag of `dmfn export` (error messages speak in flags).
-FLAGS: dict[str, str] = {
-    "out": "--out",
-    "overwrite": "--overwrite",
-    "checkpoint": "--checkpoint",
-    "ctc_range": "--ctc-range",
-    "max_study_voxels": "--max-study-voxels",
-    "parity_manifest": "--parity-manifest",
-    "management": "--management",
-    "parity_studies": "--parity-studies",
-    "manifest": "--parity-manifest",
-    **{name: flag for name, (flag, _) in SETTING_FLAGS.items()},
-}
-
-
-def _range(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be LOW:HIGH, got {text!r}") from None
-    if not lo <= hi:
-        raise argparse.ArgumentTypeError(f"LOW must be <= HIGH, got {text!r}")
-    return lo, hi
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dmfn export",
-        description=(
-            "Export a trained checkpoint to ONNX (and a TensorRT FP16 engine for --target tensorrt), "
-            "check it against PyTorch on preprocessed studies and write a complete Triton model "
-            "repository (configs, model files, preprocessing parameters, labels, model card). "
-            "Nothing is written if a check fails."
-        ),
-    )
-    p.add_argument(
-        "--checkpoint", required=True, type=Path, help="checkpoint .pt written by `dmfn train`"
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("build/model_repository"),
-        help="repository folder to write (build/model_repository; the committed model_repository/ "
-        "holds the templates and is never an output)",
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing model repository at --out"
-    )
-    g = p.add_argument_group("checks")
-    g.add_argument(
-        "--tolerance",
-        type=float,
-        default=DEFAULT_TOLERANCE,
-        help="max abs logit difference ONNX Runtime vs PyTorch (1e-4)",
-    )
-    g.add_argument(
-        "--trt-tolerance",
-        type=float,
-        default=DEFAULT_TRT_TOLERANCE,
-        help="max abs logit difference TensorRT FP16 vs ONNX Runtime (5e-2)",
-    )
-    g.add_argument(
-        "--parity-studies",
-        type=int,
-        default=8,
-        help="number of studies preprocessed for the checks (8)",
-    )
-    g.add_argument(
-        "--parity-manifest",
-        type=Path,
-        default=None,
-        help="cohort manifest CSV whose first studies are used for the checks (default: synthetic studies made on the fly)",
-    )
-    g.add_argument("--seed", type=int, default=0, help="seed of the synthetic check studies (0)")
-    g.add_argument(
-        "--opset",
-        type=int,
-        default=MIN_OPSET,
-        help=f"ONNX opset (>= {MIN_OPSET}; default {MIN_OPSET})",
-    )
-    g.add_argument(
-        "--dynamo",
-        action="store_true",
-        help="use the torch.export-based ONNX exporter (slower) instead of the TorchScript one",
-    )
-    ServingSettings.add_arguments(p.add_argument_group("serving settings (config.pbtxt)"))
-    lim = p.add_argument_group("accepted inputs (refused with HTTP 400 outside them)")
-    lim.add_argument(
-        "--ctc-range",
-        type=_range,
-        action="append",
-        default=None,
-        metavar="LOW:HIGH",
-        help="accepted range of a CTC feature, once per feature in order (default: the range seen "
-        "in training, widened by half its width on each side, not below 0)",
-    )
-    lim.add_argument(
-        "--max-study-voxels",
-        type=int,
-        default=DEFAULT_MAX_STUDY_VOXELS,
-        help="largest ROI crop one study may send, in voxels; also sizes the front door's request "
-        f"body limit ({DEFAULT_MAX_STUDY_VOXELS})",
-    )
-    p.add_argument(
-        "--management",
-        type=Path,
-        default=None,
-        help="management policy JSON the server applies (class -> option, min_probability); "
-        "default: dmfn's, contract/data/management_default.json, which is not from the paper",
-    )
-    p.add_argument(
-        "--training-data",
-        choices=("auto", "synthetic", "real"),
-        default="auto",
-        help="what the model card says about the training data; auto = the checkpoint's record, synthetic when unknown",
-    )
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``dmfn export``; returns the process exit code."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        settings = ServingSettings.from_arguments(args)
-        parity = export(
-            args.checkpoint,
-            args.out,
-            settings,
-            tolerance=args.tolerance,
-            trt_tolerance=args.trt_tolerance,
-            opset=args.opset,
-            dynamo=args.dynamo,
-            parity_studies=args.parity_studies,
-            parity_manifest=args.parity_manifest,
-            training_data=args.training_data,
-            management=args.management,
-            overwrite=args.overwrite,
-            seed=args.seed,
-            ctc_range=args.ctc_range,
-            max_study_voxels=args.max_study_voxels,
-        )
-    except (ValueError, ExportError) as err:
-        print(f"dmfn export: {in_flags(err, FLAGS)}", file=sys.stderr)
-        return 2 if isinstance(err, ValueError) else 1
-    checks = ", ".join(f"{k} = {v:.3g}" for k, v in parity.items())
-    print(f"wrote {args.out} (target {args.target}); checks: {checks}")
-    print(f"serve it with: dmfn serve --repository {args.out}")
-    return 0

@@ -26,7 +26,7 @@ from .data import TrainingData
 from .dataset import CohortTensors
 from .distributed import SINGLE_PROCESS, Distributed, derived_seed
 from .experts import EXPERT_MODULES, compose_experts, expert_checkpoint, freeze_experts
-from .models import create_model, fit_standardisation
+from .models import TwoInputModel, create_model, fit_standardisation
 from .scoring import MONITOR, SUMMARY_METRICS, evaluate, final_evaluation
 
 log = logging.getLogger("dmfn.train")
@@ -142,7 +142,7 @@ class _WithAuxiliary(nn.Module):
     *unimodal logits) of ``forward_with_aux``; DDP wraps this module, so that it sees the
     auxiliary heads' computation."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: TwoInputModel) -> None:
         super().__init__()
         self.model = model
 
@@ -152,7 +152,7 @@ class _WithAuxiliary(nn.Module):
 
 
 def _checkpoint(
-    model: nn.Module,
+    model: TwoInputModel,
     data: TrainingData,
     args: TrainConfig,
     seed: int,
@@ -165,7 +165,9 @@ def _checkpoint(
         preprocess_params=data.params,
         taxonomy=data.taxonomy,
         ctc_features=tuple(args.ctc_features),
-        ctc_observed_range=observed_range(data.train.tabular[:, : len(args.ctc_features)]),
+        ctc_observed_range=observed_range(
+            data.train.tabular[:, : len(args.ctc_features)].cpu().numpy()
+        ),
         metrics=metrics_,
         training={
             "seed": seed,
@@ -198,7 +200,7 @@ class _SeedRun:
     out_dir: Path
     dist: Distributed
     device: torch.device
-    model: nn.Module
+    model: TwoInputModel
     train_model: nn.Module
     optimiser: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -412,7 +414,7 @@ def train_seed(
 
 def _save_last(
     path: Path,
-    model: nn.Module,
+    model: TwoInputModel,
     data: TrainingData,
     args: TrainConfig,
     seed: int,

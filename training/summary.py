@@ -29,6 +29,7 @@ def summarise(runs: list[dict[str, Any]], args: TrainConfig) -> dict[str, Any]:
         "backbone": None if args.model == "tabular" else args.backbone,
         **({"fusion": args.fusion, "aux_weight": args.aux_weight} if args.model == "dmfn" else {}),
         "seeds": [r["seed"] for r in runs],
+        **({"folds": [r["fold"] for r in runs]} if all("fold" in r for r in runs) else {}),
         "monitor": f"val_{MONITOR}",
         "level": "patient",
         "note": "results on synthetic data are pipeline checks, never clinical claims",
@@ -45,7 +46,12 @@ def format_table(summary: dict[str, Any]) -> str:
     seeds = summary["seeds"]
     if len(seeds) == 1:  # one run: its values, with their 95 % intervals; an SD needs seeds
         return _single_run_table(summary)
-    head = f"{'metric':<22}{'mean ± SD':>18}  " + "  ".join(f"{'seed ' + str(s):>8}" for s in seeds)
+    names = (
+        [f"fold {k}" for k in summary["folds"]]
+        if "folds" in summary
+        else [f"seed {s}" for s in seeds]
+    )
+    head = f"{'metric':<22}{'mean ± SD':>18}  " + "  ".join(f"{n:>8}" for n in names)
     lines = [f"{_model_line(summary)}, patient level", head]
     for key, mean in summary["mean"].items():
         split, metric = key.split("_", 1)

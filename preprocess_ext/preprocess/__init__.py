@@ -10,8 +10,10 @@ of mapped buffers that is refilled when the arrays are freed, so repeated calls 
 faults; :func:`release_cached_memory` hands the pooled buffers back to the OS.
 """
 
+from dmfn.contract.params import pde_stability_bound
+
 from . import _core
-from .pde import denoise_pde, pde_stability_bound
+from .pde import denoise_pde
 from .pipeline import PreprocessedStudy, preprocess_request, preprocess_study
 from .spatial import (
     LesionMeasurements,

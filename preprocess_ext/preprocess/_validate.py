@@ -1,9 +1,9 @@
 """Argument checks shared by every preprocessing function.
 
-Policy (documented in the README): any real numeric dtype (int16 HU, float64, ...) is converted to a
-C-contiguous float32 copy; float32 C-contiguous input is used without copying. bool, complex, object
-and string arrays are refused. NaN/Inf, empty arrays, wrong ndim and outputs above the voxel cap
-raise ``ValueError`` naming the argument and the rule.
+Policy (documented in docs/preprocessing.md, "Inputs"): any real numeric dtype (int16 HU,
+float64, ...) is converted to a C-contiguous float32 copy; float32 C-contiguous input is used
+without copying. bool, complex, object and string arrays are refused. NaN/Inf, empty arrays,
+wrong ndim and outputs above the voxel cap raise ``ValueError`` naming the argument and the rule.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def check_voxel_cap(shape: Sequence[int], argument: str, cap: int | None = None)
         )
 
 
-def _array_module(value: object, argument: str, backend: str) -> Any:
+def _array_module(value: object, argument: str, backend: str) -> tuple[Any, Any]:
     """numpy for backend "cpu" (a numpy.ndarray required), cupy for "cupy" (numpy is uploaded)."""
     if backend == "cupy":
         from .gpu import cupy_module, to_device
@@ -84,18 +84,18 @@ def as_volume(
     ``convert=False`` checks the same things but returns the array as given, for a caller that
     converts only the part it uses (the pipeline converts the ROI crop, not the whole study).
     """
-    xp, volume = _array_module(volume, argument, backend)
-    if volume.dtype.kind not in "iuf":
+    xp, array = _array_module(volume, argument, backend)
+    if array.dtype.kind not in "iuf":
         raise InvalidInput(
-            argument, f"dtype must be a real integer or float type, got {volume.dtype}"
+            argument, f"dtype must be a real integer or float type, got {array.dtype}"
         )
-    if volume.ndim not in ndims:
+    if array.ndim not in ndims:
         want = " or ".join(f"{d}D" for d in ndims)
-        raise InvalidInput(argument, f"must be {want} (z, y, x), got ndim={volume.ndim}")
-    if volume.size == 0:
-        raise InvalidInput(argument, f"must not be empty, got shape {volume.shape}")
-    check_voxel_cap(volume.shape, argument, cap)
-    out = xp.ascontiguousarray(volume, dtype=np.float32) if convert else volume
+        raise InvalidInput(argument, f"must be {want} (z, y, x), got ndim={array.ndim}")
+    if array.size == 0:
+        raise InvalidInput(argument, f"must not be empty, got shape {array.shape}")
+    check_voxel_cap(array.shape, argument, cap)
+    out = xp.ascontiguousarray(array, dtype=np.float32) if convert else array
     # Integer HU cannot hold NaN/Inf: only float arrays need the pass over every voxel.
     if finite and out.dtype.kind == "f" and not _all_finite(xp, out):
         raise InvalidInput(argument, "must contain only finite values (found NaN/Inf)")
@@ -129,16 +129,16 @@ def as_mask(
     ``check_empty=False`` leaves the emptiness check to a caller that runs
     :func:`dmfn.contract.roi.mask_bbox` next (it raises the same error; one pass over a whole
     study's mask fewer)."""
-    xp, mask = _array_module(mask, argument, backend)
-    if mask.dtype.kind not in "biuf":
-        raise InvalidInput(argument, f"dtype must be bool or numeric, got {mask.dtype}")
-    if mask.shape != tuple(shape):
+    xp, array = _array_module(mask, argument, backend)
+    if array.dtype.kind not in "biuf":
+        raise InvalidInput(argument, f"dtype must be bool or numeric, got {array.dtype}")
+    if array.shape != tuple(shape):
         raise InvalidInput(
-            argument, f"shape {mask.shape} must equal the volume's shape {tuple(shape)}"
+            argument, f"shape {array.shape} must equal the volume's shape {tuple(shape)}"
         )
-    if mask.dtype.kind == "f" and not _all_finite(xp, mask):
+    if array.dtype.kind == "f" and not _all_finite(xp, array):
         raise InvalidInput(argument, "must contain only finite values (found NaN/Inf)")
-    out = xp.ascontiguousarray(mask != 0, dtype=np.uint8) if convert else mask
+    out = xp.ascontiguousarray(array != 0, dtype=np.uint8) if convert else array
     if check_empty and not bool(out.any()):
         raise InvalidInput(argument, "is empty (no nonzero voxel)")
     return out

@@ -50,7 +50,7 @@ def check_backend(backend: object) -> str:
     """``backend`` if it is one of :data:`BACKENDS`, else InvalidInput naming it."""
     if backend not in BACKENDS:
         raise InvalidInput("backend", f"must be one of {BACKENDS}, got {backend!r}")
-    return backend  # type: ignore[return-value]
+    return backend
 
 
 def is_device_array(value: object) -> bool:

@@ -16,7 +16,8 @@ So ``k`` is in HU per h_min^2 and ``dt`` in units of h_min^4 (the physical step 
 ``dt * h_min^4`` mm^4). This normalisation keeps the scheme's behaviour on isotropic voxels of
 any size equal to the unit-grid scheme (``spacing_mm=None``), keeps ``k`` at the same multiple of
 the per-voxel noise's Laplacian, and makes the stability bound
-``dt <= 1 / (8 (sum_a w_a)^2)`` (:func:`pde_stability_bound`) at least its isotropic value
+``dt <= 1 / (8 (sum_a w_a)^2)`` (:func:`dmfn.contract.params.pde_stability_bound`, re-exported
+here) at least its isotropic value
 (1/72 in 3D, 1/32 in 2D) for every spacing, so one default dt is stable for all studies.
 
 Without fidelity the mean is conserved (to float32 rounding). The kernel runs in the C++
@@ -30,19 +31,16 @@ import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from dmfn.contract.errors import InvalidInput
-from dmfn.contract.params import STABILITY_BOUND, pde_dt_bound
+from dmfn.contract.params import STABILITY_BOUND, PdeMode, pde_stability_bound
 from dmfn.preprocess import _core as _preprocess
 
 from . import gpu
 from ._validate import as_positive, as_spacing, as_volume
 from .gpu import check_backend, is_device_array
-
-PdeMode = Literal["3d", "2d"]
 
 #: Iterations per pass over memory of the C++ kernel (temporal blocking, see
 #: preprocess_ext/src/pde.cpp) for volumes whose planes do not fit in cache; 1 is the plain
@@ -65,23 +63,7 @@ def default_temporal_block(shape: Sequence[int]) -> int:
 def _check_mode(mode: object) -> PdeMode:
     if mode not in STABILITY_BOUND:
         raise InvalidInput("mode", f"must be '3d' or '2d', got {mode!r}")
-    return mode  # type: ignore[return-value]
-
-
-def pde_stability_bound(mode: PdeMode = "3d", spacing_mm: Sequence[float] | None = None) -> float:
-    """The largest stable explicit-Euler step dt (units of h_min^4) for voxels of ``spacing_mm``.
-
-    ``dt <= 1 / (8 (sum_a w_a)^2)`` with ``w_a = (h_min / h_a)^2`` over the stencil's axes
-    (z, y, x for ``"3d"``; y, x for ``"2d"``): 2 over the largest eigenvalue of Lap^2. In mm^4
-    it is ``1 / (8 (sum_a h_a^-2)^2)``, proportional to h_min^4. ``spacing_mm`` (z, y, x) or
-    (y, x) in mm; None: isotropic voxels, where the bound is smallest (1/72 for ``"3d"``, 1/32
-    for ``"2d"``).
-    """
-    mode = _check_mode(mode)
-    if spacing_mm is None:
-        return STABILITY_BOUND[mode]
-    spacing = as_spacing(spacing_mm, 3 if np.size(spacing_mm) == 3 else 2)
-    return pde_dt_bound(mode, spacing)
+    return mode
 
 
 @dataclass(frozen=True)
@@ -118,7 +100,7 @@ def validate_pde_arguments(
         raise InvalidInput("dt", f"must be finite and > 0, got {dt!r}")
     u = as_volume(volume, "volume", ndims=(2, 3), cap=max_voxels, backend=backend)
     spacing = None if spacing_mm is None else as_spacing(spacing_mm, u.ndim)
-    bound = pde_dt_bound(mode, spacing)
+    bound = pde_stability_bound(mode, spacing)
     if dt_value > bound:
         where = "isotropic voxels" if spacing is None else f"spacing {spacing} mm"
         raise InvalidInput(
@@ -211,7 +193,8 @@ def _denoise(args: PdeArguments, threads: int = 0, block: int | None = None) -> 
     # The kernel takes (z, y, x); a 2D (y, x) image has no z axis, so it runs the 2D stencil
     # (the z term of a single plane vanishes anyway) and the z spacing is not used.
     three_d = args.mode == "3d" and args.volume.ndim == 3
-    spacing_zyx = (spacing[0], *spacing) if args.volume.ndim == 2 else spacing
+    sz, sy, sx = (spacing[0], *spacing) if args.volume.ndim == 2 else spacing
+    spacing_zyx = (sz, sy, sx)
     if is_device_array(args.volume):
         return gpu.pde_denoise(
             args.volume, args.k, args.dt, args.iterations, three_d, args.fidelity, spacing_zyx

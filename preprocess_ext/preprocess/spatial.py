@@ -102,8 +102,9 @@ def _resample(
     """:func:`resample_isotropic` on already valid arguments (float32 C-contiguous volume)."""
     out_shape = isotropic_shape(vol.shape, spacing, target)
     check_voxel_cap(out_shape, "target_mm", max_voxels)
-    shape3 = (1,) * (3 - vol.ndim) + out_shape
-    ratio3 = (1.0,) * (3 - vol.ndim) + tuple(target / s for s in spacing)
+    z, y, x = (1,) * (3 - vol.ndim) + out_shape
+    rz, ry, rx = (1.0,) * (3 - vol.ndim) + tuple(target / s for s in spacing)
+    shape3, ratio3 = (z, y, x), (rz, ry, rx)
     if is_device_array(vol):
         return gpu.resample(vol, shape3, ratio3, _KERNELS[order])
     return _preprocess.resample(vol, shape3, ratio3, _KERNELS[order])

@@ -8,14 +8,19 @@ from . import regnet as regnet
 from . import selfreg as selfreg
 from .fusion import (
     DEFAULT_FUSION,
+    DMFN,
     FUSION_KINDS,
     MODEL_KINDS,
+    CNNBaseline,
     ModelConfig,
+    TabularBaseline,
+    TwoInputModel,
     build_model,
     create_model,
 )
 from .registry import (
     DEFAULT_BACKBONE,
+    Backbone,
     BackboneInfo,
     create_backbone,
     get_backbone_info,
@@ -28,11 +33,16 @@ from .tabular import TabularEncoder, fit_standardisation
 __all__ = [
     "DEFAULT_BACKBONE",
     "DEFAULT_FUSION",
+    "DMFN",
     "FUSION_KINDS",
     "MODEL_KINDS",
+    "Backbone",
     "BackboneInfo",
+    "CNNBaseline",
     "ModelConfig",
+    "TabularBaseline",
     "TabularEncoder",
+    "TwoInputModel",
     "build_model",
     "create_backbone",
     "create_model",

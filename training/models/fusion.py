@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .registry import DEFAULT_BACKBONE, create_backbone, get_backbone_info
+from .registry import DEFAULT_BACKBONE, Backbone, create_backbone, get_backbone_info
 from .tabular import TabularEncoder
 
 MODEL_KINDS = ("dmfn", "cnn", "tabular")
@@ -52,7 +52,7 @@ DEFAULT_DROPOUT = 0.2
 VIEW_CHANNELS = 3
 #: How the dmfn model combines the CT and tabular embeddings (see the module docstring).
 FUSION_KINDS = ("concat", "sum", "hybrid", "experts")
-#: create_model's default: the architecture of every checkpoint written before ``fusion`` existed.
+#: create_model's default, and the fusion of a model config that names none: the paper's.
 DEFAULT_FUSION = "concat"
 
 
@@ -77,7 +77,7 @@ def _tie(logits: torch.Tensor, unused: torch.Tensor) -> torch.Tensor:
 class CTEncoder(nn.Module):
     """Backbone -> Linear -> ReLU: ``[B, 3, S, S]`` -> ``[B, embed_dim]``."""
 
-    def __init__(self, backbone: nn.Module, embed_dim: int) -> None:
+    def __init__(self, backbone: Backbone, embed_dim: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.project = nn.Sequential(
@@ -89,10 +89,12 @@ class CTEncoder(nn.Module):
         return self.project(self.backbone(views))
 
 
-class _TwoInputModel(nn.Module):
-    """Shared input checks (shapes only: static, no data-dependent control flow)."""
+class TwoInputModel(nn.Module):
+    """A model ``forward(views, tabular) -> logits`` with its ``config`` (the keywords of
+    :func:`create_model` that rebuild it) and the shared input checks (shapes only: static, no
+    data-dependent control flow)."""
 
-    config: dict[str, object]
+    config: dict[str, Any]
 
     def __init__(self, n_tabular: int) -> None:
         super().__init__()
@@ -119,8 +121,15 @@ class _TwoInputModel(nn.Module):
                 f"{views.shape[0]} and {tabular.shape[0]}"
             )
 
+    def forward_with_aux(
+        self, views: torch.Tensor, tabular: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The logits and the unimodal logits for auxiliary losses: none here (only a dmfn
+        model has unimodal heads)."""
+        return self(views, tabular), ()
 
-class DMFN(_TwoInputModel):
+
+class DMFN(TwoInputModel):
     """Deep multimodal fusion of the CT and tabular embeddings (``fusion``: see the module doc).
 
     Submodules: ``ct``, ``tabular`` (the branches); ``head`` (MLP on the concatenation; "concat"
@@ -170,11 +179,12 @@ class DMFN(_TwoInputModel):
     ) -> torch.Tensor:
         """Fused logits from the embeddings and (for "sum"/"hybrid") the unimodal logits."""
         logits = None
-        if self.expert_weights is not None:
+        bias = self.fusion_bias  # every fusion but "concat" has one
+        if bias is not None and self.expert_weights is not None:
             w = self.expert_weights
-            logits = w[0] * unimodal[0] + w[1] * unimodal[1] + self.fusion_bias
-        elif self.fusion != "concat":
-            logits = unimodal[0] + unimodal[1] + self.fusion_bias
+            logits = w[0] * unimodal[0] + w[1] * unimodal[1] + bias
+        elif bias is not None:
+            logits = unimodal[0] + unimodal[1] + bias
         if self.head is not None:
             joint = self.head(torch.cat((ct_emb, tab_emb), dim=1))
             logits = joint if logits is None else logits + joint
@@ -202,7 +212,7 @@ class DMFN(_TwoInputModel):
         return self._combine(ct_emb, tab_emb, unimodal), unimodal
 
 
-class CNNBaseline(_TwoInputModel):
+class CNNBaseline(TwoInputModel):
     """Monomodal CT model: CT embedding -> MLP -> logits; ``tabular`` is accepted and ignored."""
 
     def __init__(
@@ -218,7 +228,7 @@ class CNNBaseline(_TwoInputModel):
         return _tie(self.head(self.ct(views)), tabular)
 
 
-class TabularBaseline(_TwoInputModel):
+class TabularBaseline(TwoInputModel):
     """CTC + clinical model: tabular embedding -> MLP -> logits; ``views`` accepted and ignored."""
 
     def __init__(self, tab: TabularEncoder, n_classes: int, hidden: int, dropout: float) -> None:
@@ -232,7 +242,11 @@ class TabularBaseline(_TwoInputModel):
         return _tie(self.head(self.tabular(tabular)), views)
 
 
-def _floats(value: Sequence[float] | np.ndarray | torch.Tensor | None) -> list[float] | None:
+#: Per-class or per-column constants, as a sequence, an array or a tensor.
+Constants = Sequence[float] | np.ndarray | torch.Tensor
+
+
+def _floats(value: Constants | None) -> list[float] | None:
     if value is None:
         return None
     return np.asarray(torch.as_tensor(value).detach().cpu(), dtype=np.float64).ravel().tolist()
@@ -270,13 +284,13 @@ class ModelConfig:
     n_classes: int
     n_tabular: int
     backbone: str | None = DEFAULT_BACKBONE
-    tabular_mean: Sequence[float] | np.ndarray | torch.Tensor | None = None
-    tabular_std: Sequence[float] | np.ndarray | torch.Tensor | None = None
+    tabular_mean: Constants | None = None
+    tabular_std: Constants | None = None
     embed_dim: int = DEFAULT_EMBED_DIM
     dropout: float = DEFAULT_DROPOUT
     fusion: str = DEFAULT_FUSION
     aux_heads: bool = False
-    class_prior: Sequence[float] | np.ndarray | torch.Tensor | None = None
+    class_prior: Constants | None = None
     overrides: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -318,12 +332,7 @@ class ModelConfig:
             )
         self.prior()  # checks its values
         if self.uses_tabular:
-            for name in ("tabular_mean", "tabular_std"):
-                if getattr(self, name) is None:
-                    raise ValueError(
-                        f"argument '{name}': required for kind {kind!r} (standardisation "
-                        "constants from the training split, see fit_standardisation)"
-                    )
+            self.standardisation()  # both are given
         if not self.uses_ct and self.overrides:
             raise ValueError(
                 f"argument 'overrides': backbone overrides {sorted(self.overrides)} make no "
@@ -331,6 +340,17 @@ class ModelConfig:
             )
         if self.uses_ct:
             get_backbone_info(self.backbone)  # type: ignore[arg-type]  # raises with known names
+
+    def standardisation(self) -> tuple[Constants, Constants]:
+        """(``tabular_mean``, ``tabular_std``); ValueError naming the one that is missing."""
+        mean, std = self.tabular_mean, self.tabular_std
+        if mean is None or std is None:
+            name = "tabular_mean" if mean is None else "tabular_std"
+            raise ValueError(
+                f"argument '{name}': required for kind {self.kind!r} (standardisation "
+                "constants from the training split, see fit_standardisation)"
+            )
+        return mean, std
 
     def prior(self) -> torch.Tensor | None:
         """The class prior as float32 ``[n_classes]``, or None."""
@@ -361,20 +381,18 @@ class ModelConfig:
         }
 
 
-def build_model(config: ModelConfig) -> nn.Module:
+def build_model(config: ModelConfig) -> TwoInputModel:
     """The model of ``config`` (``forward(views, tabular) -> logits``), with ``model.config`` =
     :meth:`ModelConfig.to_dict`."""
     c = config
     n_classes, n_tabular, hidden = int(c.n_classes), int(c.n_tabular), c.embed_dim
     tab = (
-        TabularEncoder(
-            n_tabular, c.tabular_mean, c.tabular_std, embed_dim=c.embed_dim, dropout=c.dropout
-        )  # type: ignore[arg-type]
+        TabularEncoder(n_tabular, *c.standardisation(), embed_dim=c.embed_dim, dropout=c.dropout)
         if c.uses_tabular
         else None
     )
     ct = CTEncoder(create_backbone(c.backbone, **c.overrides), c.embed_dim) if c.uses_ct else None  # type: ignore[arg-type]
-    model: _TwoInputModel
+    model: TwoInputModel
     if c.kind == "dmfn":
         model = DMFN(ct, tab, n_classes, hidden, c.dropout, c.fusion, c.aux_heads, c.prior())  # type: ignore[arg-type]
     elif c.kind == "cnn":
@@ -385,7 +403,7 @@ def build_model(config: ModelConfig) -> nn.Module:
     return model
 
 
-def create_model(kind: str, **fields: object) -> nn.Module:
+def create_model(kind: str, **fields: object) -> TwoInputModel:
     """:func:`build_model` of ``ModelConfig(kind, **fields)``; keywords that are not fields of
     :class:`ModelConfig` are backbone overrides (so ``create_model(**model.config)`` rebuilds a
     model)."""

@@ -14,7 +14,14 @@ from typing import TypeVar
 
 from torch import nn
 
-BackboneFactory = Callable[..., nn.Module]
+
+class Backbone(nn.Module):
+    """A CT backbone: ``[B, C, S, S]`` float32 -> ``[B, num_features]``."""
+
+    num_features: int
+
+
+BackboneFactory = Callable[..., Backbone]
 ConfigT = TypeVar("ConfigT")
 
 
@@ -36,7 +43,7 @@ class BackboneInfo:
 
 _REGISTRY: dict[str, BackboneInfo] = {}
 #: The backbone of `dmfn train` and create_model when none is named: the small RegNetX that every
-#: reported result used (the paper-scale choice is compared in the README's results).
+#: reported result used (the paper-scale choice is compared in docs/training.md's ablation runs).
 DEFAULT_BACKBONE = "regnetx_tiny"
 
 
@@ -94,7 +101,7 @@ def get_backbone_info(name: str) -> BackboneInfo:
         ) from None
 
 
-def create_backbone(name: str, **overrides: object) -> nn.Module:
+def create_backbone(name: str, **overrides: object) -> Backbone:
     """Build the backbone ``name`` with its family config fields replaced by ``overrides``.
 
     Args:
@@ -102,7 +109,7 @@ def create_backbone(name: str, **overrides: object) -> nn.Module:
         **overrides: config fields of the family (e.g. ``in_chans=1``, ``regulator="none"``).
 
     Returns:
-        an ``nn.Module`` mapping ``[B, C, S, S]`` float32 to ``[B, num_features]``.
+        a :class:`Backbone` mapping ``[B, C, S, S]`` float32 to ``[B, num_features]``.
 
     Raises:
         ValueError: unknown name, unknown override field or an invalid field value.

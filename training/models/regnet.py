@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .registry import apply_overrides, register_backbone
+from .registry import Backbone, apply_overrides, register_backbone
 
 #: Block widths are rounded to multiples of this (pycls ``q``).
 WIDTH_QUANTUM = 8
@@ -153,7 +153,7 @@ class RegNetBlock(nn.Module):
         return torch.relu(self.shortcut(x) + y)
 
 
-class RegNet(nn.Module):
+class RegNet(Backbone):
     """RegNetX/Y feature extractor: ``[B, in_chans, S, S]`` -> ``[B, num_features]``.
 
     S must be >= 32 for the five stride-2 steps of a four-stage model to keep a non-empty map
@@ -237,7 +237,7 @@ def regnety_200mf(**overrides: object) -> RegNet:
 
 @register_backbone("regnety_400mf", family="regnet", published_params_m=4.3, source=_PYCLS)
 def regnety_400mf(**overrides: object) -> RegNet:
-    """RegNetY-400MF (the default CT backbone)."""
+    """RegNetY-400MF."""
     return _create("regnety_400mf", overrides)
 
 
@@ -249,7 +249,8 @@ def regnety_800mf(**overrides: object) -> RegNet:
 
 @register_backbone("regnetx_tiny", family="regnet", source="project test model")
 def regnetx_tiny(**overrides: object) -> RegNet:
-    """A ~0.1M-parameter RegNetX for fast tests."""
+    """A ~0.1M-parameter RegNetX: the default CT backbone (``DEFAULT_BACKBONE``), small enough
+    to train on a CPU."""
     return _create("regnetx_tiny", overrides)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .registry import apply_overrides, register_backbone
+from .registry import Backbone, apply_overrides, register_backbone
 from .regnet import conv_bn_act, init_weights
 
 REGULATORS = ("gru", "lstm", "none")
@@ -132,7 +132,9 @@ class ConvLSTMCell(nn.Module):
         return h, (h, c)
 
 
-_CELLS: dict[str, type[nn.Module]] = {"gru": ConvGRUCell, "lstm": ConvLSTMCell}
+#: The regulator cell of a stage, by its config name.
+RegulatorCell = ConvGRUCell | ConvLSTMCell
+_CELLS: dict[str, type[RegulatorCell]] = {"gru": ConvGRUCell, "lstm": ConvLSTMCell}
 
 
 class RegulatedBlock(nn.Module):
@@ -161,7 +163,7 @@ class RegulatedBlock(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, cell: nn.Module | None, state: State | None
+        self, x: torch.Tensor, cell: RegulatorCell | None, state: State | None
     ) -> tuple[torch.Tensor, State | None]:
         x2 = self.first(x)
         y = self.middle(x2)
@@ -196,7 +198,7 @@ class RegulatedStage(nn.Module):
         return x
 
 
-class SelfRegulatedResNet(nn.Module):
+class SelfRegulatedResNet(Backbone):
     """Self-regulated ResNet feature extractor: ``[B, in_chans, S, S]`` -> ``[B, num_features]``.
 
     The stem divides S by 4 and every stage after the first by 2 more (S = 64 -> 2x2 at the end).

@@ -1,5 +1,6 @@
-"""``dmfn serve``: run the dmfn inference service (Triton behind its front door, supervised)
-until Ctrl-C / SIGTERM, then drain and stop. See :mod:`dmfn.serving.service`."""
+"""``dmfn serve``: the options -> :class:`~dmfn.serving.service.DmfnService`, run until Ctrl-C /
+SIGTERM, then drained and stopped; the banner and the exit status (0 a clean stop, 1 the server
+failed, 2 a usage error)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from .auth import KeysFileError
 from .config import MODEL_NAMES
 from .frontdoor import FrontDoorError
+from .logs import DEFAULT_MAX_BYTES
 from .service import LOOPBACK, DmfnService, ServiceConfig, ServiceEvent
 from .triton import PortInUseError, TritonError
 
@@ -23,6 +25,7 @@ EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``dmfn serve`` argument parser."""
     d = ServiceConfig.__dataclass_fields__
     parser = argparse.ArgumentParser(
         prog="dmfn serve",
@@ -166,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument(
         "--log-max-mb",
         type=float,
-        default=d["log_max_bytes"].default / 2**20,
+        default=DEFAULT_MAX_BYTES / 2**20,
         help="size at which a log is rotated, MiB "
-        f"({d['log_max_bytes'].default / 2**20:g}); lines are cut at 1 KiB (4 KiB for Triton)",
+        f"({DEFAULT_MAX_BYTES / 2**20:g}); lines are cut at 1 KiB (4 KiB for Triton)",
     )
     logs.add_argument(
         "--log-backups",
@@ -183,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def banner(service: DmfnService) -> str:
+    """What a ready server prints: its addresses, model, limits and authentication."""
     c = service.config
     scheme = service.scheme
     lines = [
@@ -305,3 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

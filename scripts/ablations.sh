@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate the fidelity results of docs/training.md in one command: the experiments behind the choices
-# where the paper is silent or where we depart from it, each reported by `dmfn evaluate`
+# Regenerate the ablation results of docs/training.md in one command: the experiments behind the
+# choices where the paper is silent or where we depart from it, each reported by `dmfn evaluate`
 # (test split first, DeLong CIs, paired DeLong p-values).
 #
 #   fusion   (paper preset, seeds 0-2): cnn, tabular, dmfn (concat, the paper's), and dmfn
@@ -12,11 +12,11 @@
 #            dmfn with the thymoma A/AB-benign grouping, dmfn with version-1 PDE settings
 #
 # Several hours on 2 CPU cores (the paper cohort alone renders in ~15 min). Stages can be run
-# alone and reuse what exists: scripts/fidelity.sh [--out DIR] [--stage fusion|backbone|inputs|report]
+# alone and reuse what exists: scripts/ablations.sh [--out DIR] [--stage fusion|backbone|inputs|report]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-OUT=build/fidelity
+OUT=build/ablations
 STAGES="fusion backbone inputs report"
 SEED=2026
 while [[ $# -gt 0 ]]; do
@@ -24,7 +24,7 @@ while [[ $# -gt 0 ]]; do
         --out) OUT=$2; shift 2 ;;
         --stage) STAGES=$2; shift 2 ;;
         -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "fidelity.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+        *) echo "ablations.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 make -s setup
@@ -37,14 +37,14 @@ timed() {  # timed NAME command...: skip when OUT/NAME/summary.json exists; reco
     if [[ -f $OUT/$name/summary.json ]]; then echo "== $name: reusing"; return; fi
     echo "== $name: $*"
     start=$(date +%s)
-    "$@" --out "$OUT/$name" --force --no-progress --seeds 3
+    "$@" --out "$OUT/$name" --overwrite --no-progress --seeds 3
     echo $(( $(date +%s) - start )) > "$OUT/timings/$name"
 }
 
 cohort() {  # cohort PRESET: render once with seed $SEED
     local dir=$OUT/$1
     if [[ ! -f $dir/manifest.csv ]]; then
-        $DMFN synth --preset "$1" --seed "$SEED" --workers 2 --out "$dir" --force
+        $DMFN synth --preset "$1" --seed "$SEED" --workers 2 --out "$dir" --overwrite
     fi
 }
 
@@ -84,7 +84,7 @@ inputs)
         --params '{"pde_k_hu": 20.0, "pde_dt": 0.0125, "pde_iterations": 20, "pde_spacing_aware": false}'
     if [[ ! -f $OUT/demo_regrouped/manifest.csv ]]; then  # the same patients, regrouped
         $DMFN synth --preset demo --seed "$SEED" --dry-run --grouping thymoma_a_ab_benign \
-            --out "$OUT/demo_regrouped" --force
+            --out "$OUT/demo_regrouped" --overwrite
         ln -sfn "$(realpath "$OUT/demo/images")" "$OUT/demo_regrouped/images"
         ln -sfn "$(realpath "$OUT/demo/masks")" "$OUT/demo_regrouped/masks"
     fi
@@ -109,7 +109,7 @@ report)
         $DMFN evaluate --overwrite --out "$OUT/report_grouping_$SPLIT" --split "$SPLIT" --grouping thymoma_a_ab_benign \
             $(runs "$SPLIT" demo_thymoma_ab_benign)
     done
-    .venv/bin/python scripts/fidelity_markdown.py --out "$OUT" --readme docs/training.md
+    .venv/bin/python scripts/ablations_markdown.py --out "$OUT" --into docs/training.md
     ;;
-*) echo "fidelity.sh: unknown stage $STAGE" >&2; exit 2 ;;
+*) echo "ablations.sh: unknown stage $STAGE" >&2; exit 2 ;;
 esac; done
