@@ -152,35 +152,42 @@ def _concurrently(jobs: list[Callable[[], object]]) -> list[object]:
         return list(pool.map(run, jobs))
 
 
-def test_concurrent_pipeline_requests_succeed_and_are_batched(triton_server, studies, reference):
-    """32 concurrent pipeline requests all succeed, and the net's dynamic batcher formed batches
-    from them (preprocess batches too, so outputs of concurrent requests reach the net together)."""
-    stats = httpclient.InferenceServerClient(triton_server.http_url)
-    # Clients and inputs are made before the start line, so that the requests really arrive
-    # together (32 connection set-ups after the barrier spread them out on a busy machine).
-    clients = [client_for(triton_server, "grpc") for _ in range(N_CONCURRENT)]
+def _batched_run(
+    server, model: str, arrays: list[dict[str, np.ndarray]], dtypes=None
+) -> tuple[list[object], dict[str, tuple[int, int]]]:
+    """Send ``arrays`` (one request each) to ``model`` over gRPC, all at once; returns the
+    results and, per model of the pipeline, (inferences, executions) during the run. Clients and
+    inputs are made before the start line, so that the requests really arrive together (32
+    connection set-ups after the barrier spread them out on a busy machine, and the net then
+    runs each alone: seen once in CI)."""
+    stats = httpclient.InferenceServerClient(server.http_url)
+    clients = [client_for(server, "grpc") for _ in arrays]
     inputs = [
-        infer_inputs(module, study_arrays([studies[i % N_STUDIES]]))
-        for i, (module, _) in enumerate(clients)
+        infer_inputs(module, a, dtypes) for (module, _), a in zip(clients, arrays, strict=True)
     ]
+    watched = (S.PREPROCESS_MODEL, S.NET_MODEL)
     try:
-        before = {m: model_stats(stats, m) for m in (S.PREPROCESS_MODEL, S.NET_MODEL)}
-        jobs = [
-            (lambda i=i: clients[i][1].infer(S.PIPELINE_MODEL, inputs[i]))
-            for i in range(N_CONCURRENT)
-        ]
+        before = {m: model_stats(stats, m) for m in watched}
+        jobs = [(lambda i=i: clients[i][1].infer(model, inputs[i])) for i in range(len(arrays))]
         results = _concurrently(jobs)
-        after = {m: model_stats(stats, m) for m in (S.PREPROCESS_MODEL, S.NET_MODEL)}
+        after = {m: model_stats(stats, m) for m in watched}
     finally:
         stats.close()
         for _, client in clients:
             client.close()
+    counts = {m: (after[m][0] - before[m][0], after[m][1] - before[m][1]) for m in watched}
+    return results, counts
+
+
+def test_concurrent_pipeline_requests_succeed_and_are_batched(triton_server, studies, reference):
+    """32 concurrent pipeline requests all succeed, and the net's dynamic batcher formed batches
+    from them (preprocess batches too, so outputs of concurrent requests reach the net together)."""
+    arrays = [study_arrays([studies[i % N_STUDIES]]) for i in range(N_CONCURRENT)]
+    results, counts = _batched_run(triton_server, S.PIPELINE_MODEL, arrays)
     for i, result in enumerate(results):
         assert not isinstance(result, Exception), result
         assert_matches_reference(result, reference, i % N_STUDIES)
-    for model in (S.PREPROCESS_MODEL, S.NET_MODEL):
-        inferences = after[model][0] - before[model][0]
-        executions = after[model][1] - before[model][1]
+    for model, (inferences, executions) in counts.items():
         assert inferences == N_CONCURRENT, model
         assert executions < inferences, f"{model}: no batching, {executions} executions"
 
@@ -188,31 +195,19 @@ def test_concurrent_pipeline_requests_succeed_and_are_batched(triton_server, stu
 def test_concurrent_net_requests_are_batched(triton_server, reference) -> None:
     """Requests sent straight to the net are dynamically batched too."""
     views, tabular = reference["views"], reference["tabular"]
-    jobs = [
-        (
-            lambda i=i: infer(
-                triton_server,
-                {S.VIEWS: views[i % N_STUDIES][None], S.TABULAR: tabular[i % N_STUDIES][None]},
-                "grpc",
-                {S.VIEWS: "FP32", S.TABULAR: "FP32"},
-                model=S.NET_MODEL,
-            )
-        )
+    arrays = [
+        {S.VIEWS: views[i % N_STUDIES][None], S.TABULAR: tabular[i % N_STUDIES][None]}
         for i in range(N_CONCURRENT)
     ]
-    stats = httpclient.InferenceServerClient(triton_server.http_url)
-    try:
-        before = model_stats(stats, S.NET_MODEL)
-        results = _concurrently(jobs)
-        after = model_stats(stats, S.NET_MODEL)
-    finally:
-        stats.close()
+    results, counts = _batched_run(
+        triton_server, S.NET_MODEL, arrays, {S.VIEWS: "FP32", S.TABULAR: "FP32"}
+    )
     for i, result in enumerate(results):
         assert not isinstance(result, Exception), result
         np.testing.assert_allclose(
             result.as_numpy(S.LOGITS)[0], reference["logits"][i % N_STUDIES], atol=1e-4, rtol=0
         )
-    inferences, executions = after[0] - before[0], after[1] - before[1]
+    inferences, executions = counts[S.NET_MODEL]
     assert inferences == N_CONCURRENT
     assert executions < inferences, f"no dynamic batching: {executions} executions"
 
