@@ -41,21 +41,24 @@ class Ceiling:
 
 
 def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """Mann-Whitney AUC with ties counted one half."""
-    ranks = stats.rankdata(np.concatenate([positive, negative]))
-    n1, n0 = positive.size, negative.size
-    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    """Mann-Whitney AUC with ties counted one half: the pairs a positive wins, by binary search
+    in the sorted negatives (the same count as the rank-sum formula, without ranking both)."""
+    ordered = np.sort(negative)
+    needles = np.sort(positive)  # sorted needles: the binary searches walk memory in order
+    below = np.searchsorted(ordered, needles, "left")
+    tied = np.searchsorted(ordered, needles, "right") - below
+    return float((below.sum() + 0.5 * tied.sum()) / (positive.size * negative.size))
 
 
 def _hand_till(labels: np.ndarray, posterior: np.ndarray) -> float:
     present = np.unique(labels)
+    members = {c: np.flatnonzero(labels == c) for c in present}  # once, not once per pair
     pairs = []
     for a in range(present.size):
         for b in range(a + 1, present.size):
             i, j = present[a], present[b]
-            in_i, in_j = labels == i, labels == j
-            a_ij = _auc(posterior[in_i, i], posterior[in_j, i])
-            a_ji = _auc(posterior[in_j, j], posterior[in_i, j])
+            a_ij = _auc(posterior[members[i], i], posterior[members[j], i])
+            a_ji = _auc(posterior[members[j], j], posterior[members[i], j])
             pairs.append((a_ij + a_ji) / 2)
     return float(np.mean(pairs))
 

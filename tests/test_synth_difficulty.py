@@ -160,3 +160,19 @@ def test_the_fused_ceiling_of_a_ct_score_of_given_auc() -> None:
     assert values[0] < values[1] < values[2] < 1.0
     with pytest.raises(ValueError, match="ct_auc"):
         fused_binary_ceiling(TAX, table, 1.0)
+
+
+def test_the_ceilings_auc_counts_pairs_like_the_rank_sum() -> None:
+    """The ceilings' Mann-Whitney AUC (binary search in sorted scores) equals the rank-sum
+    formula, ties counted one half, exactly."""
+    from scipy import stats
+
+    from dmfn.synth.ceilings import _auc
+
+    rng = np.random.default_rng(4)
+    for n1, n0 in ((1, 1), (7, 3), (400, 900)):
+        positive = rng.integers(0, 12, n1).astype(float)  # many ties
+        negative = rng.integers(0, 10, n0).astype(float)
+        ranks = stats.rankdata(np.concatenate([positive, negative]))
+        expected = (ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
+        assert _auc(positive, negative) == expected
