@@ -24,14 +24,20 @@ def _check(labels: object, probs: object) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
+def _bins(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``bins + 1`` edges of equal-width bins over [0, 1] and the bin of each value (a value
+    on an inner edge belongs to the lower bin)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return edges, np.clip(np.digitize(values, edges[1:-1], right=True), 0, bins - 1)
+
+
 def expected_calibration_error(labels: object, probs: object, bins: int = DEFAULT_BINS) -> float:
     """ECE of the top-label confidence: the case-weighted mean |accuracy - confidence| over
     ``bins`` equal-width confidence bins."""
     y, p = _check(labels, probs)
     confidence = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(float)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    _, which = _bins(confidence, bins)
     ece = 0.0
     for b in range(bins):
         inside = which == b
@@ -47,8 +53,7 @@ def reliability(
     y, p = _check(labels, probs)
     confidence = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(float)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    edges, which = _bins(confidence, bins)
     out = []
     for b in range(bins):
         inside = which == b
@@ -121,8 +126,7 @@ def binary_reliability(
     from .proportions import proportion_ci
 
     truth, prob = _check_binary(y, p)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(prob, edges[1:-1], right=True), 0, bins - 1)
+    edges, which = _bins(prob, bins)
     out = []
     for b in range(bins):
         inside = which == b

@@ -94,6 +94,12 @@ def _sensitivity_band(y: np.ndarray, score: np.ndarray, n_boot: int, seed: int):
     return np.quantile(curves, [0.025, 0.975], axis=0)
 
 
+def _bars(value: Any, low: Any, high: Any) -> np.ndarray:
+    """matplotlib's error bars [2, n] (below, above) of estimates with intervals; none negative
+    (a percentile interval may miss its estimate by rounding)."""
+    return np.maximum(np.reshape([np.subtract(value, low), np.subtract(high, value)], (2, -1)), 0)
+
+
 @dataclass(frozen=True)
 class ReaderPoint:
     """A reader group's operating point: (value, CI low, CI high) of sensitivity and of
@@ -136,11 +142,8 @@ def binary_roc(
     markers = "osD^v<>"
     for k, r in enumerate(readers):
         x = 1 - r.specificity[0]
-        # a percentile interval may miss its estimate by rounding: no negative bar
-        xerr = np.maximum([[x - (1 - r.specificity[2])], [(1 - r.specificity[1]) - x]], 0)
-        yerr = np.maximum(
-            [[r.sensitivity[0] - r.sensitivity[1]], [r.sensitivity[2] - r.sensitivity[0]]], 0
-        )
+        xerr = _bars(*r.specificity)[::-1]  # the x axis is 1 - specificity: the bars swap
+        yerr = _bars(*r.sensitivity)
         ax.errorbar(x, r.sensitivity[0], xerr=xerr, yerr=yerr, fmt=markers[k % len(markers)],
                     ms=8, mec="k", capsize=3, elinewidth=1, label=f"{r.label} (95 % CI)")  # fmt: skip
     ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
@@ -283,9 +286,7 @@ def binary_calibration(
     bins = [b for b in curve if b["n"]]
     x = np.array([b["predicted"] for b in bins])
     y = np.array([b["observed"] for b in bins])
-    err = np.maximum(  # no negative bar from the interval's rounding at 0 and 1
-        [y - np.array([b["ci_low"] for b in bins]), np.array([b["ci_high"] for b in bins]) - y], 0
-    )
+    err = _bars(y, np.array([b["ci_low"] for b in bins]), np.array([b["ci_high"] for b in bins]))
     ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, label=f"{name} (95 % CI per bin)")
     for b in bins:
         ax.annotate(f"n={int(b['n'])}", (b["predicted"], b["observed"]), fontsize=7,

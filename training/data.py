@@ -58,7 +58,7 @@ def prepare_cohort(args: TrainConfig, dist: Distributed = SINGLE_PROCESS) -> Coh
         assign_folds(manifest, args.folds, args.seed)  # refuses a pool too small to split
     else:
         for name in CV_POOL:
-            _check_split(manifest, manifest.split(name), name)
+            _check_rows(manifest, manifest.split(name), name)
     cache_dir = args.cache_dir or manifest.path.resolve().parent / ".dmfn_cache"
     files = None
     if dist.is_main:
@@ -125,24 +125,24 @@ def assign_folds(manifest: Manifest, folds: int, seed: int) -> dict[str, int]:
     return of
 
 
-def _check_split(manifest: Manifest, rows: Sequence[ManifestRow], name: str) -> None:
+def _check_split(manifest: Manifest, name: str, n_images: int, n_classes: int) -> None:
     """Split ``name`` of the manifest must hold images of at least 2 classes."""
-    if not rows:
+    if not n_images:
         raise ValueError(f"manifest {manifest.path}: split {name!r} has no images")
-    n_classes = len({r.label for r in rows})
     if n_classes < 2:
         raise ValueError(
             f"manifest {manifest.path}: split {name!r} needs at least 2 classes, has {n_classes}"
         )
+
+
+def _check_rows(manifest: Manifest, rows: Sequence[ManifestRow], name: str) -> None:
+    """:func:`_check_split` on the manifest's rows, before any preprocessing."""
+    _check_split(manifest, name, len(rows), len({r.label for r in rows}))
 
 
 def _required(tensors: CohortTensors | None, name: str, manifest: Manifest) -> CohortTensors:
-    """The tensors of split ``name``, which must hold images of at least 2 classes."""
-    if tensors is None:
-        raise ValueError(f"manifest {manifest.path}: split {name!r} has no images")
-    n_classes = int(torch.unique(tensors.labels).numel())
-    if n_classes < 2:
-        raise ValueError(
-            f"manifest {manifest.path}: split {name!r} needs at least 2 classes, has {n_classes}"
-        )
+    """The tensors of split ``name`` (:func:`_check_split` on them: a fold's split too)."""
+    n_classes = 0 if tensors is None else int(torch.unique(tensors.labels).numel())
+    _check_split(manifest, name, 0 if tensors is None else len(tensors), n_classes)
+    assert tensors is not None
     return tensors

@@ -121,19 +121,14 @@ def write_out_of_fold(out: Path, folds: int) -> Path:
     """``out/predictions_oof.csv``: each fold's validation predictions (``fold_K/
     predictions_val.csv``) in one file, with the fold recorded on each row (split ``val``:
     every prediction is of a patient its model did not train on)."""
-    rows: list[PredictionRow] = []
-    provenance = None
-    for fold in range(folds):
-        table = read_predictions(out / f"fold_{fold}" / "predictions_val.csv")
-        rows += [dataclasses.replace(r, fold=str(fold)) for r in table.rows]
-        classes = table.classes
-        # one model per fold: no single model made this file (kind and calibration kept)
-        provenance = provenance or Provenance(
-            "", "", table.provenance.synthetic, None, table.provenance.name
-        )
-    return write_predictions(
-        out / OUT_OF_FOLD, classes, rows, provenance or Provenance(), overwrite=True
-    )
+    tables = [read_predictions(out / f"fold_{k}" / "predictions_val.csv") for k in range(folds)]
+    rows: list[PredictionRow] = [
+        dataclasses.replace(r, fold=str(k)) for k, table in enumerate(tables) for r in table.rows
+    ]
+    # one model per fold, so no single sha256, date or temperature made this file
+    first = tables[0].provenance
+    provenance = Provenance("", "", first.synthetic, None, first.name)
+    return write_predictions(out / OUT_OF_FOLD, tables[0].classes, rows, provenance, overwrite=True)
 
 
 def _report_cohort(data: TrainingData) -> None:
