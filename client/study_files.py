@@ -64,5 +64,6 @@ def read_study(
         clinical=clinical,
         image_id=image_id or image.image_id or image_path.name,
         label=label,
+        study_uid=image.study_uid,
         **given_ids,
     )

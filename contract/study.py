@@ -259,6 +259,8 @@ class Study:
         ctc: named CTC features (the paper's: "ctc_level_pg_ml", CTC level in pg/ml); may be empty.
         clinical: :class:`Clinical` or None (images-only studies, e.g. straight from a loader).
         patient_id, image_id: identifiers (several images may share one patient).
+        study_uid: the DICOM StudyInstanceUID of the image ("" when not from DICOM); like the
+            other identifiers it stays on the client (audit trail, DICOM SR), never sent.
         label: the lesion class name (taxonomy) when known, else None.
 
     Any bad field raises ValueError naming the field and the rule.
@@ -275,6 +277,7 @@ class Study:
     patient_id: str = "ANON"
     image_id: str = ""
     label: str | None = None
+    study_uid: str = ""
 
     def __post_init__(self) -> None:
         hu = check_hu(self.hu, owner="field")
@@ -293,7 +296,7 @@ class Study:
             raise ValueError(
                 f"field 'clinical': must be a Clinical or None, got {type(self.clinical).__name__}"
             )
-        for name in ("patient_id", "image_id"):
+        for name in ("patient_id", "image_id", "study_uid"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"field '{name}': must be a str, got {getattr(self, name)!r}")
         if self.label is not None and not (isinstance(self.label, str) and self.label):

@@ -12,6 +12,11 @@ declare -A probe=(
   [libnginx-mod-http-js]="test -f /usr/lib/nginx/modules/ngx_http_js_module.so"
   # openssl: the TLS tests make a self-signed certificate with it.
   [openssl]="command -v openssl"
+  # Orthanc with DICOMweb: the PACS of the round-trip tests (dmfn predict --dicomweb ... --store).
+  [orthanc]="command -v Orthanc || test -x /usr/sbin/Orthanc"
+  [orthanc-dicomweb]="test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+  # dcmtk: the independent DICOM reader of the tests (dsrdump for SR, dcmdump).
+  [dcmtk]="command -v dsrdump"
 )
 need=()
 for pkg in "${!probe[@]}"; do

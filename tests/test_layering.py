@@ -31,7 +31,12 @@ PACKAGES: dict[str, str] = {
 LEAVES = {"dmfn", "dmfn.resources"}
 RULES: dict[str, tuple[set[str], set[str]]] = {
     "dmfn.contract": (set(), {"numpy"}),
-    "dmfn.client": ({"dmfn.contract"}, {"numpy", "pydicom", "nibabel", "nrrd", "tritonclient", "tqdm"}),
+    # highdicom: DICOM SEG masks in and SR reports out; dicomweb_client: the PACS (DICOMweb).
+    "dmfn.client": (
+        {"dmfn.contract"},
+        {"numpy", "pydicom", "nibabel", "nrrd", "tritonclient", "tqdm", "highdicom",
+         "dicomweb_client"},
+    ),
     # cupy: the optional GPU backend (imported lazily by dmfn.preprocess.gpu).
     "dmfn.preprocess": ({"dmfn.contract"}, {"numpy", "cupy"}),
     "dmfn.synth": ({"dmfn.contract", "dmfn.client"}, {"numpy", "scipy", "tqdm"}),

@@ -106,7 +106,7 @@ def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Stud
         an axial series: ImagePositionPatient of the most inferior slice), ``direction``
         :data:`~dmfn.contract.study.AXIAL_DIRECTION` (or within a few degrees of it, see
         :func:`~dmfn.contract.orientation.to_axial`), ``patient_id`` from PatientID,
-        ``image_id`` = the SeriesInstanceUID; no mask, no CTC, no clinical record.
+        ``image_id`` = the SeriesInstanceUID, ``study_uid`` = the StudyInstanceUID; no mask, no CTC, no clinical record.
         An oblique series raises :class:`DicomError`.
     """
     folder = Path(folder)
@@ -136,6 +136,7 @@ def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Stud
             direction=direction_from_iop(first.ImageOrientationPatient),
             patient_id=str(first.get("PatientID", "") or "ANON"),
             image_id=str(uid),
+            study_uid=str(first.get("StudyInstanceUID", "") or ""),
         ),
         f"series in {folder}",
     )
