@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
+import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from dmfn.client.credentials import Credentials
 from dmfn.contract import schema as S
+from dmfn.contract.audit import AuditLog
 from dmfn.contract.server import ServerContract
 from dmfn.contract.study import Study
 from dmfn.contract.wire import build_request
@@ -31,10 +34,12 @@ from .sdk import (
     Prediction,
     _model_version,
     _status,
+    audit_prediction,
     check_contract,
     contract_of,
     infer_inputs,
     parse_response,
+    resolve_audit,
     response_arrays,
 )
 
@@ -54,8 +59,10 @@ class AsyncDmfnClient:
         api_key: str | None = None,
         client_cert: str | None = None,
         client_key: str | None = None,
+        audit: AuditLog | Literal[False] | None = None,
     ) -> None:
         credentials = Credentials.resolve(api_key, client_cert, client_key)
+        self.audit = resolve_audit(audit)
         self.endpoint = Endpoint.parse(url, protocol, timeout_s, tls, ca_cert, credentials)
         check_contract(contract)
         self.model = model
@@ -157,14 +164,29 @@ class AsyncDmfnClient:
 
     # ------------------------------------------------------------------ predictions
     async def predict(self, study: Study) -> Prediction:
-        """Classify one study; raises like :meth:`DmfnClient.predict`."""
+        """Classify one study; raises like :meth:`DmfnClient.predict`, and like it appends the
+        study's audit line whatever the outcome."""
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        try:
+            prediction = await self._predict(study, request_id)
+        except Exception as err:
+            sha256 = None if self._contract is None else self._contract.provenance.sha256
+            audit_prediction(self.audit, "sdk", study, started, sha256, error=err,
+                             request_id=request_id)  # fmt: skip
+            raise
+        audit_prediction(self.audit, "sdk", study, started, prediction.provenance.sha256,
+                         prediction, request_id=request_id)  # fmt: skip
+        return prediction
+
+    async def _predict(self, study: Study, request_id: str) -> Prediction:
         contract = await self.contract()
         inputs = infer_inputs(self._sync_module, build_request(study, contract))
         outputs = [
             self._sync_module.InferRequestedOutput(t.name)
             for t in S.Schema(n_classes=len(contract.class_names)).response_outputs
         ]
-        extra: dict[str, Any] = {"headers": self._headers}
+        extra: dict[str, Any] = {"headers": self._headers, "request_id": request_id}
         if self.protocol == "grpc":
             extra["client_timeout"] = self.endpoint.timeout_s
         result = await self._call(

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from dmfn.client.io.errors import one_line
 from dmfn.client.io.image import IMAGE_FILE_SUFFIXES, image_kind
+from dmfn.client.io.seg import SEG_FILE_SUFFIXES
 from dmfn.client.study_files import read_study
 from dmfn.contract.csvfile import csv_rows
 from dmfn.contract.schema import AGE_RANGE_YEARS, DEFAULT_CTC_FEATURES, LOCATIONS
@@ -55,9 +56,9 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 BASE_COLUMNS: tuple[str, ...] = tuple(c for c in MANIFEST_COLUMNS if c not in DEFAULT_CTC_FEATURES)
 #: The columns a manifest of studies to classify needs (besides its CTC features).
 STUDY_COLUMNS: tuple[str, ...] = ("image_path", "mask_path", "age_years", "sex", "location")
-#: Image files (a DICOM series is a folder) and mask files: NIfTI or NRRD.
+#: Image files (a DICOM series is a folder) and mask files: NIfTI, NRRD or DICOM SEG.
 IMAGE_SUFFIXES: tuple[str, ...] = IMAGE_FILE_SUFFIXES
-MASK_SUFFIXES: tuple[str, ...] = IMAGE_FILE_SUFFIXES
+MASK_SUFFIXES: tuple[str, ...] = (*IMAGE_FILE_SUFFIXES, *SEG_FILE_SUFFIXES)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,13 +26,15 @@ import numpy as np
 
 from dmfn.client.io.errors import ArgumentError
 from dmfn.client.manifest import read_manifest
-from dmfn.client.study_files import read_study
+from dmfn.client.study_files import StudyFiles, read_study_files
 from dmfn.contract import schema as S
+from dmfn.contract.audit import AuditLog
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.predictions import FailedStudy, PredictionRow, Provenance, write_predictions
-from dmfn.contract.study import Clinical, Study
+from dmfn.contract.study import Clinical
 
 from .progress import Progress
+from .reports import Reports
 from .sdk import DmfnServerError, Prediction
 
 log = logging.getLogger("dmfn.predict")
@@ -75,6 +78,21 @@ class StudySource:
     patient_id: str = ""
     split: str = ""
     label: str = ""
+    #: where the age and the sex came from (stored in the SR): "command line", a manifest
+    #: column, or the DICOM header attribute
+    age_source: str = "command line"
+    sex_source: str = "command line"
+    #: the study's and series' DICOM UIDs where known before reading (a PACS study), for audit
+    study_uid: str = ""
+
+    def without_paths(self, text: str) -> str:
+        """``text`` with this study's file and folder paths (and files inside them) replaced by
+        ``IMAGE`` / ``MASK``: folder names often carry a patient's name, which the audit trail
+        must not hold."""
+        for path, name in ((self.image_path, "IMAGE"), (self.mask_path, "MASK")):
+            for form in sorted({str(path), str(path.resolve())}, key=len, reverse=True):
+                text = re.sub(re.escape(form) + r"[^\s:,;]*", name, text)
+        return text
 
     def explain(self, err: ValueError, step: str) -> ValueError:
         """``err``, raised while reading ``step`` ("image" or "mask"), in the user's terms.
@@ -126,9 +144,10 @@ def ctc_values(items: Sequence[str], features: Sequence[str], where: str = "") -
     return out
 
 
-def load_study(source: StudySource, ctc_features: Sequence[str]) -> Study:
+def load_study(source: StudySource, ctc_features: Sequence[str]) -> StudyFiles:
     """Read the image and mask of ``source`` and attach its CTC and clinical facts
-    (:func:`dmfn.client.study_files.read_study`).
+    (:func:`dmfn.client.study_files.read_study_files`: the study, and the DICOM headers an SR
+    references).
 
     ValueError in the user's terms (:meth:`StudySource.explain`).
     """
@@ -137,7 +156,7 @@ def load_study(source: StudySource, ctc_features: Sequence[str]) -> Study:
     except ValueError:
         message = f"must be a number of years, got {source.age_years!r}"
         raise ValueError(_about(source.where, "--age", "age_years", message)) from None
-    return read_study(
+    return read_study_files(
         source.image_path,
         source.mask_path,
         ctc_values(source.ctc, ctc_features, source.where),
@@ -170,6 +189,8 @@ def read_sources(path: Path, ctc_features: Sequence[str]) -> list[StudySource]:
             patient_id=row.patient_id,
             split=row.split or "",
             label=row.label or "",
+            age_source="manifest column age_years",
+            sex_source="manifest column sex",
         )
         for row in manifest.rows
     ]
@@ -230,17 +251,25 @@ def run(
     out: Path | None = None,
     overwrite: bool = False,
     as_json: bool = False,
+    reports: Reports | None = None,
+    audit: AuditLog | None = None,
 ) -> int:
     """Predict ``study``, or the studies of the ``manifest`` CSV, with ``predictor`` (a
     :class:`~dmfn.client.sdk.DmfnClient`, or an in-process predictor with its interface),
     ``concurrency`` requests in flight; print them (``as_json``: one JSON list), write the
-    predictions CSV ``out`` (an existing one only with ``overwrite``); returns the exit status.
+    predictions CSV ``out`` (an existing one only with ``overwrite``) and, with ``reports``, a
+    DICOM SR per prediction (written and/or stored in a PACS); returns the exit status. A
+    study refused before prediction appends a ``refused`` line to ``audit`` (the predictor
+    writes the others; give it the same log), and audit lines that could not be written are
+    counted on stderr.
     Progress is shown for a manifest; one study's output is its prediction, or one line saying
     why there is none."""
     with predictor:
         try:
             contract = predictor.contract
             sources = _sources(study, manifest, contract.ctc_features)
+            if reports is not None:
+                reports.check(sources)
         except DmfnServerError as err:
             print(f"dmfn predict: {err}", file=sys.stderr)
             return EXIT_FAILED
@@ -248,22 +277,38 @@ def run(
             print(f"dmfn predict: {err}", file=sys.stderr)
             return EXIT_USAGE
         results: list[tuple[StudySource, Prediction | Exception]] = []
+        report_failures: list[tuple[StudySource, Exception]] = []
         # one study: no progress lines, its prediction or its error is the whole output
         stream = sys.stderr if manifest is not None else io.StringIO()
         with Progress(len(sources), "dmfn predict", stream=stream) as progress:
             for chunk in _chunks(sources, LOAD_AHEAD * concurrency):
-                studies: list[Study | Exception] = []
+                loaded: list[StudyFiles | Exception] = []
                 for source in chunk:
                     try:
-                        studies.append(load_study(source, contract.ctc_features))
+                        loaded.append(load_study(source, contract.ctc_features))
                     except ValueError as err:  # already in the user's terms
-                        studies.append(err)
-                ok = [s for s in studies if isinstance(s, Study)]
+                        loaded.append(err)
+                        if audit is not None:  # a reference to the row, never a patient id
+                            audit.refused(
+                                source.without_paths(str(err)),
+                                study_uid=source.study_uid,
+                                series_uid=(source.series_uid or "") if source.study_uid else "",
+                                image_id=source.image_id or source.where or "command line",
+                                model_sha256=contract.provenance.sha256,
+                            )
+                ok = [f.study for f in loaded if isinstance(f, StudyFiles)]
                 answers = iter(predictor.predict_many(ok, concurrency, return_exceptions=True))
                 chunk_results = [
-                    (src, s if isinstance(s, Exception) else next(answers))
-                    for src, s in zip(chunk, studies, strict=True)
+                    (src, f if isinstance(f, Exception) else next(answers))
+                    for src, f in zip(chunk, loaded, strict=True)
                 ]
+                if reports is not None:
+                    for src, files, answer in zip(chunk, loaded, chunk_results, strict=True):
+                        if isinstance(files, StudyFiles) and isinstance(answer[1], Prediction):
+                            try:
+                                reports.make(src, files, answer[1])
+                            except (ValueError, RuntimeError) as err:
+                                report_failures.append((src, err))
                 results += chunk_results
                 progress.update(len(chunk), sum(isinstance(r, Exception) for _, r in chunk_results))
     failed = [(src, r) for src, r in results if isinstance(r, Exception)]
@@ -289,10 +334,15 @@ def run(
                 print(format_prediction(result))
     for src, problem in failed:
         print(f"dmfn predict: {src.image_path}: {problem}", file=sys.stderr)
+    for src, problem in report_failures:
+        print(f"dmfn predict: {src.image_path}: no report: {problem}", file=sys.stderr)
+    if audit is not None and audit.failures:
+        print(f"dmfn predict: audit: {audit.failures} line(s) could not be written to "
+              f"{audit.path}", file=sys.stderr)  # fmt: skip
     if failed:
         usage = all(isinstance(e, ValueError) for _, e in failed) and len(results) == 1
         return EXIT_USAGE if usage else EXIT_FAILED
-    return EXIT_OK
+    return EXIT_FAILED if report_failures else EXIT_OK
 
 
 def write_csv(

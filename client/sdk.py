@@ -26,15 +26,18 @@ from __future__ import annotations
 import http.client
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from dmfn.client.credentials import Credentials
 from dmfn.contract import schema as S
+from dmfn.contract.audit import AuditLog, client_audit, local_caller, one_line, study_identifiers
 from dmfn.contract.management import ManagementPolicy
 from dmfn.contract.predictions import Provenance
 from dmfn.contract.server import ServerContract
@@ -169,6 +172,65 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+# --------------------------------------------------------------------------- audit trail
+def resolve_audit(audit: AuditLog | Literal[False] | None) -> AuditLog | None:
+    """The ``audit`` argument of the clients: an AuditLog, False (no trail), or None (the
+    environment's configuration, :func:`dmfn.contract.audit.client_audit`)."""
+    if audit is None:
+        return client_audit()
+    if audit is False:
+        return None
+    if not isinstance(audit, AuditLog):
+        raise ValueError(
+            f"argument 'audit': must be an AuditLog, False or None, got {type(audit).__name__}"
+        )
+    return audit
+
+
+def refused_by_rule(err: BaseException) -> bool:
+    """True when ``err`` turned a study away for breaking a rule (a ValueError here, a 400 /
+    INVALID_ARGUMENT from the server), False for a failure (unreachable, internal error)."""
+    if isinstance(err, ValueError):
+        return True
+    status = str(getattr(err, "status", "") or "")
+    return status == "400" or status.endswith("INVALID_ARGUMENT")
+
+
+def audit_prediction(
+    audit: AuditLog | None,
+    source: str,
+    study: object,
+    started: float,
+    model_sha256: str | None,
+    prediction: Prediction | None = None,
+    error: BaseException | None = None,
+    request_id: str | None = None,
+) -> None:
+    """Append the line of one study's prediction (or refusal / failure) to ``audit``.
+    ``started`` is the ``time.perf_counter()`` at its start. Never raises."""
+    if audit is None:
+        return
+    try:
+        ids = study_identifiers(
+            str(getattr(study, "study_uid", "") or ""), str(getattr(study, "image_id", "") or "")
+        )
+        outcome = "ok" if error is None else ("refused" if refused_by_rule(error) else "failed")
+        audit.record(
+            source=source,
+            caller=local_caller(),
+            outcome=outcome,
+            request_id=request_id,
+            model_sha256=model_sha256 or None,
+            rule=None if error is None else one_line(error),
+            top_class=prediction.top3[0][0] if prediction is not None and prediction.top3 else None,
+            malignant_prob=None if prediction is None else prediction.malignant_prob,
+            duration_ms=(time.perf_counter() - started) * 1e3,
+            **ids,
+        )
+    except Exception as err:  # the trail must never cost a prediction
+        log.warning("audit line not written: %s", one_line(err))
+
+
 # --------------------------------------------------------------------------- the client
 @dataclass(frozen=True)
 class Endpoint:
@@ -275,6 +337,9 @@ class DmfnClient:
             takes ``$DMFN_API_KEY`` or the file named by ``$DMFN_API_KEY_FILE``, if set.
         client_cert, client_key: PEM files of a client certificate and its key, for ``dmfn
             serve --tls-client-ca`` (mutual TLS).
+        audit: where each prediction's audit line goes (:mod:`dmfn.contract.audit`): an
+            AuditLog, False for none, None for the environment's configuration
+            (``$DMFN_AUDIT_LOG``, by default ``~/.local/state/dmfn/audit.jsonl``).
 
     Safe to share between threads (one tritonclient client per thread inside). Use as a context
     manager or call :meth:`close`.
@@ -292,8 +357,10 @@ class DmfnClient:
         api_key: str | None = None,
         client_cert: str | None = None,
         client_key: str | None = None,
+        audit: AuditLog | Literal[False] | None = None,
     ) -> None:
         credentials = Credentials.resolve(api_key, client_cert, client_key)
+        self.audit = resolve_audit(audit)
         endpoint = Endpoint.parse(url, protocol, timeout_s, tls, ca_cert, credentials)
         check_contract(contract)
         self.endpoint = endpoint
@@ -411,13 +478,34 @@ class DmfnClient:
 
     # ------------------------------------------------------------------ predictions
     def predict(self, study: Study) -> Prediction:
-        """Classify one study (see :func:`build_request` for what is sent).
+        """Classify one study (see :func:`build_request` for what is sent); its audit line is
+        written whatever the outcome (the request id it carries is the server line's too).
 
         Raises:
             ValueError: the study cannot be sent (no mask/bbox, missing CTC feature, ...).
             DmfnServerError: the server refused the request (message names the input and rule),
                 failed, or could not be reached.
         """
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        try:
+            prediction = self._predict(study, request_id)
+        except Exception as err:
+            audit_prediction(
+                self.audit, "sdk", study, started, self._model_sha256(), error=err,
+                request_id=request_id,
+            )  # fmt: skip
+            raise
+        audit_prediction(
+            self.audit, "sdk", study, started, prediction.provenance.sha256, prediction,
+            request_id=request_id,
+        )  # fmt: skip
+        return prediction
+
+    def _model_sha256(self) -> str | None:
+        return None if self._contract is None else self._contract.provenance.sha256
+
+    def _predict(self, study: Study, request_id: str) -> Prediction:
         contract = self.contract
         inputs = infer_inputs(self._module, build_request(study, contract))
         outputs = [
@@ -430,6 +518,7 @@ class DmfnClient:
             self.model,
             inputs,
             outputs=outputs,
+            request_id=request_id,
             **self._timeout_kwargs(),
         )
         return parse_response(

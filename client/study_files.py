@@ -6,12 +6,32 @@ manifest row (:func:`dmfn.client.manifest.load_row_study`) and for ``dmfn predic
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pydicom
+
+from dmfn.client.io.dicom import SeriesReference
 from dmfn.contract.study import Clinical, Study
 
 #: Turns an error raised while reading the study's "image" or "mask" into the caller's terms.
 Explain = Callable[[ValueError, str], ValueError]
+
+
+@dataclass(frozen=True)
+class StudyFiles:
+    """A study read from its files, with what a DICOM report needs to reference them.
+
+    ``series``: the image's DICOM series (None for a NIfTI / NRRD image); ``mask_dataset``: the
+    SEG's header without pixel data when the mask was a DICOM SEG, else None; ``mask_segment``:
+    the SEG's SegmentNumber that was read (None for other masks).
+    """
+
+    study: Study
+    series: SeriesReference | None
+    mask_dataset: pydicom.Dataset | None
+    mask_segment: int | None = None
 
 
 def read_study(
@@ -29,32 +49,63 @@ def read_study(
 ) -> Study:
     """The study of ``image_path`` (:func:`dmfn.client.io.load_image`, axial layout; a DICOM
     folder's series ``series_uid``) with the mask of ``mask_path`` on its grid (``segment``: a
-    Slicer segment's name, or a label value written as digits), ``ctc`` values by feature name
-    and the ``clinical`` record.
+    Slicer segment's name, a DICOM SEG's segment number or label, or a label value written as
+    digits), ``ctc`` values by feature name and the ``clinical`` record.
 
     ``image_id`` defaults to the loaded image's own id, else the image file's name;
     ``patient_id`` ("") to the Study's anonymous default. A ValueError from reading the image
     or the mask is raised as it is, or as ``explain(err, "image" | "mask")`` returns it.
     """
-    from dmfn.client.io import load_image, load_mask
+    return read_study_files(
+        image_path,
+        mask_path,
+        ctc,
+        clinical,
+        segment=segment,
+        series_uid=series_uid,
+        patient_id=patient_id,
+        image_id=image_id,
+        label=label,
+        explain=explain,
+    ).study
 
+
+def read_study_files(
+    image_path: Path,
+    mask_path: Path,
+    ctc: Mapping[str, float],
+    clinical: Clinical,
+    *,
+    segment: str | None = None,
+    series_uid: str | None = None,
+    patient_id: str = "",
+    image_id: str = "",
+    label: str | None = None,
+    explain: Explain | None = None,
+) -> StudyFiles:
+    """:func:`read_study`'s study with the image's DICOM series reference and, for a DICOM SEG
+    mask, the SEG's header. A DICOM SEG is checked against the image's series (series and
+    frame of reference UIDs) when the image is a DICOM folder."""
+    from dmfn.client.io import image_kind, load_image, read_dicom_series
+
+    series: SeriesReference | None = None
     try:
-        image = load_image(image_path, series_uid=series_uid)
+        if Path(image_path).is_dir() and image_kind(image_path) == "dicom":
+            image, series = read_dicom_series(image_path, series_uid=series_uid)
+        else:
+            image = load_image(image_path, series_uid=series_uid)
     except ValueError as err:
         if explain is None:
             raise
         raise explain(err, "image") from err
-    label_value: str | int | None = segment
-    if segment is not None and segment.isdigit():
-        label_value = int(segment)
     try:
-        mask = load_mask(mask_path, image, segment=label_value)
+        mask, mask_dataset, mask_segment = _read_mask(mask_path, image, segment, series)
     except ValueError as err:
         if explain is None:
             raise
         raise explain(err, "mask") from err
     given_ids = {"patient_id": patient_id} if patient_id else {}
-    return Study(
+    study = Study(
         hu=image.hu,
         spacing_mm=image.spacing_mm,
         origin_lps_mm=image.origin_lps_mm,
@@ -67,3 +118,20 @@ def read_study(
         study_uid=image.study_uid,
         **given_ids,
     )
+    return StudyFiles(study, series, mask_dataset, mask_segment)
+
+
+def _read_mask(
+    mask_path: Path, image: Study, segment: str | None, series: SeriesReference | None
+) -> tuple[np.ndarray, pydicom.Dataset | None, int | None]:
+    """The mask on ``image``'s grid and, for a DICOM SEG, its header and the segment read."""
+    from dmfn.client.io import IMAGE_FILE_SUFFIXES, load_mask
+    from dmfn.client.io.seg import is_dicom_seg, load_seg
+
+    if not mask_path.name.lower().endswith(IMAGE_FILE_SUFFIXES) and is_dicom_seg(mask_path):
+        seg = load_seg(mask_path, image.grid, segment, series)
+        return seg.mask, seg.dataset, seg.segment.number
+    label_value: str | int | None = segment
+    if segment is not None and segment.isdigit():
+        label_value = int(segment)
+    return load_mask(mask_path, image, segment=label_value, reference=series), None, None

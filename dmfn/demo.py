@@ -17,9 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmfn.client.manifest import load_row_study, read_manifest
+from dmfn.client.manifest import read_manifest
 from dmfn.client.predict import format_prediction
+from dmfn.client.reports import clinical_used, mask_reference
 from dmfn.client.sdk import PROTOCOLS, DmfnClient
+from dmfn.client.sr import write_prediction_sr
+from dmfn.client.study_files import read_study_files
+from dmfn.contract.csvfile import csv_rows
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.wire import build_request
 from dmfn.preprocess import preprocess_request
@@ -136,12 +140,18 @@ def run_demo(
 
     manifest = read_manifest(manifest_path, ckpt.taxonomy)
     row = manifest.rows[0]
-    study = load_row_study(row, ckpt.ctc_features)
+    # The lesion as the DICOM SEG that dmfn synth writes beside the NIfTI mask (the same voxels).
+    seg_path = _seg_path(manifest_path, row.image_id)
+    files = read_study_files(
+        row.image_path, seg_path, dict(zip(ckpt.ctc_features, row.ctc, strict=True)),
+        row.clinical, image_id=row.image_id, label=row.label,
+    )  # fmt: skip
+    study = files.study
     z, y, x = study.hu.shape
     print(
         f"\n   study {row.image_id}: {z}x{y}x{x} voxels at "
         f"{'x'.join(f'{s:.2f}' for s in study.spacing_mm)} mm, CTC {row.ctc[0]:.1f} pg/ml, "
-        f"{row.age_years:.0f} y, {row.sex}, {row.location}"
+        f"{row.age_years:.0f} y, {row.sex}, {row.location}; lesion mask: DICOM SEG {seg_path.name}"
     )
 
     with _step(
@@ -184,11 +194,29 @@ def run_demo(
             print(
                 f"   served PROBS vs in-process PyTorch: max |difference| {np.abs(served - local).max():.1e}"
             )
+            sr_path = workdir / "reports" / f"{row.image_id}_sr.dcm"
+            write_prediction_sr(
+                prediction, files.series.headers if files.series else [], sr_path,
+                mask=mask_reference(files, seg_path),
+                clinical_used=clinical_used(study, "synthetic manifest", "synthetic manifest",
+                                            "synthetic manifest"),
+                overwrite=True,
+            )  # fmt: skip
+            print(f"   DICOM SR of this prediction (TID 1500): {sr_path}  (read it: dsrdump)")
             print(f"   server logs: {server.config.log_dir}/triton.log, front_door.log")
         print("   server stopped")
 
     print(f"\ndone in {time.perf_counter() - total:.0f} s")
     return 0 if np.isfinite(served).all() else 1
+
+
+def _seg_path(manifest: Path, image_id: str) -> Path:
+    """The DICOM SEG that ``dmfn synth`` wrote for ``image_id`` (the manifest's ``seg_path``)."""
+    with csv_rows(manifest, "manifest", ("image_id", "seg_path")) as (_, rows):
+        for _, row in rows:
+            if row["image_id"] == image_id and row["seg_path"]:
+                return manifest.parent / row["seg_path"]
+    raise InvalidInput("manifest", f"{manifest} has no seg_path for image {image_id!r}")
 
 
 def _torch_probs(ckpt: Checkpoint, views: np.ndarray, tabular: np.ndarray) -> np.ndarray:

@@ -9,6 +9,13 @@ One study::
     dmfn predict dicom_folder/ --mask seg.seg.nrrd --segment lesion --ctc 12.5 ...
     dmfn predict dicom_folder/ --series-uid 1.2.826... --mask lesion.nii.gz ...
 
+A study on a PACS, fetched over DICOMweb, its CT series chosen by a documented rule (or
+``--series-uid``) with the DICOM SEG that references it; age and sex from the DICOM header unless
+given; the DICOM SR of the prediction stored back into the study with ``--store``::
+
+    dmfn predict --dicomweb http://pacs:8042/dicom-web --study-uid 1.2.826... --ctc 12.5 \
+        --location anterior --checkpoint model.pt --store
+
 Many studies (a CSV with ``image_path``, ``mask_path``, optional ``segment``, ``series_uid`` and
 ``image_id``, one column per CTC feature of the model, ``age_years``, ``sex``, ``location``; other
 columns such as those of a ``dmfn synth`` manifest are ignored; relative paths are relative to the
@@ -25,11 +32,15 @@ import sys
 from pathlib import Path
 
 from dmfn.client.credentials import read_key_file
+from dmfn.client.dicomweb import Pacs
 from dmfn.client.flags import add_overwrite
 from dmfn.client.io.errors import one_line
-from dmfn.client.predict import EXIT_USAGE, OUT_FLAGS, StudySource, run
+from dmfn.client.predict import EXIT_USAGE, OUT_FLAGS, Predictor, StudySource, run
+from dmfn.client.predict_pacs import PacsRequest, run_pacs
+from dmfn.client.reports import Reports
 from dmfn.client.sdk import DEFAULT_TIMEOUT_S, PROTOCOLS, DmfnClient
 from dmfn.contract import schema as S
+from dmfn.contract.audit import AuditLog, client_audit
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.outfile import check_new
 
@@ -52,9 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="a DICOM series folder or a NIfTI (.nii/.nii.gz) / NRRD volume",
     )
-    p.add_argument("--mask", type=Path, help="lesion mask (NIfTI, NRRD or 3D Slicer .seg.nrrd)")
     p.add_argument(
-        "--segment", help="segment name (Slicer .seg.nrrd) or label value in the mask file"
+        "--mask",
+        type=Path,
+        help="lesion mask (NIfTI, NRRD, 3D Slicer .seg.nrrd or DICOM SEG of the IMAGE series)",
+    )
+    p.add_argument(
+        "--segment",
+        help="segment name (Slicer .seg.nrrd), SegmentNumber or SegmentLabel (DICOM SEG), or "
+        "label value in the mask file; needed when the file holds several (the error lists them)",
     )
     p.add_argument(
         "--series-uid",
@@ -138,7 +155,43 @@ def build_parser() -> argparse.ArgumentParser:
         "per class, malignant_prob, predicted, the model's provenance (an existing file is "
         "refused unless --overwrite)",
     )
-    add_overwrite(p, "replace an existing predictions CSV at --out")
+    p.add_argument(
+        "--sr",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="write the DICOM Structured Report (TID 1500) of each prediction: a file for one "
+        "study, a folder (one <image_id>_sr.dcm per study) for --manifest; needs DICOM images",
+    )
+    pacs = p.add_argument_group(
+        "a study on a PACS (DICOMweb)",
+        "Fetch the study's CT series and its DICOM SEG from a PACS instead of IMAGE and --mask. "
+        "With several CT series the rule is: not a localizer, axial, contrast-enhanced where the "
+        "header says so, thinnest slices, most slices (else give --series-uid); the choice and "
+        "why is printed. Age and sex come from the DICOM header unless --age/--sex are given.",
+    )
+    pacs.add_argument("--dicomweb", metavar="URL", help="the PACS's DICOMweb root URL")
+    pacs.add_argument("--study-uid", metavar="UID", help="StudyInstanceUID of the study")
+    pacs.add_argument(
+        "--seg-uid",
+        metavar="UID",
+        help="SeriesInstanceUID of the SEG to use when several reference the CT series",
+    )
+    pacs.add_argument(
+        "--store",
+        action="store_true",
+        help="store the prediction's DICOM SR into the study (STOW-RS); only after a prediction",
+    )
+    pacs.add_argument(
+        "--dicomweb-token-file",
+        type=Path,
+        default=None,
+        help="file holding a bearer token for the PACS (never put it on the command line)",
+    )
+    pacs.add_argument(
+        "--dicomweb-ca-cert", type=Path, default=None, help="PEM CA bundle of an https PACS"
+    )
+    add_overwrite(p, "replace an existing predictions CSV at --out or SR at --sr")
     return p
 
 
@@ -170,6 +223,7 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise ValueError(f"--checkpoint: {args.checkpoint} is not a file")
     elif args.management is not None:
         raise ValueError("--management: only with --checkpoint (a server applies its own policy)")
+    _check_report_flags(args)
     if args.out is not None:
         try:
             check_new(args.out, args.overwrite)
@@ -177,6 +231,9 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise ValueError(err.in_flags(OUT_FLAGS)) from None
         except OSError as err:
             raise ValueError(f"--out: {args.out} cannot be accessed ({one_line(err)})") from None
+    if args.dicomweb is not None:
+        _check_pacs(args)
+        return
     if args.manifest is not None:
         if args.image is not None:
             raise ValueError("give either IMAGE or --manifest, not both")
@@ -193,6 +250,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     image = _kind(args.image, "IMAGE")
     if not image:
         raise ValueError(f"IMAGE: {args.image} does not exist")
+    if args.sr is not None and image != "folder":
+        raise ValueError(
+            f"--sr: a DICOM SR belongs to the study of a DICOM CT series, but IMAGE {args.image} "
+            "is a file"
+        )
     if args.series_uid is not None and image != "folder":
         raise ValueError(
             f"--series-uid: chooses a series of a DICOM series folder, but IMAGE {args.image} "
@@ -206,6 +268,52 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--age must be a number of years, got {args.age!r}") from None
 
 
+#: Options that only make sense with --dicomweb.
+PACS_ONLY = ("study_uid", "seg_uid", "store", "dicomweb_token_file", "dicomweb_ca_cert")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_report_flags(args: argparse.Namespace) -> None:
+    """--sr and the PACS options: only where they apply; an SR file that exists needs
+    --overwrite (a folder for --manifest is checked study by study before any work)."""
+    if args.dicomweb is None:
+        given = [_flag(n) for n in PACS_ONLY if getattr(args, n)]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only with --dicomweb")
+    if args.sr is None or args.manifest is not None:
+        return
+    try:
+        check_new(args.sr, args.overwrite, "sr")
+    except InvalidInput as err:
+        raise ValueError(err.in_flags({"sr": "--sr", "overwrite": "--overwrite"})) from None
+    except OSError as err:
+        raise ValueError(f"--sr: {args.sr} cannot be accessed ({one_line(err)})") from None
+
+
+def _check_pacs(args: argparse.Namespace) -> None:
+    """--dicomweb URL --study-uid UID with --ctc and --location; no IMAGE, --mask, --manifest."""
+    clash = [
+        name
+        for name, given in (("IMAGE", args.image), ("--mask", args.mask),
+                            ("--manifest", args.manifest))
+        if given is not None
+    ]  # fmt: skip
+    if clash:
+        raise ValueError(f"--dicomweb fetches the image and the SEG; drop {', '.join(clash)}")
+    missing = [f for f, v in (("--study-uid", args.study_uid), ("--ctc", args.ctc),
+                              ("--location", args.location)) if not v]  # fmt: skip
+    if missing:
+        raise ValueError(f"--dicomweb needs {', '.join(missing)}")
+    if args.age is not None:
+        try:
+            float(args.age)
+        except ValueError:
+            raise ValueError(f"--age must be a number of years, got {args.age!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dmfn predict``; returns the process exit code."""
     parser = build_parser()
@@ -213,10 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         check_arguments(args)
+        audit = client_audit()  # one log for the predictor's lines and the refusals here
         if args.checkpoint is not None:
             from dmfn.training.inference import LocalPredictor
 
-            predictor = LocalPredictor(args.checkpoint, args.management)
+            predictor = LocalPredictor(args.checkpoint, args.management, audit=audit or False)
         else:
             key = None
             if args.api_key_file is not None:
@@ -231,11 +340,14 @@ def main(argv: list[str] | None = None) -> int:
                 api_key=key,
                 client_cert=None if args.client_cert is None else str(args.client_cert),
                 client_key=None if args.client_key is None else str(args.client_key),
+                audit=audit or False,
             )
     except ValueError as err:  # before any contact with a server or any work
         parser.print_usage(sys.stderr)
         print(f"dmfn predict: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if args.dicomweb is not None:
+        return _main_pacs(args, predictor, audit)
     study = None
     if args.image is not None:
         study = StudySource(
@@ -250,7 +362,30 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out,
         overwrite=args.overwrite,
         as_json=args.json,
-    )
+        reports=None if args.sr is None else Reports(args.sr, overwrite=args.overwrite,
+                                                     folder=args.manifest is not None),
+        audit=audit,
+    )  # fmt: skip
+
+
+def _main_pacs(args: argparse.Namespace, predictor: Predictor, audit: AuditLog | None) -> int:
+    """``--dicomweb``: fetch the study, predict, report (:func:`dmfn.client.predict_pacs.run_pacs`)."""
+    try:
+        token = None
+        if args.dicomweb_token_file is not None:
+            token = read_key_file(args.dicomweb_token_file, "--dicomweb-token-file")
+        pacs = Pacs(args.dicomweb, token=token, ca_cert=args.dicomweb_ca_cert,
+                    timeout=args.timeout)  # fmt: skip
+    except ValueError as err:
+        print(f"dmfn predict: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    request = PacsRequest(
+        args.study_uid, tuple(args.ctc), args.location, args.age, args.sex,
+        series_uid=args.series_uid, seg_series_uid=args.seg_uid, segment=args.segment,
+    )  # fmt: skip
+    return run_pacs(predictor, pacs, request, sr=args.sr, store=args.store,
+                    overwrite=args.overwrite, out=args.out, as_json=args.json,
+                    audit=audit)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -182,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument(
         "--log-verbose", type=int, default=0, help="Triton's --log-verbose level (0 = off)"
     )
+    logs.add_argument(
+        "--audit-log",
+        default=None,
+        metavar="PATH|off",
+        help="the audit trail: one JSON line per study the pipeline answered or refused "
+        "(caller, request id, outcome, top class; no identifier), rotated by size "
+        "($DMFN_AUDIT_MAX_BYTES, $DMFN_AUDIT_BACKUPS); 'off' for none; default: audit.jsonl "
+        "in --log-dir, else ~/.local/state/dmfn/server-audit.jsonl",
+    )
     return parser
 
 
@@ -220,6 +229,8 @@ def banner(service: DmfnService) -> str:
     lines.append("  authentication: " + (" and ".join(auth) if auth else "none"))
     if service.front_door_log is not None:
         lines.append(f"  front-door log: {service.front_door_log}")
+    audit = (service.audit_env or {}).get("DMFN_AUDIT_LOG")
+    lines.append(f"  audit trail: {audit or 'off'}")
     if c.host not in LOOPBACK and (c.tls_cert is None or not auth):
         missing = " and ".join(
             w for w, off in (("TLS", c.tls_cert is None), ("authentication", not auth)) if off
@@ -254,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
+            audit_log=None if args.audit_log in (None, "off") else Path(args.audit_log),
+            audit=args.audit_log != "off",
             api_keys=args.api_keys,
             max_requests_per_client=args.max_requests_per_client,
             max_requests=args.max_requests,

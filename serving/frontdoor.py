@@ -129,6 +129,11 @@ class FrontDoorConfig:
     body_buffer_bytes: int = 256 * 1024
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    #: Header (``dmfn-audit-<token>``) set on every request passed to Triton, replacing any the
+    #: client sent: ``"<unix time, ms> <caller>"``, the caller being the client certificate's
+    #: subject, else the API key's name, else ``anonymous <address>``
+    #: (:mod:`dmfn.contract.audit`). None: no stamp.
+    audit_header: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -225,6 +230,25 @@ def _http_refusals(m: dict[str, str]) -> str:
 """
 
 
+def _stamp_line(cfg: FrontDoorConfig, directive: str) -> str:
+    """The line that stamps each request passed on with the time and the caller (audit)."""
+    if cfg.audit_header is None:
+        return ""
+    return f'        {directive} {cfg.audit_header} "$msec $dmfn_caller";\n'
+
+
+#: The caller in the audit stamp: the client certificate's subject (RFC 2253) with the key's
+#: name when both are used, else the key's name, else ``anonymous`` and the client's address.
+CALLER_MAP = r"""    map "$ssl_client_s_dn|$dmfn_key_id|$remote_addr" $dmfn_caller {
+        "~^(?<dmfn_dn>.+)\|(?<dmfn_kn>[^|]+)\|[^|]*$" "$dmfn_dn (key $dmfn_kn)";
+        "~^(?<dmfn_dn>.+)\|\|[^|]*$" "$dmfn_dn";
+        "~^\|(?<dmfn_kn>[^|]+)\|" "key $dmfn_kn";
+        "~^\|\|(?<dmfn_addr>.*)$" "anonymous $dmfn_addr";
+        default "unknown";
+    }
+"""
+
+
 def _http_server(cfg: FrontDoorConfig) -> str:
     m = _messages(cfg)
     ssl = " ssl" if cfg.tls else ""
@@ -240,7 +264,7 @@ def _http_server(cfg: FrontDoorConfig) -> str:
         limit_conn dmfn_total {cfg.max_requests};
         proxy_set_header Connection "";
         proxy_set_header Authorization "";
-{_http_refusals(m)}        error_page 413 @too_large;
+{_stamp_line(cfg, "proxy_set_header")}{_http_refusals(m)}        error_page 413 @too_large;
         location @too_large {{ return 413 {_json_error(m["too_large"])}; }}
         error_page 429 @too_many;
         location @too_many {{
@@ -284,7 +308,7 @@ def _grpc_server(cfg: FrontDoorConfig) -> str:
 {auth}        limit_conn dmfn_client {cfg.max_requests_per_client};
         limit_conn dmfn_total {cfg.max_requests};
         grpc_set_header Authorization "";
-        error_page 401 @grpc_unauthorized;
+{_stamp_line(cfg, "grpc_set_header")}        error_page 401 @grpc_unauthorized;
         location @grpc_unauthorized {{
             set $dmfn_refused auth;
             default_type application/grpc;
@@ -412,7 +436,7 @@ http {{
     grpc_read_timeout 600s;
     grpc_send_timeout 600s;
 
-{maps}    map $dmfn_key_id $dmfn_client {{
+{maps}{CALLER_MAP if cfg.audit_header else ""}    map $dmfn_key_id $dmfn_client {{
         "" $binary_remote_addr;
         default $dmfn_key_id;
     }}

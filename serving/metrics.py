@@ -39,12 +39,14 @@ def render_service_metrics(
     refusals: Mapping[str, int],
     events: Mapping[str, int],
     api_keys: int | None,
+    audit_failures: int | None = None,
 ) -> str:
     """The ``dmfn_*`` metrics in Prometheus text format.
 
     ``refusals``: refused requests by reason; ``events``: supervisor events by kind
     (``worker_replaced``, ``triton_restarted``, ``front_door_restarted``, ...); ``api_keys``: the
-    number of keys in force (None: keys are off).
+    number of keys in force (None: keys are off); ``audit_failures``: audit lines the models
+    could not write (None: the audit trail is off).
     """
     lines = [
         "# HELP dmfn_ready Whether dmfn serve reports ready (1) or not (0).",
@@ -69,6 +71,12 @@ def render_service_metrics(
             "# HELP dmfn_api_keys API keys in force.",
             "# TYPE dmfn_api_keys gauge",
             f"dmfn_api_keys {api_keys}",
+        ]
+    if audit_failures is not None:
+        lines += [
+            "# HELP dmfn_audit_write_failures_total Audit lines the served models could not write.",
+            "# TYPE dmfn_audit_write_failures_total counter",
+            f"dmfn_audit_write_failures_total {audit_failures}",
         ]
     return "\n".join(lines) + "\n"
 

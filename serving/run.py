@@ -16,9 +16,10 @@ import contextlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from dmfn.contract.audit import AUDIT_HEADER_PATTERN, AUDIT_LOG_ENV, OFF
 from dmfn.contract.limits import InputLimits
 
 from .auth import ApiKeys
@@ -111,9 +112,11 @@ class RunFolder:
         return self.receiver.counts() if self.receiver is not None else {}
 
     # ------------------------------------------------------------------ children
-    def new_triton(self, generation: int, shm_prefix: str) -> TritonServer:
+    def new_triton(
+        self, generation: int, shm_prefix: str, audit_env: Mapping[str, str] | None = None
+    ) -> TritonServer:
         """A Triton for ``generation``, in its own folder ``g<generation>``, its shared memory
-        under ``shm_prefix``."""
+        under ``shm_prefix``; ``audit_env`` configures its models' audit trail (None: off)."""
         c = self.config
         folder = self.path / f"g{generation}"
         folder.mkdir(mode=0o700)
@@ -130,12 +133,19 @@ class RunFolder:
             shm_prefix=shm_prefix,
             worker_state_dir=folder / "workers",
             spawner=self.spawner,
+            extra_env=dict(audit_env) if audit_env else {AUDIT_LOG_ENV: OFF},
+            forward_headers=AUDIT_HEADER_PATTERN if audit_env else None,
         )
 
     def front_config(
-        self, triton: TritonServer, limits: InputLimits, api_keys: ApiKeys | None
+        self,
+        triton: TritonServer,
+        limits: InputLimits,
+        api_keys: ApiKeys | None,
+        audit_header: str | None = None,
     ) -> FrontDoorConfig:
-        """The front door's configuration: public ports in front of ``triton``'s sockets."""
+        """The front door's configuration: public ports in front of ``triton``'s sockets;
+        ``audit_header``: the header that stamps each request with its caller (None: none)."""
         c = self.config
         return FrontDoorConfig(
             run_dir=self.path,
@@ -158,6 +168,7 @@ class RunFolder:
             api_keys=api_keys,
             max_requests_per_client=c.max_requests_per_client,
             max_requests=c.max_requests,
+            audit_header=audit_header,
         )
 
     def record_children(self, triton: TritonServer | None, front: FrontDoor | None) -> None:

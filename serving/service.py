@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import threading
 import time
@@ -28,6 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dmfn.contract.audit import (
+    AUDIT_HEADER_ENV,
+    AUDIT_HEADER_PREFIX,
+    AUDIT_LOG_ENV,
+    AUDIT_MODEL_SHA256_ENV,
+    audit_from_env,
+    read_failure_counts,
+)
 from dmfn.contract.limits import InputLimits
 from dmfn.contract.server import ServerContract
 
@@ -78,6 +87,10 @@ class DmfnService:
         self.expected_instances: dict[str, list[str]] = {}
         self.supervisor = Supervisor(self)
         self._shm_prefix = f"dmfn_{secrets.token_hex(5)}_"
+        #: The front door's audit stamp: a name no client can guess (contract/audit.py).
+        self.audit_header = AUDIT_HEADER_PREFIX + secrets.token_hex(16)
+        #: The served models' audit settings (None: the trail is off); set by :meth:`start`.
+        self.audit_env: dict[str, str] | None = None
         self._generation = 0
         self._run: RunFolder | None = None
         self._stop = threading.Event()
@@ -158,23 +171,32 @@ class DmfnService:
         """What the public readiness endpoints answer."""
         return self._run is not None and self._run.flag.exists()
 
+    def audit_failures(self) -> int | None:
+        """Audit lines the served models could not write so far (None: the trail is off)."""
+        if self.audit_env is None:
+            return None
+        return read_failure_counts(self._run.path) if self._run is not None else 0
+
     def service_metrics(self) -> str:
         refusals = self._run.refusals() if self._run is not None else {}
         keys = None if self.api_keys is None else len(self.api_keys.entries)
-        return render_service_metrics(self.is_ready(), refusals, dict(self.event_counts), keys)
+        return render_service_metrics(
+            self.is_ready(), refusals, dict(self.event_counts), keys, self.audit_failures()
+        )
 
     # ------------------------------------------------------------------ children
     def new_triton(self) -> TritonServer:
         """A Triton for the current generation, in its own folder of the run folder."""
         assert self._run is not None
-        return self._run.new_triton(self._generation, self.generation_prefix())
+        return self._run.new_triton(self._generation, self.generation_prefix(), self.audit_env)
 
     def next_generation(self) -> None:
         self._generation += 1
 
     def front_config(self) -> FrontDoorConfig:
         assert self._run is not None and self.limits is not None and self.triton is not None
-        return self._run.front_config(self.triton, self.limits, self.api_keys)
+        header = self.audit_header if self.audit_env is not None else None
+        return self._run.front_config(self.triton, self.limits, self.api_keys, header)
 
     def record_children(self) -> None:
         """Write the current children's process groups to the state file."""
@@ -193,6 +215,7 @@ class DmfnService:
         check_can_start(c)
         self.limits = repository_limits(Path(c.repository))
         self.provenance = repository_provenance(Path(c.repository))
+        self.audit_env = self._audit_settings()
         if c.api_keys is not None:
             self.keys_stamp = file_stamp(Path(c.api_keys))  # before reading: no change is missed
             self.api_keys = ApiKeys.load(Path(c.api_keys))
@@ -226,6 +249,29 @@ class DmfnService:
                 self._teardown(drain=False)
                 raise
         self.supervisor.start()
+
+    def _audit_settings(self) -> dict[str, str] | None:
+        """The models' audit environment, after checking that the file can be written
+        (ValueError naming it otherwise: better refused at start than unaudited)."""
+        path = self.config.audit_path
+        if path is None:
+            return None
+        path = Path(path).absolute()
+        env = {
+            AUDIT_LOG_ENV: str(path),
+            AUDIT_HEADER_ENV: self.audit_header,
+            AUDIT_MODEL_SHA256_ENV: (self.provenance or {}).get("model_sha256", ""),
+        }
+        audit = audit_from_env(None, {**os.environ, **env})  # the size settings, checked
+        assert audit is not None
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+        except OSError as err:
+            raise ValueError(
+                f"argument 'audit_log' (--audit-log): cannot write {path}: {err.strerror or err}"
+            ) from err
+        return env
 
     def reload_keys(self) -> str:
         """Re-read the keys file and switch the front door to it without dropping connections.

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from dmfn.contract.audit import default_client_path
+
 from .logs import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES
 
 #: Hosts that only this machine reaches (``dmfn serve`` allows them without TLS and keys).
@@ -28,6 +30,11 @@ class ServiceConfig:
     log_max_bytes: int = DEFAULT_MAX_BYTES
     log_backups: int = DEFAULT_BACKUPS
     log_verbose: int = 0
+    #: The audit trail's file (one line per study the pipeline answered or refused); None:
+    #: ``audit.jsonl`` in ``log_dir``, else ``server-audit.jsonl`` beside the client's default
+    #: (``~/.local/state/dmfn/``). ``audit=False`` turns it off.
+    audit_log: Path | None = None
+    audit: bool = True
     front_workers: int = 1
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -56,6 +63,17 @@ class ServiceConfig:
     ready_timeout_s: float = 180.0
     #: Run as root (refused by default: see :func:`~dmfn.serving.preflight.check_can_start`).
     allow_root: bool = False
+
+    @property
+    def audit_path(self) -> Path | None:
+        """Where the served models write the audit trail (None: off)."""
+        if not self.audit:
+            return None
+        if self.audit_log is not None:
+            return Path(self.audit_log)
+        if self.log_dir is not None:
+            return Path(self.log_dir) / "audit.jsonl"
+        return default_client_path().with_name("server-audit.jsonl")
 
     def __post_init__(self) -> None:
         if not Path(self.repository).is_dir():

@@ -138,6 +138,8 @@ class Supervisor:
         self.last_canary_s: float | None = None
         #: Set by SIGHUP (dmfn serve): reload the keys at the next check.
         self.reload_requested = False
+        #: Failed audit writes already reported by an event.
+        self._audit_failures = 0
 
     @property
     def config(self) -> ServiceConfig:
@@ -428,6 +430,19 @@ class Supervisor:
                     )
                     return
             self._check_keys()
+            self._check_audit()
+
+    def _check_audit(self) -> None:
+        """An event when the models failed to write audit lines since the last check."""
+        failures = self.service.audit_failures()
+        if failures is not None and failures > self._audit_failures:
+            where = (self.service.audit_env or {}).get("DMFN_AUDIT_LOG", "the audit file")
+            self.service.event(
+                "audit_write_failed",
+                f"{failures - self._audit_failures} audit line(s) could not be written to "
+                f"{where} ({failures} in all; the predictions were answered; see triton.log)",
+            )
+            self._audit_failures = failures
 
     # ------------------------------------------------------------------ thread
     def _run(self) -> None:

@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -354,6 +354,12 @@ class TritonServer:
     #: Starts the process (a service's :class:`~dmfn.serving.spawner.Spawner`); None: this thread.
     spawner: Spawner | None = field(default=None, repr=False)
     extra_args: Sequence[str] = ()
+    #: Variables added to the server's environment (its python-backend workers inherit them:
+    #: the audit trail's settings, :mod:`dmfn.contract.audit`).
+    extra_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Request headers (a regular expression of names) that Triton hands to the models as
+    #: request parameters, on HTTP and gRPC (the front door's audit stamp); None: none.
+    forward_headers: str | None = None
     #: Seconds the last :meth:`wait_ready` took (None before).
     ready_seconds: float | None = field(default=None, init=False)
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
@@ -416,6 +422,11 @@ class TritonServer:
         ]
         if self.shm_prefix is not None:
             cmd.append(f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}")
+        if self.forward_headers is not None:
+            cmd += [
+                f"--http-header-forward-pattern={self.forward_headers}",
+                f"--grpc-header-forward-pattern={self.forward_headers}",
+            ]
         return cmd + list(self.extra_args)
 
     def _check_inputs(self) -> Path:
@@ -458,6 +469,7 @@ class TritonServer:
         env = server_env()
         if self.worker_state_dir is not None:
             env[WORKER_STATE_ENV] = str(self.worker_state_dir)
+        env.update(self.extra_env)
         sink = None
         if self.log_path is not None:
             sink = RotatingLog(Path(self.log_path), self.log_max_bytes, self.log_backups, 4096)

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -56,12 +57,26 @@ from dmfn.synth.difficulty import (
 )
 from dmfn.synth.lesions import Lesion, mass_shift_mm, paint_lesion, sample_lesion
 
+if TYPE_CHECKING:
+    from dmfn.client.io.dicom import SeriesReference
+
 log = logging.getLogger(__name__)
 
 #: 2.0: confusable appearances, per-patient enhancement and scanner offset (synth/difficulty.py)
-GENERATOR_VERSION = "2.0"
+GENERATOR_VERSION = "2.1"  # 2.1: a DICOM SEG per mask; PatientSex/Age, contrast agent
 
 MANIFEST_NAME = "manifest.csv"
+#: The cohort manifest's columns: dmfn's manifest columns and ``seg_path``, the lesion mask as a
+#: DICOM SEG of the image's series (``mask_path`` stays the NIfTI mask of the same voxels).
+SYNTH_MANIFEST_COLUMNS: tuple[str, ...] = (
+    *MANIFEST_COLUMNS[: MANIFEST_COLUMNS.index("mask_path") + 1],
+    "seg_path",
+    *MANIFEST_COLUMNS[MANIFEST_COLUMNS.index("mask_path") + 1 :],
+)
+#: ContrastBolusAgent of every synthetic series (the phantom's lesions are contrast-enhanced).
+CONTRAST_AGENT = "IODINATED CONTRAST (synthetic)"
+#: SegmentAlgorithmName of the synthetic masks.
+SEG_ALGORITHM = "dmfn synth phantom"
 INFO_NAME = "cohort.json"
 #: Per patient: the class whose appearance its lesion took, the enhancement factor, the scanner
 #: offset and the lesion's diameter (what makes a case hard to read; the simulated readers use it).
@@ -456,9 +471,15 @@ def generate_patient(
     out_dir: str | Path,
     difficulty: Difficulty | None = None,
 ) -> list[ImageRecord]:
-    """Render and write all images of one patient under ``out_dir``; return their records."""
+    """Render and write all images of one patient under ``out_dir``; return their records.
+
+    Each image is a DICOM CT series (PatientSex, PatientAge and a ContrastBolusAgent in its
+    headers), its lesion mask as NIfTI (``mask_path``) and as a DICOM SEG of that series
+    (``seg_path``, SegmentAlgorithmType AUTOMATIC), all with UIDs from :func:`_uid_entropy`.
+    """
     from dmfn.client.io.dicom_write import write_dicom_series
     from dmfn.client.io.nifti import write_nifti_mask
+    from dmfn.client.io.seg import write_dicom_seg
 
     out_dir = Path(out_dir)
     subject = sample_subject(plan, seed, preset, difficulty=difficulty)
@@ -476,7 +497,7 @@ def generate_patient(
                 f"image {image_id}: the lesion mask is empty (the anatomy hides the lesion)"
             )
         image_rel, mask_rel = Path(row["image_path"]), Path(row["mask_path"])
-        write_dicom_series(
+        paths = write_dicom_series(
             hu,
             acq.spacing_mm,
             out_dir / image_rel,
@@ -485,9 +506,21 @@ def generate_patient(
             uid_entropy=_uid_entropy(seed, image_id),
             description=f"synthetic chest CT {image_id} (dmfn synth, not a patient)",
             series_number=k + 1,
+            patient_sex=plan.sex,
+            patient_age_years=plan.age_years,
+            contrast_agent=CONTRAST_AGENT,
         )
         (out_dir / mask_rel).parent.mkdir(parents=True, exist_ok=True)
         write_nifti_mask(mask, acq.spacing_mm, out_dir / mask_rel, origin_lps_mm=acq.origin_lps_mm)
+        write_dicom_seg(
+            mask,
+            _written_series(paths),
+            out_dir / row["seg_path"],
+            algorithm=SEG_ALGORITHM,
+            uid_entropy=_uid_entropy(seed, image_id),
+            series_number=100 + k + 1,
+            overwrite=True,
+        )
         records.append(ImageRecord(row, acq, looks_row(plan, subject)))
     return records
 
@@ -519,6 +552,7 @@ def manifest_row(plan: PatientPlan, k: int) -> dict[str, str]:
         "image_id": image_id,
         "image_path": (Path("images") / plan.patient_id / image_id).as_posix(),
         "mask_path": (Path("masks") / f"{image_id}.nii.gz").as_posix(),
+        "seg_path": (Path("masks") / f"{image_id}_seg.dcm").as_posix(),
         "ctc_level_pg_ml": f"{plan.ctc_level_pg_ml:.2f}",
         "age_years": str(plan.age_years),
         "sex": plan.sex,
@@ -527,6 +561,14 @@ def manifest_row(plan: PatientPlan, k: int) -> dict[str, str]:
         "group": plan.group,
         "split": plan.split,
     }
+
+
+def _written_series(paths: list[Path]) -> SeriesReference:
+    """The :class:`SeriesReference` of a series just written (headers read back without pixel
+    data, sorted along the normal; :func:`write_dicom_series` writes axial, z ascending)."""
+    from dmfn.client.io.dicom import series_reference_of_files
+
+    return series_reference_of_files(paths)
 
 
 def _uid_entropy(seed: int, image_id: str) -> str:
@@ -580,7 +622,7 @@ def generate_cohort(
     ``confusions`` replaces the data file of the calibrated mode (the calibration uses it).
 
     Writes ``images/<patient>/<image>/`` (a DICOM CT series each), ``masks/<image>.nii.gz``,
-    ``manifest.csv`` (columns :data:`MANIFEST_COLUMNS`, paths relative to it) and
+    ``manifest.csv`` (columns :data:`SYNTH_MANIFEST_COLUMNS`, paths relative to it) and
     ``cohort.json`` (generator version, seed, preset, counts). ``workers`` processes render the
     patients (1 = in this process); ``progress(n)`` is called after each patient with the number
     of images just written. Refuses a non-empty ``out_dir`` unless ``overwrite``, which first
@@ -665,7 +707,7 @@ def generate_cohort(
         writer.writerows(looks[i] for i in sorted(looks))
     manifest = out / MANIFEST_NAME
     with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(fh, fieldnames=SYNTH_MANIFEST_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     info = {
@@ -711,6 +753,7 @@ __all__ = [
     "COMPARTMENTS",
     "MANIFEST_COLUMNS",
     "PRESETS",
+    "SYNTH_MANIFEST_COLUMNS",
     "Acquisition",
     "CohortGenerationError",
     "PatientPlan",

@@ -4,9 +4,25 @@ are imported inside the fixtures, so tests that do not use them never import tor
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def audit_log_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every prediction appends an audit line (contract/audit.py); the tests' lines go to a
+    temporary file instead of the user's ~/.local/state/dmfn (subprocesses inherit it)."""
+    path = tmp_path_factory.mktemp("audit") / "audit.jsonl"
+    before = os.environ.get("DMFN_AUDIT_LOG")
+    os.environ["DMFN_AUDIT_LOG"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("DMFN_AUDIT_LOG", None)
+    else:
+        os.environ["DMFN_AUDIT_LOG"] = before
 
 
 @pytest.fixture(scope="session")

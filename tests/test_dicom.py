@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -13,9 +14,15 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.uid import JPEGLSLossless, generate_uid
+from pydicom.uid import JPEGLosslessSV1, JPEGLSLossless, generate_uid
 
-from dmfn.client.io import ArgumentError, DicomError, load_dicom_series, write_dicom_series
+from dmfn.client.io import (
+    ArgumentError,
+    DicomError,
+    load_dicom_series,
+    read_dicom_series,
+    write_dicom_series,
+)
 from dmfn.contract.orientation import direction_from_iop, iop_from_direction, slice_normal
 from dmfn.contract.study import AXIAL_DIRECTION
 
@@ -183,6 +190,41 @@ def test_writer_uids_are_reproducible_with_entropy(tmp_path: Path) -> None:
     assert (ds.SeriesInstanceUID, ds.StudyInstanceUID) == (series_uid, study_uid)
 
 
+def test_writer_records_sex_age_contrast_and_date(tmp_path: Path) -> None:
+    paths = _write(
+        tmp_path / "a",
+        patient_sex="F",
+        patient_age_years=54.9,
+        contrast_agent="IOHEXOL",
+        study_date="20240131",
+    )
+    ds = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    assert (ds.PatientSex, ds.PatientAge, ds.ContrastBolusAgent) == ("F", "054Y", "IOHEXOL")
+    assert ds.StudyDate == ds.SeriesDate == "20240131"
+    plain = pydicom.dcmread(_write(tmp_path / "b")[0], stop_before_pixels=True)
+    assert plain.PatientSex == "" and plain.StudyDate == ""
+    assert "PatientAge" not in plain and "ContrastBolusAgent" not in plain
+
+
+def test_read_dicom_series_gives_the_series_reference(tmp_path: Path) -> None:
+    """Headers without pixel data in file order (along the normal), SOP UID -> position."""
+    left_handed = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+    paths = _write(tmp_path, _hu((4, 6, 7)), direction=left_handed, uid_entropy="ref")
+    study, reference = read_dicom_series(tmp_path)
+    np.testing.assert_array_equal(study.hu, load_dicom_series(tmp_path).hu)
+    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    assert reference.series_uid == first.SeriesInstanceUID == study.image_id
+    assert reference.study_uid == first.StudyInstanceUID
+    assert reference.frame_of_reference_uid == first.FrameOfReferenceUID
+    assert len(reference.headers) == len(reference.sop_positions) == 4
+    assert all("PixelData" not in ds for ds in reference.headers)
+    z = [float(ds.ImagePositionPatient[2]) for ds in reference.headers]
+    assert z == sorted(z)  # sorted along row x column (+z), the reverse of the written order
+    for ds in reference.headers:
+        expected = tuple(float(v) for v in ds.ImagePositionPatient)
+        assert reference.sop_positions[ds.SOPInstanceUID] == expected
+
+
 def test_writer_gives_each_series_of_a_study_its_own_uids(tmp_path: Path) -> None:
     """Two series of one study from one entropy string: distinct series and SOP instance UIDs."""
     study_uid = generate_uid()
@@ -205,6 +247,9 @@ def test_writer_gives_each_series_of_a_study_its_own_uids(tmp_path: Path) -> Non
         ({"direction": np.ones((3, 3))}, "'direction'"),
         ({"rescale_slope": 0.0}, "'rescale_slope'"),
         ({"series_uid": "not a uid"}, "'series_uid'"),
+        ({"patient_sex": "male"}, "'patient_sex'"),
+        ({"patient_age_years": -1}, "'patient_age_years'"),
+        ({"study_date": "2024-01-31"}, "'study_date'"),
     ],
 )
 def test_writer_refuses_bad_arguments(tmp_path: Path, kwargs: dict, argument: str) -> None:
@@ -320,16 +365,21 @@ def test_garbage_dcm_file_is_reported_by_name(tmp_path: Path) -> None:
 
 
 def test_compressed_pixels_without_decoder_name_the_package(tmp_path: Path) -> None:
-    if get_decoder(JPEGLSLossless).is_available:
-        pytest.skip("a JPEG-LS decoder is installed here; the missing-decoder path cannot run")
+    """JPEG Lossless SV1 (the usual lossless CT syntax) needs pylibjpeg-libjpeg or GDCM; JPEG-LS
+    is tried as well, so the path runs wherever one of the two has no decoder."""
+    missing = [s for s in (JPEGLosslessSV1, JPEGLSLossless) if not get_decoder(s).is_available]
+    if not missing:
+        pytest.skip("decoders for JPEG Lossless SV1 and JPEG-LS are installed here")
+    syntax = missing[0]
     paths = _write(tmp_path, _hu((1, 6, 7)))
     ds = pydicom.dcmread(paths[0])
-    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
-    ds.PixelData = encapsulate([b"\xff\xd8 not really JPEG-LS \xff\xd9"])
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([b"\xff\xd8 not really compressed \xff\xd9"])
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
     ds.save_as(paths[0], enforce_file_format=True)
-    with pytest.raises(DicomError, match=rf"{paths[0].name}.*JPEG-LS.*pip install pylibjpeg"):
+    name = re.escape(syntax.name)
+    with pytest.raises(DicomError, match=rf"{paths[0].name}.*{name}.*pip install pylibjpeg"):
         load_dicom_series(tmp_path)
 
 

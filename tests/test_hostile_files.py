@@ -55,9 +55,11 @@ PREDICT = f"""
 import resource, sys
 resource.setrlimit(resource.RLIMIT_DATA, ({CHILD_DATA_LIMIT}, {CHILD_DATA_LIMIT}))
 from dmfn import predict_cli as command
+from dmfn.contract.predictions import Provenance
 
 class Contract:
     ctc_features = ({CTC!r},)
+    provenance = Provenance()
 
 class Server:
     contract = Contract()

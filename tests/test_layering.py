@@ -35,7 +35,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "dmfn.client": (
         {"dmfn.contract"},
         {"numpy", "pydicom", "nibabel", "nrrd", "tritonclient", "tqdm", "highdicom",
-         "dicomweb_client"},
+         "dicomweb_client", "requests"},
     ),
     # cupy: the optional GPU backend (imported lazily by dmfn.preprocess.gpu).
     "dmfn.preprocess": ({"dmfn.contract"}, {"numpy", "cupy"}),

@@ -451,7 +451,7 @@ def test_seg_nrrd_shared_layer_by_name(tmp_path: Path, layered: bool) -> None:
     np.testing.assert_array_equal(load_mask(path, _study(), segment="tumor"), tumor)
     np.testing.assert_array_equal(load_mask(path, _study(), segment="lymph node"), node)
     with pytest.raises(
-        ValueError, match=r"2 segments, pick one by name: \['tumor', 'lymph node'\]"
+        ValueError, match=r"2 segments, pick one by name \(\['tumor', 'lymph node'\]\)"
     ):
         load_mask(path, _study())
     with pytest.raises(ValueError, match=r"'cyst' is not a segment.*\['tumor', 'lymph node'\]"):

@@ -565,16 +565,21 @@ def test_predict_in_process_and_through_the_server_write_the_same_csv(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_async_client_gives_the_same_predictions(triton_server, served_studies, protocol) -> None:
+def test_async_client_gives_the_same_predictions(
+    triton_server, served_studies, protocol, tmp_path
+) -> None:
     import asyncio
+    import json
 
     from dmfn.client.aio import AsyncDmfnClient
+    from dmfn.contract.audit import AuditLog
 
     _, studies, reference = served_studies
     url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
+    audit = AuditLog(tmp_path / "audit.jsonl")
 
     async def run() -> None:
-        async with AsyncDmfnClient(url, protocol, timeout_s=60) as client:
+        async with AsyncDmfnClient(url, protocol, timeout_s=60, audit=audit) as client:
             assert await client.is_ready()
             contract = await client.contract()
             assert contract.ctc_features == S.DEFAULT_CTC_FEATURES
@@ -587,12 +592,17 @@ def test_async_client_gives_the_same_predictions(triton_server, served_studies, 
             no_mask = dataclasses.replace(studies[0], mask=None, bbox=None)
             (refused,) = await client.predict_many([no_mask], return_exceptions=True)
             assert isinstance(refused, ValueError)
-        async with AsyncDmfnClient("127.0.0.1:9", protocol, timeout_s=2) as nowhere:
+        async with AsyncDmfnClient("127.0.0.1:9", protocol, timeout_s=2, audit=audit) as nowhere:
             assert not await nowhere.is_ready()
             with pytest.raises(DmfnServerError):
                 await nowhere.predict(studies[0])
 
     asyncio.run(run())
+    # the async client's audit trail: one line per study, whatever became of it
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    outcomes = [line["outcome"] for line in lines]
+    assert outcomes == ["ok"] * (3 * len(studies)) + ["refused", "failed"]
+    assert all(line["source"] == "sdk" and len(line["request_id"]) == 32 for line in lines)
 
 
 @pytest.mark.slow

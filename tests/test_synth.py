@@ -10,16 +10,19 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from scipy import stats
 
-from dmfn.client.io import load_dicom_series, load_mask
+from dmfn.client.io import load_dicom_series, load_mask, read_dicom_series
 from dmfn.contract.taxonomy import COMPARTMENTS, load_taxonomy
 from dmfn.synth import cli
 from dmfn.synth.anatomy import LESION, render_chest
 from dmfn.synth.cohort import (
+    CONTRAST_AGENT,
     MANIFEST_COLUMNS,
     SPLITS,
+    SYNTH_MANIFEST_COLUMNS,
     TABLE1,
     CohortGenerationError,
     PatientPlan,
@@ -340,11 +343,13 @@ def test_teratoma_has_fat_and_thymic_carcinoma_is_heterogeneous() -> None:
 @pytest.mark.slow
 def test_manifest_columns_and_paths(tiny: Path) -> None:
     rows = _read_manifest(tiny)
-    assert list(rows[0]) == list(MANIFEST_COLUMNS)
+    assert list(rows[0]) == list(SYNTH_MANIFEST_COLUMNS)
+    assert set(MANIFEST_COLUMNS) < set(SYNTH_MANIFEST_COLUMNS)
     assert len({r["patient_id"] for r in rows}) == get_preset("tiny").n_patients
     for r in rows:
         assert (tiny / r["image_path"]).is_dir()
         assert (tiny / r["mask_path"]).is_file()
+        assert (tiny / r["seg_path"]).is_file()
         assert r["sex"] in ("M", "F")
         assert r["location"] in COMPARTMENTS
         assert r["split"] in SPLITS
@@ -395,9 +400,27 @@ def test_series_load_back_with_spacing_and_hu(tiny: Path) -> None:
         assert np.median(study.hu[:, :2, :2]) < -900 or np.median(study.hu) > -900
         lesion = study.hu[loaded_mask > 0].astype(float)
         assert -150.0 < np.median(lesion) < 200.0, r["label"]
-    for r in rows:  # every series and mask loads, on the same grid
-        study = load_dicom_series(tiny / r["image_path"])
-        assert load_mask(tiny / r["mask_path"], study).any()
+    for r in rows:  # every series and mask loads, on the same grid; the SEG is the same mask
+        study, reference = read_dicom_series(tiny / r["image_path"])
+        nifti = load_mask(tiny / r["mask_path"], study)
+        assert nifti.any()
+        seg = load_mask(tiny / r["seg_path"], study, reference=reference)
+        np.testing.assert_array_equal(seg, nifti)
+
+
+@pytest.mark.slow
+def test_headers_carry_sex_age_and_contrast_and_each_seg_its_series(tiny: Path) -> None:
+    seg_uids = set()
+    for r in _read_manifest(tiny):
+        ct = pydicom.dcmread(next((tiny / r["image_path"]).glob("*.dcm")), stop_before_pixels=True)
+        assert ct.PatientSex == r["sex"] and ct.PatientAge == f"{int(r['age_years']):03d}Y"
+        assert ct.ContrastBolusAgent == CONTRAST_AGENT
+        seg = pydicom.dcmread(tiny / r["seg_path"], stop_before_pixels=True)
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct.SeriesInstanceUID
+        assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+        assert seg.ContentDate == "20000101"
+        seg_uids |= {seg.SeriesInstanceUID, seg.SOPInstanceUID}
+    assert len(seg_uids) == 2 * len(_read_manifest(tiny))
 
 
 @pytest.mark.slow
@@ -433,6 +456,7 @@ def test_generation_independent_of_workers_and_deterministic(tmp_path: Path) -> 
         np.testing.assert_array_equal(sa.hu, sb.hu)
         assert sa.spacing_mm == sb.spacing_mm and sa.image_id == sb.image_id
         assert (a / r["mask_path"]).read_bytes() == (b / r["mask_path"]).read_bytes()
+        assert (a / r["seg_path"]).read_bytes() == (b / r["seg_path"]).read_bytes()
 
 
 @pytest.mark.parametrize("workers", [1, 2])

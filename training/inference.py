@@ -8,12 +8,15 @@ preprocessing, the same postprocessing as the served model (``dmfn predict --che
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from dmfn.client.sdk import Prediction, parse_response
+from dmfn.client.sdk import Prediction, audit_prediction, parse_response, resolve_audit
+from dmfn.contract.audit import AuditLog
 from dmfn.contract.management import load_management
 from dmfn.contract.postprocess import Postprocessor
 from dmfn.contract.server import ServerContract
@@ -29,9 +32,16 @@ MODEL_VERSION = "checkpoint"
 
 class LocalPredictor:
     """Predicts with the checkpoint at ``path`` in this process (CPU); ``management`` is the
-    policy file (None: dmfn's default, as ``dmfn export`` uses)."""
+    policy file (None: dmfn's default, as ``dmfn export`` uses); ``audit`` as for
+    :class:`~dmfn.client.sdk.DmfnClient` (one line per study, ``source`` ``local``)."""
 
-    def __init__(self, path: str | Path, management: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        management: str | Path | None = None,
+        audit: AuditLog | Literal[False] | None = None,
+    ) -> None:
+        self.audit = resolve_audit(audit)
         self.path = Path(path)
         self.checkpoint = load_checkpoint(self.path)
         self.model = self.checkpoint.build_model()
@@ -56,10 +66,21 @@ class LocalPredictor:
     def is_ready(self) -> bool:
         return True
 
-    @torch.no_grad()
     def predict(self, study: Study) -> Prediction:
         """The served model's answer for ``study``, computed here (ValueError for a study the
-        server would refuse as well)."""
+        server would refuse as well); its audit line is written whatever the outcome."""
+        started = time.perf_counter()
+        sha256 = self._contract.provenance.sha256
+        try:
+            prediction = self._predict(study)
+        except Exception as err:
+            audit_prediction(self.audit, "local", study, started, sha256, error=err)
+            raise
+        audit_prediction(self.audit, "local", study, started, sha256, prediction)
+        return prediction
+
+    @torch.no_grad()
+    def _predict(self, study: Study) -> Prediction:
         arrays = build_request(study, self._contract)
         (pre,) = preprocess_request(arrays, self.checkpoint.preprocess_params)
         logits = self.model(torch.from_numpy(pre.views[None]), torch.from_numpy(pre.tabular[None]))

@@ -27,6 +27,7 @@ import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
@@ -88,6 +89,24 @@ class DicomArgumentError(DicomError, ArgumentError):
     ``series_uid``): ``argument`` names it, so front ends can show it as their own option."""
 
 
+@dataclass(frozen=True)
+class SeriesReference:
+    """What a DICOM SEG or SR needs to know of the CT series an image was loaded from.
+
+    ``series_uid``, ``study_uid`` and ``frame_of_reference_uid`` are the series' UIDs ("" when
+    the files do not say); ``sop_positions`` maps each slice's SOPInstanceUID to its
+    ImagePositionPatient (x, y, z) LPS mm; ``headers`` are the slices' datasets WITHOUT pixel
+    data, sorted along the slice normal (row x column of ImageOrientationPatient), i.e. in file
+    order, which may be the reverse of the axial layout's z order.
+    """
+
+    series_uid: str
+    study_uid: str
+    frame_of_reference_uid: str
+    sop_positions: dict[str, tuple[float, float, float]]
+    headers: tuple[pydicom.Dataset, ...]
+
+
 def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Study:
     """The CT series in ``folder`` (searched recursively) as an images-only :class:`Study`.
 
@@ -109,6 +128,14 @@ def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Stud
         ``image_id`` = the SeriesInstanceUID, ``study_uid`` = the StudyInstanceUID; no mask, no CTC, no clinical record.
         An oblique series raises :class:`DicomError`.
     """
+    return read_dicom_series(folder, series_uid)[0]
+
+
+def read_dicom_series(
+    folder: str | Path, series_uid: str | None = None
+) -> tuple[Study, SeriesReference]:
+    """:func:`load_dicom_series`'s study and the :class:`SeriesReference` of the series it read
+    (its UIDs, SOP instance -> position map and pixel-free headers), for SEG masks and reports."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DicomArgumentError("folder", f"{folder} is not an existing directory")
@@ -128,7 +155,7 @@ def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Stud
     slices = [slices[i] for i in order]
     first = slices[0][1]
     row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
-    return to_axial(
+    study = to_axial(
         Study(
             hu=_stack_hu(slices),
             spacing_mm=(spacing_z, row_spacing, col_spacing),
@@ -140,6 +167,46 @@ def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Stud
         ),
         f"series in {folder}",
     )
+    return study, series_reference([headers[path] for path, _ in slices])
+
+
+def series_reference_of_files(paths: Sequence[str | Path]) -> SeriesReference:
+    """The :class:`SeriesReference` of the slice files ``paths`` of one series, e.g. those
+    :func:`~dmfn.client.io.write_dicom_series` returns (headers only; no pixel is read)."""
+    return series_reference([_read_header(Path(p)) for p in paths])
+
+
+def _read_header(path: Path) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as err:
+        raise DicomError(f"file {path}: unreadable DICOM file ({one_line(err)})") from err
+
+
+def series_reference(headers: Sequence[pydicom.Dataset]) -> SeriesReference:
+    """The :class:`SeriesReference` of one series' slice headers (any order; sorted here along
+    the slice normal, row x column of the first slice's ImageOrientationPatient)."""
+    if not headers:
+        raise ValueError("argument 'headers': needs at least one slice")
+    normal = slice_normal(headers[0].ImageOrientationPatient)
+    sorted_headers = sorted(headers, key=lambda ds: float(np.asarray(_position(ds)) @ normal))
+    first = sorted_headers[0]
+    uid = str(first.SeriesInstanceUID)
+    positions = {
+        str(ds.SOPInstanceUID): _position(ds) for ds in sorted_headers if "SOPInstanceUID" in ds
+    }
+    return SeriesReference(
+        series_uid=uid,
+        study_uid=str(first.get("StudyInstanceUID", "") or ""),
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "") or ""),
+        sop_positions=positions,
+        headers=tuple(sorted_headers),
+    )
+
+
+def _position(ds: pydicom.Dataset) -> tuple[float, float, float]:
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    return (x, y, z)
 
 
 # --------------------------------------------------------------------------- files and headers

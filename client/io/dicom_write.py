@@ -8,8 +8,10 @@ Part-10 files with the CT Image module attributes other DICOM tools need (pydico
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +32,10 @@ from dmfn.contract.study import VoxelGrid, check_direction, check_triple
 
 log = logging.getLogger(__name__)
 
+#: PatientSex values (DICOM: male, female, other; "" = unknown).
+SEXES = ("", "M", "F", "O")
+#: PatientAge holds at most three digits of years.
+MAX_AGE_YEARS = 1000
 #: Stored pixel values are signed 16-bit integers.
 _RAW_MIN, _RAW_MAX = np.iinfo(np.int16).min, np.iinfo(np.int16).max
 
@@ -50,6 +56,10 @@ def write_dicom_series(
     shuffle_names: bool = False,
     uid_entropy: str | None = None,
     series_number: int = 1,
+    patient_sex: str = "",
+    patient_age_years: float | None = None,
+    contrast_agent: str = "",
+    study_date: str = "",
 ) -> list[Path]:
     """Write ``hu`` as a CT series into ``folder`` (created if needed); return the paths by slice.
 
@@ -76,6 +86,13 @@ def write_dicom_series(
             ``series_number``. Give every series its own ``uid_entropy`` (or, within one study,
             its own ``series_number``): equal inputs give equal UIDs, i.e. the same series.
         series_number: SeriesNumber.
+        patient_sex: PatientSex, "M", "F", "O" or "" (unknown).
+        patient_age_years: PatientAge in whole years (written as ``nnnY``, the age rounded
+            down); None leaves it out.
+        contrast_agent: ContrastBolusAgent (e.g. "IODINATED CONTRAST"): the series is
+            contrast-enhanced; "" leaves the Contrast/Bolus attribute out (unenhanced).
+        study_date: StudyDate (and SeriesDate) as YYYYMMDD; "" (default) leaves it empty, so
+            the files hold no wall-clock date.
 
     File names are ``<8 hex of the series UID>_<NNNN>.dcm`` so that several series can share
     a folder. SOPInstanceUIDs derive from the series UID and the slice index, so they are
@@ -88,9 +105,14 @@ def write_dicom_series(
         origin_lps_mm=check_triple(origin_lps_mm, "origin_lps_mm"),
         direction=check_direction(direction),
     )
-    for name, value in (("patient_id", patient_id), ("description", description)):
+    for name, value in (
+        ("patient_id", patient_id),
+        ("description", description),
+        ("contrast_agent", contrast_agent),
+    ):
         if not isinstance(value, str):
             raise ValueError(f"argument '{name}': must be a str, got {value!r}")
+    patient = _patient_attributes(patient_sex, patient_age_years, study_date, contrast_agent)
 
     for name, uid in (("study_uid", study_uid), ("series_uid", series_uid)):
         if uid is not None and not _valid_uid(uid):
@@ -133,6 +155,7 @@ def write_dicom_series(
         "thickness": format_number_as_ds(grid.spacing_mm[0]),
         "slope": format_number_as_ds(float(rescale_slope)),
         "intercept": format_number_as_ds(float(rescale_intercept)),
+        "patient": patient,
     }
     paths = []
     for k in range(n_slices):
@@ -142,6 +165,34 @@ def write_dicom_series(
         paths.append(path)
     log.debug("wrote %d CT slices of series %s to %s", n_slices, series_uid, folder)
     return paths
+
+
+def _patient_attributes(
+    sex: str, age_years: float | None, study_date: str, contrast_agent: str
+) -> dict[str, str]:
+    """Checked PatientSex, PatientAge, StudyDate and ContrastBolusAgent values ("" = absent)."""
+    if sex not in SEXES:
+        raise ValueError(f"argument 'patient_sex': must be one of {SEXES}, got {sex!r}")
+    age = ""
+    if age_years is not None:
+        if not (isinstance(age_years, int | float) and 0 <= age_years < MAX_AGE_YEARS):
+            raise ValueError(
+                f"argument 'patient_age_years': must be a number of years in "
+                f"[0, {MAX_AGE_YEARS}), got {age_years!r}"
+            )
+        age = f"{math.floor(age_years):03d}Y"
+    if study_date:
+        try:
+            datetime.datetime.strptime(study_date, "%Y%m%d")
+        except ValueError:
+            raise ValueError(
+                f"argument 'study_date': must be a date as YYYYMMDD, got {study_date!r}"
+            ) from None
+    if len(contrast_agent) > 64:
+        raise ValueError(
+            f"argument 'contrast_agent': at most 64 characters (DICOM LO), got {contrast_agent!r}"
+        )
+    return {"sex": sex, "age": age, "date": study_date, "contrast": contrast_agent}
 
 
 def _valid_uid(value: object) -> bool:
@@ -194,9 +245,13 @@ def _slice_dataset(
     ds.PatientName = shared["patient_id"]
     ds.PatientID = shared["patient_id"]
     ds.PatientBirthDate = ""
-    ds.PatientSex = ""
+    ds.PatientSex = shared["patient"]["sex"]
+    if shared["patient"]["age"]:
+        ds.PatientAge = shared["patient"]["age"]
     ds.StudyInstanceUID = shared["study_uid"]
-    ds.StudyDate = ""
+    ds.StudyDate = shared["patient"]["date"]
+    if shared["patient"]["date"]:
+        ds.SeriesDate = shared["patient"]["date"]
     ds.StudyTime = ""
     ds.ReferringPhysicianName = ""
     ds.StudyID = ""
@@ -207,6 +262,8 @@ def _slice_dataset(
     ds.SeriesNumber = shared["series_number"]
     ds.SeriesDescription = shared["description"]
     ds.Manufacturer = "dmfn"
+    if shared["patient"]["contrast"]:
+        ds.ContrastBolusAgent = shared["patient"]["contrast"]
     ds.FrameOfReferenceUID = shared["frame_uid"]
     ds.PositionReferenceIndicator = ""
     # Image plane / pixel / CT image modules.

@@ -1,4 +1,5 @@
-"""NIfTI and NRRD: CT volumes, lesion masks and 3D Slicer segmentations (``.seg.nrrd``).
+"""NIfTI and NRRD: CT volumes, lesion masks and 3D Slicer segmentations (``.seg.nrrd``); the
+mask loader also dispatches DICOM SEG files to :mod:`dmfn.client.io.seg`.
 
 Every file's frame (NIfTI: RAS affine; NRRD: ``space`` + ``space directions`` + ``space origin``)
 is converted to LPS and its axes to (z, y, x) by :mod:`dmfn.contract.orientation`. Volumes are
@@ -23,7 +24,10 @@ import nrrd
 import numpy as np
 
 from dmfn.client.io.bounded import check_nifti, read_nrrd_data, read_nrrd_header
+from dmfn.client.io.dicom import SeriesReference
 from dmfn.client.io.errors import ArgumentError, one_line
+from dmfn.client.io.seg import is_seg_candidate, load_seg
+from dmfn.client.io.segments import choose_segment
 from dmfn.contract.orientation import (
     grid_from_nifti_affine,
     grid_from_nrrd,
@@ -235,13 +239,19 @@ def slicer_segments(header: dict, n_layers: int) -> list[Segment]:
 
 
 def load_mask(
-    path: str | Path, like: Study | VoxelGrid, segment: str | int | None = None
+    path: str | Path,
+    like: Study | VoxelGrid,
+    segment: str | int | None = None,
+    reference: SeriesReference | None = None,
 ) -> np.ndarray:
-    """A binary uint8 (z, y, x) lesion mask on the grid of ``like`` from NIfTI or NRRD.
+    """A binary uint8 (z, y, x) lesion mask on the grid of ``like`` from NIfTI, NRRD or DICOM SEG.
 
     Args:
-        path: .nii / .nii.gz / .nrrd / .nhdr label map, or a 3D Slicer segmentation
-            (``.seg.nrrd``, or any NRRD with ``SegmentN_Name``/``SegmentN_ID`` header fields).
+        path: .nii / .nii.gz / .nrrd / .nhdr label map, a 3D Slicer segmentation
+            (``.seg.nrrd``, or any NRRD with ``SegmentN_Name``/``SegmentN_ID`` header fields),
+            or a DICOM SEG (told by its content: the "DICM" marker, or a ``.dcm`` / ``.dicom``
+            name; read by :func:`dmfn.client.io.seg.load_seg`, whose frames, like a Slicer
+            segmentation, may cover a sub-box of the image).
         like: the study (or its grid) the mask belongs to. The file must be on exactly that
             voxel grid: same shape, spacing, origin and direction, up to an exact axis
             flip/permutation. Only a 3D Slicer segmentation may instead be a cropped sub-box
@@ -253,7 +263,14 @@ def load_mask(
             (:func:`~dmfn.contract.orientation.place_on_grid`).
         segment: for a Slicer segmentation, the segment name (needed when it has several; the
             error lists the names). For a plain label map, the label value to keep (needed when
-            the map holds several nonzero labels; the error lists them).
+            the map holds several nonzero labels; the error lists them). For a DICOM SEG, the
+            SegmentNumber (int or digits) or SegmentLabel (needed when it has several; the
+            error lists them as number: label).
+        reference: for a DICOM SEG, the image's series
+            (:func:`~dmfn.client.io.read_dicom_series`): the SEG must then reference that
+            series and frame of reference, and frames without a plane position are placed
+            through their source SOP instance. None (e.g. a NIfTI image): only the geometry is
+            checked. Ignored for NIfTI and NRRD masks.
 
     Returns:
         uint8 array of ``like``'s shape with values {0, 1}; an empty selection raises ValueError.
@@ -262,6 +279,8 @@ def load_mask(
     grid = like.grid if isinstance(like, Study) else like
     if not isinstance(grid, VoxelGrid):
         raise ArgumentError("like", f"must be a Study or VoxelGrid, got {type(like).__name__}")
+    if not path.name.lower().endswith(NIFTI_SUFFIXES + NRRD_SUFFIXES) and is_seg_candidate(path):
+        return load_seg(path, grid, segment, reference).mask
     binary, source, segmentation = _read_mask(path, segment)
     if not binary.any():
         raise ValueError(f"mask file {path}: the selected segment/label has no voxel")
@@ -295,21 +314,10 @@ def _read_mask(path: Path, segment: str | int | None) -> tuple[np.ndarray, Voxel
 
 
 def _pick_segment(segments: list[Segment], segment: str | int | None, path: Path) -> Segment:
-    names = [s.name for s in segments]
-    if segment is None:
-        if len(segments) == 1:
-            return segments[0]
-        raise ArgumentError(
-            "segment", f"{path} holds {len(segments)} segments, pick one by name: {names}"
-        )
-    matches = [s for s in segments if s.name == str(segment)]
-    if not matches:
-        raise ArgumentError(
-            "segment", f"{segment!r} is not a segment of {path} (available: {names})"
-        )
-    if len(matches) > 1:
-        raise ArgumentError("segment", f"{path} has several segments named {segment!r}")
-    return matches[0]
+    return choose_segment(
+        segments, segment, path, listing=str([s.name for s in segments]), how="by name",
+        matches=lambda s, text: s.name == text,
+    )  # fmt: skip
 
 
 def _select_label(data: np.ndarray, segment: str | int | None, path: Path) -> np.ndarray:

@@ -23,6 +23,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from dmfn.contract import schema as S
+from dmfn.contract.audit import ServerAudit
 from dmfn.contract.management import load_management
 from dmfn.contract.postprocess import Postprocessor
 from dmfn.contract.taxonomy import load_taxonomy
@@ -35,6 +36,8 @@ class TritonPythonModel:
         parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
         # fatal signals are recorded for the supervisor of dmfn serve (contract/workers.py)
         self.recorder = WorkerRecorder(args.get("model_instance_name", ""))
+        # the audit trail's line of each answered study; off outside dmfn serve
+        self.audit = ServerAudit(args.get("model_instance_name", ""), pb_utils.Logger.log_warn)
         taxonomy_file = parameters["taxonomy_file"]
         #: Calibration temperature fitted on validation (1.0 in repositories that predate it).
         self.temperature = float(parameters.get("temperature", "1.0"))
@@ -58,17 +61,37 @@ class TritonPythonModel:
         ).as_numpy()
         for name, array in ((S.LOGITS, logits), (S.MEASUREMENTS_INTERNAL, measurements)):
             if not np.isfinite(array).all():
+                message = (
+                    f"postprocess: input '{name}': must contain only finite values (found NaN/Inf)"
+                )
+                self._audit(request, len(logits), "refused", rule=message)
                 return pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(
-                        f"postprocess: input '{name}': must contain only finite values "
-                        "(found NaN/Inf)",
-                        pb_utils.TritonError.INVALID_ARG,
-                    )
+                    error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
                 )
         outputs = self.postprocess(logits, measurements)
+        if self.audit.active:
+            labels = np.asarray(outputs[S.TOP3_LABEL])
+            malignant = np.asarray(outputs[S.MALIGNANT_PROB]).reshape(len(logits), -1)
+            for row in range(len(logits)):
+                top = labels[row, 0]
+                self._audit(
+                    request, 1, "ok",
+                    top_class=top.decode() if isinstance(top, bytes) else str(top),
+                    malignant_prob=float(malignant[row, 0]),
+                )  # fmt: skip
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor(name, value) for name, value in outputs.items()]
         )
+
+    def _audit(self, request, rows: int, outcome: str, **fields) -> None:
+        """``rows`` audit lines of ``request`` (never raises)."""
+        if not self.audit.active:
+            return
+        try:
+            for _ in range(max(1, rows)):
+                self.audit.write(request.request_id(), request.parameters(), outcome, **fields)
+        except Exception as err:
+            pb_utils.Logger.log_warn(f"postprocess: audit line not written: {err!r}")
 
     def execute(self, requests: list) -> list:
         responses = []
@@ -77,6 +100,11 @@ class TritonPythonModel:
                 responses.append(self._one(request))
             except Exception as err:  # never raise out of execute
                 pb_utils.Logger.log_error(f"postprocess: {err!r}")
+                self._audit(request, 1, "failed", rule=f"postprocess: {err}")
                 error = pb_utils.TritonError(f"postprocess: {err}")
                 responses.append(pb_utils.InferenceResponse(error=error))
         return responses
+
+    def finalize(self) -> None:
+        self.recorder.close()
+        self.audit.close()

@@ -36,6 +36,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from dmfn.contract import schema as S
+from dmfn.contract.audit import ServerAudit
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.limits import InputLimits
 from dmfn.contract.params import PreprocessParams
@@ -80,6 +81,8 @@ class TritonPythonModel:
         self.backend = parameters.get("backend", "cpu")
         self.device_id = int(args.get("model_instance_device_id", "0"))
         self.recorder = WorkerRecorder(args.get("model_instance_name", ""))
+        # the audit trail's refused lines (the ok lines are postprocess's); off outside dmfn serve
+        self.audit = ServerAudit(args.get("model_instance_name", ""), self.logger.log_warn)
         if self.backend == "cupy":
             reason = cupy_unavailable_reason()
             if reason is not None:
@@ -144,7 +147,24 @@ class TritonPythonModel:
             message = f"internal error: {type(err).__name__}: {err}"
             code = pb_utils.TritonError.INTERNAL
             self.logger.log_error(f"preprocess: {message}")
+        if self.audit.active:
+            self._audit_refusal(request, message, code == pb_utils.TritonError.INVALID_ARG)
         return pb_utils.TritonError(f"preprocess: {message}", code)
+
+    def _audit_refusal(self, request, message: str, refused: bool) -> None:
+        """One audit line per study of a refused request (never raises)."""
+        try:
+            shape = pb_utils.get_input_tensor_by_name(request, S.VOLUME_SHAPE)
+            rows = max(1, int(shape.as_numpy().shape[0])) if shape is not None else 1
+            for _ in range(rows):
+                self.audit.write(
+                    request.request_id(),
+                    request.parameters(),
+                    "refused" if refused else "failed",
+                    rule=f"preprocess: {message}",
+                )
+        except Exception as err:
+            self.logger.log_warn(f"preprocess: audit line not written: {err!r}")
 
     def _response(
         self, outputs: list[np.ndarray] | pb_utils.TritonError
@@ -186,3 +206,4 @@ class TritonPythonModel:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
         self.recorder.close()
+        self.audit.close()
