@@ -37,6 +37,7 @@ from .sdk import (
     audit_prediction,
     check_contract,
     contract_of,
+    coverage_of,
     infer_inputs,
     parse_response,
     resolve_audit,
@@ -200,6 +201,7 @@ class AsyncDmfnClient:
             study.image_id,
             contract.provenance,
             contract.management,
+            coverage_of(contract),
         )
 
     async def predict_many(

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -164,6 +164,7 @@ def load_study(source: StudySource, ctc_features: Sequence[str]) -> StudyFiles:
         segment=source.segment,
         series_uid=source.series_uid,
         image_id=source.image_id,
+        label=source.label or None,
         explain=source.explain,
     )
 
@@ -208,6 +209,7 @@ def format_prediction(prediction: Prediction, indent: str = "") -> str:
     for rank, (label, prob) in enumerate(prediction.top3, start=1):
         lines.append(f"  {rank}. {label:<{width}}  {prob:6.1%}")
     lines.append(f"  malignant probability: {prediction.malignant_prob:.1%}")
+    lines += _uncertainty_lines(prediction)
     lines.append(
         f"  suggested management:  {prediction.management_detail or prediction.management}"
         "  (a local policy, not from the paper)"
@@ -218,6 +220,24 @@ def format_prediction(prediction: Prediction, indent: str = "") -> str:
         unit = S.MEASUREMENT_UNITS.get(name, "")
         lines.append(f"    {name:<{name_width}}  {value:12.1f} {unit}".rstrip())
     return "\n".join(indent + line for line in lines)
+
+
+def _uncertainty_lines(prediction: Prediction) -> list[str]:
+    """The class sets and the OOD flag in words (nothing for a model without them)."""
+    if not prediction.class_set:
+        return []
+    coverage = f"{prediction.coverage:.0%} " if prediction.coverage is not None else ""
+    binary = " or ".join(prediction.binary_set)
+    flag = (
+        "UNUSUAL: unlike the training studies, read this answer with caution"
+        if prediction.ood_flag
+        else "no (like the training studies)"
+    )
+    return [
+        f"  {coverage}class set:         {', '.join(prediction.class_set)}",
+        f"  {coverage}benign/malignant:  {binary}",
+        f"  out of distribution:   {flag} (score {prediction.ood_score:.2f})",
+    ]
 
 
 def _sources(
@@ -237,6 +257,16 @@ def _chunks(items: list[StudySource], size: int) -> Iterator[list[StudySource]]:
         yield items[start : start + size]
 
 
+class StudyOutput(Protocol):
+    """Something made from each prediction besides the printout (the heat maps of
+    ``--explain``): ``make`` per predicted study (ValueError or RuntimeError when it cannot),
+    ``finish`` once after the last."""
+
+    def make(self, source: StudySource, files: StudyFiles, prediction: Prediction) -> None: ...
+
+    def finish(self) -> None: ...
+
+
 #: What predicts: a DmfnClient or an in-process predictor with its interface (contract,
 #: predict_many, a context manager).
 Predictor = Any
@@ -253,6 +283,7 @@ def run(
     as_json: bool = False,
     reports: Reports | None = None,
     audit: AuditLog | None = None,
+    explain: StudyOutput | None = None,
 ) -> int:
     """Predict ``study``, or the studies of the ``manifest`` CSV, with ``predictor`` (a
     :class:`~dmfn.client.sdk.DmfnClient`, or an in-process predictor with its interface),
@@ -261,7 +292,8 @@ def run(
     DICOM SR per prediction (written and/or stored in a PACS); returns the exit status. A
     study refused before prediction appends a ``refused`` line to ``audit`` (the predictor
     writes the others; give it the same log), and audit lines that could not be written are
-    counted on stderr.
+    counted on stderr. ``explain`` (heat maps, in-process only) gets each prediction too, and is
+    finished after the last.
     Progress is shown for a manifest; one study's output is its prediction, or one line saying
     why there is none."""
     with predictor:
@@ -302,15 +334,19 @@ def run(
                     (src, f if isinstance(f, Exception) else next(answers))
                     for src, f in zip(chunk, loaded, strict=True)
                 ]
-                if reports is not None:
-                    for src, files, answer in zip(chunk, loaded, chunk_results, strict=True):
-                        if isinstance(files, StudyFiles) and isinstance(answer[1], Prediction):
-                            try:
-                                reports.make(src, files, answer[1])
-                            except (ValueError, RuntimeError) as err:
-                                report_failures.append((src, err))
+                outputs = [o for o in (reports, explain) if o is not None]
+                for src, files, answer in zip(chunk, loaded, chunk_results, strict=True):
+                    if not (isinstance(files, StudyFiles) and isinstance(answer[1], Prediction)):
+                        continue
+                    for output in outputs:
+                        try:
+                            output.make(src, files, answer[1])
+                        except (ValueError, RuntimeError) as err:
+                            report_failures.append((src, err))
                 results += chunk_results
                 progress.update(len(chunk), sum(isinstance(r, Exception) for _, r in chunk_results))
+    if explain is not None:
+        explain.finish()
     failed = [(src, r) for src, r in results if isinstance(r, Exception)]
     if out is not None:
         written = [(src, r) for src, r in results if isinstance(r, Prediction)]
@@ -335,7 +371,9 @@ def run(
     for src, problem in failed:
         print(f"dmfn predict: {src.image_path}: {problem}", file=sys.stderr)
     for src, problem in report_failures:
-        print(f"dmfn predict: {src.image_path}: no report: {problem}", file=sys.stderr)
+        print(
+            f"dmfn predict: {src.image_path}: an output was not written: {problem}", file=sys.stderr
+        )
     if audit is not None and audit.failures:
         print(f"dmfn predict: audit: {audit.failures} line(s) could not be written to "
               f"{audit.path}", file=sys.stderr)  # fmt: skip
@@ -365,7 +403,9 @@ def write_csv(
         patient = src.patient_id or p.image_id or str(src.image_path)
         row = PredictionRow(
             "image", patient, p.malignant_prob, tuple(p.probs[c] for c in class_names),
-            p.image_id, src.split, src.label,
+            p.image_id, src.split, src.label, class_set=p.class_set, binary_set=p.binary_set,
+            ood_score=p.ood_score if p.class_set else None,
+            ood_flag=p.ood_flag if p.class_set else None,
         )  # fmt: skip
         images.append(row)
         by_patient.setdefault(patient, []).append(row)

@@ -20,7 +20,7 @@ from dmfn.client.dicomweb import Pacs, PacsError, PacsStudyError
 from dmfn.client.header_facts import patient_facts
 from dmfn.contract.audit import AuditLog
 
-from .predict import EXIT_FAILED, EXIT_USAGE, Predictor, StudySource, run
+from .predict import EXIT_FAILED, EXIT_USAGE, Predictor, StudyOutput, StudySource, run
 from .reports import Reports
 
 
@@ -49,6 +49,7 @@ def run_pacs(
     out: Path | None = None,
     as_json: bool = False,
     audit: AuditLog | None = None,
+    explain: StudyOutput | None = None,
 ) -> int:
     """Fetch ``request``'s study from ``pacs``, predict it with ``predictor``, write its SR to
     ``sr`` and/or store it into the study (``store``); print what was chosen and why. Returns
@@ -103,7 +104,7 @@ def run_pacs(
         if sr is not None or store:
             reports = Reports(sr, overwrite=overwrite, store=pacs.store if store else None)
         return run(predictor, study=source, out=out, overwrite=overwrite, as_json=as_json,
-                   reports=reports, audit=audit)  # fmt: skip
+                   reports=reports, audit=audit, explain=explain)  # fmt: skip
 
 
 def _first_header(folder: Path) -> pydicom.Dataset:

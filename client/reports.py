@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
+def safe_name(text: str) -> str:
+    """``text`` as a file-name stem: letters, digits and ``._-`` (others become ``_``), not
+    starting with a dot."""
+    return _SAFE.sub("_", text).lstrip(".") or "study"
+
+
 def mask_reference(files: StudyFiles, mask_path: Path) -> MaskReference:
     """What an SR says of the mask of ``files``: the SEG's segment that was read, or the mask
     file's name and sha256 (``mask_path``)."""
@@ -75,7 +81,7 @@ class Reports:
         if not self.folder:
             return self.sr
         name = source.image_id or source.image_path.name
-        return self.sr / f"{_SAFE.sub('_', name)}_sr.dcm"
+        return self.sr / f"{safe_name(name)}_sr.dcm"
 
     def check(self, sources: Sequence[StudySource]) -> None:
         """Before any work: every study is a DICOM series (an SR belongs to its study) and no

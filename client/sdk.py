@@ -84,6 +84,14 @@ class Prediction:
         image_id: the study's ``image_id`` (kept on the client, never sent).
         provenance: the served checkpoint (sha256, training date, synthetic or not), as the
             server publishes it.
+        class_set: the conformal class set, most probable first: the true class is in sets
+            made this way for ``coverage`` of studies like the validation studies (marginal
+            coverage; :mod:`dmfn.contract.conformal`); empty when the model has no fit.
+        binary_set: ``("malignant",)``, ``("benign",)`` or both (undecided at that coverage).
+        coverage: the sets' stated coverage (None: not published).
+        ood_score, ood_flag: how unusual the study is for the model (:mod:`dmfn.contract.ood`,
+            higher = more unusual) and whether it is above the threshold fitted on the training
+            split (an answer to read with caution).
     """
 
     probs: Mapping[str, float]
@@ -95,6 +103,11 @@ class Prediction:
     image_id: str = ""
     provenance: Provenance = field(default_factory=Provenance)
     management_detail: str = ""
+    class_set: tuple[str, ...] = ()
+    binary_set: tuple[str, ...] = ()
+    coverage: float | None = None
+    ood_score: float = float("nan")
+    ood_flag: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -107,6 +120,11 @@ class Prediction:
             "management_detail": self.management_detail or self.management,
             "measurements": dict(self.measurements),
             "probs": dict(self.probs),
+            "class_set": list(self.class_set),
+            "binary_set": list(self.binary_set),
+            "coverage": self.coverage,
+            "ood_score": self.ood_score,
+            "ood_flag": self.ood_flag,
             **self.provenance.columns(),
         }
 
@@ -135,9 +153,12 @@ def parse_response(
     image_id: str = "",
     provenance: Provenance | None = None,
     management: ManagementPolicy | None = None,
+    coverage: float | None = None,
 ) -> Prediction:
     """A :class:`Prediction` from the ensemble's output arrays of one study (batch row 0);
-    ``management`` (the server's published policy) explains the suggestion."""
+    ``management`` (the server's published policy) explains the suggestion, ``coverage`` is the
+    published coverage of the class sets. Outputs a server of an older export lacks (the class
+    sets, the OOD flag) are left at their defaults."""
     probs = np.asarray(outputs[S.PROBS], np.float64).reshape(-1)
     if probs.size != len(class_names):
         raise DmfnServerError(
@@ -165,7 +186,28 @@ def parse_response(
         image_id=image_id,
         provenance=provenance or Provenance(),
         management_detail=detail,
+        class_set=_names(outputs.get(S.CLASS_SET)),
+        binary_set=_names(outputs.get(S.BINARY_SET)),
+        coverage=coverage,
+        ood_score=float(np.asarray(outputs[S.OOD_SCORE]).reshape(-1)[0])
+        if S.OOD_SCORE in outputs
+        else float("nan"),
+        ood_flag=bool(np.asarray(outputs[S.OOD_FLAG]).reshape(-1)[0])
+        if S.OOD_FLAG in outputs
+        else False,
     )
+
+
+def coverage_of(contract: ServerContract) -> float | None:
+    """The published coverage of the class sets (None when not published)."""
+    return None if contract.uncertainty is None else contract.uncertainty.conformal.coverage
+
+
+def _names(values: np.ndarray | None) -> tuple[str, ...]:
+    """The non-empty names of a padded BYTES output (None: the output is absent)."""
+    if values is None:
+        return ()
+    return tuple(t for t in (_text(v) for v in np.asarray(values).reshape(-1)) if t)
 
 
 def _text(value: object) -> str:
@@ -528,6 +570,7 @@ class DmfnClient:
             study.image_id,
             contract.provenance,
             contract.management,
+            coverage_of(contract),
         )
 
     def predict_many(

@@ -71,6 +71,11 @@ MODEL_SYNTHETIC = _private("SYNTHETIC", "Model trained on synthetic data")
 MODEL_TEMPERATURE = _private("TEMPERATURE", "Model calibration temperature")
 SOFTWARE_VERSION = _private("SWVERSION", "dmfn software version")
 MASK_FILE = _private("MASKFILE", "Lesion mask file")
+CLASS_SET = _private("CLASSSET", "Conformal class set (classes, most probable first)")
+BINARY_SET = _private("BINARYSET", "Conformal benign/malignant set")
+SET_COVERAGE = _private("SETCOVERAGE", "Stated coverage of the conformal sets")
+OOD_SCORE = _private("OODSCORE", "Out-of-distribution score (energy)")
+OOD_FLAG = _private("OODFLAG", "Out of distribution (unlike the training studies)")
 MASK_SHA256 = _private("MASKSHA256", "Lesion mask file sha256")
 CLINICAL_ITEMS: dict[str, CodedConcept] = {
     "age": _private("AGE", "Patient age used (years)"),
@@ -377,6 +382,7 @@ def _evaluations(
         items.append(_code_item(MODEL_SYNTHETIC, YES if p.synthetic else NO))
     temperature = "not recorded" if p.temperature is None else repr(float(p.temperature))
     items += [_text(MODEL_TEMPERATURE, temperature), _text(SOFTWARE_VERSION, dmfn.__version__)]
+    items += _uncertainty_items(prediction)
     for key, text in (clinical or ClinicalUsed()).texts():
         items.append(_text(CLINICAL_ITEMS[key], text))
     if mask.seg is None:
@@ -387,6 +393,20 @@ def _evaluations(
     )
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
+
+
+def _uncertainty_items(prediction: Prediction) -> list[Any]:
+    """The conformal sets, their coverage and the OOD flag (none for a model without them)."""
+    if not prediction.class_set:
+        return []
+    coverage = "not recorded" if prediction.coverage is None else repr(float(prediction.coverage))
+    return [
+        _text(CLASS_SET, " | ".join(prediction.class_set)),
+        _text(BINARY_SET, " | ".join(prediction.binary_set)),
+        _text(SET_COVERAGE, coverage),
+        _text(OOD_SCORE, f"{prediction.ood_score:.6g}"),
+        _code_item(OOD_FLAG, YES if prediction.ood_flag else NO),
+    ]
 
 
 def _coding_scheme_item() -> pydicom.Dataset:
@@ -515,7 +535,9 @@ def read_prediction_sr(path: str | Path) -> dict[str, Any]:
     Returns a dict: ``probs`` (class name -> probability; a SNOMED-coded class is named
     through ``contract/data/class_codes.csv``), ``predicted`` (class name), ``predicted_prob``, ``malignant_prob``, ``management``,
     ``management_detail``, ``measurements`` (``schema.MEASUREMENT_FIELDS`` name -> value in mm,
-    mm^2, mm^3), ``model_sha256``, ``model_synthetic`` (True, False or None), ``disclaimer``.
+    mm^2, mm^3), ``model_sha256``, ``model_synthetic`` (True, False or None), ``disclaimer``,
+    ``class_set`` and ``binary_set`` (tuples of names; empty for a model without them) and
+    ``ood_flag`` (True, False or None).
     """
     sr = hd.sr.srread(path)
     report = hd.sr.MeasurementReport.from_sequence(sr.content)
@@ -550,8 +572,17 @@ def read_prediction_sr(path: str | Path) -> dict[str, Any]:
         model_sha256=evaluations.get(MODEL_SHA256.value, ""),
         model_synthetic=None if not isinstance(synthetic, CodedConcept) else synthetic == YES,
         disclaimer=evaluations.get(DISCLAIMER.value, ""),
+        class_set=tuple(_split(evaluations.get(CLASS_SET.value, ""))),
+        binary_set=tuple(_split(evaluations.get(BINARY_SET.value, ""))),
+        ood_flag=None
+        if not isinstance(evaluations.get(OOD_FLAG.value), CodedConcept)
+        else evaluations[OOD_FLAG.value] == YES,
     )
     return out
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split("|") if part.strip()]
 
 
 def _code_to_name() -> dict[str, str]:

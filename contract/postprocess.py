@@ -9,8 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from dmfn.contract import schema as S
+from dmfn.contract.conformal import binary_sets, class_sets
 from dmfn.contract.management import UNCERTAIN, ManagementPolicy, load_management
+from dmfn.contract.ood import energy_score, ood_flags
 from dmfn.contract.taxonomy import Taxonomy
+from dmfn.contract.uncertainty import Uncertainty
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -33,6 +36,8 @@ class Postprocessor:
     option_matrix: np.ndarray  # float64 [C, M]
     min_probability: float
     temperature: float = 1.0
+    #: the class-set and OOD fits stored with the model; None: sets empty, never flagged
+    uncertainty: Uncertainty | None = None
 
     @classmethod
     def of(
@@ -40,6 +45,7 @@ class Postprocessor:
         taxonomy: Taxonomy,
         temperature: float = 1.0,
         management: ManagementPolicy | None = None,
+        uncertainty: Uncertainty | None = None,
     ) -> Postprocessor:
         policy = management or load_management()
         return cls(
@@ -49,6 +55,7 @@ class Postprocessor:
             policy.option_matrix(taxonomy.names),
             float(policy.min_probability),
             float(temperature),
+            uncertainty,
         )
 
     def __call__(self, logits: np.ndarray, measurements: np.ndarray) -> dict[str, np.ndarray]:
@@ -56,7 +63,9 @@ class Postprocessor:
         TOP3_INDEX and TOP3_LABEL (most probable first, ties to the lower index),
         MALIGNANT_PROB (sum over the malignant classes), MANAGEMENT (the policy's option whose
         summed probability reaches its threshold, else ``uncertain``; see
-        :mod:`dmfn.contract.management`), MEASUREMENTS."""
+        :mod:`dmfn.contract.management`), MEASUREMENTS, CLASS_SET (the conformal set's classes,
+        most probable first, padded with b""), BINARY_SET (b"malignant" / b"benign", the more
+        probable first, padded), OOD_SCORE and OOD_FLAG (:mod:`dmfn.contract.uncertainty`)."""
         probs = softmax(logits, self.temperature)
         top = np.argsort(-probs, axis=1, kind="stable")[:, : S.TOP_K].astype(np.int32)
         malignant = probs[:, self.malignant].sum(axis=1, keepdims=True, dtype=np.float64)
@@ -71,4 +80,36 @@ class Postprocessor:
             S.MALIGNANT_PROB: malignant.astype(np.float32),
             S.MANAGEMENT: self.options[choice][:, None],
             S.MEASUREMENTS: np.asarray(measurements, dtype=np.float32),
+            **self._uncertainty(logits, probs, malignant[:, 0]),
         }
+
+    def _uncertainty(
+        self, logits: np.ndarray, probs: np.ndarray, malignant: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        n, c = probs.shape
+        class_set = np.full((n, c), b"", dtype=np.object_)
+        binary_set = np.full((n, 2), b"", dtype=np.object_)
+        if self.uncertainty is None:
+            score = energy_score(logits)
+            return {S.CLASS_SET: class_set, S.BINARY_SET: binary_set,
+                    S.OOD_SCORE: score.astype(np.float32)[:, None],
+                    S.OOD_FLAG: np.zeros((n, 1), bool)}  # fmt: skip
+        members = class_sets(self.uncertainty.conformal, probs)
+        order = np.argsort(-probs, axis=1, kind="stable")
+        for row in range(n):
+            chosen = [k for k in order[row] if members[row, k]]
+            class_set[row, : len(chosen)] = self.labels[chosen]
+        binary_probs = np.stack([1.0 - malignant, malignant], axis=1)
+        binary_members = binary_sets(self.uncertainty.conformal, malignant)
+        binary_order = np.argsort(-binary_probs, axis=1, kind="stable")
+        for row in range(n):
+            chosen = [BINARY_NAMES[k] for k in binary_order[row] if binary_members[row, k]]
+            binary_set[row, : len(chosen)] = chosen
+        scores, flags = ood_flags(self.uncertainty.ood, logits)
+        return {S.CLASS_SET: class_set, S.BINARY_SET: binary_set,
+                S.OOD_SCORE: np.asarray(scores, np.float32)[:, None],
+                S.OOD_FLAG: np.asarray(flags, bool)[:, None]}  # fmt: skip
+
+
+#: The binary set's answers as bytes, in the binary probabilities' order [benign, malignant].
+BINARY_NAMES = np.array([name.encode() for name in S.BINARY_LABELS], dtype=np.object_)

@@ -9,6 +9,10 @@ Columns, in this order:
 - ``prob_<class>`` for every class of the model, in logit order;
 - ``malignant_prob``: the summed probability of the malignant classes;
 - ``predicted``: the most probable class;
+- what the served model said of its own uncertainty (image rows of ``dmfn predict``; empty
+  elsewhere): ``class_set`` (the conformal class set, most probable first, joined by ``|``),
+  ``binary_set`` (``malignant``, ``benign`` or both), ``ood_score`` and ``ood_flag``
+  (``true`` / ``false``);
 - provenance of the model: ``model_sha256`` (of the checkpoint file), ``model_trained`` (its
   training date, ISO 8601), ``model_synthetic`` (``true`` when trained on synthetic data),
   ``model_temperature`` (the calibration temperature its probabilities carry) and
@@ -50,6 +54,10 @@ PROVENANCE_COLUMNS: tuple[str, ...] = (
     "model_sha256", "model_trained", "model_synthetic", "model_temperature", "model_name",
 )  # fmt: skip
 STATUS_COLUMNS: tuple[str, ...] = ("status", "error")
+#: The uncertainty outputs of a served prediction (contract/uncertainty.py), after ``predicted``.
+UNCERTAINTY_COLUMNS: tuple[str, ...] = ("class_set", "binary_set", "ood_score", "ood_flag")
+#: Separator of the classes of a set in one cell (class names never hold it).
+SET_SEPARATOR = "|"
 #: Last column: the fold of an out-of-fold prediction (``dmfn train --folds``), else empty.
 FOLD_COLUMN = "fold"
 STATUSES: tuple[str, ...] = ("ok", "failed")
@@ -113,6 +121,17 @@ class PredictionRow:
     label: str = ""
     #: The cross-validation fold whose model made this out-of-fold prediction ("" otherwise).
     fold: str = ""
+    class_set: tuple[str, ...] = ()
+    binary_set: tuple[str, ...] = ()
+    ood_score: float | None = None
+    ood_flag: bool | None = None
+
+    def uncertainty_cells(self) -> list[str]:
+        """The :data:`UNCERTAINTY_COLUMNS` cells of this row (empty when not known)."""
+        score = "" if self.ood_score is None else f"{self.ood_score:.9g}"
+        flag = "" if self.ood_flag is None else str(self.ood_flag).lower()
+        sets = [escape_cell(SET_SEPARATOR.join(s)) for s in (self.class_set, self.binary_set)]
+        return [*sets, score, flag]  # numbers stay numbers (a negative score is no formula)
 
 
 @dataclass(frozen=True)
@@ -171,7 +190,8 @@ class PredictionTable:
 def header(classes: Sequence[str]) -> list[str]:
     return [
         "level", "patient_id", "image_id", "split", "label",
-        *(PROB_PREFIX + c for c in classes), "malignant_prob", "predicted", *PROVENANCE_COLUMNS,
+        *(PROB_PREFIX + c for c in classes), "malignant_prob", "predicted", *UNCERTAINTY_COLUMNS,
+        *PROVENANCE_COLUMNS,
         *STATUS_COLUMNS, FOLD_COLUMN,
     ]  # fmt: skip
 
@@ -201,11 +221,13 @@ def write_predictions(
             text = [escape_cell(c) for c in (r.level, r.patient_id, r.image_id, r.split, r.label)]
             writer.writerow(
                 [*text, *(f"{p:.9g}" for p in r.probs), f"{r.malignant_prob:.9g}", predicted,
-                 *prov, "ok", "", escape_cell(r.fold)]
+                 *r.uncertainty_cells(), *prov, "ok", "",
+                 escape_cell(r.fold)]
             )  # fmt: skip
         for f in failures:
             text = [escape_cell(c) for c in ("image", f.patient_id, f.image_id, f.split, f.label)]
-            writer.writerow([*text, *([""] * len(classes)), "", "", *prov, "failed",
+            writer.writerow([*text, *([""] * len(classes)), "", "",
+                             *([""] * len(UNCERTAINTY_COLUMNS)), *prov, "failed",
                              escape_cell(" ".join(f.error.split())), ""])  # fmt: skip
     return path
 
@@ -223,6 +245,21 @@ def _number(text: str, where: str, column: str) -> float:
 def _text(raw: dict[str, str], column: str, default: str = "") -> str:
     """A text cell as it was written: stripped, a formula escape removed."""
     return unescape_cell((raw.get(column) or default).strip())
+
+
+def _uncertainty(
+    raw: dict[str, str], where: str
+) -> tuple[tuple[str, ...], tuple[str, ...], float | None, bool | None]:
+    """The row's class set, binary set, OOD score and flag (empty / None when absent)."""
+    sets = tuple(
+        tuple(n for n in _text(raw, column).split(SET_SEPARATOR) if n)
+        for column in ("class_set", "binary_set")
+    )
+    score_text, flag_text = _text(raw, "ood_score"), _text(raw, "ood_flag").lower()
+    score = _number(score_text, where, "ood_score") if score_text else None
+    if flag_text not in ("", "true", "false"):
+        raise InvalidInput("ood_flag", f"{where}: must be true or false, got {flag_text!r}")
+    return sets[0], sets[1], score, None if not flag_text else flag_text == "true"
 
 
 def read_predictions(path: str | Path) -> PredictionTable:
@@ -255,7 +292,7 @@ def read_predictions(path: str | Path) -> PredictionTable:
                 PredictionRow(
                     level, pid, _number(raw["malignant_prob"], where, "malignant_prob"), probs,
                     _text(raw, "image_id"), _text(raw, "split"), _text(raw, "label"),
-                    _text(raw, FOLD_COLUMN),
+                    _text(raw, FOLD_COLUMN), *_uncertainty(raw, where),
                 )
             )  # fmt: skip
             if len(table.rows) == 1:

@@ -21,6 +21,7 @@ TRITON_TO_NUMPY: dict[str, type | np.dtype] = {
     "UINT8": np.uint8,
     "FP32": np.float32,
     "BYTES": np.object_,
+    "BOOL": np.bool_,
 }
 
 #: CLINICAL fp32[5] layout: age in years, sex (1 = male, 0 = female), location one-hot.
@@ -96,6 +97,16 @@ TOP3_INDEX = "TOP3_INDEX"
 TOP3_LABEL = "TOP3_LABEL"
 MALIGNANT_PROB = "MALIGNANT_PROB"
 MANAGEMENT = "MANAGEMENT"
+#: The conformal class set (contract/conformal.py): the classes in the set, most probable first,
+#: padded with b"" to the number of classes; and the binary set ("malignant", "benign", or both).
+CLASS_SET = "CLASS_SET"
+BINARY_SET = "BINARY_SET"
+#: The out-of-distribution score of the study (contract/ood.py; higher = more unusual) and
+#: whether it is above the threshold fitted on the training split.
+OOD_SCORE = "OOD_SCORE"
+OOD_FLAG = "OOD_FLAG"
+#: The binary set's two answers, in the order of the binary probabilities [benign, malignant].
+BINARY_LABELS = ("benign", "malignant")
 #: Internal name of the measurements between preprocess and postprocess. Triton 2.51 deadlocks
 #: when an ensemble output is also an intermediate tensor, so postprocess re-emits MEASUREMENTS.
 MEASUREMENTS_INTERNAL = "MEASUREMENTS_PRE"
@@ -202,4 +213,8 @@ class Schema:
             TensorSpec(MALIGNANT_PROB, "FP32", (1,)),
             TensorSpec(MANAGEMENT, "BYTES", (1,)),
             TensorSpec(MEASUREMENTS, "FP32", (len(MEASUREMENT_FIELDS),)),
+            TensorSpec(CLASS_SET, "BYTES", (self.n_classes,)),
+            TensorSpec(BINARY_SET, "BYTES", (len(BINARY_LABELS),)),
+            TensorSpec(OOD_SCORE, "FP32", (1,)),
+            TensorSpec(OOD_FLAG, "BOOL", (1,)),
         )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from dmfn.contract.limits import InputLimits
 from dmfn.contract.management import ManagementPolicy, parse_management
 from dmfn.contract.predictions import PROVENANCE_COLUMNS, Provenance
+from dmfn.contract.uncertainty import Uncertainty
 
 #: Parameter keys of the dmfn_pipeline config.
 ROI_MARGIN_KEY = "roi_margin_mm"
@@ -26,6 +27,8 @@ CLASS_NAMES_KEY = "class_names"
 INPUT_LIMITS_KEY = "input_limits"
 #: The management policy the server applies (its JSON), so a client can explain the suggestion.
 MANAGEMENT_KEY = "management_policy"
+#: The class-set and OOD fits (contract/uncertainty.py), JSON.
+UNCERTAINTY_KEY = "uncertainty"
 #: Provenance of the served model: the checkpoint's sha256, its training date, synthetic or not.
 PROVENANCE_KEYS = PROVENANCE_COLUMNS
 
@@ -41,6 +44,8 @@ class ServerContract:
     limits: InputLimits | None = None
     provenance: Provenance = field(default_factory=Provenance)
     management: ManagementPolicy | None = None
+    #: the class-set and OOD fits the server applies (None: not published)
+    uncertainty: Uncertainty | None = None
 
     def __post_init__(self) -> None:
         margin = float(self.roi_margin_mm)
@@ -78,6 +83,8 @@ class ServerContract:
             out[INPUT_LIMITS_KEY] = self.limits.to_json()
         if self.management is not None:
             out[MANAGEMENT_KEY] = self.management.to_json()
+        if self.uncertainty is not None:
+            out[UNCERTAINTY_KEY] = self.uncertainty.to_json()
         out.update(self.provenance.columns())
         return out
 
@@ -124,6 +131,9 @@ class ServerContract:
         management = None
         if MANAGEMENT_KEY in parameters:
             management = parse_management(text(MANAGEMENT_KEY), f"parameter '{MANAGEMENT_KEY}'")
+        uncertainty = None
+        if UNCERTAINTY_KEY in parameters:
+            uncertainty = Uncertainty.from_json(text(UNCERTAINTY_KEY))
         return cls(
             margin,
             tuple(names(CTC_FEATURES_KEY)),
@@ -131,4 +141,5 @@ class ServerContract:
             limits,
             provenance,
             management,
+            uncertainty,
         )

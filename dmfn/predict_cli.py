@@ -43,6 +43,7 @@ from dmfn.contract import schema as S
 from dmfn.contract.audit import AuditLog, client_audit
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.outfile import check_new
+from dmfn.explain_output import HeatMaps, check_explain_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the DICOM Structured Report (TID 1500) of each prediction: a file for one "
         "study, a folder (one <image_id>_sr.dcm per study) for --manifest; needs DICOM images",
     )
+    p.add_argument(
+        "--explain",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --checkpoint: write Grad-CAM heat maps of each prediction into DIR "
+        "(<image id>_views.png, <image id>_cam.npy) and, for a labelled manifest, a gallery of "
+        "the most confident right, wrong and most uncertain studies (docs/explain.md)",
+    )
     pacs = p.add_argument_group(
         "a study on a PACS (DICOMweb)",
         "Fetch the study's CT series and its DICOM SEG from a PACS instead of IMAGE and --mask. "
@@ -223,6 +233,16 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise ValueError(f"--checkpoint: {args.checkpoint} is not a file")
     elif args.management is not None:
         raise ValueError("--management: only with --checkpoint (a server applies its own policy)")
+    if args.explain is not None:
+        if args.checkpoint is None:
+            raise ValueError(
+                "--explain: heat maps need gradients through the net, so they are made in this "
+                "process: give --checkpoint (a server runs the net without them)"
+            )
+        try:
+            check_explain_folder(args.explain, args.overwrite)
+        except InvalidInput as err:
+            raise ValueError(err.in_flags({"explain": "--explain"})) from None
     _check_report_flags(args)
     if args.out is not None:
         try:
@@ -365,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         reports=None if args.sr is None else Reports(args.sr, overwrite=args.overwrite,
                                                      folder=args.manifest is not None),
         audit=audit,
+        explain=None if args.explain is None else HeatMaps(predictor, args.explain),
     )  # fmt: skip
 
 
@@ -384,8 +405,9 @@ def _main_pacs(args: argparse.Namespace, predictor: Predictor, audit: AuditLog |
         series_uid=args.series_uid, seg_series_uid=args.seg_uid, segment=args.segment,
     )  # fmt: skip
     return run_pacs(predictor, pacs, request, sr=args.sr, store=args.store,
-                    overwrite=args.overwrite, out=args.out, as_json=args.json,
-                    audit=audit)  # fmt: skip
+                    overwrite=args.overwrite, out=args.out, as_json=args.json, audit=audit,
+                    explain=None if args.explain is None else HeatMaps(predictor, args.explain),
+                    )  # fmt: skip
 
 
 if __name__ == "__main__":

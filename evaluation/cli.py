@@ -36,6 +36,7 @@ FLAGS = {
     "names": "--names",
     "grouping": "--grouping",
     "management": "--management",
+    "coverage": "--coverage",
     "out": "--out",
     "overwrite": "--overwrite",
 }
@@ -50,12 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
             "ROC AUC with DeLong and bootstrap 95 % CIs, sensitivity / specificity / PPV / NPV / "
             "accuracy with CIs at the Youden threshold chosen on validation (or --threshold), "
             "Hand & Till and per-class AUCs, top-1/top-3 accuracy, the confusion matrix, "
-            "calibration; paired DeLong and McNemar tests against --compare files; the reader "
-            "study (--readers); the cohort table and subgroup AUCs (--manifest). The statistics "
-            "equal R pROC's. With --runs instead: several training runs (seeds) per system, "
-            "each run's AUC with its DeLong CI, mean and SD over seeds, the seed ensemble and "
-            "paired DeLong tests seed by seed. Writes OUT/metrics.json, OUT/report.html, "
-            "OUT/report.md and PNG figures."
+            "calibration, conformal class sets (--coverage); paired DeLong and McNemar tests "
+            "against --compare files; the reader study (--readers); the cohort table and "
+            "subgroup AUCs (--manifest). The statistics equal R pROC's. With --runs instead: "
+            "several training runs (seeds) per system, each run's AUC with its DeLong CI, mean "
+            "and SD over seeds, the seed ensemble and paired DeLong tests seed by seed. Writes "
+            "OUT/metrics.json, OUT/report.html, OUT/report.md and PNG figures."
         ),
     )
     p.add_argument("--predictions", type=Path, default=None,
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", dest="n_boot", type=int, default=1000,
                    help="bootstrap replicates of the AUC and Hand & Till intervals (1000)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    p.add_argument("--coverage", type=float, default=None,
+                   help="coverage of the conformal class sets, in (0, 1) (0.9): calibrated on "
+                   "the validation patients, APS and class-conditional (Mondrian) side by side, "
+                   "for the classes and for benign / malignant; docs/conformal.md")  # fmt: skip
     p.add_argument("--taxonomy", type=Path, default=None,
                    help="taxonomy CSV (default: the paper's 20 classes)")  # fmt: skip
     p.add_argument("--management", type=Path, default=None,
@@ -146,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             names=args.names,
             management=load_management(args.management) if args.management else None,
+            coverage=args.coverage,
         )
         result = write_report(args.out, inputs)
     except ValueError as err:
@@ -162,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         d = c["delong_paired"]
         print(f"{c['system_1']} vs {c['system_2']}: AUC difference {d['difference']:+.3f}, "
               f"paired DeLong z {d['z']:.2f}, p {d['p']:.3g}")  # fmt: skip
+    conformal = result.get("conformal") or {}
+    for method, c in (conformal.get("classes") or {}).items():
+        cov = c["coverage"]
+        print(f"conformal {method} at {conformal['coverage_target']:.2f}: coverage "
+              f"{cov['value']:.3f} [{cov['ci_low']:.3f}, {cov['ci_high']:.3f}], mean set size "
+              f"{c['mean_size']:.2f}")  # fmt: skip
     readers = result.get("readers") or {}
     for session, data in readers.get("sessions", {}).items():
         tag = " (SIMULATED)" if readers["simulated"] else ""

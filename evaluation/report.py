@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dmfn.client.manifest import Manifest
+from dmfn.contract.conformal import DEFAULT_COVERAGE, check_coverage
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.management import ManagementPolicy
 from dmfn.contract.outfile import replacing
@@ -26,6 +27,7 @@ from dmfn.contract.taxonomy import Taxonomy
 from . import calibration, decision, figures
 from .analysis import MIN_CASES_FOR_CI, SystemScores, align, analyse, compare, scores_of
 from .cohort import cohort_table, subgroup_aucs
+from .conformal import conformal_report
 from .document import (
     DIAGNOSTIC_HEAD,
     Section,
@@ -107,6 +109,9 @@ class EvaluationInputs:
     names: list[str] = field(default_factory=list)
     #: The management policy for the reader study's management accuracy (None: dmfn's default).
     management: ManagementPolicy | None = None
+    #: Coverage of the conformal sets (--coverage); None: DEFAULT_COVERAGE, and no refusal when
+    #: there are no validation patients to calibrate on.
+    coverage: float | None = None
 
 
 def system_names(tables: Sequence[PredictionTable], given: Sequence[str] = ()) -> list[str]:
@@ -200,6 +205,37 @@ def _threshold(
     }
 
 
+def _conformal(inputs: EvaluationInputs, main: SystemScores) -> dict[str, Any]:
+    """The first system's conformal sets, calibrated where its threshold is chosen (the val
+    split of its validation predictions) and judged on the evaluated patients. Without
+    validation patients (or with them evaluated too, allowed with --threshold) it says why and
+    computes nothing; refused instead when --coverage was asked for."""
+    coverage = DEFAULT_COVERAGE if inputs.coverage is None else check_coverage(inputs.coverage)
+    source, where = _threshold_source(inputs, 0, inputs.predictions)
+    val = None
+    if source is None:
+        reason = "no validation patients to calibrate on ({validation}, or a val split in the file)"
+    else:
+        val = validation_scores(source, inputs.taxonomy, "validation")
+        reason = "the validation patients are also evaluated"
+        if not set(val.patient_ids) & set(main.patient_ids):
+            return {"computed": True, **conformal_report(
+                val, main, coverage, inputs.ci_method,
+                f"the val split of {where} (n {len(val.patient_ids)})",
+                inputs.taxonomy.malignant_mask,
+            )}  # fmt: skip
+        if inputs.threshold is None:
+            _check_disjoint(main, val, where)
+    if inputs.coverage is not None:
+        raise InvalidInput(
+            "coverage",
+            f"conformal sets are calibrated on validation patients only: {reason}",
+            mentions={"validation": "validation"},
+        )
+    return {"computed": False, "coverage_target": coverage,
+            "reason": reason.replace("{validation}", "--validation")}  # fmt: skip
+
+
 def _default_split(inputs: EvaluationInputs) -> tuple[EvaluationInputs, str]:
     """Without --split, a file holding several splits is evaluated on its held-out ``test``
     split (numbers on training or validation patients are optimistic)."""
@@ -250,6 +286,7 @@ def evaluate(inputs: EvaluationInputs) -> tuple[dict[str, Any], list[SystemScore
             f"{len(inputs.validation)} file(s) for {len(tables)} system(s): give at most one "
             "validation file per system, in the order --predictions, --compare ...",
         )
+    result["conformal"] = _conformal(inputs, systems[0])  # before the long work: refusals first
     for position, (table, s) in enumerate(zip(tables, systems, strict=True)):
         value, source = _threshold(inputs, position, table, s)
         analysis = analyse(
@@ -578,6 +615,93 @@ def multiclass_sections(result: Mapping[str, Any]) -> list[Section]:
     return out
 
 
+def _count_cell(d: Mapping[str, Any]) -> str:
+    """``value [CI] (k/n)`` of a proportion."""
+    return ci(d) + f" ({d['successes']}/{d['n']})"
+
+
+def _thresholds_cell(c: Mapping[str, Any], method: str) -> str:
+    if method == "aps":
+        return fmt(c["thresholds"][0], 4)
+    finite = [t for t in c["thresholds"] if t is not None]
+    return f"one per class ({len(finite)} finite, {len(c['thresholds']) - len(finite)} always)"
+
+
+def conformal_sections(result: Mapping[str, Any]) -> list[Section]:
+    """The first system's conformal sets: coverage with its interval, mean size and singletons
+    of the class sets (APS and Mondrian side by side, overall and per class) and of the binary
+    sets."""
+    conf = result.get("conformal")
+    if not conf:
+        return []
+    target = fmt(conf["coverage_target"], 2)
+    title = f"Conformal class sets at {target} coverage (first system)"
+    if not conf["computed"]:
+        return [Section(title, body=[f"Not computed: {conf['reason']}."])]
+    body: list[str | Table] = [
+        f"A set of classes that holds the true class with probability at least {target}: the "
+        "classes from the most probable down while their summed probability stays within a "
+        "threshold calibrated on validation patients (split-conformal APS, not randomised; a "
+        "set that would be empty holds the top class, which only adds coverage). Calibrated on "
+        f"{conf['fitted_on']}, judged on the {conf['n_evaluated']} evaluated patients. The "
+        "guarantee is marginal: over patients, on average over validation sets, when "
+        "validation and evaluated patients are exchangeable; the expected coverage is at most "
+        f"{fmt(conf['expected_coverage_at_most'])} (ties aside). It does not hold per class: "
+        "rare classes can be missed far more often. Mondrian (class-conditional): one "
+        "threshold per class, fitted on that class's validation patients, so it holds per "
+        f"class; a class with fewer than {conf['min_calibration']} validation patients is "
+        "always in the set. Intervals: 95 %, proportions by "
+        f"{result['ci_method']}. docs/conformal.md says more.",
+    ]
+    classes = conf.get("classes")
+    if classes:
+        body.append(Table(
+            ["method", "threshold", "coverage [CI]", "mean set size", "singletons [CI]",
+             "empty, top class kept"],
+            [[m, _thresholds_cell(c, m), _count_cell(c["coverage"]), fmt(c["mean_size"], 2),
+              _count_cell(c["singletons"]), str(c["empty_before_rule"])]
+             for m, c in classes.items()],
+        ))  # fmt: skip
+        aps, mondrian = classes["aps"], classes["mondrian"]
+        rows = []
+        for name, a in aps["per_class"].items():
+            m = mondrian["per_class"][name]
+            rows.append([
+                name, str(a["n"]), _count_cell(a["coverage"]), fmt(a["mean_size"], 2),
+                _count_cell(m["coverage"]), fmt(m["mean_size"], 2),
+                f"{fmt(m['threshold'], 4) if m['threshold'] is not None else 'always'} "
+                f"({m['n_calibration']})",
+            ])  # fmt: skip
+        body += [
+            "Per class (the evaluated patients of each class present):",
+            Table(["class", "patients", "APS coverage [CI]", "APS mean size",
+                   "Mondrian coverage [CI]", "Mondrian mean size",
+                   "Mondrian threshold (validation patients)"], rows),
+        ]  # fmt: skip
+    else:
+        body.append("Class sets: not computed (no class probabilities or class labels).")
+    rows = []
+    for m, b in conf["binary"].items():
+        sets = b["sets"]
+        rows.append([
+            m, ", ".join(fmt(t, 4) if t is not None else "always" for t in b["thresholds"]),
+            _count_cell(sets["benign_only"]), _count_cell(sets["malignant_only"]),
+            _count_cell(sets["both"]), _count_cell(b["coverage"]),
+            *(_count_cell(b["per_class"][g]["coverage"]) if g in b["per_class"] else "-"
+              for g in ("benign", "malignant")),
+        ])  # fmt: skip
+    body += [
+        "Benign vs malignant: a group is in the set when its probability is at least 1 - the "
+        "threshold (score 1 - p, calibrated the same way; APS is degenerate on two groups, "
+        "docs/conformal.md); a set of both is an answer of 'uncertain'. Mondrian: one "
+        "threshold for the benign and one for the malignant validation patients.",
+        Table(["method", "threshold", "{benign}", "{malignant}", "both (uncertain)",
+               "coverage [CI]", "coverage, benign patients", "coverage, malignant patients"],
+              rows),
+    ]  # fmt: skip
+    return [Section(title, body=body)]
+
+
 def temperature_story(cal: Mapping[str, Any]) -> list[str | Table]:
     """The temperatures side by side (none, the one stored at training, evaluate's refit) with
     the ECE and Brier score of each on the evaluated patients, and which one is served."""
@@ -798,6 +922,7 @@ def build_sections(result: Mapping[str, Any]) -> list[Section]:
         *flow_section(result),
         *binary_sections(result),
         *multiclass_sections(result),
+        *conformal_sections(result),
         *reader_sections(result),
         *cohort_sections(result),
     ]

@@ -43,6 +43,8 @@ PARAMS_FILE = "preprocess_params.json"
 TAXONOMY_FILE = "taxonomy.csv"
 #: The management policy postprocess applies (dmfn.contract.management), next to the taxonomy.
 MANAGEMENT_FILE = "management.json"
+#: The class-set and OOD fits postprocess applies (dmfn.contract.uncertainty), next to it.
+UNCERTAINTY_FILE = "uncertainty.json"
 LABELS_FILE = "labels.txt"
 #: Net weights inside ``<repository>/dmfn/1/``, by target.
 NET_MODEL_FILES: dict[str, str] = {
@@ -411,10 +413,17 @@ def render_net(schema: Schema, settings: ServingSettings) -> str:
     return to_pbtxt(message)
 
 
-def render_postprocess(schema: Schema, settings: ServingSettings, temperature: float = 1.0) -> str:
+def render_postprocess(
+    schema: Schema,
+    settings: ServingSettings,
+    temperature: float = 1.0,
+    uncertainty: bool = False,
+) -> str:
     """``postprocess``: logits -> PROBS (``softmax(logits / temperature)``: the calibration
     temperature fitted on validation), TOP3_*, MALIGNANT_PROB, MANAGEMENT (the policy in
-    ``management_file``); re-emits MEASUREMENTS."""
+    ``management_file``), CLASS_SET, BINARY_SET, OOD_SCORE, OOD_FLAG (the fits in
+    ``uncertainty_file`` when ``uncertainty``, else empty sets and no flag); re-emits
+    MEASUREMENTS."""
     if not (math.isfinite(temperature) and temperature > 0):
         raise InvalidInput("temperature", f"must be finite and > 0, got {temperature!r}")
     message = [
@@ -432,6 +441,7 @@ def render_postprocess(schema: Schema, settings: ServingSettings, temperature: f
                 "taxonomy_file": TAXONOMY_FILE,
                 "management_file": MANAGEMENT_FILE,
                 "temperature": repr(float(temperature)),
+                **({"uncertainty_file": UNCERTAINTY_FILE} if uncertainty else {}),
             }
         ),
     ]
@@ -501,6 +511,8 @@ def render_all(
     return {
         S.PREPROCESS_MODEL: render_preprocess(schema, settings, contract),
         S.NET_MODEL: render_net(schema, settings),
-        S.POSTPROCESS_MODEL: render_postprocess(schema, settings, temperature),
+        S.POSTPROCESS_MODEL: render_postprocess(
+            schema, settings, temperature, contract is not None and contract.uncertainty is not None
+        ),
         S.PIPELINE_MODEL: render_pipeline(schema, settings, contract),
     }

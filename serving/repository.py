@@ -36,6 +36,7 @@ from dmfn.contract.predictions import Provenance
 from dmfn.contract.schema import Schema
 from dmfn.contract.server import ServerContract
 from dmfn.contract.taxonomy import Taxonomy
+from dmfn.contract.uncertainty import Uncertainty
 from dmfn.resources import TEMPLATE_ENV, model_repository_templates
 
 from .config import (
@@ -45,6 +46,7 @@ from .config import (
     NET_MODEL_FILES,
     PARAMS_FILE,
     TAXONOMY_FILE,
+    UNCERTAINTY_FILE,
     ServingSettings,
     render_all,
 )
@@ -92,6 +94,8 @@ class ModelInfo:
     temperature: float = 1.0
     #: The management policy postprocess applies (None: dmfn's default).
     management: ManagementPolicy | None = None
+    #: The class-set and OOD fits postprocess applies (None: empty sets, no flag).
+    uncertainty: Uncertainty | None = None
 
     @property
     def management_policy(self) -> ManagementPolicy:
@@ -114,6 +118,10 @@ def model_card_text(info: ModelInfo, taxonomy: Taxonomy, schema: Schema, target:
         f"- checkpoint: `{info.checkpoint or 'n/a'}` (sha256 {info.provenance.sha256 or 'n/a'}, "
         f"trained {info.provenance.trained or 'n/a'})",
         f"- calibration temperature (fitted on validation): {info.temperature:.3g}",
+        "- uncertainty: "
+        + (
+            info.uncertainty.describe() if info.uncertainty else "none (no class sets, no OOD flag)"
+        ),
         f"- serving target: `{target}`",
         f"- architecture: `{json.dumps(dict(info.model_config), sort_keys=True, default=str)}`",
         f"- classes ({schema.n_classes}, logit order): {', '.join(taxonomy.names)}",
@@ -230,6 +238,7 @@ def _manifest(
         "input_limits": info.limits.to_dict() if info.limits is not None else None,
         "provenance": info.provenance.columns(),
         "temperature": info.temperature,
+        "uncertainty": None if info.uncertainty is None else json.loads(info.uncertainty.to_json()),
         "management": {
             "source": info.management_policy.source,
             "sha256": info.management_policy.digest(),
@@ -256,6 +265,7 @@ def _fill(
         info.limits,
         info.provenance,
         policy,
+        info.uncertainty,
     )
     configs = render_all(schema, settings, contract, info.temperature)
     for name in MODEL_NAMES:
@@ -269,6 +279,10 @@ def _fill(
     (root / S.PREPROCESS_MODEL / PARAMS_FILE).write_text(params.to_json() + "\n")
     (root / S.POSTPROCESS_MODEL / TAXONOMY_FILE).write_text(taxonomy.to_csv_text())
     (root / S.POSTPROCESS_MODEL / MANAGEMENT_FILE).write_text(policy.to_json() + "\n")
+    if info.uncertainty is not None:
+        (root / S.POSTPROCESS_MODEL / UNCERTAINTY_FILE).write_text(
+            info.uncertainty.to_json() + "\n"
+        )
     for name in (S.NET_MODEL, S.POSTPROCESS_MODEL, S.PIPELINE_MODEL):
         (root / name / LABELS_FILE).write_text(taxonomy.labels_file_text())
     (root / MODEL_CARD_FILE).write_text(model_card_text(info, taxonomy, schema, settings.target))

@@ -11,6 +11,8 @@ from dmfn.client.flags import add_overwrite
 from dmfn.contract.errors import in_flags
 from dmfn.contract.taxonomy import DEFAULT_GROUPING, GROUPINGS
 from dmfn.synth.cohort import (
+    CONTRASTS,
+    DEFAULT_CONTRAST,
     INFO_NAME,
     PRESETS,
     CohortGenerationError,
@@ -34,6 +36,7 @@ FLAGS = {
     "compartments": "--compartments",
     "appearance": "--appearance",
     "confusions": "--ct-confusions",
+    "contrast": "--contrast",
 }
 
 log = logging.getLogger("dmfn.synth")
@@ -123,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace synth/data/ct_confusions.json (the partners and knobs of the calibrated "
         "appearance); scripts/calibrate.sh uses it to try knob values",
     )
+    parser.add_argument(
+        "--contrast",
+        choices=CONTRASTS,
+        default=DEFAULT_CONTRAST,
+        help="'enhanced' (default: 60-65 s after iodinated contrast) or 'none': the same "
+        "patients without contrast enhancement (lesion enhancement removed, blood pool at "
+        "40 HU), an acquisition the models were not trained on (docs/ood.md)",
+    )
     add_overwrite(parser, "allow a non-empty --out: a previous cohort there is removed first")
     return parser
 
@@ -140,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.out, preset, seed=args.seed, overwrite=args.overwrite,
                 readers_per_group=args.readers, dry_run=True, grouping=args.grouping,
                 compartments=args.compartments, appearance=args.appearance,
-                confusions=args.ct_confusions,
+                confusions=args.ct_confusions, contrast=args.contrast,
             )  # fmt: skip
         else:
             total = sum(p.n_images for p in plan_cohort(preset.n_patients, args.seed))
@@ -150,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                     overwrite=args.overwrite, readers_per_group=args.readers, progress=bar.update,
                     grouping=args.grouping, compartments=args.compartments,
                     appearance=args.appearance, confusions=args.ct_confusions,
+                    contrast=args.contrast,
                 )  # fmt: skip
     except ValueError as err:
         log.error("dmfn synth: %s", in_flags(err, FLAGS))

@@ -75,6 +75,16 @@ SYNTH_MANIFEST_COLUMNS: tuple[str, ...] = (
 )
 #: ContrastBolusAgent of every synthetic series (the phantom's lesions are contrast-enhanced).
 CONTRAST_AGENT = "IODINATED CONTRAST (synthetic)"
+#: ``contrast`` options: ``enhanced`` (the default, 60-65 s after iodinated contrast) or ``none``
+#: (the same patients scanned without contrast: an out-of-distribution acquisition, docs/ood.md).
+CONTRASTS: tuple[str, ...] = ("enhanced", "none")
+DEFAULT_CONTRAST = "enhanced"
+#: Unenhanced attenuations (HU) of the enhancing anatomy when ``contrast`` is ``none``: blood
+#: pool, myocardium and liver on a non-contrast chest CT (textbook values; fixed, so the draws of
+#: the enhanced cohort are unchanged).
+UNENHANCED_ANATOMY_HU = {
+    "blood_hu": 40.0, "pa_hu": 40.0, "vein_hu": 40.0, "myocardium_hu": 40.0, "liver_hu": 60.0,
+}  # fmt: skip
 #: SegmentAlgorithmName of the synthetic masks.
 SEG_ALGORITHM = "dmfn synth phantom"
 INFO_NAME = "cohort.json"
@@ -387,13 +397,17 @@ def sample_subject(
     preset: Preset,
     bake: bool = True,
     difficulty: Difficulty | None = None,
+    contrast: str = DEFAULT_CONTRAST,
 ) -> Subject:
     """The patient-level random draws of ``plan`` (deterministic for ``seed``).
 
     The lesion is drawn with the appearance of :func:`sample_look` (``difficulty``: default the
     calibrated mode) in the patient's own compartment, and its HU get the patient's enhancement.
     ``bake=False`` skips evaluating the lesion on its grid (geometry only, not renderable).
+    ``contrast="none"``: the same draws, with the lesion's enhancement removed (enhancing tissue
+    at ``unenhanced_hu``) and the blood pool, heart and liver at :data:`UNENHANCED_ANATOMY_HU`.
     """
+    _check_contrast(contrast)
     difficulty = difficulty or load_difficulty(DEFAULT_APPEARANCE)
     look = sample_look(plan, seed, difficulty)
     anatomy = sample_anatomy(_rng(seed, 1, plan.index, 0), plan.sex)
@@ -406,10 +420,18 @@ def sample_subject(
         bake=bake,
     )
     if bake and lesion.hu is not None:
-        lesion = replace(lesion, hu=enhance(lesion.hu, look, difficulty))
+        factor = look if contrast == DEFAULT_CONTRAST else replace(look, enhancement=0.0)
+        lesion = replace(lesion, hu=enhance(lesion.hu, factor, difficulty))
+    if contrast != DEFAULT_CONTRAST:
+        anatomy = replace(anatomy, **UNENHANCED_ANATOMY_HU)
     anatomy = replace(anatomy, mass_shift_mm=mass_shift_mm(lesion, anatomy))
     table_z = float(_rng(seed, 1, plan.index, 2).uniform(-350.0, -150.0))
     return Subject(anatomy, lesion, table_z, look)
+
+
+def _check_contrast(contrast: str) -> None:
+    if contrast not in CONTRASTS:
+        raise InvalidInput("contrast", f"must be one of {list(CONTRASTS)}, got {contrast!r}")
 
 
 def render_image(
@@ -470,19 +492,21 @@ def generate_patient(
     preset: Preset,
     out_dir: str | Path,
     difficulty: Difficulty | None = None,
+    contrast: str = DEFAULT_CONTRAST,
 ) -> list[ImageRecord]:
     """Render and write all images of one patient under ``out_dir``; return their records.
 
     Each image is a DICOM CT series (PatientSex, PatientAge and a ContrastBolusAgent in its
     headers), its lesion mask as NIfTI (``mask_path``) and as a DICOM SEG of that series
     (``seg_path``, SegmentAlgorithmType AUTOMATIC), all with UIDs from :func:`_uid_entropy`.
+    ``contrast="none"`` renders the patient without contrast (no ContrastBolusAgent).
     """
     from dmfn.client.io.dicom_write import write_dicom_series
     from dmfn.client.io.nifti import write_nifti_mask
     from dmfn.client.io.seg import write_dicom_seg
 
     out_dir = Path(out_dir)
-    subject = sample_subject(plan, seed, preset, difficulty=difficulty)
+    subject = sample_subject(plan, seed, preset, difficulty=difficulty, contrast=contrast)
     records = []
     first = None
     for k in range(plan.n_images):
@@ -508,7 +532,7 @@ def generate_patient(
             series_number=k + 1,
             patient_sex=plan.sex,
             patient_age_years=plan.age_years,
-            contrast_agent=CONTRAST_AGENT,
+            contrast_agent=CONTRAST_AGENT if contrast == DEFAULT_CONTRAST else "",
         )
         (out_dir / mask_rel).parent.mkdir(parents=True, exist_ok=True)
         write_nifti_mask(mask, acq.spacing_mm, out_dir / mask_rel, origin_lps_mm=acq.origin_lps_mm)
@@ -609,6 +633,7 @@ def generate_cohort(
     compartments: str | Path | CompartmentTable | None = None,
     appearance: str = DEFAULT_APPEARANCE,
     confusions: str | Path | None = None,
+    contrast: str = DEFAULT_CONTRAST,
 ) -> Path:
     """Generate a cohort into ``out_dir``; return the manifest path.
 
@@ -619,7 +644,9 @@ def generate_cohort(
     ``compartments`` replaces the compartment table (:mod:`dmfn.synth.compartments`);
     ``appearance`` is ``calibrated`` (the default: confusable appearances, enhancement and scanner
     spread, :mod:`dmfn.synth.difficulty`) or ``easy`` (none of them: a toy for smoke tests);
-    ``confusions`` replaces the data file of the calibrated mode (the calibration uses it).
+    ``confusions`` replaces the data file of the calibrated mode (the calibration uses it);
+    ``contrast="none"`` renders the same patients without contrast enhancement (recorded in
+    ``cohort.json``; the default ``enhanced`` writes exactly what it wrote before the option).
 
     Writes ``images/<patient>/<image>/`` (a DICOM CT series each), ``masks/<image>.nii.gz``,
     ``manifest.csv`` (columns :data:`SYNTH_MANIFEST_COLUMNS`, paths relative to it) and
@@ -642,6 +669,7 @@ def generate_cohort(
         raise InvalidInput("workers", f"must be >= 1, got {workers}")
     if not isinstance(seed, int) or seed < 0:
         raise InvalidInput("seed", f"must be a non-negative int, got {seed!r}")
+    _check_contrast(contrast)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InvalidInput("out_dir", f"{out} exists and is not a directory")
@@ -676,7 +704,9 @@ def generate_cohort(
     elif workers == 1:
         for plan in plans:
             try:
-                results[plan.index] = generate_patient(plan, seed, preset, out, difficulty)
+                results[plan.index] = generate_patient(
+                    plan, seed, preset, out, difficulty, contrast
+                )
             except Exception as err:
                 raise _patient_failed(plan, err) from err
             if progress:
@@ -685,7 +715,8 @@ def generate_cohort(
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=int(workers), mp_context=ctx) as pool:
             futures = {
-                pool.submit(generate_patient, p, seed, preset, out, difficulty): p for p in plans
+                pool.submit(generate_patient, p, seed, preset, out, difficulty, contrast): p
+                for p in plans
             }
             for fut in as_completed(futures):
                 plan = futures[fut]
@@ -721,6 +752,7 @@ def generate_cohort(
         "taxonomy_sha256": taxonomy.digest(),
         "grouping": grouping,
         "difficulty": difficulty.knobs(),
+        **({} if contrast == DEFAULT_CONTRAST else {"contrast": contrast}),
         "dry_run": dry_run,
         "note": "synthetic data for pipeline checks; not patients, no clinical meaning"
         + ("; DRY RUN: the manifest's images and masks were not rendered" if dry_run else ""),
@@ -751,6 +783,7 @@ def generate_cohort(
 
 __all__ = [
     "COMPARTMENTS",
+    "CONTRASTS",
     "MANIFEST_COLUMNS",
     "PRESETS",
     "SYNTH_MANIFEST_COLUMNS",

@@ -12,7 +12,9 @@ import torch
 from dmfn.client.sdk import infer_inputs  # noqa: F401  (re-exported for the tests)
 from dmfn.contract import schema as S
 from dmfn.contract.management import load_management
+from dmfn.contract.ood import energy_score
 from dmfn.contract.params import PreprocessParams
+from dmfn.contract.postprocess import softmax
 from dmfn.contract.server import ServerContract
 from dmfn.contract.study import Study
 from dmfn.contract.taxonomy import load_taxonomy
@@ -80,6 +82,26 @@ def make_tiny_checkpoint(
         optimiser.step()
         losses.append(loss.item())
     model.eval()
+    # The class sets and the OOD flag are fitted from this (contract/uncertainty.py): the
+    # probabilities of other synthetic studies as its "validation" split, and energy scores of
+    # 24 more as its "training" split (its 8 training studies are too few for a 5 % threshold);
+    # computed by the model, as dmfn train does.
+    val_views, val_tabular, _ = inputs_of(make_studies(24, seed + 1))
+    train_views, train_tabular, _ = inputs_of(make_studies(24, seed + 2))
+    with torch.no_grad():
+        val_logits = model(torch.from_numpy(val_views), torch.from_numpy(val_tabular)).numpy()
+        train_logits = model(torch.from_numpy(train_views), torch.from_numpy(train_tabular)).numpy()
+    n_val = len(val_views)
+    calibration = {
+        "class_names": list(taxonomy.names),
+        "val_probs": softmax(val_logits, TINY_TEMPERATURE),
+        "val_labels": (np.arange(n_val) % len(taxonomy)).astype(np.int64),
+        "val_image_ids": [f"val_{i}" for i in range(n_val)],
+        "val_patient_ids": [f"val_{i}" for i in range(n_val)],
+        "train_ood_scores": energy_score(train_logits).astype(np.float32),
+        "temperature": TINY_TEMPERATURE,
+        "ood_score": "energy",
+    }
     return Checkpoint(
         model_config=dict(model.config),
         state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -91,6 +113,7 @@ def make_tiny_checkpoint(
         metrics={"train_loss_last": losses[-1]},
         training={"synthetic": True, "steps": steps, "seed": seed},
         versions={"torch": str(torch.__version__), "numpy": np.__version__},
+        calibration=calibration,
     ).save(path)
 
 

@@ -94,7 +94,8 @@ def test_predictions_escape_text_cells_but_not_numbers(tmp_path: Path) -> None:
         cells = list(csv.reader(handle))
     assert cells[1][:5] == ["patient", "'=1+1", "", "'-split", "'@label"]
     assert cells[1][5] == "-0.5" and cells[2][5] == "0.25"
-    assert cells[1][7:] == ["'=sha", "'-1", "", "", "", "ok", "", ""]
+    assert cells[1][7:11] == ["", "", "", ""]  # no class sets / OOD flag on these rows
+    assert cells[1][11:] == ["'=sha", "'-1", "", "", "", "ok", "", ""]
     assert cells[2][2] == '\'=HYPERLINK("u")'
     table = read_predictions(path)
     assert table.rows == rows
@@ -124,3 +125,16 @@ def test_a_misspelt_column_or_another_delimiter_gets_a_hint(tmp_path: Path) -> N
     semicolons.write_text(good.replace(",", ";") + "\n")
     with pytest.raises(InvalidInput, match="the file seems separated by semicolons, not commas"):
         read_manifest(semicolons, load_taxonomy())
+
+
+def test_predictions_keep_the_class_sets_and_the_ood_flag(tmp_path: Path) -> None:
+    """The uncertainty columns round-trip; a negative OOD score is written as a number."""
+    row = PredictionRow("image", "p1", 0.4, (0.6, 0.4), "i1", "test", "a",
+                        class_set=("a", "b"), binary_set=("benign", "malignant"),
+                        ood_score=-3.25, ood_flag=False)  # fmt: skip
+    path = write_predictions(tmp_path / "p.csv", ("a", "b"), [row])
+    with path.open(newline="") as handle:
+        cells = dict(zip(*list(csv.reader(handle)), strict=True))
+    assert (cells["class_set"], cells["binary_set"]) == ("a|b", "benign|malignant")
+    assert (cells["ood_score"], cells["ood_flag"]) == ("-3.25", "false")
+    assert read_predictions(path).rows == [row]

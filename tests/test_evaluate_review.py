@@ -356,3 +356,83 @@ def test_systems_are_named_after_their_models(three_splits, tmp_path) -> None:
     assert system_names(tables, ["a", "b"]) == ["a", "b"]
     same = [read_predictions(paths[0]), read_predictions(paths[0])]  # one kind twice: folders
     assert system_names(same) == ["predictions_test (1)", "predictions_test (2)"]
+
+
+# --------------------------------------------------------------------------- conformal sets
+def test_conformal_sets_are_calibrated_on_val_and_judged_on_test(three_splits, tmp_path) -> None:
+    """The report's conformal section: fitted on the file's 60 val patients, judged on its 80
+    test patients, the numbers those of contract.conformal's sets; APS and Mondrian side by
+    side, per class, and the binary sets."""
+    from dmfn.contract import conformal as cf
+    from dmfn.contract.predictions import read_predictions
+
+    out = tmp_path / "out"
+    argv = ["--predictions", str(three_splits), "--coverage", "0.8", "--bootstrap", "100",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    conf = json.loads((out / "metrics.json").read_text())["conformal"]
+    assert conf["computed"] and conf["coverage_target"] == 0.8
+    assert conf["n_calibration"] == 60 and conf["n_evaluated"] == 80
+    assert conf["fitted_on"] == "the val split of the same file (n 60)"
+
+    rows = read_predictions(three_splits).patient_rows()
+    val = [r for r in rows if r.split == "val"]
+    test = [r for r in rows if r.split == "test"]
+    labels = np.array([TAXONOMY.index(r.label) for r in test])
+    probs = np.array([r.probs for r in test])
+    for method in ("aps", "mondrian"):
+        fit = cf.fit_conformal(np.array([r.probs for r in val]),
+                               np.array([TAXONOMY.index(r.label) for r in val]), MALIGNANT,
+                               0.8, method)  # fmt: skip
+        sets = cf.class_sets(fit, probs)
+        c = conf["classes"][method]
+        assert c["coverage"]["successes"] == int(sets[np.arange(80), labels].sum())
+        assert c["coverage"]["n"] == 80 and c["coverage"]["ci_method"] == "wilson"
+        assert c["mean_size"] == pytest.approx(sets.sum(axis=1).mean(), abs=1e-12)
+        assert c["singletons"]["successes"] == int((sets.sum(axis=1) == 1).sum())
+        assert sum(d["n"] for d in c["per_class"].values()) == 80
+        assert c["thresholds"] == [None if np.isinf(t) else t for t in fit.thresholds]
+    # 60 val patients over 20 classes: 3 each, fewer than the 4 that 0.8 needs: all "always"
+    assert conf["min_calibration"] == 4
+    assert len(conf["classes"]["mondrian"]["always_included"]) == 20
+    m = np.array([r.malignant_prob for r in test])
+    y = MALIGNANT[labels].astype(int)
+    t = cf.binary_thresholds([r.malignant_prob for r in val],
+                             [MALIGNANT[TAXONOMY.index(r.label)] for r in val], 0.8)  # fmt: skip
+    b = cf.binary_sets_at(m, t[0])
+    binary = conf["binary"]["aps"]
+    assert binary["coverage"]["successes"] == int(b[np.arange(80), y].sum())
+    assert binary["sets"]["both"]["successes"] == int(b.all(axis=1).sum())
+    assert (
+        sum(binary["sets"][k]["successes"] for k in ("benign_only", "malignant_only", "both")) == 80
+    )
+    md = (out / "report.md").read_text()
+    assert "## Conformal class sets at 0.80 coverage (first system)" in md
+    assert (
+        "| class | patients | APS coverage [CI] |" in md and "| method | threshold | {benign}" in md
+    )
+
+
+def test_conformal_sets_without_validation_patients(cohort_test_only, tmp_path, capsys) -> None:
+    """No val split: the section says why; --coverage asked for is refused naming the flags;
+    a coverage outside (0, 1) is refused before the long work."""
+    out = tmp_path / "out"
+    assert main(["--predictions", str(cohort_test_only), "--bootstrap", "100",
+                 "--out", str(out)]) == 0  # fmt: skip
+    conf = json.loads((out / "metrics.json").read_text())["conformal"]
+    assert not conf["computed"] and "no validation patients" in conf["reason"]
+    assert "Not computed: no validation patients" in (out / "report.md").read_text()
+    for coverage, words in (("0.9", "--validation"), ("1.5", "(0, 1)")):
+        capsys.readouterr()
+        argv = ["--predictions", str(cohort_test_only), "--coverage", coverage, "--bootstrap",
+                "100", "--out", str(tmp_path / f"o{coverage}")]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("dmfn evaluate: --coverage: ") and words in err, err
+
+
+@pytest.fixture(scope="module")
+def cohort_test_only(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("test_only")
+    prov = Provenance("cd" * 32, "2026-12-01T00:00:00+00:00", True)
+    return write_predictions(folder / "test.csv", TAXONOMY.names, _rows("test", 40, 4), prov)

@@ -49,7 +49,9 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "dmfn.training": (
         {"dmfn.contract", "dmfn.client", "dmfn.preprocess", "dmfn.synth", "dmfn.serving",
          "dmfn.evaluation"},
-        {"numpy", "scipy", "torch", "onnx", "onnxruntime", "tensorrt", "tqdm", "matplotlib"},
+        # captum: Grad-CAM heat maps (training/explain.py)
+        {"numpy", "scipy", "torch", "onnx", "onnxruntime", "tensorrt", "tqdm", "matplotlib",
+         "captum"},
     ),
     # package data only: the committed demo model
     "dmfn.models": (set(), set()),

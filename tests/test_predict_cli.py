@@ -327,3 +327,25 @@ def test_out_ids_that_look_like_formulas_are_written_as_text(
         ("@SUM(1)", hostile),
         ("@SUM(1)", ""),
     ]
+
+
+# --------------------------------------------------------------------------- --explain
+def test_explain_writes_heat_maps_in_process_only(
+    one_study: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dmfn.resources import demo_checkpoint
+
+    folder = tmp_path / "maps"
+    args = [*one_study, "--checkpoint", str(demo_checkpoint()), "--explain", str(folder)]
+    assert predict_main(args) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["ct_cam.npy", "ct_views.png"]
+    assert np.load(folder / "ct_cam.npy").shape[0] == 3
+    capsys.readouterr()
+    assert predict_main(args) == 2  # earlier maps are results too
+    err = capsys.readouterr().err
+    assert "--explain" in err and "--overwrite" in err
+    assert predict_main([*args, "--overwrite"]) == 0
+    url = ["--url", "127.0.0.1:9", "--explain", str(tmp_path / "x")]
+    assert predict_main([*one_study, *url]) == 2
+    err = capsys.readouterr().err
+    assert "--explain: heat maps need gradients" in err and not (tmp_path / "x").exists()

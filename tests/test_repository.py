@@ -47,6 +47,7 @@ TRITON_DTYPE = {
     "UINT8": mc.TYPE_UINT8,
     "FP32": mc.TYPE_FP32,
     "BYTES": mc.TYPE_STRING,
+    "BOOL": mc.TYPE_BOOL,
 }
 
 

@@ -634,3 +634,72 @@ def test_bayes_ceilings_credit_compartment_not_ctc() -> None:
     assert got["compartment"].binary_auc == pytest.approx(0.709, abs=0.015)
     assert got["ctc+compartment"].binary_auc == pytest.approx(0.801, abs=0.01)
     assert got["ctc+compartment"].hand_till_auc > got["ctc"].hand_till_auc
+
+
+# --------------------------------------------------------------------------- contrast option
+#: sha256 of the first four tiny-preset patients' first images (HU then mask bytes), seed 0, as
+#: rendered by the generator before the ``contrast`` option existed (commit a35eec4): the default
+#: (``enhanced``) must keep rendering exactly these.
+ENHANCED_TINY_DIGEST = "aceb55a5879e8f1c289a52cc12c72214b7f7ef926212b8afd2af9b22a3ee280b"
+
+
+def _first_images_digest(contrast: str | None) -> str:
+    import hashlib
+
+    from dmfn.synth.cohort import _rng, sample_acquisition, sample_subject
+
+    preset = get_preset("tiny")
+    h = hashlib.sha256()
+    for plan in plan_cohort(preset.n_patients, 0)[:4]:
+        options = {} if contrast is None else {"contrast": contrast}
+        subject = sample_subject(plan, 0, preset, **options)
+        rng = _rng(0, 1, plan.index, 10)
+        acq = sample_acquisition(rng, preset, subject.lesion, subject.table_z_mm, None)
+        hu, mask = render_image(subject, acq, rng)
+        h.update(hu.tobytes())
+        h.update(mask.tobytes())
+    return h.hexdigest()
+
+
+def test_default_contrast_renders_what_the_generator_rendered_before_the_option() -> None:
+    assert _first_images_digest(None) == ENHANCED_TINY_DIGEST
+    assert _first_images_digest("enhanced") == ENHANCED_TINY_DIGEST
+    assert _first_images_digest("none") != ENHANCED_TINY_DIGEST
+
+
+def test_default_cohort_files_do_not_mention_contrast(tmp_path: Path) -> None:
+    default = generate_cohort(tmp_path / "a", "tiny", seed=0, dry_run=True, readers_per_group=0)
+    none = generate_cohort(
+        tmp_path / "b", "tiny", seed=0, dry_run=True, readers_per_group=0, contrast="none"
+    )
+    assert "contrast" not in json.loads((default.parent / "cohort.json").read_text())
+    assert json.loads((none.parent / "cohort.json").read_text())["contrast"] == "none"
+    # the same patients, images and paths: only the rendering differs
+    assert default.read_bytes() == none.read_bytes()
+    with pytest.raises(ValueError, match="contrast"):
+        generate_cohort(tmp_path / "c", "tiny", contrast="arterial", dry_run=True)
+
+
+def test_no_contrast_removes_the_enhancement_of_lesion_and_blood_pool() -> None:
+    from dmfn.synth.cohort import UNENHANCED_ANATOMY_HU, sample_subject
+    from dmfn.synth.difficulty import DEFAULT_APPEARANCE, load_difficulty
+
+    difficulty = load_difficulty(DEFAULT_APPEARANCE)
+    preset = get_preset("tiny")
+    changed = 0
+    for plan in plan_cohort(preset.n_patients, 0)[:6]:
+        enhanced = sample_subject(plan, 0, preset)
+        plain = sample_subject(plan, 0, preset, contrast="none")
+        assert enhanced.lesion.hu is not None and plain.lesion.hu is not None
+        excess = enhanced.lesion.hu - difficulty.unenhanced_hu
+        enhancing = (excess > 0) & (excess <= difficulty.max_enhancement_hu * 1.25)
+        # enhancing tissue drops to the unenhanced level; fat, fluid and calcium stay
+        assert np.all(plain.lesion.hu[enhancing] <= enhanced.lesion.hu[enhancing] + 1e-3)
+        assert np.allclose(plain.lesion.hu[~enhancing], enhanced.lesion.hu[~enhancing])
+        assert not enhancing.any() or np.any(enhanced.lesion.hu - plain.lesion.hu > 1.0)
+        changed += int(enhancing.any())
+        assert (
+            plain.anatomy.blood_hu == UNENHANCED_ANATOMY_HU["blood_hu"] < enhanced.anatomy.blood_hu
+        )
+        assert plain.lesion.diameter_mm == enhanced.lesion.diameter_mm  # same draws
+    assert changed >= 3

@@ -428,3 +428,28 @@ def test_a_non_empty_out_is_refused_unless_resumed_or_overwritten(trained, cohor
     assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "--out:" in err and "pass --resume to continue the run there or --overwrite" in err
+
+
+@pytest.mark.slow
+def test_best_pt_carries_the_calibration_data_of_its_final_evaluation(trained, cohort):
+    """best.pt's calibration: the validation images' probabilities at the checkpoint's own
+    temperature (those of predictions_val.csv's image rows) and the training images' energy."""
+    from dmfn.contract.ood import energy_score
+    from dmfn.contract.predictions import read_predictions
+    from dmfn.training.checkpoint import load_checkpoint
+    from dmfn.training.data import prepare_data
+    from dmfn.training.scoring import predict_images
+
+    out, info = trained
+    best = load_checkpoint(out / "a" / "seed_0" / "best.pt")
+    calibration = best.calibration
+    assert calibration is not None and calibration["temperature"] == best.temperature
+    assert calibration["class_names"] == list(best.taxonomy.names)
+    table = read_predictions(out / "a" / "seed_0" / "predictions_val.csv")
+    images = {r.image_id: r.probs for r in table.rows if r.level == "image"}
+    assert list(images) == calibration["val_image_ids"]
+    np.testing.assert_allclose(calibration["val_probs"], np.array(list(images.values())), atol=1e-5)
+    data = prepare_data(train_cli.parse_args(info["argv"]))
+    assert calibration["val_labels"].tolist() == data.val.labels.tolist()
+    logits = predict_images(best.build_model(), data.train, torch.device("cpu")).numpy()
+    np.testing.assert_allclose(calibration["train_ood_scores"], energy_score(logits), rtol=1e-5)

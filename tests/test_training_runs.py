@@ -189,6 +189,7 @@ def test_folds_predict_every_train_and_val_patient_once_out_of_fold(cohort, tmp_
     from dmfn.contract.predictions import read_predictions
     from dmfn.contract.taxonomy import load_taxonomy
     from dmfn.evaluation.cli import main as evaluate_main
+    from dmfn.training.checkpoint import load_checkpoint
     from dmfn.training.data import assign_folds
 
     out = tmp_path / "cv"
@@ -207,6 +208,15 @@ def test_folds_predict_every_train_and_val_patient_once_out_of_fold(cohort, tmp_
         val = read_predictions(out / f"fold_{k}" / "predictions_val.csv")
         assert {r.patient_id for r in val.rows} == {p for p in pool if of[p] == k}
         assert (out / f"fold_{k}" / "best.pt").is_file()
+        # each fold's best.pt carries the calibration data of its own split: its validation
+        # fold's images and its training folds' OOD scores
+        calibration = load_checkpoint(out / f"fold_{k}" / "best.pt").calibration
+        assert calibration is not None
+        assert set(calibration["val_patient_ids"]) == {p for p in pool if of[p] == k}
+        n_train = sum(
+            1 for r in manifest.rows if r.split in ("train", "val") and of[r.patient_id] != k
+        )
+        assert calibration["train_ood_scores"].shape == (n_train,)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["folds"] == [0, 1, 2, 3, 4]
     report = tmp_path / "report"

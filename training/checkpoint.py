@@ -15,6 +15,9 @@ untrusted source cannot run code):
   ``softmax(logits / T)``; 1 = uncalibrated), applied by the served model's postprocess
 - ``metrics``, ``training`` (arguments, epoch, seed, ``date`` of training, ``synthetic``),
   ``versions`` (dmfn, torch, numpy)
+- ``calibration`` (optional; absent in checkpoints written before it): the data from which
+  ``dmfn export`` fits the conformal class sets and the OOD threshold at any coverage or
+  false-alarm rate (:data:`CALIBRATION_FIELDS`; made by :mod:`dmfn.training.calibration`)
 """
 
 from __future__ import annotations
@@ -40,6 +43,26 @@ if TYPE_CHECKING:  # imported at run time only by build_model, as its create_mod
     from dmfn.training.models import TwoInputModel
 
 CHECKPOINT_FORMAT = "dmfn-checkpoint/1"
+#: The keys of a checkpoint's ``calibration`` and what each holds (arrays are numpy in memory,
+#: torch tensors in the file, so that it loads with ``weights_only``). Image level: the rows are
+#: the images of the split, in manifest order, as the served model sees them one by one.
+CALIBRATION_FIELDS: dict[str, str] = {
+    "class_names": "list[str] [C]: the classes, in logit order",
+    "val_probs": "float32 [N_val, C]: softmax(logits / temperature) of the validation images, "
+    "the probabilities the served model gives",
+    "val_labels": "int64 [N_val]: their classes (index into class_names)",
+    "val_image_ids": "list[str] [N_val]",
+    "val_patient_ids": "list[str] [N_val]: each validation image's patient",
+    "train_ood_scores": "float32 [N_train]: energy score (dmfn.contract.ood, T = 1 on the raw "
+    "logits) of the training images, without augmentation",
+    "temperature": "float: the temperature val_probs were computed with (= the checkpoint's)",
+    "ood_score": 'str: "energy"',
+}
+_CALIBRATION_ARRAYS = {
+    "val_probs": np.float32,
+    "val_labels": np.int64,
+    "train_ood_scores": np.float32,
+}
 
 
 @dataclass
@@ -59,6 +82,9 @@ class Checkpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    #: Calibration data (:data:`CALIBRATION_FIELDS`); None in a checkpoint made before it
+    #: (``scripts/add_calibration.py`` adds it).
+    calibration: dict[str, Any] | None = None
 
     def contract(self) -> ServerContract:
         """What the served model publishes to clients, without input limits (``dmfn export``
@@ -104,6 +130,8 @@ class Checkpoint:
             "training": self.training,
             "versions": self.versions or current_versions(),
         }
+        if self.calibration is not None:
+            payload["calibration"] = calibration_payload(self.calibration)
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save(payload, tmp)
         tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
@@ -151,7 +179,59 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         metrics=dict(payload.get("metrics", {})),
         training=dict(payload.get("training", {})),
         versions=dict(payload.get("versions", {})),
+        calibration=_calibration_of(payload.get("calibration"), path),
     )
+
+
+def check_calibration(calibration: dict[str, Any]) -> dict[str, Any]:
+    """``calibration`` with its arrays as numpy of the stated dtypes, after checking its keys and
+    shapes (InvalidInput naming ``calibration``)."""
+    missing = sorted(set(CALIBRATION_FIELDS) - set(calibration))
+    if missing:
+        raise InvalidInput("calibration", f"lacks {missing}")
+    out = dict(calibration)
+    for key, dtype in _CALIBRATION_ARRAYS.items():
+        value = out[key]
+        if isinstance(value, torch.Tensor):
+            value = value.numpy()
+        out[key] = np.asarray(value).astype(dtype, copy=False)
+    for key in ("class_names", "val_image_ids", "val_patient_ids"):
+        out[key] = [str(v) for v in out[key]]
+    n_val, n_classes = len(out["val_labels"]), len(out["class_names"])
+    shapes = {
+        "val_probs": (out["val_probs"].shape, (n_val, n_classes)),
+        "val_labels": (out["val_labels"].shape, (n_val,)),
+        "val_image_ids": ((len(out["val_image_ids"]),), (n_val,)),
+        "val_patient_ids": ((len(out["val_patient_ids"]),), (n_val,)),
+        "train_ood_scores": (out["train_ood_scores"].shape, (out["train_ood_scores"].size,)),
+    }
+    for key, (got, want) in shapes.items():
+        if tuple(got) != want:
+            raise InvalidInput("calibration", f"{key} has shape {tuple(got)}, expected {want}")
+    if n_val and not (0 <= out["val_labels"].min() and out["val_labels"].max() < n_classes):
+        raise InvalidInput("calibration", f"val_labels must be in [0, {n_classes})")
+    out["temperature"] = float(out["temperature"])
+    out["ood_score"] = str(out["ood_score"])
+    return out
+
+
+def calibration_payload(calibration: dict[str, Any]) -> dict[str, Any]:
+    """``calibration`` as stored in the file: its arrays as torch tensors (``weights_only``)."""
+    out = check_calibration(calibration)
+    for key in _CALIBRATION_ARRAYS:
+        out[key] = torch.from_numpy(np.ascontiguousarray(out[key]))
+    return out
+
+
+def _calibration_of(value: Any, path: Path) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"argument 'checkpoint': {path} has a calibration that is not a dict")
+    try:
+        return check_calibration(value)
+    except InvalidInput as err:
+        raise ValueError(f"argument 'checkpoint': {path}: {err}") from None
 
 
 def _ranges(value: Iterable[Sequence[float]] | None) -> tuple[tuple[float, float], ...] | None:

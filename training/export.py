@@ -32,6 +32,12 @@ from dmfn.contract import schema as S
 from dmfn.contract.limits import DEFAULT_MAX_STUDY_VOXELS, InputLimits, widen_range
 from dmfn.contract.management import load_management
 from dmfn.contract.study import Study
+from dmfn.contract.uncertainty import (
+    DEFAULT_COVERAGE,
+    DEFAULT_FALSE_ALARM,
+    Uncertainty,
+    fit_uncertainty,
+)
 from dmfn.contract.wire import build_request
 from dmfn.preprocess import preprocess_request
 from dmfn.preprocess.gpu import cupy_unavailable_reason, to_host
@@ -328,6 +334,24 @@ def _is_synthetic(ckpt: Checkpoint, training_data: str) -> bool:
     return bool(ckpt.training.get("synthetic", True))
 
 
+def _uncertainty(
+    ckpt: Checkpoint, coverage: float, conformal: str, false_alarm: float
+) -> Uncertainty:
+    """The class-set and OOD fits of ``ckpt`` (ExportError when it carries no calibration
+    data: a checkpoint from before they existed)."""
+    if ckpt.calibration is None:
+        raise ExportError(
+            "the checkpoint carries no calibration data (validation probabilities, training OOD "
+            "scores) for the class sets and the OOD flag: retrain it, or add them with "
+            "scripts/add_calibration.py CHECKPOINT MANIFEST"
+        )
+    taxonomy = ckpt.taxonomy
+    return fit_uncertainty(
+        ckpt.calibration, taxonomy.names, taxonomy.malignant_mask,
+        coverage=coverage, method=conformal, false_alarm=false_alarm,
+    )  # fmt: skip
+
+
 def export(
     checkpoint: str | Path,
     out: str | Path,
@@ -345,9 +369,15 @@ def export(
     ctc_range: Sequence[tuple[float, float]] | None = None,
     max_study_voxels: int = DEFAULT_MAX_STUDY_VOXELS,
     management: str | Path | None = None,
+    coverage: float = DEFAULT_COVERAGE,
+    conformal: str = "aps",
+    ood_false_alarm: float = DEFAULT_FALSE_ALARM,
 ) -> dict[str, float]:
     """Export ``checkpoint`` into a Triton repository at ``out``; returns the parity numbers.
     ``management``: the management policy JSON the server applies (None: dmfn's default).
+    The class sets (``conformal`` method at ``coverage``, fitted on the checkpoint's validation
+    probabilities) and the OOD threshold (``ood_false_alarm`` on its training split) are fitted
+    here and stored with the model (:mod:`dmfn.contract.uncertainty`).
 
     Raises ValueError for bad arguments and :class:`ExportError` when a check fails (then
     nothing is written).
@@ -363,6 +393,7 @@ def export(
     ckpt = load_checkpoint(checkpoint)
     policy.check_covers(ckpt.taxonomy.names)
     _schema_checks(ckpt)
+    uncertainty = _uncertainty(ckpt, coverage, conformal, ood_false_alarm)
     limits = input_limits(ckpt, ctc_range, max_study_voxels)
     model = ckpt.build_model()
     params = ckpt.preprocess_params
@@ -420,6 +451,7 @@ def export(
             provenance=provenance(ckpt, checkpoint),
             temperature=ckpt.temperature,
             management=policy,
+            uncertainty=uncertainty,
         )
         write_repository(
             out,

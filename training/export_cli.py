@@ -11,6 +11,7 @@ from pathlib import Path
 from dmfn.client.flags import add_overwrite
 from dmfn.contract.errors import in_flags
 from dmfn.contract.limits import DEFAULT_MAX_STUDY_VOXELS
+from dmfn.contract.uncertainty import DEFAULT_COVERAGE, DEFAULT_FALSE_ALARM
 from dmfn.serving.config import SETTING_FLAGS, ServingSettings
 
 from .export import DEFAULT_TOLERANCE, DEFAULT_TRT_TOLERANCE, MIN_OPSET, ExportError, export
@@ -24,6 +25,10 @@ FLAGS: dict[str, str] = {
     "max_study_voxels": "--max-study-voxels",
     "parity_manifest": "--parity-manifest",
     "management": "--management",
+    "coverage": "--coverage",
+    "method": "--conformal",
+    "false_alarm": "--ood-false-alarm",
+    "calibration": "--checkpoint",
     "parity_studies": "--parity-studies",
     "manifest": "--parity-manifest",
     **{name: flag for name, (flag, _) in SETTING_FLAGS.items()},
@@ -124,6 +129,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="management policy JSON the server applies (class -> option, min_probability); "
         "default: dmfn's, contract/data/management_default.json, which is not from the paper",
     )
+    unc = p.add_argument_group(
+        "uncertainty (stored with the model; docs/conformal.md, docs/ood.md)",
+        "Fitted here from the checkpoint's calibration data: the class sets on its validation "
+        "split, the OOD threshold on its training split.",
+    )
+    unc.add_argument(
+        "--coverage",
+        type=float,
+        default=DEFAULT_COVERAGE,
+        help=f"coverage of the conformal class sets ({DEFAULT_COVERAGE})",
+    )
+    unc.add_argument(
+        "--conformal",
+        choices=("aps", "mondrian"),
+        default="aps",
+        help="aps: one threshold (marginal coverage); mondrian: one per class (coverage per "
+        "class, larger sets) (aps)",
+    )
+    unc.add_argument(
+        "--ood-false-alarm",
+        type=float,
+        default=DEFAULT_FALSE_ALARM,
+        help=f"share of training studies the OOD flag may flag ({DEFAULT_FALSE_ALARM})",
+    )
     p.add_argument(
         "--training-data",
         choices=("auto", "synthetic", "real"),
@@ -155,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             ctc_range=args.ctc_range,
             max_study_voxels=args.max_study_voxels,
+            coverage=args.coverage,
+            conformal=args.conformal,
+            ood_false_alarm=args.ood_false_alarm,
         )
     except (ValueError, ExportError) as err:
         print(f"dmfn export: {in_flags(err, FLAGS)}", file=sys.stderr)

@@ -15,12 +15,19 @@ from typing import Literal
 
 import torch
 
-from dmfn.client.sdk import Prediction, audit_prediction, parse_response, resolve_audit
+from dmfn.client.sdk import (
+    Prediction,
+    audit_prediction,
+    coverage_of,
+    parse_response,
+    resolve_audit,
+)
 from dmfn.contract.audit import AuditLog
 from dmfn.contract.management import load_management
 from dmfn.contract.postprocess import Postprocessor
 from dmfn.contract.server import ServerContract
 from dmfn.contract.study import Study
+from dmfn.contract.uncertainty import DEFAULT_COVERAGE, DEFAULT_FALSE_ALARM, fit_uncertainty
 from dmfn.contract.wire import build_request
 from dmfn.preprocess import preprocess_request
 
@@ -33,13 +40,20 @@ MODEL_VERSION = "checkpoint"
 class LocalPredictor:
     """Predicts with the checkpoint at ``path`` in this process (CPU); ``management`` is the
     policy file (None: dmfn's default, as ``dmfn export`` uses); ``audit`` as for
-    :class:`~dmfn.client.sdk.DmfnClient` (one line per study, ``source`` ``local``)."""
+    :class:`~dmfn.client.sdk.DmfnClient` (one line per study, ``source`` ``local``). The class
+    sets and the OOD flag are fitted from the checkpoint's calibration data at ``coverage``,
+    ``conformal`` method and ``ood_false_alarm``, the defaults of ``dmfn export``, so both paths
+    give the same sets; a checkpoint without calibration data gives empty sets, never a flag."""
 
     def __init__(
         self,
         path: str | Path,
         management: str | Path | None = None,
         audit: AuditLog | Literal[False] | None = None,
+        *,
+        coverage: float = DEFAULT_COVERAGE,
+        conformal: str = "aps",
+        ood_false_alarm: float = DEFAULT_FALSE_ALARM,
     ) -> None:
         self.audit = resolve_audit(audit)
         self.path = Path(path)
@@ -47,16 +61,24 @@ class LocalPredictor:
         self.model = self.checkpoint.build_model()
         policy = load_management(management)
         policy.check_covers(self.checkpoint.taxonomy.names)
+        taxonomy = self.checkpoint.taxonomy
+        uncertainty = None
+        if self.checkpoint.calibration is not None:
+            uncertainty = fit_uncertainty(
+                self.checkpoint.calibration, taxonomy.names, taxonomy.malignant_mask,
+                coverage=coverage, method=conformal, false_alarm=ood_false_alarm,
+            )  # fmt: skip
         self._contract = ServerContract(
             self.checkpoint.preprocess_params.roi_margin_mm,
             tuple(self.checkpoint.ctc_features),
-            tuple(self.checkpoint.taxonomy.names),
+            tuple(taxonomy.names),
             None,
             provenance(self.checkpoint, self.path),
             policy,
+            uncertainty,
         )
         self._postprocess = Postprocessor.of(
-            self.checkpoint.taxonomy, self.checkpoint.temperature, policy
+            taxonomy, self.checkpoint.temperature, policy, uncertainty
         )
 
     @property
@@ -87,7 +109,7 @@ class LocalPredictor:
         outputs = self._postprocess(logits.numpy(), pre.measurements[None])
         return parse_response(
             outputs, self._contract.class_names, MODEL_VERSION, study.image_id,
-            self._contract.provenance, self._contract.management,
+            self._contract.provenance, self._contract.management, coverage_of(self._contract),
         )  # fmt: skip
 
     def predict_many(

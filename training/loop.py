@@ -1,5 +1,7 @@
 """One seed of training: epochs, early stopping on the validation metric, best/last checkpoints,
-resume, the epoch log (log.csv, TensorBoard)."""
+resume, the epoch log (log.csv, TensorBoard); best.pt gets the calibration data
+(:mod:`dmfn.training.calibration`) of its own train and val splits (in a ``--folds`` run: the
+fold's training folds and its validation fold)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from tqdm import tqdm
 
 from . import losses
 from .augment import AugmentParams, augment_views
+from .calibration import check_stored_temperature, store_calibration
 from .checkpoint import Checkpoint, current_versions, load_checkpoint, observed_range
 from .config import DMFN_RESUME_DEFAULTS, RESUME_KEYS, TrainConfig
 from .data import TrainingData
@@ -406,7 +409,10 @@ def train_seed(
             "seed %d: %s; best epoch %d (val %s %.4f)",
             seed, how, state.best_epoch, MONITOR, state.best_metric,
         )  # fmt: skip
+        # the calibration data first (they fit the temperature as final_evaluation then does)
+        store_calibration(run.best_path, data, run.device)
         result = final_evaluation(run.best_path, data, out_dir, run.device)
+        check_stored_temperature(run.best_path)
         result.update(seed=seed, best_epoch=state.best_epoch, epochs_run=state.epoch)
     dist.barrier()
     return result

@@ -27,6 +27,7 @@ from dmfn.contract.audit import ServerAudit
 from dmfn.contract.management import load_management
 from dmfn.contract.postprocess import Postprocessor
 from dmfn.contract.taxonomy import load_taxonomy
+from dmfn.contract.uncertainty import Uncertainty
 from dmfn.contract.workers import WorkerRecorder
 
 
@@ -52,7 +53,13 @@ class TritonPythonModel:
         policy = load_management(
             Path(args["model_repository"]) / management_file if management_file else None
         )
-        self.postprocess = Postprocessor.of(taxonomy, self.temperature, policy)
+        # the class-set and OOD fits (repositories that predate them: empty sets, no flag)
+        uncertainty_file = parameters.get("uncertainty_file")
+        uncertainty = None
+        if uncertainty_file:
+            path = Path(args["model_repository"]) / uncertainty_file
+            uncertainty = Uncertainty.from_json(path.read_text())
+        self.postprocess = Postprocessor.of(taxonomy, self.temperature, policy, uncertainty)
 
     def _one(self, request) -> pb_utils.InferenceResponse:
         logits = pb_utils.get_input_tensor_by_name(request, S.LOGITS).as_numpy()
