@@ -64,7 +64,7 @@ LOCK_UNIQUE := awk '{ n = tolower($$0); sub(/[ =<>!~@;].*/, "", n); gsub(/[-_.]+
 
 lock:  ## re-pin requirements/lock.txt from the current venv (keeps its header comment)
 	{ grep '^#' requirements/lock.txt; \
-	  $(PIP) freeze --exclude-editable | grep -v -E '^(dmfn|pip)[= @]' | sed 's/+cpu$$//' | $(LOCK_UNIQUE) | LC_ALL=C sort -f; \
+	  $(PIP) list --format=freeze --exclude-editable | grep -v -E '^(dmfn|pip|setuptools|wheel)[= @]' | sed 's/+cpu$$//' | $(LOCK_UNIQUE) | LC_ALL=C sort -f; \
 	} > requirements/lock.txt.new
 	mv requirements/lock.txt.new requirements/lock.txt
 

@@ -144,10 +144,13 @@ def ctc_values(items: Sequence[str], features: Sequence[str], where: str = "") -
     return out
 
 
-def load_study(source: StudySource, ctc_features: Sequence[str]) -> StudyFiles:
+def load_study(
+    source: StudySource, ctc_features: Sequence[str], roi_margin_mm: float | None = None
+) -> StudyFiles:
     """Read the image and mask of ``source`` and attach its CTC and clinical facts
     (:func:`dmfn.client.study_files.read_study_files`: the study, and the DICOM headers an SR
-    references).
+    references). ``roi_margin_mm`` (the model's ROI margin): read only the lesion box plus that
+    margin, what the request sends (a DICOM series decodes only those slices); None: all.
 
     ValueError in the user's terms (:meth:`StudySource.explain`).
     """
@@ -166,6 +169,7 @@ def load_study(source: StudySource, ctc_features: Sequence[str]) -> StudyFiles:
         image_id=source.image_id,
         label=source.label or None,
         explain=source.explain,
+        crop_margin_mm=roi_margin_mm,
     )
 
 
@@ -308,6 +312,8 @@ def run(
         except ValueError as err:
             print(f"dmfn predict: {err}", file=sys.stderr)
             return EXIT_USAGE
+        # read only what is sent; a stand-in predictor without a published margin reads all
+        margin = contract.roi_margin_mm
         results: list[tuple[StudySource, Prediction | Exception]] = []
         report_failures: list[tuple[StudySource, Exception]] = []
         # one study: no progress lines, its prediction or its error is the whole output
@@ -317,7 +323,7 @@ def run(
                 loaded: list[StudyFiles | Exception] = []
                 for source in chunk:
                     try:
-                        loaded.append(load_study(source, contract.ctc_features))
+                        loaded.append(load_study(source, contract.ctc_features, margin))
                     except ValueError as err:  # already in the user's terms
                         loaded.append(err)
                         if audit is not None:  # a reference to the row, never a patient id

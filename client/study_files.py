@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 
 from dmfn.client.io.dicom import SeriesReference
-from dmfn.contract.study import Clinical, Study
+from dmfn.contract.study import Clinical, Study, VoxelGrid
 
 #: Turns an error raised while reading the study's "image" or "mask" into the caller's terms.
 Explain = Callable[[ValueError, str], ValueError]
@@ -46,6 +46,7 @@ def read_study(
     image_id: str = "",
     label: str | None = None,
     explain: Explain | None = None,
+    crop_margin_mm: float | None = None,
 ) -> Study:
     """The study of ``image_path`` (:func:`dmfn.client.io.load_image`, axial layout; a DICOM
     folder's series ``series_uid``) with the mask of ``mask_path`` on its grid (``segment``: a
@@ -67,6 +68,7 @@ def read_study(
         image_id=image_id,
         label=label,
         explain=explain,
+        crop_margin_mm=crop_margin_mm,
     ).study
 
 
@@ -82,28 +84,56 @@ def read_study_files(
     image_id: str = "",
     label: str | None = None,
     explain: Explain | None = None,
+    crop_margin_mm: float | None = None,
 ) -> StudyFiles:
     """:func:`read_study`'s study with the image's DICOM series reference and, for a DICOM SEG
     mask, the SEG's header. A DICOM SEG is checked against the image's series (series and
-    frame of reference UIDs) when the image is a DICOM folder."""
+    frame of reference UIDs) when the image is a DICOM folder.
+
+    ``crop_margin_mm`` (the model's ROI margin, ``ServerContract.roi_margin_mm``): read only
+    what :func:`dmfn.contract.wire.build_request` sends. The image's geometry is read from its
+    headers, the mask on that grid, and then only the lesion's box grown by the margin
+    (:func:`dmfn.contract.roi.roi_box`) is read from the image
+    (:func:`dmfn.client.io.image.open_image`: a DICOM series decodes only those slices). The
+    study is that sub-volume with its exact geometry (the origin at its first voxel) and the
+    mask cut alike, so ``build_request`` gives the same request, byte for byte, as on the full
+    study. None (default): the whole image.
+    """
     from dmfn.client.io import image_kind, load_image, read_dicom_series
+    from dmfn.client.io.crop import crop_box
+    from dmfn.client.io.image import ImageSource, open_image
 
     series: SeriesReference | None = None
+    source: ImageSource | None = None
     try:
-        if Path(image_path).is_dir() and image_kind(image_path) == "dicom":
+        if crop_margin_mm is not None:
+            source = open_image(image_path, series_uid=series_uid)
+            grid, series = source.grid, source.series
+        elif Path(image_path).is_dir() and image_kind(image_path) == "dicom":
             image, series = read_dicom_series(image_path, series_uid=series_uid)
+            grid = image.grid
         else:
             image = load_image(image_path, series_uid=series_uid)
+            grid = image.grid
     except ValueError as err:
         if explain is None:
             raise
         raise explain(err, "image") from err
     try:
-        mask, mask_dataset, mask_segment = _read_mask(mask_path, image, segment, series)
+        mask, mask_dataset, mask_segment = _read_mask(mask_path, grid, segment, series)
     except ValueError as err:
         if explain is None:
             raise
         raise explain(err, "mask") from err
+    if source is not None and crop_margin_mm is not None:
+        box = crop_box(mask, grid, crop_margin_mm)
+        mask = np.ascontiguousarray(mask[box])
+        try:
+            image = source.read(box)
+        except ValueError as err:
+            if explain is None:
+                raise
+            raise explain(err, "image") from err
     given_ids = {"patient_id": patient_id} if patient_id else {}
     study = Study(
         hu=image.hu,
@@ -122,16 +152,16 @@ def read_study_files(
 
 
 def _read_mask(
-    mask_path: Path, image: Study, segment: str | None, series: SeriesReference | None
+    mask_path: Path, grid: VoxelGrid, segment: str | None, series: SeriesReference | None
 ) -> tuple[np.ndarray, pydicom.Dataset | None, int | None]:
-    """The mask on ``image``'s grid and, for a DICOM SEG, its header and the segment read."""
+    """The mask on the image's ``grid`` and, for a DICOM SEG, its header and the segment read."""
     from dmfn.client.io import IMAGE_FILE_SUFFIXES, load_mask
     from dmfn.client.io.seg import is_dicom_seg, load_seg
 
     if not mask_path.name.lower().endswith(IMAGE_FILE_SUFFIXES) and is_dicom_seg(mask_path):
-        seg = load_seg(mask_path, image.grid, segment, series)
+        seg = load_seg(mask_path, grid, segment, series)
         return seg.mask, seg.dataset, seg.segment.number
     label_value: str | int | None = segment
     if segment is not None and segment.isdigit():
         label_value = int(segment)
-    return load_mask(mask_path, image, segment=label_value, reference=series), None, None
+    return load_mask(mask_path, grid, segment=label_value, reference=series), None, None

@@ -60,6 +60,7 @@ from dmfn.contract.predictions import Provenance
 class Contract:
     ctc_features = ({CTC!r},)
     provenance = Provenance()
+    roi_margin_mm = 10.0
 
 class Server:
     contract = Contract()

@@ -46,7 +46,12 @@ class FakeClient:
         return type(
             "Contract",
             (),
-            {"ctc_features": (CTC,), "class_names": ("thymoma",), "provenance": Provenance()},
+            {
+                "ctc_features": (CTC,),
+                "class_names": ("thymoma",),
+                "provenance": Provenance(),
+                "roi_margin_mm": 10.0,
+            },
         )()
 
     def predict_many(self, studies: list, concurrency: int, return_exceptions: bool) -> list:

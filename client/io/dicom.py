@@ -27,6 +27,7 @@ import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
@@ -37,6 +38,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
 
 from dmfn.client.io.bounded import check_voxels
+from dmfn.client.io.crop import axial_grid, box_origin, source_box
 from dmfn.client.io.errors import ArgumentError, one_line
 from dmfn.contract.limits import MAX_IMAGE_VOXELS
 from dmfn.contract.orientation import (
@@ -45,7 +47,7 @@ from dmfn.contract.orientation import (
     slice_normal,
     to_axial,
 )
-from dmfn.contract.study import Study, hu_from_values
+from dmfn.contract.study import Study, VoxelGrid, hu_from_values
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +76,21 @@ MEDIA_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
 #: Header values longer than this (bytes) are read only when used (pydicom's ``defer_size``), so
 #: a huge private element costs no memory while the folder's headers are read.
 HEADER_DEFER_BYTES = 1 << 16
-#: What to pip-install for compressed transfer syntaxes that pydicom cannot decode by itself.
-DECODER_PACKAGES = (
-    "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle (or python-gdcm, or pyjpegls)"
-)
+#: What to pip-install for compressed transfer syntaxes that pydicom cannot decode by itself
+#: (dmfn's runtime dependencies: docs/data.md says why these).
+DECODER_PACKAGES = "pylibjpeg pylibjpeg-openjpeg pylibjpeg-rle python-gdcm pyjpegls"
+#: The pydicom pixel-data plugin tried first per transfer syntax: the fastest measured on a
+#: 512 x 512 CT slice (``benchmarks/dicom_decode.py``, docs/data.md); pydicom's own order when
+#: that plugin is not installed.
+PREFERRED_DECODERS = {
+    "1.2.840.10008.1.2.4.90": "pylibjpeg",  # JPEG 2000 lossless: pylibjpeg-openjpeg
+    "1.2.840.10008.1.2.4.91": "pylibjpeg",  # JPEG 2000
+    "1.2.840.10008.1.2.4.80": "pyjpegls",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "pyjpegls",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.5": "pylibjpeg",  # RLE lossless: pylibjpeg-rle
+    "1.2.840.10008.1.2.4.70": "gdcm",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.57": "gdcm",  # JPEG lossless
+}
 
 
 class DicomError(ValueError):
@@ -136,6 +149,61 @@ def read_dicom_series(
 ) -> tuple[Study, SeriesReference]:
     """:func:`load_dicom_series`'s study and the :class:`SeriesReference` of the series it read
     (its UIDs, SOP instance -> position map and pixel-free headers), for SEG masks and reports."""
+    series = open_dicom_series(folder, series_uid)
+    return series.read(), series.reference
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """A CT series whose headers are read, sorted and checked, and whose pixels are not yet.
+
+    ``grid`` is the voxel grid of the study :meth:`read` returns for the whole series (axial
+    layout); ``file_grid`` the grid of the slices in file order (slice along row x column,
+    row, column); ``paths`` the slice files in that order; ``reference`` the series' UIDs and
+    pixel-free headers (:class:`SeriesReference`), all known before a pixel is decoded.
+    """
+
+    folder: Path
+    paths: tuple[Path, ...]
+    file_grid: VoxelGrid
+    grid: VoxelGrid
+    reference: SeriesReference
+
+    def read(self, box: Sequence[slice] | None = None, *, workers: int = 1) -> Study:
+        """The series as a :class:`Study` (axial layout), or only its part ``box`` of
+        :attr:`grid` (half-open slices per axial axis z, y, x): then only the files of the
+        slices the box needs are decoded (``workers`` threads), the others' pixels are never
+        read, and the study is exactly the full study's ``hu[box]`` with the origin at the box's
+        first voxel."""
+        if box is None:
+            box = tuple(slice(0, n) for n in self.grid.shape)
+        where = f"series in {self.folder}"
+        file_box = source_box(box, self.file_grid, where)
+        needed = self.paths[file_box[0]]
+        if not needed:
+            raise ValueError(f"argument 'box': selects no slice of {where}: {tuple(box)}")
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            slices = list(pool.map(_read_full, needed))
+        _check_images(self.folder, slices)
+        first = self.reference.headers[0]
+        study = Study(
+            hu=_stack_hu(slices, file_box[1:], warn_about=first),
+            spacing_mm=self.file_grid.spacing_mm,
+            origin_lps_mm=box_origin(self.file_grid, file_box),
+            direction=self.file_grid.direction,
+            patient_id=str(first.get("PatientID", "") or "ANON"),
+            image_id=self.reference.series_uid,
+            study_uid=self.reference.study_uid,
+        )
+        return to_axial(study, where)
+
+
+def open_dicom_series(folder: str | Path, series_uid: str | None = None) -> DicomSeries:
+    """Read, choose, sort and check the headers of the CT series in ``folder`` (the checks of
+    :func:`load_dicom_series` that need no pixel; ``stop_before_pixels``); decode nothing.
+
+    :meth:`DicomSeries.read` then decodes the whole series or only the slices a crop needs.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DicomArgumentError("folder", f"{folder} is not an existing directory")
@@ -143,8 +211,8 @@ def read_dicom_series(
     uid = _choose_series(folder, headers, series_uid)
     paths = sorted(p for p, ds in headers.items() if ds.SeriesInstanceUID == uid)
     _check_declared_sizes(folder, [(p, headers[p]) for p in paths])
-    slices = [_read_full(p) for p in paths]
-    _check_images(folder, slices)
+    slices = [(p, headers[p]) for p in paths]
+    _check_images(folder, slices, pixels=False)
     try:  # refuse an oblique series before decoding its pixels
         axial_axis_map(
             direction_from_iop(slices[0][1].ImageOrientationPatient), f"series in {folder}"
@@ -155,19 +223,19 @@ def read_dicom_series(
     slices = [slices[i] for i in order]
     first = slices[0][1]
     row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
-    study = to_axial(
-        Study(
-            hu=_stack_hu(slices),
-            spacing_mm=(spacing_z, row_spacing, col_spacing),
-            origin_lps_mm=tuple(float(v) for v in first.ImagePositionPatient),
-            direction=direction_from_iop(first.ImageOrientationPatient),
-            patient_id=str(first.get("PatientID", "") or "ANON"),
-            image_id=str(uid),
-            study_uid=str(first.get("StudyInstanceUID", "") or ""),
-        ),
-        f"series in {folder}",
+    file_grid = VoxelGrid(
+        shape=(len(slices), int(first.Rows), int(first.Columns)),
+        spacing_mm=(spacing_z, row_spacing, col_spacing),
+        origin_lps_mm=_position(first),
+        direction=direction_from_iop(first.ImageOrientationPatient),
     )
-    return study, series_reference([headers[path] for path, _ in slices])
+    return DicomSeries(
+        folder=folder,
+        paths=tuple(p for p, _ in slices),
+        file_grid=file_grid,
+        grid=axial_grid(file_grid, f"series in {folder}"),
+        reference=series_reference([ds for _, ds in slices]),
+    )
 
 
 def series_reference_of_files(paths: Sequence[str | Path]) -> SeriesReference:
@@ -384,10 +452,14 @@ def _pixel_bytes(ds: pydicom.Dataset, voxels: int) -> int | None:
 
 
 # --------------------------------------------------------------------------- geometry
-def _check_images(folder: Path, slices: list[tuple[Path, pydicom.Dataset]]) -> None:
-    """Every slice: single-frame image with position/orientation; same size, spacing, cosines."""
+def _check_images(
+    folder: Path, slices: list[tuple[Path, pydicom.Dataset]], *, pixels: bool = True
+) -> None:
+    """Every slice: single-frame image with position/orientation; same size, spacing, cosines.
+    ``pixels=False`` for headers read without pixel data (PixelData is checked when decoded)."""
+    required = REQUIRED_KEYWORDS if pixels else REQUIRED_KEYWORDS[1:]
     for path, ds in slices:
-        for keyword in REQUIRED_KEYWORDS:
+        for keyword in required:
             if keyword not in ds:
                 raise DicomError(f"file {path}: has no {keyword}; it is not a usable CT slice")
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
@@ -484,16 +556,24 @@ def _single_slice_spacing(item: tuple[Path, pydicom.Dataset]) -> float:
 
 
 # --------------------------------------------------------------------------- pixels
-def _stack_hu(slices: list[tuple[Path, pydicom.Dataset]]) -> np.ndarray:
-    """(z, y, x) HU: int16 while every slice maps to whole int16 HU, else float32."""
-    first = slices[0][1]
-    out = np.empty((len(slices), int(first.Rows), int(first.Columns)), dtype=np.int16)
+def _stack_hu(
+    slices: list[tuple[Path, pydicom.Dataset]],
+    in_plane: Sequence[slice],
+    warn_about: pydicom.Dataset,
+) -> np.ndarray:
+    """(z, y, x) HU of the rows and columns ``in_plane`` of each slice: int16 while every
+    slice maps to whole int16 HU, else float32. ``warn_about``: the series' first header,
+    whose missing rescale is logged."""
+    rows, columns = in_plane
+    shape = (len(slices), rows.stop - rows.start, columns.stop - columns.start)
+    out = np.empty(shape, dtype=np.int16)
     for k, (path, ds) in enumerate(slices):
-        hu = hu_from_values(np.asarray(apply_modality_lut(_pixels(path, ds), ds)))
+        stored = _pixels(path, ds)[rows, columns]
+        hu = hu_from_values(np.asarray(apply_modality_lut(stored, ds)))
         if hu.dtype != out.dtype:
             out = out.astype(np.float32)
         out[k] = hu
-    if "RescaleSlope" not in first and "ModalityLUTSequence" not in first:
+    if "RescaleSlope" not in warn_about and "ModalityLUTSequence" not in warn_about:
         log.warning("%s: no RescaleSlope/Intercept; stored values used as HU", slices[0][0])
     return out
 
@@ -503,10 +583,13 @@ def _pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and syntax.is_compressed:
         try:
-            available = get_decoder(syntax).is_available
+            plugins = get_decoder(syntax).available_plugins
         except NotImplementedError:
-            available = False
-        if not available:
+            plugins = ()
+        preferred = PREFERRED_DECODERS.get(str(syntax))
+        if preferred in plugins:
+            ds.pixel_array_options(decoding_plugin=preferred)
+        if not plugins:
             raise DicomError(
                 f"file {path}: pixel data is compressed ({syntax.name}) and no decoder for it is "
                 f"installed; install one with: pip install {DECODER_PACKAGES}"

@@ -6,9 +6,12 @@ loader returns the study in the axial layout (see :func:`dmfn.contract.orientati
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from dmfn.client.io.dicom import load_dicom_series
+from dmfn.client.io.crop import Box, crop_study
+from dmfn.client.io.dicom import SeriesReference, load_dicom_series, open_dicom_series
 from dmfn.client.io.errors import ArgumentError, one_line
 from dmfn.client.io.nifti import (
     NIFTI_SUFFIXES,
@@ -16,8 +19,9 @@ from dmfn.client.io.nifti import (
     file_kind,
     load_nifti_volume,
     load_nrrd_volume,
+    open_nifti_volume,
 )
-from dmfn.contract.study import Study
+from dmfn.contract.study import Study, VoxelGrid
 
 #: File name endings of single-file CT volumes (a DICOM series is a folder).
 IMAGE_FILE_SUFFIXES: tuple[str, ...] = (*NIFTI_SUFFIXES, *NRRD_SUFFIXES)
@@ -38,6 +42,49 @@ def image_kind(path: str | Path) -> str:
     return file_kind(path, "path")
 
 
+#: Threads that decode a DICOM series' slices in :func:`open_image` (see docs/data.md: the
+#: decoders measured hold the GIL, so more threads only overlap file reads).
+DECODE_WORKERS = 2
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """An image whose geometry is known and whose voxels are read on demand.
+
+    ``grid``: the grid of :func:`load_image`'s study (axial layout); ``series``: the DICOM
+    series' reference (None for a NIfTI / NRRD file); ``read(box)``: :func:`load_image`'s study
+    cut to ``box`` (half-open slices of ``grid``'s axes), reading no more of the file than
+    the format allows (see :func:`open_image`).
+    """
+
+    grid: VoxelGrid
+    series: SeriesReference | None
+    read: Callable[[Box], Study]
+
+
+def open_image(path: str | Path, series_uid: str | None = None) -> ImageSource:
+    """The image of :func:`load_image` opened for a partial read.
+
+    A DICOM folder: every header is read, sorted and checked now; ``read(box)`` decodes only
+    the slices the box needs. A NIfTI file: its header now; ``read(box)`` reads the box's slab
+    (an uncompressed ``.nii`` only those bytes; a ``.nii.gz`` is inflated up to the slab's end).
+    An NRRD file is read whole now (its data is gzip, bzip2 or raw after a text header; dmfn's
+    bounded reader inflates it in one pass) and ``read(box)`` cuts it.
+    """
+    path = Path(path)
+    kind = _check_path(path, series_uid)
+    if kind == "dicom":
+        series = open_dicom_series(path, series_uid=series_uid)
+        return ImageSource(
+            series.grid, series.reference, lambda box: series.read(box, workers=DECODE_WORKERS)
+        )
+    if kind == "nifti":
+        grid, read = open_nifti_volume(path)
+        return ImageSource(grid, None, read)
+    study = load_nrrd_volume(path)
+    return ImageSource(study.grid, None, lambda box: crop_study(study, box))
+
+
 def load_image(path: str | Path, series_uid: str | None = None) -> Study:
     """The images-only :class:`Study` of a DICOM series folder or a NIfTI / NRRD volume file.
 
@@ -50,6 +97,16 @@ def load_image(path: str | Path, series_uid: str | None = None) -> Study:
     given for a volume file.
     """
     path = Path(path)
+    kind = _check_path(path, series_uid)
+    if kind == "dicom":
+        return load_dicom_series(path, series_uid=series_uid)
+    if kind == "nrrd":
+        return load_nrrd_volume(path)
+    return load_nifti_volume(path)
+
+
+def _check_path(path: Path, series_uid: str | None) -> str:
+    """The image kind of ``path``; ArgumentError for a missing path or a misplaced series_uid."""
     try:
         exists = path.is_dir() or path.is_file()
     except OSError as err:  # e.g. a folder on the way that this user may not enter
@@ -67,8 +124,4 @@ def load_image(path: str | Path, series_uid: str | None = None) -> Study:
             f"chooses a series of a DICOM folder, but {path} is a {_KIND_NAMES[kind]} file "
             f"(got {series_uid!r})",
         )
-    if kind == "dicom":
-        return load_dicom_series(path, series_uid=series_uid)
-    if kind == "nrrd":
-        return load_nrrd_volume(path)
-    return load_nifti_volume(path)
+    return kind

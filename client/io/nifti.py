@@ -14,7 +14,7 @@ study's grid, or, for a 3D Slicer segmentation only, a cropped sub-box of it (se
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import nrrd
 import numpy as np
 
 from dmfn.client.io.bounded import check_nifti, read_nrrd_data, read_nrrd_header
+from dmfn.client.io.crop import Box, axial_grid, box_origin, source_box
 from dmfn.client.io.dicom import SeriesReference
 from dmfn.client.io.errors import ArgumentError, one_line
 from dmfn.client.io.seg import is_seg_candidate, load_seg
@@ -82,27 +83,37 @@ def _existing(path: str | Path, argument: str) -> Path:
 def _read_nifti(path: Path) -> tuple[np.ndarray, VoxelGrid]:
     """(z, y, x) data (scaled by scl_slope/scl_inter) and grid of a 3D NIfTI file; the header's
     size is checked before the data is read (:func:`~dmfn.client.io.bounded.check_nifti`)."""
+    img, grid = _open_nifti(path)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:
+        raise ValueError(f"NIfTI file {path}: cannot be read ({one_line(err)})") from err
+    return np.ascontiguousarray(reverse_axes(_squeeze_to_3d(data, path))), grid
+
+
+def _open_nifti(path: Path) -> tuple[Any, VoxelGrid]:
+    """The nibabel image (no voxel read yet) and the (z, y, x) grid of a 3D NIfTI file, from its
+    header alone (size checked, a position in patient space required)."""
     try:
         img: Any = nib.load(path)  # a Nifti1Image or Nifti2Image (untyped in nibabel's stubs)
     except Exception as err:  # nibabel raises many types for bad files
         raise ValueError(f"NIfTI file {path}: cannot be read ({one_line(err)})") from err
     header = img.header
     check_nifti(path, header)
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as err:
-        raise ValueError(f"NIfTI file {path}: cannot be read ({one_line(err)})") from err
     if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
         raise ValueError(
             f"NIfTI file {path}: sform_code and qform_code are both 0, so its position in patient "
             "space is unknown; rewrite it with a valid qform or sform"
         )
-    data = _squeeze_to_3d(data, path)
+    shape = tuple(int(n) for n in img.shape)
+    shape_xyz = shape + (1,) * (3 - len(shape)) if len(shape) < 3 else shape[:3]
+    if (len(shape) > 3 and not all(n == 1 for n in shape[3:])) or len(shape) < 2:
+        raise ValueError(f"file {path}: must hold a 3D image, got shape {shape} (x, y, z, ...)")
     try:
-        grid = grid_from_nifti_affine(img.affine, data.shape)
+        grid = grid_from_nifti_affine(img.affine, shape_xyz)
     except ValueError as err:
         raise ValueError(f"NIfTI file {path}: unusable geometry: {err}") from err
-    return np.ascontiguousarray(reverse_axes(data)), grid
+    return img, grid
 
 
 def _squeeze_to_3d(data: np.ndarray, path: Path) -> np.ndarray:
@@ -175,6 +186,46 @@ def load_nifti_volume(path: str | Path) -> Study:
         raise ArgumentError("path", f"{path} is not NIfTI; use load_nrrd_volume for NRRD")
     data, grid = _read_nifti(path)
     return _study(data, grid, path)
+
+
+def open_nifti_volume(path: str | Path) -> tuple[VoxelGrid, Callable[[Box], Study]]:
+    """The axial grid of the NIfTI volume ``path`` (from its header) and a function that reads
+    only the part ``box`` of it (axial z, y, x slices) as :func:`load_nifti_volume`'s study cut
+    to ``box`` (:func:`~dmfn.client.io.crop.crop_study`).
+
+    nibabel slices the file's data object: an uncompressed ``.nii`` reads only the bytes of the
+    box's file slab; a ``.nii.gz`` is inflated up to the end of the slab (gzip cannot seek).
+    """
+    path = _existing(path, "path")
+    if file_kind(path, "path") != "nifti":
+        raise ArgumentError("path", f"{path} is not NIfTI; use load_nrrd_volume for NRRD")
+    img, file_grid = _open_nifti(path)
+    where = f"file {path}"
+    try:
+        grid = axial_grid(file_grid, where)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+
+    def read(box: Box) -> Study:
+        z, y, x = source_box(box, file_grid, where)  # (z, y, x) of the file's grid
+        extra = (0,) * (len(img.shape) - 3)
+        try:
+            data = np.asanyarray(
+                img.dataobj[(x, y, z, *extra)]
+                if len(img.shape) >= 3
+                else (img.dataobj[x, y][:, :, None])
+            )
+        except Exception as err:
+            raise ValueError(f"NIfTI file {path}: cannot be read ({one_line(err)})") from err
+        part = VoxelGrid(
+            shape=(z.stop - z.start, y.stop - y.start, x.stop - x.start),
+            spacing_mm=file_grid.spacing_mm,
+            origin_lps_mm=box_origin(file_grid, (z, y, x)),
+            direction=file_grid.direction,
+        )
+        return _study(np.ascontiguousarray(reverse_axes(data)), part, path)
+
+    return grid, read
 
 
 def load_nrrd_volume(path: str | Path) -> Study:
@@ -329,7 +380,9 @@ def _select_label(data: np.ndarray, segment: str | int | None, path: Path) -> np
             f"mask file {path}: holds non-integer values (a probability map?); masks must hold "
             "integer labels, threshold it first"
         )
-    labels = [int(v) for v in np.unique(data) if v != 0]
+    # the labels of the nonzero voxels only: a lesion is a small part of a CT-sized map, and
+    # sorting every voxel (np.unique of the whole map) cost 0.75 s of a 1.1 s read at 300x512x512
+    labels = [int(v) for v in np.unique(data[data != 0])]
     if segment is None:
         if len(labels) > 1:
             raise ArgumentError(

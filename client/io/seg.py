@@ -34,6 +34,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from dmfn.client.io.bounded import check_voxels
+from dmfn.client.io.crop import axial_grid
 from dmfn.client.io.dicom import (
     DicomError,
     SeriesReference,
@@ -44,7 +45,6 @@ from dmfn.client.io.errors import ArgumentError, one_line
 from dmfn.client.io.segments import choose_segment
 from dmfn.contract.orientation import (
     GRID_TOLERANCE_VOXELS,
-    axial_axis_map,
     direction_from_iop,
     place_on_grid,
 )
@@ -500,7 +500,7 @@ def _mask_by_slice(mask: np.ndarray, reference: SeriesReference) -> np.ndarray:
     """``mask`` (axial layout of the series' Study) as (slice, row, column) in the order of
     ``reference.headers``; ValueError when it is not on that series' grid."""
     file_grid = series_grid(reference)
-    axial = _axial_grid(file_grid)
+    axial = axial_grid(file_grid, "series")
     data = check_mask(np.asarray(mask), axial.shape, name="mask")
     return place_on_grid(data, axial, file_grid, "argument 'mask'")
 
@@ -518,21 +518,6 @@ def series_grid(reference: SeriesReference) -> VoxelGrid:
     row_mm, col_mm = (float(v) for v in first.PixelSpacing)
     shape = (len(reference.headers), int(first.Rows), int(first.Columns))
     return VoxelGrid(shape, (slice_mm, row_mm, col_mm), tuple(origin), direction)
-
-
-def _axial_grid(grid: VoxelGrid) -> VoxelGrid:
-    """``grid`` as :func:`~dmfn.contract.orientation.to_axial` lays its volume out."""
-    source_axis, flipped, _ = axial_axis_map(np.asarray(grid.direction), "series")
-    direction = np.asarray(grid.direction)[:, source_axis] * np.where(flipped, -1.0, 1.0)[None, :]
-    start = np.zeros(3)
-    for s, f in zip(source_axis, flipped, strict=True):
-        start[s] = grid.shape[s] - 1 if f else 0
-    return VoxelGrid(
-        shape=tuple(grid.shape[s] for s in source_axis),
-        spacing_mm=tuple(grid.spacing_mm[s] for s in source_axis),
-        origin_lps_mm=tuple(float(v) for v in grid.index_to_lps(start)),
-        direction=direction,
-    )
 
 
 def _version() -> str:
