@@ -31,7 +31,7 @@ from pathlib import Path
 from dmfn.client.io.errors import one_line
 from dmfn.client.io.image import IMAGE_FILE_SUFFIXES, image_kind
 from dmfn.client.io.seg import SEG_FILE_SUFFIXES
-from dmfn.client.study_files import read_study
+from dmfn.client.study_files import read_study_files
 from dmfn.contract.csvfile import csv_rows
 from dmfn.contract.schema import AGE_RANGE_YEARS, DEFAULT_CTC_FEATURES, LOCATIONS
 from dmfn.contract.study import SEXES, Clinical, Study
@@ -253,10 +253,10 @@ def _read_row(
 
 
 def load_row_study(row: ManifestRow, ctc_features: Sequence[str]) -> Study:
-    """The study of ``row`` (:func:`dmfn.client.study_files.read_study`): its image (the row's
+    """The study of ``row`` (:func:`dmfn.client.study_files.read_study_files`): its image (the row's
     ``series_uid``), its mask on the image's grid (the row's ``segment``), its CTC values named
     by ``ctc_features``, its clinical record, ids and label."""
-    return read_study(
+    return read_study_files(
         row.image_path,
         row.mask_path,
         dict(zip(ctc_features, row.ctc, strict=True)),
@@ -266,7 +266,7 @@ def load_row_study(row: ManifestRow, ctc_features: Sequence[str]) -> Study:
         patient_id=row.patient_id,
         image_id=row.image_id,
         label=row.label,
-    )
+    ).study
 
 
 def _check_consistency(path: Path, rows: list[ManifestRow]) -> None:

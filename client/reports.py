@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pydicom
 
 from dmfn.client.sdk import Prediction
-from dmfn.client.sr import ClinicalUsed, MaskReference, build_prediction_sr, write_prediction_sr
+from dmfn.client.sr import ClinicalUsed, MaskReference, build_prediction_sr, save_sr
 from dmfn.client.study_files import StudyFiles
 from dmfn.contract.errors import InvalidInput
 from dmfn.contract.outfile import check_new
@@ -27,6 +27,8 @@ from dmfn.contract.study import Study
 if TYPE_CHECKING:
     from .predict import StudySource
 
+#: API argument -> flag, for the errors about an SR file.
+SR_FLAGS = {"sr": "--sr", "out": "--sr", "overwrite": "--overwrite"}
 #: Characters kept in a report's file name (the rest become "_").
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -86,7 +88,6 @@ class Reports:
     def check(self, sources: Sequence[StudySource]) -> None:
         """Before any work: every study is a DICOM series (an SR belongs to its study) and no
         SR file would be replaced without ``overwrite``; ValueError naming --sr otherwise."""
-        flags = {"sr": "--sr", "overwrite": "--overwrite", "out": "--sr"}
         for source in sources:
             if not source.image_path.is_dir():
                 where = f"{source.where}: " if source.where else ""
@@ -99,7 +100,7 @@ class Reports:
                 try:
                     check_new(path, self.overwrite, "sr")
                 except InvalidInput as err:
-                    raise ValueError(err.in_flags(flags)) from None
+                    raise ValueError(err.in_flags(SR_FLAGS)) from None
         names = [self.path_for(s) for s in sources]
         if self.folder and len(set(names)) != len(names):
             raise ValueError("--sr: two studies of the manifest have the same image_id")
@@ -113,27 +114,18 @@ class Reports:
         mask = mask_reference(files, source.mask_path)
         ctc_source = "manifest" if source.where else "command line"
         used = clinical_used(files.study, source.age_source, source.sex_source, ctc_source)
+        dataset = build_prediction_sr(
+            prediction, files.series.headers, mask=mask, clinical_used=used
+        )
         path = self.path_for(source)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                write_prediction_sr(
-                    prediction, files.series.headers, path, mask=mask, clinical_used=used,
-                    overwrite=self.overwrite,
-                )  # fmt: skip
-            except InvalidInput as err:
-                flags = {"out": "--sr", "overwrite": "--overwrite"}
-                raise ValueError(err.in_flags(flags)) from None
+                save_sr(dataset, path, overwrite=self.overwrite)
+            except InvalidInput as err:  # the file appeared while predicting
+                raise ValueError(err.in_flags(SR_FLAGS)) from None
             self.written.append(path)
             print(f"dmfn predict: wrote the DICOM SR {path}", file=sys.stderr)
         if self.store is not None:
-            dataset = (
-                pydicom.dcmread(path)
-                if path is not None
-                else build_prediction_sr(
-                    prediction, files.series.headers, mask=mask, clinical_used=used
-                )
-            )
             self.store(dataset)
             print(
                 f"dmfn predict: stored the DICOM SR {dataset.SOPInstanceUID} into study "

@@ -497,10 +497,17 @@ def write_prediction_sr(
     """:func:`build_prediction_sr` written to ``path``, whole or not at all; an existing
     ``path`` is refused (InvalidInput naming ``out``) unless ``overwrite``. ``options`` are
     :func:`build_prediction_sr`'s keyword arguments (UIDs, series number, date)."""
-    target = check_new(path, overwrite)
+    check_new(path, overwrite)  # before building: a refusal costs nothing
     sr = build_prediction_sr(
         prediction, evidence, mask=mask, clinical_used=clinical_used, **options
     )
+    return save_sr(sr, path, overwrite=overwrite)
+
+
+def save_sr(sr: pydicom.Dataset, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the SR ``sr`` (:func:`build_prediction_sr`) to ``path``, whole or not at all; an
+    existing ``path`` is refused (InvalidInput naming ``out``) unless ``overwrite``."""
+    target = check_new(path, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     with replacing(target, overwrite=overwrite, binary=True) as handle:
         pydicom.dcmwrite(handle, sr, enforce_file_format=True)
@@ -597,5 +604,6 @@ __all__ = [
     "build_prediction_sr",
     "disclaimer",
     "read_prediction_sr",
+    "save_sr",
     "write_prediction_sr",
 ]

@@ -34,44 +34,6 @@ class StudyFiles:
     mask_segment: int | None = None
 
 
-def read_study(
-    image_path: Path,
-    mask_path: Path,
-    ctc: Mapping[str, float],
-    clinical: Clinical,
-    *,
-    segment: str | None = None,
-    series_uid: str | None = None,
-    patient_id: str = "",
-    image_id: str = "",
-    label: str | None = None,
-    explain: Explain | None = None,
-    crop_margin_mm: float | None = None,
-) -> Study:
-    """The study of ``image_path`` (:func:`dmfn.client.io.load_image`, axial layout; a DICOM
-    folder's series ``series_uid``) with the mask of ``mask_path`` on its grid (``segment``: a
-    Slicer segment's name, a DICOM SEG's segment number or label, or a label value written as
-    digits), ``ctc`` values by feature name and the ``clinical`` record.
-
-    ``image_id`` defaults to the loaded image's own id, else the image file's name;
-    ``patient_id`` ("") to the Study's anonymous default. A ValueError from reading the image
-    or the mask is raised as it is, or as ``explain(err, "image" | "mask")`` returns it.
-    """
-    return read_study_files(
-        image_path,
-        mask_path,
-        ctc,
-        clinical,
-        segment=segment,
-        series_uid=series_uid,
-        patient_id=patient_id,
-        image_id=image_id,
-        label=label,
-        explain=explain,
-        crop_margin_mm=crop_margin_mm,
-    ).study
-
-
 def read_study_files(
     image_path: Path,
     mask_path: Path,
@@ -86,9 +48,17 @@ def read_study_files(
     explain: Explain | None = None,
     crop_margin_mm: float | None = None,
 ) -> StudyFiles:
-    """:func:`read_study`'s study with the image's DICOM series reference and, for a DICOM SEG
-    mask, the SEG's header. A DICOM SEG is checked against the image's series (series and
-    frame of reference UIDs) when the image is a DICOM folder.
+    """The study of ``image_path`` (:func:`dmfn.client.io.load_image`, axial layout; a DICOM
+    folder's series ``series_uid``) with the mask of ``mask_path`` on its grid (``segment``: a
+    Slicer segment's name, a DICOM SEG's segment number or label, or a label value written as
+    digits), ``ctc`` values by feature name and the ``clinical`` record; with the image's DICOM
+    series reference and, for a DICOM SEG mask, the SEG's header. A DICOM SEG is checked
+    against the image's series (series and frame of reference UIDs) when the image is a DICOM
+    folder.
+
+    ``image_id`` defaults to the loaded image's own id, else the image file's name;
+    ``patient_id`` ("") to the Study's anonymous default. A ValueError from reading the image
+    or the mask is raised as it is, or as ``explain(err, "image" | "mask")`` returns it.
 
     ``crop_margin_mm`` (the model's ROI margin, ``ServerContract.roi_margin_mm``): read only
     what :func:`dmfn.contract.wire.build_request` sends. The image's geometry is read from its

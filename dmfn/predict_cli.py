@@ -37,7 +37,7 @@ from dmfn.client.flags import add_overwrite
 from dmfn.client.io.errors import one_line
 from dmfn.client.predict import EXIT_USAGE, OUT_FLAGS, Predictor, StudySource, run
 from dmfn.client.predict_pacs import PacsRequest, run_pacs
-from dmfn.client.reports import Reports
+from dmfn.client.reports import SR_FLAGS, Reports
 from dmfn.client.sdk import DEFAULT_TIMEOUT_S, PROTOCOLS, DmfnClient
 from dmfn.contract import schema as S
 from dmfn.contract.audit import AuditLog, client_audit
@@ -245,12 +245,7 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise ValueError(err.in_flags({"explain": "--explain"})) from None
     _check_report_flags(args)
     if args.out is not None:
-        try:
-            check_new(args.out, args.overwrite)
-        except InvalidInput as err:
-            raise ValueError(err.in_flags(OUT_FLAGS)) from None
-        except OSError as err:
-            raise ValueError(f"--out: {args.out} cannot be accessed ({one_line(err)})") from None
+        _check_new_file(args.out, args.overwrite, "--out", OUT_FLAGS)
     if args.dicomweb is not None:
         _check_pacs(args)
         return
@@ -282,10 +277,25 @@ def check_arguments(args: argparse.Namespace) -> None:
         )
     if _kind(args.mask, "--mask") != "file":
         raise ValueError(f"--mask: {args.mask} is not a file")
+    _check_age(args.age)
+
+
+def _check_age(age: str) -> None:
     try:
-        float(args.age)
+        float(age)
     except ValueError:
-        raise ValueError(f"--age must be a number of years, got {args.age!r}") from None
+        raise ValueError(f"--age must be a number of years, got {age!r}") from None
+
+
+def _check_new_file(path: Path, overwrite: bool, flag: str, flags: dict[str, str]) -> None:
+    """An output file ``flag`` that is not an earlier result (unless ``overwrite``), in the
+    command line's words (``flags``: API argument -> flag)."""
+    try:
+        check_new(path, overwrite, flag.lstrip("-"))
+    except InvalidInput as err:
+        raise ValueError(err.in_flags(flags)) from None
+    except OSError as err:
+        raise ValueError(f"{flag}: {path} cannot be accessed ({one_line(err)})") from None
 
 
 #: Options that only make sense with --dicomweb.
@@ -305,12 +315,7 @@ def _check_report_flags(args: argparse.Namespace) -> None:
             raise ValueError(f"{', '.join(given)}: only with --dicomweb")
     if args.sr is None or args.manifest is not None:
         return
-    try:
-        check_new(args.sr, args.overwrite, "sr")
-    except InvalidInput as err:
-        raise ValueError(err.in_flags({"sr": "--sr", "overwrite": "--overwrite"})) from None
-    except OSError as err:
-        raise ValueError(f"--sr: {args.sr} cannot be accessed ({one_line(err)})") from None
+    _check_new_file(args.sr, args.overwrite, "--sr", SR_FLAGS)
 
 
 def _check_pacs(args: argparse.Namespace) -> None:
@@ -328,10 +333,7 @@ def _check_pacs(args: argparse.Namespace) -> None:
     if missing:
         raise ValueError(f"--dicomweb needs {', '.join(missing)}")
     if args.age is not None:
-        try:
-            float(args.age)
-        except ValueError:
-            raise ValueError(f"--age must be a number of years, got {args.age!r}") from None
+        _check_age(args.age)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,3 +91,19 @@ def needs_front_door() -> None:
 
     if find_nginx() is None:
         pytest.skip("nginx is not installed (make setup installs it as root): no front door")
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A 3-patient ``tiny`` synthetic cohort (DICOM series, NIfTI masks, DICOM SEGs; seed 11)
+    and its manifest's first row (paths relative to the folder). Read only: tests that change
+    files copy them first."""
+    import csv
+
+    from dmfn.synth import generate_cohort
+
+    out = tmp_path_factory.mktemp("tiny_cohort")
+    generate_cohort(out, "tiny", seed=11, workers=1, n_patients=3)
+    with (out / "manifest.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    return out, row

@@ -4,7 +4,6 @@ within a stated tolerance (lossy)."""
 
 from __future__ import annotations
 
-import csv
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,17 +20,6 @@ from dmfn.contract.study import Clinical
 #: Largest change of a class probability from JPEG 2000 lossy at ratio 10 (measured 0.00013 on
 #: the tiny cohort's first study with the demo model).
 LOSSY_PROB_TOLERANCE = 0.02
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    from dmfn.synth import generate_cohort
-
-    out = tmp_path_factory.mktemp("compressed_cohort")
-    generate_cohort(out, "tiny", seed=11, workers=1, n_patients=3)
-    with (out / "manifest.csv").open() as handle:
-        row = next(csv.DictReader(handle))
-    return out, row
 
 
 def _compress(source: Path, target: Path, syntax: UID, **kwargs: object) -> Path:
@@ -67,9 +55,9 @@ def _predict(out: Path, row: dict[str, str], image: Path, margin: float | None) 
 
 @pytest.mark.parametrize("syntax", ["jpeg2000", "jpegls", "rle", "jpeg_lossless_sv1"])
 def test_lossless_series_predicts_identically(
-    cohort: tuple[Path, dict[str, str]], tmp_path: Path, syntax: str
+    tiny_cohort: tuple[Path, dict[str, str]], tmp_path: Path, syntax: str
 ) -> None:
-    out, row = cohort
+    out, row = tiny_cohort
     plain = out / row["image_path"]
     syntaxes = {"jpeg2000": JPEG2000Lossless, "jpegls": JPEGLSLossless, "rle": RLELossless}
     if syntax == "jpeg_lossless_sv1":
@@ -86,9 +74,9 @@ def test_lossless_series_predicts_identically(
 
 
 def test_lossy_jpeg2000_predicts_within_tolerance(
-    cohort: tuple[Path, dict[str, str]], tmp_path: Path
+    tiny_cohort: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
-    out, row = cohort
+    out, row = tiny_cohort
     plain = out / row["image_path"]
     packed = _compress(plain, tmp_path / "j2k_lossy", JPEG2000, j2k_cr=[10])
     a, b = load_dicom_series(plain).hu, load_dicom_series(packed).hu

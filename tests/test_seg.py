@@ -283,17 +283,6 @@ def test_dcmdump_reads_the_written_seg(axial: tuple) -> None:
 
 
 # --------------------------------------------------------------------------- same predictions
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    from dmfn.synth import generate_cohort
-
-    out = tmp_path_factory.mktemp("seg_cohort")
-    generate_cohort(out, "tiny", seed=11, workers=1, n_patients=3)
-    with (out / "manifest.csv").open() as handle:
-        row = next(csv.DictReader(handle))
-    return out, row
-
-
 def _study_files(out: Path, row: dict[str, str], mask_column: str) -> object:
     return read_study_files(
         out / row["image_path"],
@@ -304,11 +293,11 @@ def _study_files(out: Path, row: dict[str, str], mask_column: str) -> object:
     )
 
 
-def test_nifti_and_seg_of_one_lesion_give_identical_probabilities(synthetic: tuple) -> None:
+def test_nifti_and_seg_of_one_lesion_give_identical_probabilities(tiny_cohort: tuple) -> None:
     from dmfn.resources import demo_checkpoint
     from dmfn.training.inference import LocalPredictor
 
-    out, row = synthetic
+    out, row = tiny_cohort
     from_nifti = _study_files(out, row, "mask_path")
     from_seg = _study_files(out, row, "seg_path")
     assert from_nifti.mask_dataset is None and from_seg.mask_dataset.Modality == "SEG"
@@ -322,11 +311,11 @@ def test_nifti_and_seg_of_one_lesion_give_identical_probabilities(synthetic: tup
     assert a.measurements == b.measurements
 
 
-def test_predict_cli_takes_a_seg_mask(synthetic: tuple, capsys: pytest.CaptureFixture) -> None:
+def test_predict_cli_takes_a_seg_mask(tiny_cohort: tuple, capsys: pytest.CaptureFixture) -> None:
     from dmfn.predict_cli import main as predict_main
     from dmfn.resources import demo_checkpoint
 
-    out, row = synthetic
+    out, row = tiny_cohort
     code = predict_main(
         [
             str(out / row["image_path"]),
@@ -350,10 +339,10 @@ def test_nifti_mask_of_a_seg_series_still_needs_no_reference(tmp_path: Path) -> 
     np.testing.assert_array_equal(load_mask(nifti, study, reference=reference), mask)
 
 
-def test_manifest_mask_path_may_be_a_seg(synthetic: tuple, tmp_path: Path) -> None:
+def test_manifest_mask_path_may_be_a_seg(tiny_cohort: tuple, tmp_path: Path) -> None:
     from dmfn.client.manifest import load_row_study, read_manifest
 
-    out, row = synthetic
+    out, row = tiny_cohort
     manifest = tmp_path / "manifest.csv"
     with manifest.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(row))

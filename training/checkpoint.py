@@ -38,6 +38,12 @@ from dmfn.contract.params import PreprocessParams
 from dmfn.contract.predictions import Provenance
 from dmfn.contract.server import ServerContract
 from dmfn.contract.taxonomy import Taxonomy, parse_taxonomy
+from dmfn.contract.uncertainty import (
+    DEFAULT_COVERAGE,
+    DEFAULT_FALSE_ALARM,
+    Uncertainty,
+    fit_uncertainty,
+)
 
 if TYPE_CHECKING:  # imported at run time only by build_model, as its create_model
     from dmfn.training.models import TwoInputModel
@@ -94,6 +100,22 @@ class Checkpoint:
             tuple(self.ctc_features),
             tuple(self.taxonomy.names),
         )
+
+    def uncertainty(
+        self,
+        coverage: float = DEFAULT_COVERAGE,
+        method: str = "aps",
+        false_alarm: float = DEFAULT_FALSE_ALARM,
+    ) -> Uncertainty | None:
+        """The class-set and OOD fits of this checkpoint's calibration data
+        (:func:`dmfn.contract.uncertainty.fit_uncertainty`); None when it carries none (made
+        before the field). The one fit of ``dmfn export`` and in-process prediction."""
+        if self.calibration is None:
+            return None
+        return fit_uncertainty(
+            self.calibration, self.taxonomy.names, self.taxonomy.malignant_mask,
+            coverage=coverage, method=method, false_alarm=false_alarm,
+        )  # fmt: skip
 
     @property
     def synthetic(self) -> bool:

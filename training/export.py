@@ -32,12 +32,7 @@ from dmfn.contract import schema as S
 from dmfn.contract.limits import DEFAULT_MAX_STUDY_VOXELS, InputLimits, widen_range
 from dmfn.contract.management import load_management
 from dmfn.contract.study import Study
-from dmfn.contract.uncertainty import (
-    DEFAULT_COVERAGE,
-    DEFAULT_FALSE_ALARM,
-    Uncertainty,
-    fit_uncertainty,
-)
+from dmfn.contract.uncertainty import DEFAULT_COVERAGE, DEFAULT_FALSE_ALARM, Uncertainty
 from dmfn.contract.wire import build_request
 from dmfn.preprocess import preprocess_request
 from dmfn.preprocess.gpu import cupy_unavailable_reason, to_host
@@ -339,17 +334,14 @@ def _uncertainty(
 ) -> Uncertainty:
     """The class-set and OOD fits of ``ckpt`` (ExportError when it carries no calibration
     data: a checkpoint from before they existed)."""
-    if ckpt.calibration is None:
+    fit = ckpt.uncertainty(coverage, conformal, false_alarm)
+    if fit is None:
         raise ExportError(
             "the checkpoint carries no calibration data (validation probabilities, training OOD "
             "scores) for the class sets and the OOD flag: retrain it, or add them with "
             "scripts/add_calibration.py CHECKPOINT MANIFEST"
         )
-    taxonomy = ckpt.taxonomy
-    return fit_uncertainty(
-        ckpt.calibration, taxonomy.names, taxonomy.malignant_mask,
-        coverage=coverage, method=conformal, false_alarm=false_alarm,
-    )  # fmt: skip
+    return fit
 
 
 def export(

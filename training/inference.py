@@ -27,7 +27,7 @@ from dmfn.contract.management import load_management
 from dmfn.contract.postprocess import Postprocessor
 from dmfn.contract.server import ServerContract
 from dmfn.contract.study import Study
-from dmfn.contract.uncertainty import DEFAULT_COVERAGE, DEFAULT_FALSE_ALARM, fit_uncertainty
+from dmfn.contract.uncertainty import DEFAULT_COVERAGE, DEFAULT_FALSE_ALARM
 from dmfn.contract.wire import build_request
 from dmfn.preprocess import preprocess_request
 
@@ -62,12 +62,7 @@ class LocalPredictor:
         policy = load_management(management)
         policy.check_covers(self.checkpoint.taxonomy.names)
         taxonomy = self.checkpoint.taxonomy
-        uncertainty = None
-        if self.checkpoint.calibration is not None:
-            uncertainty = fit_uncertainty(
-                self.checkpoint.calibration, taxonomy.names, taxonomy.malignant_mask,
-                coverage=coverage, method=conformal, false_alarm=ood_false_alarm,
-            )  # fmt: skip
+        uncertainty = self.checkpoint.uncertainty(coverage, conformal, ood_false_alarm)
         self._contract = ServerContract(
             self.checkpoint.preprocess_params.roi_margin_mm,
             tuple(self.checkpoint.ctc_features),
