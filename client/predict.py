@@ -18,6 +18,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,7 +43,8 @@ log = logging.getLogger("dmfn.predict")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-#: Studies loaded from disk at a time per request in flight (bounds memory for big manifests).
+#: Studies loaded from disk at a time per request in flight (bounds memory for big manifests);
+#: the next such chunk is read while this one is predicted.
 LOAD_AHEAD = 2
 #: How the user names each reader argument: (input, reader argument) -> (command-line option,
 #: manifest column). "image" is :func:`~dmfn.client.io.load_image`, "mask"
@@ -261,6 +263,33 @@ def _chunks(items: list[StudySource], size: int) -> Iterator[list[StudySource]]:
         yield items[start : start + size]
 
 
+def _read_ahead(
+    chunks: Iterator[list[StudySource]], ctc_features: Sequence[str], margin: float | None
+) -> Iterator[tuple[list[StudySource], list[StudyFiles | Exception]]]:
+    """Each chunk with its studies read (a ValueError, already in the user's terms, where one
+    cannot be), the next chunk read by a worker thread while the caller predicts this one: the
+    files of a manifest are read while the server works, and at most two chunks are in memory."""
+
+    def read(chunk: list[StudySource]) -> list[StudyFiles | Exception]:
+        loaded: list[StudyFiles | Exception] = []
+        for source in chunk:
+            try:
+                loaded.append(load_study(source, ctc_features, margin))
+            except ValueError as err:
+                loaded.append(err)
+        return loaded
+
+    with ThreadPoolExecutor(1, thread_name_prefix="dmfn-read") as pool:
+        current = next(chunks, None)
+        pending = None if current is None else pool.submit(read, current)
+        while current is not None and pending is not None:
+            following = next(chunks, None)
+            loaded = pending.result()
+            pending = None if following is None else pool.submit(read, following)
+            yield current, loaded
+            current = following
+
+
 class StudyOutput(Protocol):
     """Something made from each prediction besides the printout (the heat maps of
     ``--explain``): ``make`` per predicted study (ValueError or RuntimeError when it cannot),
@@ -319,21 +348,17 @@ def run(
         # one study: no progress lines, its prediction or its error is the whole output
         stream = sys.stderr if manifest is not None else io.StringIO()
         with Progress(len(sources), "dmfn predict", stream=stream) as progress:
-            for chunk in _chunks(sources, LOAD_AHEAD * concurrency):
-                loaded: list[StudyFiles | Exception] = []
-                for source in chunk:
-                    try:
-                        loaded.append(load_study(source, contract.ctc_features, margin))
-                    except ValueError as err:  # already in the user's terms
-                        loaded.append(err)
-                        if audit is not None:  # a reference to the row, never a patient id
-                            audit.refused(
-                                source.without_paths(str(err)),
-                                study_uid=source.study_uid,
-                                series_uid=(source.series_uid or "") if source.study_uid else "",
-                                image_id=source.image_id or source.where or "command line",
-                                model_sha256=contract.provenance.sha256,
-                            )
+            chunks = _chunks(sources, LOAD_AHEAD * concurrency)
+            for chunk, loaded in _read_ahead(chunks, contract.ctc_features, margin):
+                for source, files in zip(chunk, loaded, strict=True):
+                    if audit is not None and isinstance(files, Exception):
+                        audit.refused(  # a reference to the row, never a patient id
+                            source.without_paths(str(files)),
+                            study_uid=source.study_uid,
+                            series_uid=(source.series_uid or "") if source.study_uid else "",
+                            image_id=source.image_id or source.where or "command line",
+                            model_sha256=contract.provenance.sha256,
+                        )
                 ok = [f.study for f in loaded if isinstance(f, StudyFiles)]
                 answers = iter(predictor.predict_many(ok, concurrency, return_exceptions=True))
                 chunk_results = [

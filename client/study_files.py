@@ -6,14 +6,20 @@ manifest row (:func:`dmfn.client.manifest.load_row_study`) and for ``dmfn predic
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 import pydicom
 
 from dmfn.client.io.dicom import SeriesReference
 from dmfn.contract.study import Clinical, Study, VoxelGrid
+
+if TYPE_CHECKING:
+    from dmfn.client.io.image import ImageSource
+    from dmfn.client.io.nifti import LabelMask
 
 #: Turns an error raised while reading the study's "image" or "mask" into the caller's terms.
 Explain = Callable[[ValueError, str], ValueError]
@@ -71,39 +77,42 @@ def read_study_files(
     """
     from dmfn.client.io import image_kind, load_image, read_dicom_series
     from dmfn.client.io.crop import crop_box
-    from dmfn.client.io.image import ImageSource, open_image
+
+    def raise_as(err: ValueError, what: str) -> NoReturn:
+        if explain is None:
+            raise err
+        raise explain(err, what) from err
 
     series: SeriesReference | None = None
-    source: ImageSource | None = None
+    if crop_margin_mm is not None:
+        source, early_mask = _open_with_mask(image_path, mask_path, segment, series_uid, raise_as)
+        grid, series = source.grid, source.series
+    else:
+        early_mask = None
+        try:
+            if Path(image_path).is_dir() and image_kind(image_path) == "dicom":
+                image, series = read_dicom_series(image_path, series_uid=series_uid)
+            else:
+                image = load_image(image_path, series_uid=series_uid)
+        except ValueError as err:
+            raise_as(err, "image")
+        grid = image.grid
+    mask_dataset: pydicom.Dataset | None = None
+    mask_segment: int | None = None
     try:
-        if crop_margin_mm is not None:
-            source = open_image(image_path, series_uid=series_uid)
-            grid, series = source.grid, source.series
-        elif Path(image_path).is_dir() and image_kind(image_path) == "dicom":
-            image, series = read_dicom_series(image_path, series_uid=series_uid)
-            grid = image.grid
+        if early_mask is not None:
+            mask = early_mask.on_grid(grid)
         else:
-            image = load_image(image_path, series_uid=series_uid)
-            grid = image.grid
+            mask, mask_dataset, mask_segment = _read_mask(mask_path, grid, segment, series)
     except ValueError as err:
-        if explain is None:
-            raise
-        raise explain(err, "image") from err
-    try:
-        mask, mask_dataset, mask_segment = _read_mask(mask_path, grid, segment, series)
-    except ValueError as err:
-        if explain is None:
-            raise
-        raise explain(err, "mask") from err
-    if source is not None and crop_margin_mm is not None:
+        raise_as(err, "mask")
+    if crop_margin_mm is not None:
         box = crop_box(mask, grid, crop_margin_mm)
         mask = np.ascontiguousarray(mask[box])
         try:
             image = source.read(box)
         except ValueError as err:
-            if explain is None:
-                raise
-            raise explain(err, "image") from err
+            raise_as(err, "image")
     given_ids = {"patient_id": patient_id} if patient_id else {}
     study = Study(
         hu=image.hu,
@@ -121,6 +130,44 @@ def read_study_files(
     return StudyFiles(study, series, mask_dataset, mask_segment)
 
 
+def _open_with_mask(
+    image_path: Path,
+    mask_path: Path,
+    segment: str | None,
+    series_uid: str | None,
+    raise_as: Callable[[ValueError, str], NoReturn],
+) -> tuple[ImageSource, LabelMask | None]:
+    """The image opened for a partial read (its headers; a worker thread) while this thread
+    reads a NIfTI / NRRD mask file (inflating it releases the GIL, so the two overlap on two
+    cores); the mask is placed on the image's grid later. A DICOM SEG needs the image's series
+    to be read, so it is not read here (None). An image error is raised before a mask error."""
+    from dmfn.client.io import IMAGE_FILE_SUFFIXES
+    from dmfn.client.io.image import open_image
+    from dmfn.client.io.nifti import read_label_mask
+
+    with ThreadPoolExecutor(1) as pool:
+        opening = pool.submit(open_image, image_path, series_uid=series_uid)
+        mask: LabelMask | None = None
+        mask_error: ValueError | None = None
+        if mask_path.name.lower().endswith(IMAGE_FILE_SUFFIXES):
+            try:
+                mask = read_label_mask(mask_path, _label_value(segment))
+            except ValueError as err:
+                mask_error = err
+        try:
+            source = opening.result()
+        except ValueError as err:
+            raise_as(err, "image")
+    if mask_error is not None:
+        raise_as(mask_error, "mask")
+    return source, mask
+
+
+def _label_value(segment: str | None) -> str | int | None:
+    """A NIfTI / NRRD label written as digits is a label value; else a segment name."""
+    return int(segment) if segment is not None and segment.isdigit() else segment
+
+
 def _read_mask(
     mask_path: Path, grid: VoxelGrid, segment: str | None, series: SeriesReference | None
 ) -> tuple[np.ndarray, pydicom.Dataset | None, int | None]:
@@ -131,7 +178,4 @@ def _read_mask(
     if not mask_path.name.lower().endswith(IMAGE_FILE_SUFFIXES) and is_dicom_seg(mask_path):
         seg = load_seg(mask_path, grid, segment, series)
         return seg.mask, seg.dataset, seg.segment.number
-    label_value: str | int | None = segment
-    if segment is not None and segment.isdigit():
-        label_value = int(segment)
-    return load_mask(mask_path, grid, segment=label_value, reference=series), None, None
+    return load_mask(mask_path, grid, segment=_label_value(segment), reference=series), None, None

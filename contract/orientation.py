@@ -303,6 +303,9 @@ def place_on_grid(
       an axis permutation/flip, its voxel centres on target voxel centres (same tolerance) and
       the whole box inside ``target``; target voxels outside the box are 0.
 
+    The result may share memory with ``array`` where it covers ``target`` exactly (most masks:
+    no copy of a CT-sized array).
+
     Anything else raises ValueError starting with ``name`` and describing both grids: another
     spacing, a rotation, a shift by a fraction of a voxel, a grid larger than ``target`` or
     reaching outside it, and, without ``sub_box``, any grid of another extent (e.g. one slice
@@ -313,6 +316,8 @@ def place_on_grid(
     source_axis, flipped, start = _grid_map(source, target, name)
     moved = permute_flip(array, source_axis, flipped)
     _check_extent(start, moved.shape, target, name, sub_box)
+    if moved.shape == tuple(target.shape) and not start.any():
+        return np.ascontiguousarray(moved)
     out = np.zeros(target.shape, dtype=array.dtype)
     out[tuple(slice(int(a), int(a) + n) for a, n in zip(start, moved.shape, strict=True))] = moved
     return out

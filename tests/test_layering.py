@@ -31,11 +31,12 @@ PACKAGES: dict[str, str] = {
 LEAVES = {"dmfn", "dmfn.resources"}
 RULES: dict[str, tuple[set[str], set[str]]] = {
     "dmfn.contract": (set(), {"numpy"}),
-    # highdicom: DICOM SEG masks in and SR reports out; dicomweb_client: the PACS (DICOMweb).
+    # highdicom: DICOM SEG masks in and SR reports out; dicomweb_client: the PACS (DICOMweb);
+    # isal: ISA-L's inflate for .nii.gz files.
     "dmfn.client": (
         {"dmfn.contract"},
         {"numpy", "pydicom", "nibabel", "nrrd", "tritonclient", "tqdm", "highdicom",
-         "dicomweb_client", "requests"},
+         "dicomweb_client", "requests", "isal"},
     ),
     # cupy: the optional GPU backend (imported lazily by dmfn.preprocess.gpu).
     "dmfn.preprocess": ({"dmfn.contract"}, {"numpy", "cupy"}),

@@ -495,3 +495,30 @@ def test_layered_nrrd_without_segment_fields_is_refused(tmp_path: Path) -> None:
     path = _write_seg(tmp_path / "x.nrrd", np.stack([_mask(), _mask()]), _study().grid, {})
     with pytest.raises(ValueError, match="2 layers but no SegmentN_Name"):
         load_mask(path, _study())
+
+
+@pytest.mark.parametrize("kind", ["one stream", "two members", "scaled"])
+def test_gzip_nifti_data_equals_nibabels(tmp_path: Path, kind: str) -> None:
+    """The one-call ISA-L inflate gives nibabel's array; a multi-member or scaled file is read
+    by nibabel itself (the values are the same either way)."""
+    from dmfn.client.io.nifti import _inflated, _read_nifti
+
+    labels = np.random.default_rng(3).integers(0, 4, (7, 5, 6)).astype(np.int16)
+    img = nib.Nifti1Image(labels, np.diag([0.7, 0.7, 1.25, 1.0]))
+    img.set_qform(img.affine, code=1)
+    if kind == "scaled":
+        img.header.set_slope_inter(2.0, 1.0)
+    path = tmp_path / "m.nii.gz"
+    nib.save(img, path)
+    if kind == "two members":  # the same bytes as two gzip members
+        import gzip
+
+        raw = gzip.decompress(path.read_bytes())
+        path.write_bytes(gzip.compress(raw[:500]) + gzip.compress(raw[500:]))
+    loaded = nib.load(path)
+    fast = _inflated(loaded, path)
+    assert (fast is None) == (kind != "one stream")
+    data, _ = _read_nifti(path)
+    expected = np.asanyarray(nib.load(path).dataobj)
+    np.testing.assert_array_equal(data, np.ascontiguousarray(expected.transpose(2, 1, 0)))
+    assert data.dtype == expected.dtype

@@ -116,13 +116,13 @@ def test_dicom_partial_read_sends_the_full_reads_request(
     series, mask_path, n_files = _files(tmp_path, orientation, lesion, mask_kind)
     full = _read(series, mask_path, None)
     decoded: list[Path] = []
-    read_full = dicom_module._read_full
+    read_slice = dicom_module._read_slice
 
-    def counting(path: Path) -> tuple:  # observes the decodes; the reader is unchanged
-        decoded.append(path)
-        return read_full(path)
+    def counting(header, rows, columns):  # type: ignore[no-untyped-def]  # observes the reads
+        decoded.append(header.path)
+        return read_slice(header, rows, columns)
 
-    monkeypatch.setattr(dicom_module, "_read_full", counting)
+    monkeypatch.setattr(dicom_module, "_read_slice", counting)
     part = _read(series, mask_path, MARGIN_MM)
     _assert_same_request(full, part)
     _assert_exact_sub_volume(full, part)

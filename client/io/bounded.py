@@ -90,18 +90,20 @@ def _truncated(where: str, declared: str, need: int, have: int) -> ValueError:
 
 
 # --------------------------------------------------------------------------- NIfTI
-def check_nifti(path: Path, header: Any) -> None:
+def check_nifti(path: Path, header: Any, data_offset: int | None = None) -> None:
     """Refuse the NIfTI file at ``path`` (its parsed ``header``) before its data is read: ``dim``
     above the image limit, a datatype that is not a number, or less data than ``dim`` and the
     datatype need (``.nii``: the file's size; ``.nii.gz``: the length its gzip trailer records,
-    else counted by inflating, in constant memory, no further than needed)."""
+    else counted by inflating, in constant memory, no further than needed). ``data_offset``:
+    where the data starts (nibabel's proxy knows it where the header's vox_offset says 0);
+    None: the header's vox_offset."""
     where = f"NIfTI file {path}"
     shape = tuple(int(d) for d in header.get_data_shape())
     n = check_voxels(where, "dim", shape)
     dtype = np.dtype(header.get_data_dtype())
     if dtype.kind not in "iuf":
         raise ValueError(f"{where}: datatype {dtype} is not an integer or floating-point type")
-    offset = int(header.get_data_offset())
+    offset = int(header.get_data_offset()) if data_offset is None else data_offset
     need = offset + n * dtype.itemsize
     try:
         if path.name.lower().endswith(".gz"):

@@ -28,7 +28,8 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from stat import S_ISREG
 
@@ -36,9 +37,11 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import UID
 
 from dmfn.client.io.bounded import check_voxels
 from dmfn.client.io.crop import axial_grid, box_origin, source_box
+from dmfn.client.io.dicom_header import SliceHeader, scan_header
 from dmfn.client.io.errors import ArgumentError, one_line
 from dmfn.contract.limits import MAX_IMAGE_VOXELS
 from dmfn.contract.orientation import (
@@ -108,16 +111,26 @@ class SeriesReference:
 
     ``series_uid``, ``study_uid`` and ``frame_of_reference_uid`` are the series' UIDs ("" when
     the files do not say); ``sop_positions`` maps each slice's SOPInstanceUID to its
-    ImagePositionPatient (x, y, z) LPS mm; ``headers`` are the slices' datasets WITHOUT pixel
-    data, sorted along the slice normal (row x column of ImageOrientationPatient), i.e. in file
-    order, which may be the reverse of the axial layout's z order.
+    ImagePositionPatient (x, y, z) LPS mm; ``files``: the slice files sorted along the slice
+    normal (row x column of ImageOrientationPatient), i.e. in file order, which may be the
+    reverse of the axial layout's z order (empty when the reference was made from datasets).
+    :attr:`headers` are the slices' pydicom datasets WITHOUT pixel data in that order, read on
+    first use (only writing a SEG or an SR needs them).
     """
 
     series_uid: str
     study_uid: str
     frame_of_reference_uid: str
     sop_positions: dict[str, tuple[float, float, float]]
-    headers: tuple[pydicom.Dataset, ...]
+    files: tuple[Path, ...] = ()
+    datasets: tuple[pydicom.Dataset, ...] | None = field(default=None, compare=False, repr=False)
+
+    @cached_property
+    def headers(self) -> tuple[pydicom.Dataset, ...]:
+        """The slices' datasets without pixel data, sorted along the slice normal."""
+        if self.datasets is not None:
+            return self.datasets
+        return tuple(_read_header(p) for p in self.files)
 
 
 def load_dicom_series(folder: str | Path, series_uid: str | None = None) -> Study:
@@ -159,12 +172,13 @@ class DicomSeries:
 
     ``grid`` is the voxel grid of the study :meth:`read` returns for the whole series (axial
     layout); ``file_grid`` the grid of the slices in file order (slice along row x column,
-    row, column); ``paths`` the slice files in that order; ``reference`` the series' UIDs and
-    pixel-free headers (:class:`SeriesReference`), all known before a pixel is decoded.
+    row, column); ``headers`` the slices' header values in that order
+    (:class:`~dmfn.client.io.dicom_header.SliceHeader`); ``reference`` the series' UIDs
+    (:class:`SeriesReference`), all known before a pixel is decoded.
     """
 
     folder: Path
-    paths: tuple[Path, ...]
+    headers: tuple[SliceHeader, ...]
     file_grid: VoxelGrid
     grid: VoxelGrid
     reference: SeriesReference
@@ -179,15 +193,17 @@ class DicomSeries:
             box = tuple(slice(0, n) for n in self.grid.shape)
         where = f"series in {self.folder}"
         file_box = source_box(box, self.file_grid, where)
-        needed = self.paths[file_box[0]]
+        needed = self.headers[file_box[0]]
         if not needed:
             raise ValueError(f"argument 'box': selects no slice of {where}: {tuple(box)}")
+        rows, columns = file_box[1:]
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            slices = list(pool.map(_read_full, needed))
-        _check_images(self.folder, slices)
-        first = self.reference.headers[0]
+            values = list(pool.map(lambda h: _read_slice(h, rows, columns), needed))
+        first = self.headers[0]
+        if "RescaleSlope" not in first and "ModalityLUTSequence" not in first:
+            log.warning("%s: no RescaleSlope/Intercept; stored values used as HU", first.path)
         study = Study(
-            hu=_stack_hu(slices, file_box[1:], warn_about=first),
+            hu=_stack_hu(values),
             spacing_mm=self.file_grid.spacing_mm,
             origin_lps_mm=box_origin(self.file_grid, file_box),
             direction=self.file_grid.direction,
@@ -209,33 +225,43 @@ def open_dicom_series(folder: str | Path, series_uid: str | None = None) -> Dico
         raise DicomArgumentError("folder", f"{folder} is not an existing directory")
     headers = _read_headers(folder)
     uid = _choose_series(folder, headers, series_uid)
-    paths = sorted(p for p, ds in headers.items() if ds.SeriesInstanceUID == uid)
-    _check_declared_sizes(folder, [(p, headers[p]) for p in paths])
-    slices = [(p, headers[p]) for p in paths]
-    _check_images(folder, slices, pixels=False)
+    slices = sorted((h for h in headers.values() if h["SeriesInstanceUID"] == uid), key=_path)
+    _check_declared_sizes(folder, slices)
+    _check_images(folder, slices)
     try:  # refuse an oblique series before decoding its pixels
-        axial_axis_map(
-            direction_from_iop(slices[0][1].ImageOrientationPatient), f"series in {folder}"
-        )
+        axial_axis_map(direction_from_iop(_floats(slices[0], "ImageOrientationPatient", 6)),
+                       f"series in {folder}")  # fmt: skip
     except ValueError as err:
         raise DicomError(str(err)) from err
     order, spacing_z = _sort_slices(folder, slices)
     slices = [slices[i] for i in order]
-    first = slices[0][1]
-    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
+    first = slices[0]
+    row_spacing, col_spacing = _floats(first, "PixelSpacing", 2)
     file_grid = VoxelGrid(
-        shape=(len(slices), int(first.Rows), int(first.Columns)),
+        shape=(len(slices), int(first["Rows"]), int(first["Columns"])),
         spacing_mm=(spacing_z, row_spacing, col_spacing),
         origin_lps_mm=_position(first),
-        direction=direction_from_iop(first.ImageOrientationPatient),
+        direction=direction_from_iop(_floats(first, "ImageOrientationPatient", 6)),
+    )
+    positions = {str(h["SOPInstanceUID"]): _position(h) for h in slices if "SOPInstanceUID" in h}
+    reference = SeriesReference(
+        series_uid=uid,
+        study_uid=str(first.get("StudyInstanceUID", "")),
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
+        sop_positions=positions,
+        files=tuple(h.path for h in slices),
     )
     return DicomSeries(
         folder=folder,
-        paths=tuple(p for p, _ in slices),
+        headers=tuple(slices),
         file_grid=file_grid,
         grid=axial_grid(file_grid, f"series in {folder}"),
-        reference=series_reference([ds for _, ds in slices]),
+        reference=reference,
     )
+
+
+def _path(header: SliceHeader) -> Path:
+    return header.path
 
 
 def series_reference_of_files(paths: Sequence[str | Path]) -> SeriesReference:
@@ -257,24 +283,36 @@ def series_reference(headers: Sequence[pydicom.Dataset]) -> SeriesReference:
     if not headers:
         raise ValueError("argument 'headers': needs at least one slice")
     normal = slice_normal(headers[0].ImageOrientationPatient)
-    sorted_headers = sorted(headers, key=lambda ds: float(np.asarray(_position(ds)) @ normal))
+    sorted_headers = sorted(headers, key=lambda ds: float(np.asarray(_ds_position(ds)) @ normal))
     first = sorted_headers[0]
-    uid = str(first.SeriesInstanceUID)
     positions = {
-        str(ds.SOPInstanceUID): _position(ds) for ds in sorted_headers if "SOPInstanceUID" in ds
+        str(ds.SOPInstanceUID): _ds_position(ds) for ds in sorted_headers if "SOPInstanceUID" in ds
     }
     return SeriesReference(
-        series_uid=uid,
+        series_uid=str(first.SeriesInstanceUID),
         study_uid=str(first.get("StudyInstanceUID", "") or ""),
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "") or ""),
         sop_positions=positions,
-        headers=tuple(sorted_headers),
+        datasets=tuple(sorted_headers),
     )
 
 
-def _position(ds: pydicom.Dataset) -> tuple[float, float, float]:
+def _ds_position(ds: pydicom.Dataset) -> tuple[float, float, float]:
     x, y, z = (float(v) for v in ds.ImagePositionPatient)
     return (x, y, z)
+
+
+def _position(header: SliceHeader) -> tuple[float, float, float]:
+    x, y, z = _floats(header, "ImagePositionPatient", 3)
+    return (x, y, z)
+
+
+def _floats(header: SliceHeader, keyword: str, count: int) -> tuple[float, ...]:
+    """The ``count`` numbers of a multi-valued DS, or DicomError naming the file."""
+    value = header[keyword]
+    if not isinstance(value, tuple) or len(value) != count:
+        raise DicomError(f"file {header.path}: {keyword} must hold {count} numbers, got {value!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- files and headers
@@ -300,35 +338,38 @@ def _files(folder: Path) -> Iterator[Path]:
                 yield path
 
 
-def _read_headers(folder: Path) -> dict[Path, pydicom.Dataset]:
-    """Headers (no pixel data) of every DICOM image file under ``folder``."""
-    headers: dict[Path, pydicom.Dataset] = {}
+def _read_headers(folder: Path) -> dict[Path, SliceHeader]:
+    """Header values (no pixel data) of every DICOM image file under ``folder``: by
+    :func:`~dmfn.client.io.dicom_header.scan_header`, else (a file it does not walk) by pydicom."""
+    headers: dict[Path, SliceHeader] = {}
     skipped: list[str] = []
     for path in sorted(_files(folder)):
+        hidden = path.name.startswith(".")
         try:
-            marked = not path.name.startswith(".") and _has_dicm_marker(path)
+            header = None if hidden else scan_header(path)
+            marked = header is not None or (not hidden and _has_dicm_marker(path))
         except OSError as err:
             raise DicomError(f"file {path}: cannot be read ({one_line(err)})") from None
-        if not marked and (path.name.startswith(".") or path.suffix.lower() not in DICOM_SUFFIXES):
+        if not marked and (hidden or path.suffix.lower() not in DICOM_SUFFIXES):
             skipped.append(path.name)
             continue
-        try:
-            ds = pydicom.dcmread(
-                path, stop_before_pixels=True, force=not marked, defer_size=HEADER_DEFER_BYTES
-            )
-        except Exception as err:  # pydicom raises many types for damaged files
-            raise DicomError(f"file {path}: unreadable DICOM file ({one_line(err)})") from err
-        meta = getattr(ds, "file_meta", None)
-        sop_class = ds.get("SOPClassUID", getattr(meta, "MediaStorageSOPClassUID", None))
-        if sop_class == MEDIA_DIRECTORY_STORAGE or path.name.upper() == "DICOMDIR":
+        if header is None:
+            try:
+                ds = pydicom.dcmread(
+                    path, stop_before_pixels=True, force=not marked, defer_size=HEADER_DEFER_BYTES
+                )
+            except Exception as err:  # pydicom raises many types for damaged files
+                raise DicomError(f"file {path}: unreadable DICOM file ({one_line(err)})") from err
+            header = SliceHeader.from_dataset(path, ds)
+        if header.sop_class == MEDIA_DIRECTORY_STORAGE or path.name.upper() == "DICOMDIR":
             skipped.append(path.name)
             continue
-        if "SeriesInstanceUID" not in ds:
+        if "SeriesInstanceUID" not in header:
             raise DicomError(
                 f"file {path}: unreadable or incomplete DICOM image (no SeriesInstanceUID; truncated "
                 f"or not an image?); remove or replace it in {folder}"
             )
-        headers[path] = ds
+        headers[path] = header
     if skipped:
         log.warning("%s: ignored %d non-DICOM file(s): %s", folder, len(skipped), skipped[:10])
     if not headers:
@@ -342,11 +383,11 @@ def _has_dicm_marker(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def _choose_series(folder: Path, headers: dict[Path, pydicom.Dataset], wanted: str | None) -> str:
+def _choose_series(folder: Path, headers: dict[Path, SliceHeader], wanted: str | None) -> str:
     """The SeriesInstanceUID to load: ``wanted`` if given, else the only CT series."""
-    files: dict[str, list[pydicom.Dataset]] = defaultdict(list)
-    for ds in headers.values():
-        files[str(ds.SeriesInstanceUID)].append(ds)
+    files: dict[str, list[SliceHeader]] = defaultdict(list)
+    for header in headers.values():
+        files[str(header["SeriesInstanceUID"])].append(header)
 
     def modality(uid: str) -> str:
         return "/".join(sorted({str(ds.get("Modality", "?")) for ds in files[uid]}))
@@ -387,26 +428,19 @@ def _choose_series(folder: Path, headers: dict[Path, pydicom.Dataset], wanted: s
     return ct[0]
 
 
-def _read_full(path: Path) -> tuple[Path, pydicom.Dataset]:
-    try:
-        return path, pydicom.dcmread(path)
-    except Exception as err:
-        raise DicomError(f"file {path}: unreadable DICOM file ({one_line(err)})") from err
-
-
 # --------------------------------------------------------------------------- sizes
-def _check_declared_sizes(folder: Path, items: list[tuple[Path, pydicom.Dataset]]) -> None:
+def _check_declared_sizes(folder: Path, headers: Sequence[SliceHeader]) -> None:
     """Refuse, from the headers alone (no pixel data read), a slice whose Rows x Columns (x
     NumberOfFrames) or a series whose slices together exceed :data:`MAX_IMAGE_VOXELS`, then an
     uncompressed slice whose file is smaller than its pixel data (truncated)."""
-    sized = [(p, ds) for p, ds in items if "Rows" in ds and "Columns" in ds]  # else _check_images
+    sized = [h for h in headers if "Rows" in h and "Columns" in h]  # else _check_images
     voxels: dict[Path, int] = {}
-    for path, ds in sized:
-        dims, field = _declared_dims(ds)
-        voxels[path] = check_voxels(f"file {path}", field, dims, error=DicomError)
+    for header in sized:
+        dims, what = _declared_dims(header)
+        voxels[header.path] = check_voxels(f"file {header.path}", what, dims, error=DicomError)
     total = sum(voxels.values())
     if total > MAX_IMAGE_VOXELS:
-        sizes = Counter((int(ds.Rows), int(ds.Columns)) for _, ds in sized)
+        sizes = Counter((int(h["Rows"]), int(h["Columns"])) for h in sized)
         shape = (
             f"slices x Rows x Columns = {len(sized)} x {' x '.join(map(str, next(iter(sizes))))}"
             if len(sizes) == 1
@@ -416,94 +450,89 @@ def _check_declared_sizes(folder: Path, items: list[tuple[Path, pydicom.Dataset]
             f"series in {folder}: {shape} = {total:,} voxels, above the limit of "
             f"{MAX_IMAGE_VOXELS:,} voxels per image"
         )
-    for path, ds in sized:
-        need, have = _pixel_bytes(ds, voxels[path]), path.stat().st_size
+    for header in sized:
+        need, have = _pixel_bytes(header, voxels[header.path]), header.path.stat().st_size
         if need is not None and have < need:
-            dims, field = _declared_dims(ds)
+            dims, what = _declared_dims(header)
             raise DicomError(
-                f"file {path}: truncated: {field} = {' x '.join(map(str, dims))} of "
-                f"{ds.BitsAllocated}-bit values needs {need:,} bytes of pixel data, the file "
-                f"holds {have:,}"
+                f"file {header.path}: truncated: {what} = {' x '.join(map(str, dims))} of "
+                f"{header['BitsAllocated']}-bit values needs {need:,} bytes of pixel data, the "
+                f"file holds {have:,}"
             )
 
 
-def _declared_dims(ds: pydicom.Dataset) -> tuple[list[int], str]:
+def _declared_dims(header: SliceHeader) -> tuple[list[int], str]:
     """The declared pixel counts of one file and the header fields that declare them."""
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = int(header.get("NumberOfFrames", 1) or 1)
     if frames == 1:
-        return [int(ds.Rows), int(ds.Columns)], "Rows x Columns"
-    return [int(ds.Rows), int(ds.Columns), frames], "Rows x Columns x NumberOfFrames"
+        return [int(header["Rows"]), int(header["Columns"])], "Rows x Columns"
+    return [int(header["Rows"]), int(header["Columns"]), frames], "Rows x Columns x NumberOfFrames"
 
 
-def _pixel_bytes(ds: pydicom.Dataset, voxels: int) -> int | None:
+def _pixel_bytes(header: SliceHeader, voxels: int) -> int | None:
     """Bytes of uncompressed pixel data of ``voxels`` pixels; None when the data is compressed
     (encapsulated) or the header does not say."""
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
-        if syntax is not None and syntax.is_compressed:
+        if UID(header.transfer_syntax).is_compressed:
             return None
-    except ValueError:  # not a transfer syntax pydicom knows
-        return None
-    bits = ds.get("BitsAllocated")
+    except ValueError:  # absent, or not a transfer syntax pydicom knows
+        if header.transfer_syntax:
+            return None
+    bits = header.get("BitsAllocated")
     if bits is None:
         return None
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    samples = int(header.get("SamplesPerPixel", 1) or 1)
     return math.ceil(voxels * samples * int(bits) / 8)
 
 
 # --------------------------------------------------------------------------- geometry
-def _check_images(
-    folder: Path, slices: list[tuple[Path, pydicom.Dataset]], *, pixels: bool = True
-) -> None:
-    """Every slice: single-frame image with position/orientation; same size, spacing, cosines.
-    ``pixels=False`` for headers read without pixel data (PixelData is checked when decoded)."""
-    required = REQUIRED_KEYWORDS if pixels else REQUIRED_KEYWORDS[1:]
-    for path, ds in slices:
-        for keyword in required:
-            if keyword not in ds:
-                raise DicomError(f"file {path}: has no {keyword}; it is not a usable CT slice")
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+def _check_images(folder: Path, slices: Sequence[SliceHeader]) -> None:
+    """Every slice: single-frame image with position/orientation and pixel data; same size,
+    spacing, cosines."""
+    for header in slices:
+        for keyword in REQUIRED_KEYWORDS[1:]:
+            if keyword not in header:
+                raise DicomError(
+                    f"file {header.path}: has no {keyword}; it is not a usable CT slice"
+                )
+        if header.has_pixel_data is False:
+            raise DicomError(f"file {header.path}: has no PixelData; it is not a usable CT slice")
+        if int(header.get("NumberOfFrames", 1) or 1) > 1:
             raise DicomError(
-                f"file {path}: multi-frame (enhanced) CT with {ds.NumberOfFrames} frames is not "
-                "supported; convert it to single-frame slices"
+                f"file {header.path}: multi-frame (enhanced) CT with {header['NumberOfFrames']} "
+                "frames is not supported; convert it to single-frame slices"
             )
-    sizes = Counter((int(ds.Rows), int(ds.Columns)) for _, ds in slices)
+    sizes = Counter((int(h["Rows"]), int(h["Columns"])) for h in slices)
     if len(sizes) > 1:
         raise DicomError(
             f"series in {folder}: slices differ in size (rows, columns): {dict(sizes)}"
         )
-    spacings = Counter(tuple(round(float(v), 4) for v in ds.PixelSpacing) for _, ds in slices)
+    spacings = Counter(tuple(round(v, 4) for v in _floats(h, "PixelSpacing", 2)) for h in slices)
     if len(spacings) > 1:
         raise DicomError(f"series in {folder}: slices differ in PixelSpacing: {dict(spacings)}")
-    reference = np.asarray([float(v) for v in slices[0][1].ImageOrientationPatient])
-    groups: Counter[tuple[float, ...]] = Counter()
-    example: dict[tuple[float, ...], Path] = {}
-    for path, ds in slices:
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-        key = tuple(np.round(iop, 3).tolist())
-        groups[key] += 1
-        example.setdefault(key, path)
-        if np.abs(iop - reference).max() > ORIENTATION_TOLERANCE:
-            detail = ", ".join(
-                f"{list(k)} x{n} (e.g. {example[k].name})" for k, n in groups.items()
-            )
-            raise DicomError(
-                f"series in {folder}: mixed orientations (ImageOrientationPatient differs by more "
-                f"than {ORIENTATION_TOLERANCE}): {detail}; file {path.name} differs from "
-                f"{slices[0][0].name}"
-            )
+    cosines = np.asarray([_floats(h, "ImageOrientationPatient", 6) for h in slices])
+    far = np.flatnonzero(np.abs(cosines - cosines[0]).max(axis=1) > ORIENTATION_TOLERANCE)
+    if far.size:
+        groups: Counter[tuple[float, ...]] = Counter()
+        example: dict[tuple[float, ...], Path] = {}
+        for header, iop in zip(slices[: far[0] + 1], cosines, strict=False):
+            key = tuple(np.round(iop, 3).tolist())
+            groups[key] += 1
+            example.setdefault(key, header.path)
+        detail = ", ".join(f"{list(k)} x{n} (e.g. {example[k].name})" for k, n in groups.items())
+        raise DicomError(
+            f"series in {folder}: mixed orientations (ImageOrientationPatient differs by more "
+            f"than {ORIENTATION_TOLERANCE}): {detail}; file {slices[far[0]].path.name} differs "
+            f"from {slices[0].path.name}"
+        )
 
 
-def _sort_slices(
-    folder: Path, slices: list[tuple[Path, pydicom.Dataset]]
-) -> tuple[list[int], float]:
+def _sort_slices(folder: Path, slices: Sequence[SliceHeader]) -> tuple[list[int], float]:
     """Slice order along the normal and the slice spacing (mm); geometry errors raise."""
-    normal = slice_normal(slices[0][1].ImageOrientationPatient)
-    positions = np.asarray(
-        [[float(v) for v in ds.ImagePositionPatient] for _, ds in slices], dtype=np.float64
-    )
+    normal = slice_normal(_floats(slices[0], "ImageOrientationPatient", 6))
+    positions = np.asarray([_position(h) for h in slices], dtype=np.float64)
     order = np.argsort(positions @ normal, kind="stable")
-    names = [slices[i][0].name for i in order]
+    names = [slices[i].path.name for i in order]
     if len(slices) == 1:
         return [0], _single_slice_spacing(slices[0])
     steps = np.diff(positions[order], axis=0)
@@ -543,38 +572,90 @@ def _sort_slices(
     return order.tolist(), spacing
 
 
-def _single_slice_spacing(item: tuple[Path, pydicom.Dataset]) -> float:
-    path, ds = item
-    thickness = ds.get("SliceThickness")
-    if thickness in (None, "") or not float(thickness) > 0:
+def _single_slice_spacing(header: SliceHeader) -> float:
+    thickness = header.get("SliceThickness")
+    if thickness is None or not float(thickness) > 0:
         raise DicomError(
-            f"file {path}: a one-slice series needs SliceThickness > 0 for its z spacing, "
+            f"file {header.path}: a one-slice series needs SliceThickness > 0 for its z spacing, "
             f"got {thickness!r}"
         )
-    log.info("%s: one slice; z spacing = SliceThickness %s mm", path, thickness)
+    log.info("%s: one slice; z spacing = SliceThickness %s mm", header.path, thickness)
     return float(thickness)
 
 
 # --------------------------------------------------------------------------- pixels
-def _stack_hu(
-    slices: list[tuple[Path, pydicom.Dataset]],
-    in_plane: Sequence[slice],
-    warn_about: pydicom.Dataset,
-) -> np.ndarray:
-    """(z, y, x) HU of the rows and columns ``in_plane`` of each slice: int16 while every
-    slice maps to whole int16 HU, else float32. ``warn_about``: the series' first header,
-    whose missing rescale is logged."""
-    rows, columns = in_plane
-    shape = (len(slices), rows.stop - rows.start, columns.stop - columns.start)
+#: NumPy dtypes of native pixel data by (BitsAllocated, PixelRepresentation), as pydicom decodes.
+_NATIVE_DTYPES: dict[tuple[int, int], np.dtype] = {
+    (8, 0): np.dtype("u1"), (8, 1): np.dtype("i1"),
+    (16, 0): np.dtype("<u2"), (16, 1): np.dtype("<i2"),
+    (32, 0): np.dtype("<u4"), (32, 1): np.dtype("<i4"),
+}  # fmt: skip
+
+
+def _read_slice(header: SliceHeader, rows: slice, columns: slice) -> np.ndarray:
+    """Rows x columns of one slice after the modality LUT (HU), equal to what pydicom's
+    ``pixel_array`` and ``apply_modality_lut`` give: native pixel data is read from its offset
+    (only the rows needed), anything else through pydicom and its decoders."""
+    dtype = _native_dtype(header)
+    if dtype is None:
+        path, ds = _read_full(header.path)
+        if "PixelData" not in ds:
+            raise DicomError(f"file {path}: has no PixelData; it is not a usable CT slice")
+        return np.asarray(apply_modality_lut(_pixels(path, ds)[rows, columns], ds))
+    width = int(header["Columns"])
+    start = int(header.pixel_offset or 0) + rows.start * width * dtype.itemsize
+    count = (rows.stop - rows.start) * width
+    try:
+        flat = np.fromfile(header.path, dtype=dtype, count=count, offset=start)
+    except OSError as err:
+        raise DicomError(f"file {header.path}: cannot be read ({one_line(err)})") from None
+    if flat.size != count:
+        raise DicomError(f"file {header.path}: truncated pixel data")
+    stored = flat.reshape(-1, width)[:, columns]
+    unused = dtype.itemsize * 8 - int(header["BitsStored"])
+    if unused:  # PS3.5 8.1.1: bits above BitsStored hold nothing; sign-extend or clear them
+        stored = np.right_shift(np.left_shift(stored, unused), unused)
+    if "RescaleSlope" in header and "RescaleIntercept" in header:
+        return stored.astype(np.float64) * header["RescaleSlope"] + header["RescaleIntercept"]
+    return stored
+
+
+def _native_dtype(header: SliceHeader) -> np.dtype | None:
+    """The dtype to read ``header``'s slice from its offset with, or None: read it by pydicom
+    (compressed, a modality LUT sequence, colour, unusual bit depths, pixel data too short)."""
+    if (
+        header.pixel_offset is None
+        or header.pixel_length is None
+        or "ModalityLUTSequence" in header
+    ):
+        return None
+    bits, stored = header.get("BitsAllocated"), header.get("BitsStored")
+    dtype = _NATIVE_DTYPES.get((bits, header.get("PixelRepresentation")))
+    if dtype is None or stored is None or not 1 <= stored <= bits:
+        return None
+    if header.get("SamplesPerPixel") != 1 or int(header.get("NumberOfFrames", 1) or 1) != 1:
+        return None
+    need = int(header["Rows"]) * int(header["Columns"]) * dtype.itemsize
+    return dtype if header.pixel_length >= need else None
+
+
+def _read_full(path: Path) -> tuple[Path, pydicom.Dataset]:
+    try:
+        return path, pydicom.dcmread(path)
+    except Exception as err:
+        raise DicomError(f"file {path}: unreadable DICOM file ({one_line(err)})") from err
+
+
+def _stack_hu(values: Sequence[np.ndarray]) -> np.ndarray:
+    """(z, y, x) HU of the slices' rescaled values: int16 while every slice maps to whole int16
+    HU, else float32."""
+    shape = (len(values), *values[0].shape)
     out = np.empty(shape, dtype=np.int16)
-    for k, (path, ds) in enumerate(slices):
-        stored = _pixels(path, ds)[rows, columns]
-        hu = hu_from_values(np.asarray(apply_modality_lut(stored, ds)))
+    for k, slice_values in enumerate(values):
+        hu = hu_from_values(slice_values)
         if hu.dtype != out.dtype:
             out = out.astype(np.float32)
         out[k] = hu
-    if "RescaleSlope" not in warn_about and "ModalityLUTSequence" not in warn_about:
-        log.warning("%s: no RescaleSlope/Intercept; stored values used as HU", slices[0][0])
     return out
 
 

@@ -17,11 +17,12 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import nrrd
 import numpy as np
+from isal import isal_zlib
 
 from dmfn.client.io.bounded import check_nifti, read_nrrd_data, read_nrrd_header
 from dmfn.client.io.crop import Box, axial_grid, box_origin, source_box
@@ -48,6 +49,8 @@ from dmfn.contract.study import (
 )
 
 log = logging.getLogger(__name__)
+#: What ISA-L raises for damaged deflate data.
+_InflateError = cast(type[Exception], isal_zlib.error)  # typed an instance in isal's stubs
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
@@ -85,10 +88,41 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, VoxelGrid]:
     size is checked before the data is read (:func:`~dmfn.client.io.bounded.check_nifti`)."""
     img, grid = _open_nifti(path)
     try:
-        data = np.asanyarray(img.dataobj)
+        data = _inflated(img, path)
+        if data is None:
+            data = np.asanyarray(img.dataobj)
+    except ValueError:
+        raise
     except Exception as err:
         raise ValueError(f"NIfTI file {path}: cannot be read ({one_line(err)})") from err
     return np.ascontiguousarray(reverse_axes(_squeeze_to_3d(data, path))), grid
+
+
+def _inflated(img: Any, path: Path) -> np.ndarray | None:
+    """The (x, y, z, ...) data of an unscaled single-stream ``.nii.gz``, inflated in one call by
+    ISA-L (a 300x512x512 mask: 56 ms against 142 ms through nibabel's zlib stream) and no further
+    than the header's size; the array is read-only. None where nibabel reads it: an uncompressed
+    or multi-member file, or data to be scaled by scl_slope / scl_inter."""
+    proxy = img.dataobj
+    if not path.name.lower().endswith(".gz") or (proxy.slope, proxy.inter) != (1.0, 0.0):
+        return None
+    # where nibabel's own proxy reads (the header's vox_offset may say 0 for a single file)
+    dtype, shape, offset = np.dtype(proxy.dtype), tuple(proxy.shape), int(proxy.offset)
+    count = int(np.prod(shape))
+    need = offset + count * dtype.itemsize
+    stream = isal_zlib.decompressobj(isal_zlib.MAX_WBITS | 16)
+    try:
+        raw = stream.decompress(path.read_bytes(), need)
+    except (OSError, _InflateError) as err:
+        raise ValueError(f"NIfTI file {path}: cannot be read ({one_line(err)})") from None
+    if len(raw) < need:
+        if stream.eof and stream.unused_data:
+            return None  # several gzip members: nibabel's stream reads them all
+        raise ValueError(
+            f"NIfTI file {path}: truncated: holds {len(raw):,} of the {need:,} bytes its header "
+            "declares"
+        )
+    return np.frombuffer(raw, dtype, count=count, offset=offset).reshape(shape, order="F")
 
 
 def _open_nifti(path: Path) -> tuple[Any, VoxelGrid]:
@@ -99,7 +133,7 @@ def _open_nifti(path: Path) -> tuple[Any, VoxelGrid]:
     except Exception as err:  # nibabel raises many types for bad files
         raise ValueError(f"NIfTI file {path}: cannot be read ({one_line(err)})") from err
     header = img.header
-    check_nifti(path, header)
+    check_nifti(path, header, data_offset=int(img.dataobj.offset))
     if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
         raise ValueError(
             f"NIfTI file {path}: sform_code and qform_code are both 0, so its position in patient "
@@ -332,12 +366,37 @@ def load_mask(
         raise ArgumentError("like", f"must be a Study or VoxelGrid, got {type(like).__name__}")
     if not path.name.lower().endswith(NIFTI_SUFFIXES + NRRD_SUFFIXES) and is_seg_candidate(path):
         return load_seg(path, grid, segment, reference).mask
-    binary, source, segmentation = _read_mask(path, segment)
-    if not binary.any():
+    return read_label_mask(path, segment).on_grid(grid)
+
+
+@dataclass(frozen=True)
+class LabelMask:
+    """A NIfTI / NRRD mask file's selected label or segment, read but not yet placed on an
+    image: ``selection`` (z, y, x) bool on the file's own ``grid``; ``sub_box``: the file is a 3D
+    Slicer segmentation (the only masks that may be a cropped box of the image)."""
+
+    path: Path
+    selection: np.ndarray
+    grid: VoxelGrid
+    sub_box: bool
+
+    def on_grid(self, grid: VoxelGrid) -> np.ndarray:
+        """The binary uint8 mask on ``grid`` (:func:`load_mask`'s rules and errors)."""
+        name = f"mask file {self.path}"
+        binary = self.selection.view(np.uint8)
+        placed = place_on_grid(binary, self.grid, grid, name, sub_box=self.sub_box)
+        return check_mask(placed, grid.shape, name=name)
+
+
+def read_label_mask(path: str | Path, segment: str | int | None = None) -> LabelMask:
+    """The NIfTI / NRRD mask file ``path`` read with ``segment`` selected (as :func:`load_mask`),
+    before any image is known: the part of :func:`load_mask` that can run while the image's
+    headers are read. ValueError for an empty selection or a bad file."""
+    path = _existing(path, "path")
+    selection, source, segmentation = _read_mask(path, segment)
+    if not selection.any():
         raise ValueError(f"mask file {path}: the selected segment/label has no voxel")
-    name = f"mask file {path}"
-    placed = place_on_grid(binary.astype(np.uint8), source, grid, name, sub_box=segmentation)
-    return check_mask(placed, grid.shape, name=name)
+    return LabelMask(path, np.asarray(selection, dtype=np.bool_), source, segmentation)
 
 
 def _read_mask(path: Path, segment: str | int | None) -> tuple[np.ndarray, VoxelGrid, bool]:

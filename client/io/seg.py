@@ -41,6 +41,7 @@ from dmfn.client.io.dicom import (
     _check_declared_sizes,
     read_dicom_series,
 )
+from dmfn.client.io.dicom_header import SliceHeader
 from dmfn.client.io.errors import ArgumentError, one_line
 from dmfn.client.io.segments import choose_segment
 from dmfn.contract.orientation import (
@@ -192,7 +193,7 @@ def _read_header(path: Path) -> pydicom.Dataset:
     for keyword in ("Rows", "Columns", "SegmentSequence"):
         if keyword not in ds:
             raise SegError(f"DICOM SEG file {path}: has no {keyword} (truncated or incomplete?)")
-    _check_declared_sizes(path, [(path, ds)])
+    _check_declared_sizes(path, [SliceHeader.from_dataset(path, ds)])
     return ds
 
 

@@ -1,0 +1,216 @@
+"""The fast DICOM header reader and the native pixel read against pydicom, file kind by file kind.
+
+:func:`~dmfn.client.io.dicom_header.scan_header` must give the same record as pydicom
+(:meth:`SliceHeader.from_dataset`) wherever it reads a file, and decline (None) wherever it does
+not; the native pixel read of :mod:`dmfn.client.io.dicom` must equal pydicom's ``pixel_array``
+after ``apply_modality_lut``, bit for bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import apply_modality_lut
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+    generate_uid,
+)
+
+from dmfn.client.io import dicom as dicom_module
+from dmfn.client.io import load_dicom_series
+from dmfn.client.io.dicom_header import HEAD_BYTES, SliceHeader, scan_header
+
+
+def _slice(
+    rows: int = 6,
+    columns: int = 5,
+    *,
+    bits_stored: int = 16,
+    signed: bool = True,
+    slope: str | None = "1",
+    intercept: str | None = "-1024",
+    z: float = 0.0,
+    seed: int = 0,
+) -> Dataset:
+    """A small CT slice whose stored values fill every allocated bit (also the unused ones)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.SeriesDescription = "  chest  "
+    ds.PatientID = "P 1 "
+    ds.SliceThickness = "1.25"
+    ds.StudyInstanceUID = "1.2.3"
+    ds.SeriesInstanceUID = "1.2.3.4"
+    ds.FrameOfReferenceUID = "1.2.3.5"
+    ds.ImagePositionPatient = [" -12.5", "3.0e1", f"{z}"]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = ["0.703125", "0.703125"]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = int(signed)
+    if slope is not None:
+        ds.RescaleSlope = slope
+    if intercept is not None:
+        ds.RescaleIntercept = intercept
+    values = np.random.default_rng(seed).integers(0, 2**16, (rows, columns), dtype=np.uint16)
+    ds.PixelData = values.astype("<u2").tobytes()
+    return ds
+
+
+def _save(ds: Dataset, path: Path, *, implicit: bool = False) -> Path:
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(path, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
+    return path
+
+
+def _pydicom_record(path: Path) -> SliceHeader:
+    return SliceHeader.from_dataset(path, pydicom.dcmread(path, stop_before_pixels=True))
+
+
+def _assert_same_record(path: Path) -> SliceHeader:
+    fast = scan_header(path)
+    assert fast is not None, f"{path.name}: the fast reader declined"
+    slow = _pydicom_record(path)
+    assert fast.values == slow.values
+    assert (fast.transfer_syntax, fast.media_sop_class) == (
+        slow.transfer_syntax,
+        slow.media_sop_class,
+    )
+    assert fast.has_pixel_data is True
+    return fast
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_scan_equals_pydicom_on_plain_and_sequence_headers(tmp_path: Path, implicit: bool) -> None:
+    """Values, padding, multi-valued DS; sequences of defined and undefined length (nested,
+    with undefined-length items) before the kept tags are skipped exactly."""
+    ds = _slice()
+    inner = Dataset()
+    inner.CodeValue, inner.CodingSchemeDesignator, inner.CodeMeaning = "1", "DCM", "x"
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.9"
+    item.PurposeOfReferenceCodeSequence = Sequence([inner])
+    ds.ReferencedImageSequence = Sequence([item, item])  # (0008,1140): before most kept tags
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    for each in ds.ReferencedImageSequence:
+        each.is_undefined_length_sequence_item = True
+    ds.add_new(0x00091010, "LO", "private value")
+    fast = _assert_same_record(_save(ds, tmp_path / "a.dcm", implicit=implicit))
+    assert fast.values["ImagePositionPatient"] == (-12.5, 30.0, 0.0)
+    assert fast.values["PatientID"] == "P 1"
+    assert fast.pixel_offset is not None and fast.pixel_length == 6 * 5 * 2
+
+
+def test_scan_equals_pydicom_on_compressed_files(tmp_path: Path) -> None:
+    """Encapsulated pixel data: the record, and no native offset."""
+    ds = _slice(rows=8, columns=8)
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    fast = _assert_same_record(_save(ds, tmp_path / "rle.dcm"))
+    assert fast.transfer_syntax == RLELossless and fast.pixel_offset is None
+
+
+def test_scan_declines_what_it_does_not_walk(tmp_path: Path) -> None:
+    """Big endian, a non-ASCII character set, no preamble, a header longer than HEAD_BYTES:
+    None, and the series still loads (through pydicom) exactly."""
+    big = _slice()
+    big.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    big.save_as(tmp_path / "big.dcm", implicit_vr=False, little_endian=False)
+    assert scan_header(tmp_path / "big.dcm") is None
+    utf = _slice()
+    utf.SpecificCharacterSet = "ISO_IR 192"
+    utf.PatientID = "Zoë"
+    assert scan_header(_save(utf, tmp_path / "utf.dcm")) is None
+    bare = _slice()
+    bare.save_as(tmp_path / "bare.dcm", implicit_vr=False, little_endian=True)
+    assert scan_header(tmp_path / "bare.dcm") is None  # no preamble, no "DICM"
+    long = _slice()
+    long.add_new(0x00091020, "OB", b"\0" * HEAD_BYTES)  # a private blob before PixelSpacing
+    assert scan_header(_save(long, tmp_path / "long.dcm")) is None
+
+
+def test_a_series_read_partly_by_pydicom_loads_the_same(tmp_path: Path) -> None:
+    """Files the fast reader declines load through pydicom into the same volume."""
+    fast_dir, mixed_dir = tmp_path / "fast", tmp_path / "mixed"
+    fast_dir.mkdir()
+    mixed_dir.mkdir()
+    for k in range(4):
+        _save(_slice(z=1.25 * k, seed=k), fast_dir / f"{k}.dcm")
+        ds = _slice(z=1.25 * k, seed=k)
+        if k % 2:
+            ds.add_new(0x00091020, "OB", b"\0" * HEAD_BYTES)
+        _save(ds, mixed_dir / f"{k}.dcm")
+    declined = [scan_header(p) is None for p in sorted(mixed_dir.iterdir())]
+    assert declined == [False, True, False, True]
+    fast, mixed = load_dicom_series(fast_dir), load_dicom_series(mixed_dir)
+    np.testing.assert_array_equal(fast.hu, mixed.hu)
+    assert (fast.spacing_mm, fast.origin_lps_mm) == (mixed.spacing_mm, mixed.origin_lps_mm)
+    np.testing.assert_array_equal(fast.direction, mixed.direction)
+
+
+@pytest.mark.parametrize(
+    ("bits_stored", "signed", "slope", "intercept"),
+    [
+        (16, True, "1", "-1024"),
+        (12, True, "1", "-1024"),  # the unused high bits hold noise: sign-extended away
+        (12, False, "1", "-1024"),  # ... cleared
+        (16, False, "0.5", "-1024.25"),  # fractional HU: float32
+        (16, True, None, None),  # no rescale: stored values
+        (16, True, "2", None),  # only one of the two: stored values, as pydicom
+    ],
+)
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_native_read_equals_pydicom(
+    tmp_path: Path,
+    bits_stored: int,
+    signed: bool,
+    slope: str | None,
+    intercept: str | None,
+    implicit: bool,
+) -> None:
+    path = _save(
+        _slice(9, 7, bits_stored=bits_stored, signed=signed, slope=slope, intercept=intercept),
+        tmp_path / "s.dcm",
+        implicit=implicit,
+    )
+    header = scan_header(path)
+    assert header is not None and dicom_module._native_dtype(header) is not None
+    ds = pydicom.dcmread(path)
+    expected = np.asarray(apply_modality_lut(ds.pixel_array, ds))
+    for rows, columns in [(slice(0, 9), slice(0, 7)), (slice(2, 6), slice(1, 4))]:
+        got = dicom_module._read_slice(header, rows, columns)
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected[rows, columns])
+
+
+def test_short_pixel_data_and_modality_lut_go_through_pydicom(tmp_path: Path) -> None:
+    """A modality LUT sequence or pixel data shorter than declared: not read natively."""
+    lut = _slice()
+    item = Dataset()
+    item.LUTDescriptor = [4, 0, 16]
+    item.add_new(0x00283006, "US", [0, 10, 20, 30])  # LUTData
+    item.ModalityLUTType = "HU"
+    lut.ModalityLUTSequence = Sequence([item])
+    header = scan_header(_save(lut, tmp_path / "lut.dcm"))
+    assert header is not None and dicom_module._native_dtype(header) is None
+    short = _slice()
+    short.PixelData = short.PixelData[:-2]
+    header = scan_header(_save(short, tmp_path / "short.dcm"))
+    assert header is not None and dicom_module._native_dtype(header) is None
