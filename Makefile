@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 QUIET_PIP := 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
 STAMP_DEPS := $(VENV)/.deps-stamp
 STAMP_EXT := $(VENV)/.ext-stamp
-EXT_SOURCES := $(wildcard preprocess_ext/src/*.cpp preprocess_ext/src/*.hpp serving/native/*.cpp) CMakeLists.txt pyproject.toml
+EXT_SOURCES := $(wildcard preprocess_ext/src/*.cpp preprocess_ext/src/*.hpp serving/native/*.cpp client/native/*.cpp) CMakeLists.txt pyproject.toml
 PYTEST_ARGS ?=
 
 .PHONY: help setup system-deps demo test test-fast lint format bench asan clean lock

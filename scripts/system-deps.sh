@@ -15,6 +15,8 @@ declare -A probe=(
   # Orthanc with DICOMweb: the PACS of the round-trip tests (dmfn predict --dicomweb ... --store).
   [orthanc]="command -v Orthanc || test -x /usr/sbin/Orthanc"
   [orthanc-dicomweb]="test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+  # OpenJPEG's headers: the client's JPEG 2000 region decoder (client/native) links libopenjp2.
+  [libopenjp2-7-dev]="test -f /usr/include/openjpeg-2.5/openjpeg.h"
   # dcmtk: the independent DICOM reader of the tests (dsrdump for SR, dcmdump).
   [dcmtk]="command -v dsrdump"
 )

@@ -39,6 +39,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
+from dmfn.client.io import j2k
 from dmfn.client.io.bounded import check_voxels
 from dmfn.client.io.crop import axial_grid, box_origin, source_box
 from dmfn.client.io.dicom_header import SliceHeader, scan_header
@@ -196,9 +197,7 @@ class DicomSeries:
         needed = self.headers[file_box[0]]
         if not needed:
             raise ValueError(f"argument 'box': selects no slice of {where}: {tuple(box)}")
-        rows, columns = file_box[1:]
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            values = list(pool.map(lambda h: _read_slice(h, rows, columns), needed))
+        values = _read_slices(needed, file_box[1], file_box[2], max(1, workers))
         first = self.headers[0]
         if "RescaleSlope" not in first and "ModalityLUTSequence" not in first:
             log.warning("%s: no RescaleSlope/Intercept; stored values used as HU", first.path)
@@ -592,6 +591,39 @@ _NATIVE_DTYPES: dict[tuple[int, int], np.dtype] = {
 }  # fmt: skip
 
 
+def _read_slices(
+    headers: Sequence[SliceHeader], rows: slice, columns: slice, workers: int
+) -> list[np.ndarray]:
+    """Rows x columns of each slice after the modality LUT: JPEG 2000 slices by the native region
+    decoder (:mod:`dmfn.client.io.j2k`, ``workers`` threads without the GIL), the others (and
+    any it hands back) by :func:`_read_slice` on ``workers`` threads."""
+    values: list[np.ndarray | None] = [None] * len(headers)
+    regional = [k for k, header in enumerate(headers) if j2k.decodable(header)]
+    if regional:
+        try:
+            stored = j2k.read_regions([headers[k] for k in regional], rows, columns, workers)
+        except ValueError as err:
+            raise DicomError(str(err)) from err
+        for k, frame in zip(regional, stored, strict=True):
+            if frame is not None:
+                values[k] = _rescale(frame, headers[k])
+    rest = [k for k, v in enumerate(values) if v is None]
+    with ThreadPoolExecutor(workers) as pool:
+        for k, slice_values in zip(
+            rest, pool.map(lambda k: _read_slice(headers[k], rows, columns), rest), strict=True
+        ):
+            values[k] = slice_values
+    return [v for v in values if v is not None]
+
+
+def _rescale(stored: np.ndarray, header: SliceHeader) -> np.ndarray:
+    """HU of stored values as pydicom's ``apply_modality_lut`` (Rescale Slope and Intercept,
+    both present; else the stored values), for headers without a modality LUT sequence."""
+    if "RescaleSlope" in header and "RescaleIntercept" in header:
+        return stored.astype(np.float64) * header["RescaleSlope"] + header["RescaleIntercept"]
+    return stored
+
+
 def _read_slice(header: SliceHeader, rows: slice, columns: slice) -> np.ndarray:
     """Rows x columns of one slice after the modality LUT (HU), equal to what pydicom's
     ``pixel_array`` and ``apply_modality_lut`` give: native pixel data is read from its offset
@@ -615,9 +647,7 @@ def _read_slice(header: SliceHeader, rows: slice, columns: slice) -> np.ndarray:
     unused = dtype.itemsize * 8 - int(header["BitsStored"])
     if unused:  # PS3.5 8.1.1: bits above BitsStored hold nothing; sign-extend or clear them
         stored = np.right_shift(np.left_shift(stored, unused), unused)
-    if "RescaleSlope" in header and "RescaleIntercept" in header:
-        return stored.astype(np.float64) * header["RescaleSlope"] + header["RescaleIntercept"]
-    return stored
+    return _rescale(stored, header)
 
 
 def _native_dtype(header: SliceHeader) -> np.dtype | None:

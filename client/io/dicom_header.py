@@ -82,8 +82,9 @@ class SliceHeader:
     ``transfer_syntax``: the file meta's TransferSyntaxUID ("" when absent);
     ``media_sop_class``: its MediaStorageSOPClassUID; ``has_pixel_data``: whether a (7FE0,0010)
     element exists (None: unknown, a header pydicom read without its pixel data);
-    ``pixel_offset`` and ``pixel_length``: file offset and length (bytes) of NATIVE pixel data,
-    None when the data is encapsulated (compressed) or its place unknown.
+    ``pixel_offset``: file offset (bytes) of the pixel data's value (native values, or the first
+    item of encapsulated data), None when unknown (a header pydicom read); ``pixel_length``:
+    its length for native pixel data, else None.
     """
 
     path: Path
@@ -176,8 +177,10 @@ def _walk(path: Path, head: bytes) -> SliceHeader:
         tag, vr, size, position = walker.element(position)
         if tag >= PIXEL_DATA:
             has_pixels = tag == PIXEL_DATA
-            if has_pixels and size != _UNDEFINED and syntax in NATIVE_SYNTAXES:
-                offset, length = position, size
+            if has_pixels:
+                offset = position
+                if size != _UNDEFINED and syntax in NATIVE_SYNTAXES:
+                    length = size
             break
         if size == _UNDEFINED:
             position = walker.skip_undefined(position)

@@ -6,6 +6,7 @@ loader returns the study in the axial layout (see :func:`dmfn.contract.orientati
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +43,10 @@ def image_kind(path: str | Path) -> str:
     return file_kind(path, "path")
 
 
-#: Threads that decode a DICOM series' slices in :func:`open_image` (see docs/data.md: the
-#: decoders measured hold the GIL, so more threads only overlap file reads).
-DECODE_WORKERS = 2
+#: Threads that decode a DICOM series' slices in :func:`open_image`: the native JPEG 2000 region
+#: decoder runs that many without the GIL; pydicom's decoders hold it, so for them threads only
+#: overlap file reads (docs/data.md).
+DECODE_WORKERS = max(2, min(8, os.cpu_count() or 2))
 
 
 @dataclass(frozen=True)
