@@ -4,9 +4,13 @@ In one run, on the same exported model and the same synthetic studies (ROI crops
 SDK sends them: int16 HU, spacing, mask, CTC, clinical), driven by the same closed-loop client
 (N threads, each sends a request, waits for the answer, sends the next) at each concurrency:
 
-(a) floor: ``preprocess_study`` + ONNX Runtime called in-process (no server, no serialisation);
+(a) floor: the server's own work called in-process (no server, no serialisation):
+    ``preprocess_request`` on the request's wire tensors (decode, limits, ``preprocess_study``),
+    ONNX Runtime, and the ``Postprocessor`` with the exported model's class sets and OOD fit;
     each thread runs the kernels with the OpenMP thread count of the serving settings (1, the
-    fastest on ROI crops, as the preprocess model does) and ONNX Runtime does not busy-wait;
+    fastest on ROI crops, as the preprocess model does) and ONNX Runtime does not busy-wait.
+    (Before 2026-12-07 the floor was ``preprocess_study`` + ONNX Runtime only: less work than the
+    server does, so its gap to Triton included the wire decode and the postprocess.)
 (b) triton: the ``dmfn_pipeline`` ensemble on the bundled Triton (HTTP, binary tensors), repository
     written by ``dmfn export --target cpu`` with the default serving settings;
 (c) fastapi: what a user might write instead: a plain FastAPI app on uvicorn (one process, an
@@ -25,7 +29,7 @@ Triton's statistics API), the net's mean batch, and the targets, for every backb
 ``--backbones``:
 
 - Triton's p50 at concurrency 1 within 3 ms of the floor's;
-- Triton's best throughput at least the floor's best;
+- Triton's best throughput at least 0.9x the floor's best (issue 25);
 - Triton at least FastAPI at every concurrency;
 - no failed request.
 
@@ -54,7 +58,7 @@ import numpy as np
 from dmfn.client.sdk import infer_inputs
 from dmfn.contract import schema as S
 from dmfn.contract.params import PreprocessParams
-from dmfn.preprocess import preprocess_study
+from dmfn.preprocess import preprocess_request, preprocess_study
 from dmfn.preprocess.threads import set_openmp_threads
 
 #: preprocess_study's arguments, in order (what the in-process floor and FastAPI receive).
@@ -74,8 +78,22 @@ def make_checkpoint(path: Path, backbone: str, params: PreprocessParams, seed: i
 
     torch.manual_seed(seed)
     taxonomy = load_taxonomy()
-    tabular = np.random.default_rng(seed).normal(size=(16, len(S.CLINICAL_FIELDS) + 1))
+    rng = np.random.default_rng(seed)
+    tabular = rng.normal(size=(16, len(S.CLINICAL_FIELDS) + 1))
     model = untrained_model("dmfn", backbone, len(taxonomy), tabular.astype(np.float32)).eval()
+    # calibration data drawn at random: the served class sets and OOD flag cost the same
+    # whatever their thresholds (dmfn export needs them since the class sets exist)
+    n_val, n_classes = 64, len(taxonomy)
+    calibration = {
+        "class_names": list(taxonomy.names),
+        "val_probs": rng.dirichlet(np.ones(n_classes), n_val).astype(np.float32),
+        "val_labels": rng.integers(0, n_classes, n_val),
+        "val_image_ids": [f"v{k}" for k in range(n_val)],
+        "val_patient_ids": [f"p{k}" for k in range(n_val)],
+        "train_ood_scores": rng.normal(-3.0, 1.0, 256).astype(np.float32),
+        "temperature": 1.0,
+        "ood_score": "energy",
+    }
     return Checkpoint(
         model_config=dict(model.config),
         state_dict=model.state_dict(),
@@ -86,6 +104,7 @@ def make_checkpoint(path: Path, backbone: str, params: PreprocessParams, seed: i
         metrics={},
         training={"synthetic": True, "benchmark": "untrained weights"},
         versions={"torch": str(torch.__version__)},
+        calibration=calibration,
     ).save(path)
 
 
@@ -118,9 +137,26 @@ class Floor:
     """(a) preprocess_study + ONNX Runtime in this process."""
 
     def __init__(
-        self, onnx_path: Path, params: PreprocessParams, intra_op_threads: int, omp_threads: int
+        self,
+        onnx_path: Path,
+        checkpoint: Path,
+        intra_op_threads: int,
+        omp_threads: int,
     ) -> None:
         import onnxruntime as ort
+
+        from dmfn.contract.management import load_management
+        from dmfn.contract.postprocess import Postprocessor
+        from dmfn.contract.uncertainty import DEFAULT_COVERAGE, DEFAULT_FALSE_ALARM
+        from dmfn.training.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint)
+        contract = ckpt.contract()
+        self.limits, self.ctc_names = contract.limits, tuple(contract.ctc_features)
+        uncertainty = ckpt.uncertainty(DEFAULT_COVERAGE, "aps", DEFAULT_FALSE_ALARM)
+        self.postprocess = Postprocessor.of(
+            ckpt.taxonomy, ckpt.temperature, load_management(None), uncertainty
+        )
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
@@ -129,7 +165,7 @@ class Floor:
         self.session = ort.InferenceSession(
             str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
-        self.params = params
+        self.params = ckpt.preprocess_params
         self.omp_threads = omp_threads
 
     def setup(self, concurrency: int) -> None:
@@ -139,8 +175,11 @@ class Floor:
         set_openmp_threads(self.omp_threads)
 
     def __call__(self, request: BenchRequest) -> None:
-        p = preprocess_study(*(request.raw[n] for n in RAW_NAMES), params=self.params)
-        self.session.run([S.LOGITS], {S.VIEWS: p.views[None], S.TABULAR: p.tabular[None]})
+        (p,) = preprocess_request(request.wire, self.params, self.limits, self.ctc_names)
+        (logits,) = self.session.run(
+            [S.LOGITS], {S.VIEWS: p.views[None], S.TABULAR: p.tabular[None]}
+        )
+        self.postprocess(logits, p.measurements[None])
 
     def close(self) -> None:
         pass
@@ -460,7 +499,7 @@ def check_targets(results: list[Result]) -> list[str]:
     if "triton" in best and "floor" in best:
         ratio = best["triton"] / best["floor"]
         lines.append(f"best throughput: triton {best['triton']:.0f} / floor {best['floor']:.0f} "
-                     f"req/s = {ratio:.2f} (target >= 1: {'MEETS' if ratio >= 1 else 'MISSES'})")  # fmt: skip
+                     f"req/s = {ratio:.2f} (target >= 0.9: {'MEETS' if ratio >= 0.9 else 'MISSES'})")  # fmt: skip
     ratios = [
         (c, by[("triton", c)].throughput / by[("fastapi", c)].throughput)
         for (system, c) in by if system == "triton" and ("fastapi", c) in by
@@ -498,7 +537,7 @@ def bench_backbone(backbone: str, args, concurrencies, systems) -> list[Result]:
         )
         if "floor" in systems:
             floor = Floor(
-                repo / "dmfn" / "1" / "model.onnx", params, settings.intra_op_threads,
+                repo / "dmfn" / "1" / "model.onnx", checkpoint, settings.intra_op_threads,
                 settings.preprocess_openmp_threads,
             )  # fmt: skip
             for c in concurrencies:

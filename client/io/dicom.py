@@ -75,6 +75,10 @@ REQUIRED_KEYWORDS = (
     "Rows",
     "Columns",
 )
+#: Threads that decode a series' slices: the native JPEG 2000 region decoder runs that many
+#: without the GIL; pydicom's decoders hold it, so for them threads only overlap file reads
+#: (docs/data.md).
+DECODE_WORKERS = max(2, min(8, os.cpu_count() or 2))
 #: SOP Class of DICOMDIR index files (not images; skipped).
 MEDIA_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
 #: Header values longer than this (bytes) are read only when used (pydicom's ``defer_size``), so
@@ -164,7 +168,7 @@ def read_dicom_series(
     """:func:`load_dicom_series`'s study and the :class:`SeriesReference` of the series it read
     (its UIDs, SOP instance -> position map and pixel-free headers), for SEG masks and reports."""
     series = open_dicom_series(folder, series_uid)
-    return series.read(), series.reference
+    return series.read(workers=DECODE_WORKERS), series.reference
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,17 @@ loader returns the study in the axial layout (see :func:`dmfn.contract.orientati
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from dmfn.client.io.crop import Box, crop_study
-from dmfn.client.io.dicom import SeriesReference, load_dicom_series, open_dicom_series
+from dmfn.client.io.dicom import (
+    DECODE_WORKERS,
+    SeriesReference,
+    load_dicom_series,
+    open_dicom_series,
+)
 from dmfn.client.io.errors import ArgumentError, one_line
 from dmfn.client.io.nifti import (
     NIFTI_SUFFIXES,
@@ -41,12 +45,6 @@ def image_kind(path: str | Path) -> str:
     if path.is_dir():
         return "dicom"
     return file_kind(path, "path")
-
-
-#: Threads that decode a DICOM series' slices in :func:`open_image`: the native JPEG 2000 region
-#: decoder runs that many without the GIL; pydicom's decoders hold it, so for them threads only
-#: overlap file reads (docs/data.md).
-DECODE_WORKERS = max(2, min(8, os.cpu_count() or 2))
 
 
 @dataclass(frozen=True)
