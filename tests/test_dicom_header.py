@@ -296,5 +296,12 @@ def test_j2k_damaged_frame_names_the_file(tmp_path: Path) -> None:
     start = raw.index(b"\xff\x4f\xff\x51")  # the codestream's SOC + SIZ markers
     raw[start + 60 : start + 90] = b"\xff" * 30
     path.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match="frame 0"):
+    with pytest.raises(
+        ValueError, match=r"file .*bad\.dcm: JPEG 2000 pixel data cannot be decoded"
+    ):
         j2k.read_regions([header], slice(0, 40), slice(0, 36), threads=1)
+    folder = tmp_path / "series"  # through the series reader: a DicomError naming the file
+    folder.mkdir()
+    path.rename(folder / "bad.dcm")
+    with pytest.raises(dicom_module.DicomError, match=r"bad\.dcm"):
+        load_dicom_series(folder)

@@ -156,8 +156,8 @@ def scan_header(path: Path) -> SliceHeader | None:
         return None
     try:
         return _walk(path, head)
-    except (_Unsupported, struct.error, UnicodeDecodeError, ValueError):
-        return None
+    except (_Unsupported, struct.error, UnicodeDecodeError, ValueError, RecursionError):
+        return None  # RecursionError: sequences nested beyond Python's stack; pydicom decides
 
 
 def _walk(path: Path, head: bytes) -> SliceHeader:

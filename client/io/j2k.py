@@ -53,15 +53,21 @@ def read_regions(
 ) -> list[np.ndarray | None]:
     """Stored values (the dtype pydicom's ``pixel_array`` has) of ``rows`` x ``columns`` of each
     :func:`decodable` slice; None for a slice whose codestream's precision or signedness differs
-    from its header (pydicom corrects those; the caller decodes it through pydicom)."""
+    from its header (pydicom corrects those; the caller decodes it through pydicom). A frame
+    that cannot be decoded raises ValueError naming its file."""
     if _j2k_region is None or not headers:
         return [None] * len(headers)
     first = headers[0]
     frames = [_frame(h) for h in headers]
-    decoded, precision = _j2k_region.decode_regions(
+    decoded, precision, errors = _j2k_region.decode_regions(
         frames, int(first["Rows"]), int(first["Columns"]), rows.start, rows.stop,
         columns.start, columns.stop, threads,
     )  # fmt: skip
+    for header, error in zip(headers, errors, strict=True):
+        if error:
+            raise ValueError(
+                f"file {header.path}: JPEG 2000 pixel data cannot be decoded ({error})"
+            )
     out: list[np.ndarray | None] = []
     for header, values, (bits, signed) in zip(headers, decoded, precision, strict=True):
         pixel_signed = header["PixelRepresentation"] == 1

@@ -8,8 +8,9 @@
 // benchmarks/dicom_decode.py; docs/data.md has the figures.
 //
 // decode_regions(frames, rows, columns, row0, row1, col0, col1, threads) -> int32 array
-// (n, row1 - row0, col1 - col0) and (precision, signed) per frame. Every frame must be a single
-// grey component of rows x columns; anything else raises ValueError naming the frame.
+// (n, row1 - row0, col1 - col0), (precision, signed) per frame, and an error text per frame ("" when
+// decoded; a frame must be a single grey component of rows x columns), which the caller turns
+// into an error naming the file.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -179,13 +180,12 @@ py::tuple decode_regions(const py::list& frames, int rows, int columns, int row0
     work();
     for (auto& thread : pool) thread.join();
   }
-  py::list precision;
+  py::list precision, errors;
   for (std::size_t k = 0; k < n; ++k) {
-    if (!decoded[k].error.empty())
-      throw py::value_error("frame " + std::to_string(k) + ": " + decoded[k].error);
     precision.append(py::make_tuple(decoded[k].precision, decoded[k].is_signed));
+    errors.append(decoded[k].error);
   }
-  return py::make_tuple(out, precision);
+  return py::make_tuple(out, precision, errors);
 }
 
 }  // namespace
@@ -195,7 +195,7 @@ PYBIND11_MODULE(_j2k_region, m) {
   m.def("decode_regions", &decode_regions, py::arg("frames"), py::arg("rows"),
         py::arg("columns"), py::arg("row0"), py::arg("row1"), py::arg("col0"), py::arg("col1"),
         py::arg("threads") = 1,
-        "int32 (n, row1 - row0, col1 - col0) of each frame's region, and (precision, signed) "
-        "per frame; ValueError naming the frame that cannot be decoded.");
+        "int32 (n, row1 - row0, col1 - col0) of each frame's region, (precision, signed) per "
+        "frame, and per frame an error text (empty when it was decoded).");
   m.attr("OPENJPEG_VERSION") = opj_version();
 }
