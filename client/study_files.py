@@ -148,18 +148,20 @@ def _open_with_mask(
     with ThreadPoolExecutor(1) as pool:
         opening = pool.submit(open_image, image_path, series_uid=series_uid)
         mask: LabelMask | None = None
-        mask_error: ValueError | None = None
+        mask_error: Exception | None = None
         if mask_path.name.lower().endswith(IMAGE_FILE_SUFFIXES):
             try:
                 mask = read_label_mask(mask_path, _label_value(segment))
-            except ValueError as err:
+            except Exception as err:  # kept until the image's own error is known
                 mask_error = err
         try:
             source = opening.result()
         except ValueError as err:
             raise_as(err, "image")
-    if mask_error is not None:
+    if isinstance(mask_error, ValueError):
         raise_as(mask_error, "mask")
+    if mask_error is not None:
+        raise mask_error
     return source, mask
 
 

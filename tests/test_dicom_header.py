@@ -8,6 +8,7 @@ after ``apply_modality_lut``, bit for bit.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -305,3 +306,52 @@ def test_j2k_damaged_frame_names_the_file(tmp_path: Path) -> None:
     path.rename(folder / "bad.dcm")
     with pytest.raises(dicom_module.DicomError, match=r"bad\.dcm"):
         load_dicom_series(folder)
+
+
+def _comma_spacing(path: Path) -> None:
+    """PixelSpacing written with decimal commas, as some exporters do (same length in bytes)."""
+    raw = path.read_bytes()
+    assert raw.count(b"0.703125\\0.703125") == 1
+    path.write_bytes(raw.replace(b"0.703125\\0.703125", b"0,703125\\0,703125"))
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")  # pydicom's, on reading
+def test_unusable_values_refuse_only_the_series_that_uses_them(tmp_path: Path) -> None:
+    """A comma decimal in another series' PixelSpacing leaves the CT series loadable; in the
+    CT series it is refused naming the file and the keyword. An empty RescaleIntercept (pydicom
+    would apply it) is refused too, never read as stored values."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    for k in range(3):
+        _save(_slice(z=1.25 * k, seed=k), folder / f"{k}.dcm")
+    other = _slice()
+    other.SeriesInstanceUID, other.Modality = "9.9.9", "OT"
+    _comma_spacing(_save(other, folder / "other.dcm"))
+    assert load_dicom_series(folder).hu.shape == (3, 6, 5)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for k in range(3):
+        path = _save(_slice(z=1.25 * k, seed=k), bad / f"{k}.dcm")
+        if k == 1:
+            _comma_spacing(path)
+    with pytest.raises(ValueError, match=r"1\.dcm: PixelSpacing holds an unusable value"):
+        load_dicom_series(bad)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for k in range(3):
+        ds = _slice(z=1.25 * k, seed=k)
+        ds["RescaleIntercept"].value = ""
+        _save(ds, empty / f"{k}.dcm")
+    with pytest.raises(ValueError, match="RescaleIntercept holds an unusable value ''"):
+        load_dicom_series(empty)
+
+
+def test_a_kept_value_written_as_un_is_left_to_pydicom(tmp_path: Path) -> None:
+    """A converter that writes Rows with VR UN: the walker declines, pydicom's dictionary VR
+    reads it, and the series loads the same."""
+    ds = _slice()
+    ds["Rows"].VR = "UN"
+    ds["Rows"].value = struct.pack("<H", 6)
+    path = _save(ds, tmp_path / "un.dcm")
+    assert scan_header(path) is None
+    assert _pydicom_record(path).values["Rows"] == 6

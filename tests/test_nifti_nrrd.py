@@ -522,3 +522,16 @@ def test_gzip_nifti_data_equals_nibabels(tmp_path: Path, kind: str) -> None:
     expected = np.asanyarray(nib.load(path).dataobj)
     np.testing.assert_array_equal(data, np.ascontiguousarray(expected.transpose(2, 1, 0)))
     assert data.dtype == expected.dtype
+
+
+def test_gzip_nifti_reads_give_writable_arrays(tmp_path: Path) -> None:
+    """The one-call inflate's bytes are read-only; the public readers still return arrays the
+    caller may write, like every other reader."""
+    from dmfn.client.io import load_mask, load_nifti_volume, write_nifti_volume
+
+    study = _study()
+    image = write_nifti_volume(study.hu, study.spacing_mm, tmp_path / "ct.nii.gz")
+    mask = write_nifti_mask(_mask(), study.spacing_mm, tmp_path / "m.nii.gz")
+    loaded = load_nifti_volume(image)
+    assert loaded.hu.flags.writeable
+    assert load_mask(mask, loaded).flags.writeable

@@ -74,6 +74,21 @@ class _Unsupported(Exception):
 
 
 @dataclass(frozen=True)
+class Invalid:
+    """A value that is present but unusable (e.g. PixelSpacing ``1,5\\1,5``, an empty
+    RescaleSlope): the record keeps the file readable, and using the value raises ValueError
+    naming the file and the keyword."""
+
+    text: str
+
+
+#: Numeric values whose emptiness is an error, not an absence: pydicom would apply them.
+_EMPTY_IS_INVALID = frozenset({"RescaleSlope", "RescaleIntercept"})
+#: Text VRs: an empty value is kept as "" (present), as pydicom keeps it.
+_TEXT_VRS = frozenset({"CS", "LO", "UI"})
+
+
+@dataclass(frozen=True)
 class SliceHeader:
     """One file's header values (pydicom keywords; None when absent) and its pixel data's place.
 
@@ -102,11 +117,16 @@ class SliceHeader:
         value = self.values.get(keyword)
         if value is None:
             raise KeyError(keyword)
-        return value
+        return self._usable(keyword, value)
 
     def get(self, keyword: str, default: Any = None) -> Any:
         value = self.values.get(keyword)
-        return default if value is None else value
+        return default if value is None else self._usable(keyword, value)
+
+    def _usable(self, keyword: str, value: Any) -> Any:
+        if isinstance(value, Invalid):
+            raise ValueError(f"file {self.path}: {keyword} holds an unusable value {value.text!r}")
+        return value
 
     @property
     def sop_class(self) -> str | None:
@@ -122,9 +142,17 @@ class SliceHeader:
             if keyword not in ds:
                 continue
             value = ds[keyword].value
-            if value is None or value == "":
-                continue
-            values[keyword] = True if vr == "SQ" else _from_pydicom(vr, value)
+            if vr == "SQ":
+                values[keyword] = True
+            elif value is None or value == "":
+                empty = _empty(vr, keyword)
+                if empty is not None:
+                    values[keyword] = empty
+            else:
+                try:
+                    values[keyword] = _from_pydicom(vr, value)
+                except (ValueError, TypeError):
+                    values[keyword] = Invalid(str(value))
         meta = getattr(ds, "file_meta", None)
         syntax = getattr(meta, "TransferSyntaxUID", None)
         return cls(
@@ -134,6 +162,13 @@ class SliceHeader:
             media_sop_class=str(getattr(meta, "MediaStorageSOPClassUID", "") or ""),
             has_pixel_data=True if "PixelData" in ds else None,
         )
+
+
+def _empty(vr: str, keyword: str) -> Any:
+    """What an element present with an empty value records (None: nothing, as if absent)."""
+    if keyword in _EMPTY_IS_INVALID:
+        return Invalid("")
+    return "" if vr in _TEXT_VRS else None
 
 
 def _from_pydicom(vr: str, value: Any) -> Any:
@@ -171,8 +206,10 @@ def _walk(path: Path, head: bytes) -> SliceHeader:
     has_pixels = False
     while True:
         if position >= len(head):
-            if len(head) == HEAD_BYTES and path.stat().st_size > len(head):
-                raise _Unsupported("header longer than HEAD_BYTES")
+            if position > len(head) or (
+                len(head) == HEAD_BYTES and path.stat().st_size > len(head)
+            ):
+                raise _Unsupported("a length past the bytes read, or a header over HEAD_BYTES")
             break  # the file ends without pixel data
         tag, vr, size, position = walker.element(position)
         if tag >= PIXEL_DATA:
@@ -191,7 +228,11 @@ def _walk(path: Path, head: bytes) -> SliceHeader:
             if position + size > len(head):
                 raise _Unsupported("value beyond the bytes read")
             known_vr, keyword = _BY_TAG[tag]
-            value = _convert(known_vr if walker.implicit else vr, head[position : position + size])
+            if not walker.implicit and vr != known_vr.encode():
+                raise _Unsupported("a VR other than the dictionary's (e.g. UN)")
+            value = _convert(known_vr, head[position : position + size])
+            if value is None:
+                value = _empty(known_vr, keyword)
             if value is not None:
                 values[keyword] = value
         position += size

@@ -43,6 +43,7 @@ def decodable(header: SliceHeader) -> bool:
         and header.get("SamplesPerPixel") == 1
         and int(header.get("NumberOfFrames", 1) or 1) == 1
         and header.get("BitsAllocated") in (8, 16)
+        and 1 <= (header.get("BitsStored") or 0) <= header.get("BitsAllocated")
         and header.get("PixelRepresentation") in (0, 1)
         and "ModalityLUTSequence" not in header
     )
@@ -82,9 +83,12 @@ def read_regions(
 def _frame(header: SliceHeader) -> bytes:
     """The one frame of an encapsulated single-frame slice: its fragments after the basic offset
     table, joined (PS3.5 A.4). ValueError naming the file when the items are damaged."""
-    with open(header.path, "rb") as handle:
-        handle.seek(int(header.pixel_offset or 0))
-        data = handle.read()
+    try:
+        with open(header.path, "rb") as handle:
+            handle.seek(int(header.pixel_offset or 0))
+            data = handle.read()
+    except OSError as err:
+        raise ValueError(f"file {header.path}: cannot be read ({err.strerror or err})") from None
     fragments: list[bytes] = []
     position, first = 0, True
     while position + 8 <= len(data):

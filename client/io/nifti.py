@@ -219,6 +219,8 @@ def load_nifti_volume(path: str | Path) -> Study:
     if file_kind(path, "path") != "nifti":
         raise ArgumentError("path", f"{path} is not NIfTI; use load_nrrd_volume for NRRD")
     data, grid = _read_nifti(path)
+    if not data.flags.writeable:  # inflated into bytes: give the caller an array of its own
+        data = data.copy()
     return _study(data, grid, path)
 
 
@@ -366,7 +368,8 @@ def load_mask(
         raise ArgumentError("like", f"must be a Study or VoxelGrid, got {type(like).__name__}")
     if not path.name.lower().endswith(NIFTI_SUFFIXES + NRRD_SUFFIXES) and is_seg_candidate(path):
         return load_seg(path, grid, segment, reference).mask
-    return read_label_mask(path, segment).on_grid(grid)
+    mask = read_label_mask(path, segment).on_grid(grid)
+    return mask if mask.flags.writeable else mask.copy()  # a caller's own array, like the others
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -171,12 +172,23 @@ py::tuple decode_regions(const py::list& frames, int rows, int columns, int row0
     py::gil_scoped_release released;  // the bytes stay alive: `frames` holds them
     std::atomic<std::size_t> next{0};
     auto work = [&] {
-      for (std::size_t k = next++; k < n; k = next++)
-        decoded[k] = decode_one(spans[k].first, spans[k].second, region, base + k * plane);
+      for (std::size_t k = next++; k < n; k = next++) {
+        try {  // nothing may leave a thread: std::terminate
+          decoded[k] = decode_one(spans[k].first, spans[k].second, region, base + k * plane);
+        } catch (const std::exception& err) {
+          decoded[k].error = err.what();
+        } catch (...) {
+          decoded[k].error = "unknown error";
+        }
+      }
     };
     const int count = std::max(1, std::min<int>(threads, static_cast<int>(n)));
     std::vector<std::thread> pool;
-    for (int t = 1; t < count; ++t) pool.emplace_back(work);
+    try {
+      for (int t = 1; t < count; ++t) pool.emplace_back(work);
+    } catch (const std::system_error&) {
+      // no more threads: the ones started and this one share the frames
+    }
     work();
     for (auto& thread : pool) thread.join();
   }
