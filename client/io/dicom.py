@@ -634,7 +634,7 @@ def _read_slice(header: SliceHeader, rows: slice, columns: slice) -> np.ndarray:
     (only the rows needed), anything else through pydicom and its decoders."""
     dtype = _native_dtype(header)
     if dtype is None:
-        path, ds = _read_full(header.path)
+        path, ds = header.path, _read_full(header.path)
         if "PixelData" not in ds:
             raise DicomError(f"file {path}: has no PixelData; it is not a usable CT slice")
         return np.asarray(apply_modality_lut(_pixels(path, ds)[rows, columns], ds))
@@ -673,9 +673,9 @@ def _native_dtype(header: SliceHeader) -> np.dtype | None:
     return dtype if header.pixel_length >= need else None
 
 
-def _read_full(path: Path) -> tuple[Path, pydicom.Dataset]:
+def _read_full(path: Path) -> pydicom.Dataset:
     try:
-        return path, pydicom.dcmread(path)
+        return pydicom.dcmread(path)
     except Exception as err:
         raise DicomError(f"file {path}: unreadable DICOM file ({one_line(err)})") from err
 

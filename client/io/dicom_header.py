@@ -250,23 +250,18 @@ def _walk(path: Path, head: bytes) -> SliceHeader:
 
 
 def _file_meta(head: bytes) -> tuple[dict[int, str], int]:
-    """The file meta group's UI values by tag, and the offset of the data set after it."""
+    """The file meta group's UI values by tag, and the offset of the data set after it (the
+    group is explicit VR little endian whatever the data set's syntax)."""
+    walker = _Walker(head, implicit=False)
     position = 132
     meta: dict[int, str] = {}
     while position + 8 <= len(head):
-        group, element = struct.unpack_from("<HH", head, position)
-        if group != 0x0002:
-            return meta, position
-        vr = head[position + 4 : position + 6]
-        if vr in _LONG_VRS:
-            (length,) = struct.unpack_from("<I", head, position + 8)
-            position += 12
-        else:
-            (length,) = struct.unpack_from("<H", head, position + 6)
-            position += 8
+        if struct.unpack_from("<H", head, position)[0] != 0x0002:
+            return meta, position  # the data set, maybe implicit VR: not read as explicit here
+        tag, vr, length, value = walker.element(position)
         if vr == b"UI":
-            meta[(group << 16) | element] = _text(head[position : position + length])
-        position += length
+            meta[tag] = _text(head[value : value + length])
+        position = value + length
     raise _Unsupported("file meta runs past the bytes read")
 
 
